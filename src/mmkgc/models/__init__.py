@@ -1,0 +1,1 @@
+"""mmkgc.models"""
