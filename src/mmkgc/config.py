@@ -1,0 +1,295 @@
+"""Experiment configuration: YAML in, validated by pydantic, with messages that name the field.
+
+A config has five sections (all keys are checked; an unknown key is an error, so a typo never passes
+silently)::
+
+    name: db15k-rotate
+    seed: 42
+    dataset: {name: DB15K}                 # or {path: dir, format: openke|tsv} or {synthetic: {...}}
+    model: {scorer: rotate, dim: 250, scorer_options: {margin: 12.0}, modalities: []}
+    training: {loop: negative_sampling, epochs: 1000, batch_size: 1024, num_negatives: 32, ...}
+    evaluation: {every: 10, patience: 5, split: valid_clean}
+
+Relative paths inside a config file are resolved against the directory of that file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmkgc.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """Options of :func:`mmkgc.data.synthetic.make_synthetic_mmkg` (passed through as keyword arguments)."""
+
+    model_config = ConfigDict(extra="allow")
+    seed: int = 0
+
+
+class DatasetConfig(_Strict):
+    """Where the triples come from: a registered dataset, a directory, or the built-in synthetic KG.
+
+    :param name: a registered dataset (``mmkgc datasets list``); downloaded unless ``data_dir`` or the
+        ``MMKGC_DATA_DIR`` environment variable points to a local copy.
+    :param path: a directory in OpenKE layout (``format: openke``) or with ``train.tsv``/``valid.tsv``/
+        ``test.tsv`` labeled triples (``format: tsv``).
+    :param synthetic: generate the seeded synthetic multimodal KG instead.
+    """
+
+    name: str | None = None
+    data_dir: Path | None = None
+    path: Path | None = None
+    format: Literal["openke", "tsv"] = "openke"
+    synthetic: SyntheticConfig | None = None
+    allow_unpinned: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetConfig":
+        given = [k for k in ("name", "path", "synthetic") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, path or synthetic (got {given or 'none'})")
+        return self
+
+
+class ModalityConfig(_Strict):
+    """One modality feature table used by the multimodal entity representation.
+
+    :param name: modality name (``text``, ``image``, ...); a synthetic dataset provides ``text`` and ``image``.
+    :param file: a feature file (``.safetensors``, ``.npy``, ``.pth``) with one row per entity id.
+    :param encoder: compute text features from entity labels with this text encoder instead of a file
+        (cached on disk; see :mod:`mmkgc.features.cache`).
+    :param text_source: where entity text comes from when ``encoder`` is used: ``label`` (cleaned entity
+        names) or ``table`` (``table_path`` with ``table_key`` and ``table_column``).
+    :param missing: how entities without this modality are represented: ``learned`` (one trainable vector per
+        modality) or ``zeros``.
+    """
+
+    name: str
+    file: Path | None = None
+    encoder: str | None = None
+    text_source: Literal["label", "table"] = "label"
+    table_path: Path | None = None
+    table_key: str | None = None
+    table_column: str | None = None
+    missing: Literal["learned", "zeros"] = "learned"
+
+    @model_validator(mode="after")
+    def _source(self) -> "ModalityConfig":
+        if self.file is not None and self.encoder is not None:
+            raise ValueError("give either file or encoder for a modality, not both")
+        if self.text_source == "table" and (self.table_path is None or self.table_column is None):
+            raise ValueError("text_source 'table' needs table_path and table_column")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Entity representation + scorer.
+
+    :param scorer: ``transe``, ``distmult``, ``complex`` or ``rotate``.
+    :param dim: the rank hyper-parameter (RotatE/ComplEx entities have ``2 * dim`` real numbers).
+    :param representation: ``structure`` (embedding table only), ``concat`` (structure and every modality,
+        projected, concatenated and projected back; VEMP's "concat" baseline) or ``modality_only`` (modality
+        projections without a structural embedding, e.g. text-only).
+    :param reciprocal: add a reciprocal relation ``r + R`` per relation and answer head queries
+        ``(?, r, t)`` as tail queries ``(t, r + R, ?)`` (Lacroix et al., 2018).
+    """
+
+    scorer: str = "rotate"
+    dim: int = Field(200, ge=1, le=8192)
+    scorer_options: dict[str, Any] = Field(default_factory=dict)
+    representation: Literal["structure", "concat", "modality_only"] = "structure"
+    reciprocal: bool = False
+    modalities: list[ModalityConfig] = Field(default_factory=list)
+    projection_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("scorer")
+    @classmethod
+    def _scorer_name(cls, v: str) -> str:
+        known = ("transe", "distmult", "complex", "rotate")
+        if v.lower() not in known:
+            raise ValueError(f"unknown scorer {v!r}; known: {', '.join(known)}")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _modalities(self) -> "ModelConfig":
+        if self.representation != "structure" and not self.modalities:
+            raise ValueError(f"representation {self.representation!r} needs at least one entry in modalities")
+        if self.representation == "structure" and self.modalities:
+            raise ValueError("representation 'structure' uses no modalities; set representation: concat")
+        names = [m.name for m in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Optimisation.
+
+    :param loop: ``negative_sampling`` (sLCWA: each positive against ``num_negatives`` corrupted triples) or
+        ``one_to_n`` (1-N scoring against all entities with BCE; needs ``reciprocal: true``).
+    :param sampler: ``bernoulli`` (TransH/OpenKE head-or-tail choice) or ``uniform``.
+    :param filtered_negatives: redraw negatives that are training triples.
+    :param positives: ``permutation`` (a shuffled pass over train) or ``with_replacement`` (OpenKE:
+        ``floor(n / batch_size)`` batches drawn uniformly with replacement).
+    :param loss: ``nssa`` (self-adversarial sigmoid, Sun et al. 2019), ``margin``, ``softplus`` or ``bce``.
+    :param time_budget_minutes: stop training after this much training time (validation excluded).
+    """
+
+    loop: Literal["negative_sampling", "one_to_n"] = "negative_sampling"
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    num_negatives: int = Field(32, ge=1)
+    sampler: Literal["bernoulli", "uniform"] = "bernoulli"
+    filtered_negatives: bool = True
+    positives: Literal["permutation", "with_replacement"] = "permutation"
+    loss: Literal["nssa", "margin", "softplus", "bce"] = "nssa"
+    adversarial_temperature: float = Field(1.0, ge=0.0)
+    margin: float = Field(1.0, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    regularizer: Literal["none", "n3", "l2"] = "none"
+    regularizer_weight: float = Field(0.0, ge=0.0)
+    gradient_clip: float | None = Field(None, gt=0.0)
+    time_budget_minutes: float | None = Field(None, gt=0.0)
+    num_threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _loop_loss(self) -> "TrainingConfig":
+        if self.loop == "one_to_n" and self.loss != "bce":
+            raise ValueError("loop 'one_to_n' trains with loss 'bce'")
+        if self.loop == "negative_sampling" and self.loss == "bce":
+            raise ValueError("loss 'bce' belongs to loop 'one_to_n'; use nssa, margin or softplus")
+        return self
+
+
+class EvaluationConfig(_Strict):
+    """Validation during training and the final test.
+
+    :param every: validate every this many epochs (and after the last one).
+    :param patience: stop after this many validations without improvement of ``metric``.
+    :param split: the selection split; ``valid_clean`` is the de-duplicated validation set minus train and test.
+    :param tie_policy: the policy whose ``metric`` selects the model.
+    """
+
+    every: int = Field(10, ge=1)
+    patience: int | None = Field(5, ge=1)
+    split: Literal["valid_clean", "valid"] = "valid_clean"
+    metric: Literal["mrr", "hits_at_1", "hits_at_3", "hits_at_10"] = "mrr"
+    tie_policy: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
+    batch_size: int = Field(256, ge=1)
+    test: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment: dataset, model, training and evaluation."""
+
+    name: str = "experiment"
+    seed: int = 42
+    dataset: DatasetConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "ExperimentConfig":
+        if self.training.loop == "one_to_n" and not self.model.reciprocal:
+            raise ValueError("training.loop 'one_to_n' needs model.reciprocal: true (head queries use r + R)")
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/usage.md for the valid keys)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        value = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  - {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    cfg.dataset.path = fix(cfg.dataset.path)
+    cfg.dataset.data_dir = fix(cfg.dataset.data_dir)
+    for m in cfg.model.modalities:
+        m.file = fix(m.file)
+        m.table_path = fix(m.table_path)
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> ExperimentConfig:
+    """Validate a config mapping.
+
+    :raises ConfigError: naming every invalid field (dotted path) and what is wrong with it.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config file.
+
+    :param overrides: ``dotted.key=value`` strings applied before validation (values parsed as YAML), e.g.
+        ``training.epochs=5``.
+    :raises ConfigError: file missing, not YAML, or invalid (message names the file and the field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty")
+    for item in overrides or []:
+        apply_override(data, item, source=str(path))
+    return parse_config(data, source=str(path), base_dir=path.parent)
+
+
+def apply_override(data: dict, item: str, source: str = "<config>") -> None:
+    """Set ``dotted.key=value`` in a nested mapping in place (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.setdefault(p, {}), dict):
+            raise ConfigError(f"{source}: override {item!r}: {p} is not a mapping")
+        node = node[p]
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (paths as strings), as written to a run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,258 @@
+"""Knowledge graph embedding models: an entity representation, a relation table and a scorer.
+
+The model is the only place that knows about ids.  It turns id triples into vectors (the entity representation
+may fuse modality features) and hands them to a :class:`~mmkgc.nn.scorers.Scorer`, which only sees vectors.
+The evaluator sees only ``score_fn(queries, side) -> [B, N]`` (:meth:`KGEModel.score_fn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmkgc.nn.adapters import build_adapter
+from mmkgc.nn.fusion import ConcatFusion
+
+
+@dataclass
+class ModalityFeatures:
+    """A frozen feature table handed to a multimodal representation.
+
+    :param name: modality name.
+    :param values: float32 ``[N, d_m]``.
+    :param present: bool ``[N]``; rows with ``False`` are replaced by the fill policy.
+    :param missing: ``learned`` (one trainable vector per modality) or ``zeros``.
+    """
+
+    name: str
+    values: torch.Tensor
+    present: torch.Tensor
+    missing: str = "learned"
+
+
+class EntityRepresentation(nn.Module):
+    """Maps entity ids to vectors: ``forward(ids [B] | None) -> [B, D]`` (``None`` = all ``N`` entities)."""
+
+    num_entities: int
+    dim: int
+
+    def regularization_tensors(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """The trainable tensors behind ``ids`` that N3/L2 regularisers act on."""
+        return [self(ids)]
+
+
+class EmbeddingRepresentation(EntityRepresentation):
+    """A plain trainable table ``[N, D]`` (structure only)."""
+
+    def __init__(self, num_entities: int, dim: int, init: Callable[[torch.Tensor], None] | None = None):
+        super().__init__()
+        self.num_entities, self.dim = num_entities, dim
+        self.embedding = nn.Embedding(num_entities, dim)
+        if init is not None:
+            with torch.no_grad():
+                init(self.embedding.weight)
+
+    def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embedding.weight if ids is None else self.embedding(ids)
+
+
+class ModalityInput(nn.Module):
+    """One frozen modality table + its adapter + the explicit fill for missing rows.
+
+    Shapes: ``forward(ids [B] | None) -> [B, D]``.  Features are a non-persistent buffer: checkpoints store the
+    adapter, not the (reproducible, cached) table; :attr:`fingerprint` records which table was used.
+    """
+
+    def __init__(self, features: ModalityFeatures, dim: int, adapter: str = "linear", dropout: float = 0.0):
+        super().__init__()
+        values = torch.as_tensor(features.values, dtype=torch.float32)
+        present = torch.as_tensor(features.present, dtype=torch.bool)
+        if values.ndim != 2 or present.shape != values.shape[:1]:
+            raise ValueError(
+                f"modality {features.name!r}: expected values [N, d] and present [N], got "
+                f"{tuple(values.shape)} and {tuple(present.shape)}"
+            )
+        self.name = features.name
+        self.register_buffer("values", values, persistent=False)
+        self.register_buffer("present", present, persistent=False)
+        self.adapter = build_adapter(adapter, values.shape[1], dim, dropout=dropout)
+        self.missing_policy = features.missing
+        if features.missing == "learned":
+            self.missing = nn.Parameter(torch.zeros(dim))
+            nn.init.normal_(self.missing, std=0.01)
+        elif features.missing == "zeros":
+            self.register_buffer("missing", torch.zeros(dim), persistent=False)
+        else:
+            raise ValueError(f"modality {features.name!r}: unknown missing policy {features.missing!r}")
+        self.fingerprint = feature_fingerprint(values, present)
+
+    def forward(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.values if ids is None else self.values[ids]
+        present = self.present if ids is None else self.present[ids]
+        y = self.adapter(x)
+        y = torch.where(present.unsqueeze(-1), y, self.missing.to(y.dtype).expand_as(y))
+        return y, present
+
+
+def feature_fingerprint(values: torch.Tensor, present: torch.Tensor) -> str:
+    """A short content hash of a feature table (shape + bytes), to detect a changed table at resume time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(str(tuple(values.shape)).encode())
+    h.update(values.detach().cpu().contiguous().numpy().tobytes())
+    h.update(present.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class MultimodalRepresentation(EntityRepresentation):
+    """Structural embedding and/or modality tables, adapted to width ``D`` and fused.
+
+    ``with_structure=True`` with concatenation fusion is the "concat" configuration (structure + each modality
+    projected, concatenated, projected back); ``with_structure=False`` with a single modality is the
+    "modality only" model (e.g. text-only), whose entity vector is the projected feature.
+
+    Shapes: ``forward(ids [B] | None) -> [B, D]``; :meth:`fused` also returns the stacked per-modality
+    vectors ``[B, M, D]`` and presence ``[B, M]``.
+    """
+
+    def __init__(
+        self,
+        num_entities: int,
+        dim: int,
+        modalities: Sequence[ModalityFeatures],
+        with_structure: bool = True,
+        init: Callable[[torch.Tensor], None] | None = None,
+        adapter: str = "linear",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if not modalities:
+            raise ValueError("a multimodal representation needs at least one modality")
+        self.num_entities, self.dim = num_entities, dim
+        for m in modalities:
+            if m.values.shape[0] != num_entities:
+                raise ValueError(
+                    f"modality {m.name!r} has {m.values.shape[0]} rows but the dataset has {num_entities} entities"
+                )
+        self.structure = EmbeddingRepresentation(num_entities, dim, init) if with_structure else None
+        self.inputs = nn.ModuleList(ModalityInput(m, dim, adapter, dropout) for m in modalities)
+        num = len(self.inputs) + int(with_structure)
+        self.fusion = ConcatFusion(num, dim) if num > 1 else None
+
+    @property
+    def modality_names(self) -> list[str]:
+        return (["structure"] if self.structure is not None else []) + [m.name for m in self.inputs]
+
+    def stacked(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-modality vectors ``[B, M, D]`` and presence ``[B, M]`` (structure is always present)."""
+        vecs, pres = [], []
+        if self.structure is not None:
+            s = self.structure(ids)
+            vecs.append(s)
+            pres.append(torch.ones(s.shape[0], dtype=torch.bool, device=s.device))
+        for m in self.inputs:
+            v, p = m(ids)
+            vecs.append(v)
+            pres.append(p)
+        return torch.stack(vecs, -2), torch.stack(pres, -1)
+
+    def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        x, present = self.stacked(ids)
+        if self.fusion is None:
+            return x[..., 0, :]
+        fused, _ = self.fusion(x, present)
+        return fused
+
+
+class KGEModel(nn.Module):
+    """Entity representation + relation embeddings + scorer.
+
+    :param num_entities: ``N``.
+    :param num_relations: ``R`` of the dataset (the relation table has ``2R`` rows with ``reciprocal``).
+    :param scorer: a :class:`~mmkgc.nn.scorers.Scorer`; its ``entity_dim`` must equal the representation's width.
+    :param representation: an :class:`EntityRepresentation` producing ``[B, scorer.entity_dim]``.
+    :param reciprocal: answer head queries ``(?, r, t)`` as tail queries ``(t, r + R, ?)``.
+
+    All scores are higher-is-better.
+    """
+
+    def __init__(self, num_entities: int, num_relations: int, scorer: nn.Module, representation: EntityRepresentation,
+                 reciprocal: bool = False):
+        super().__init__()
+        if representation.dim != scorer.entity_dim:
+            raise ValueError(
+                f"representation width {representation.dim} != scorer entity width {scorer.entity_dim}"
+            )
+        self.num_entities = num_entities
+        self.num_relations = num_relations
+        self.reciprocal = reciprocal
+        self.scorer = scorer
+        self.entities = representation
+        self.relations = nn.Embedding(num_relations * (2 if reciprocal else 1), scorer.relation_dim)
+        with torch.no_grad():
+            scorer.init_relation_(self.relations.weight)
+
+    # -------------------------------------------------------------------------------- pointwise
+    def embed(self, triples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vectors of ``triples [..., 3]``: ``h [..., De]``, ``r [..., Dr]``, ``t [..., De]``.
+
+        Entity representations are computed once per distinct id in the batch (fusion is not repeated for the
+        same entity among negatives).
+        """
+        shape = triples.shape[:-1]
+        flat = triples.reshape(-1, 3)
+        ents = torch.cat([flat[:, 0], flat[:, 2]])
+        unique, inverse = torch.unique(ents, return_inverse=True)
+        reps = self.entities(unique)[inverse]
+        n = flat.shape[0]
+        h = reps[:n].reshape(*shape, -1)
+        t = reps[n:].reshape(*shape, -1)
+        r = self.relations(triples[..., 1])
+        return h, r, t
+
+    def score_hrt(self, triples: torch.Tensor) -> torch.Tensor:
+        """Scores of ``triples [..., 3]`` -> ``[...]``."""
+        h, r, t = self.embed(triples)
+        return self.scorer.score_hrt(h, r, t)
+
+    # -------------------------------------------------------------------------------- all entities
+    def score_t(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every candidate tail for ``queries [B, 3]`` (tail column ignored) -> ``[B, N]``."""
+        ents = self.entities(None) if all_entities is None else all_entities
+        h = ents[queries[:, 0]]
+        r = self.relations(queries[:, 1])
+        return self.scorer.score_t(h, r, ents)
+
+    def score_h(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every candidate head for ``queries [B, 3]`` (head column ignored) -> ``[B, N]``.
+
+        With reciprocal relations this is ``score_t`` of ``(t, r + R, ?)``.
+        """
+        ents = self.entities(None) if all_entities is None else all_entities
+        if self.reciprocal:
+            inverse = torch.stack([queries[:, 2], queries[:, 1] + self.num_relations, queries[:, 0]], 1)
+            return self.score_t(inverse, ents)
+        t = ents[queries[:, 2]]
+        r = self.relations(queries[:, 1])
+        return self.scorer.score_h(ents, r, t)
+
+    @torch.no_grad()
+    def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
+        """A ``score_fn(queries [B, 3], side) -> [B, N]`` for the evaluator.
+
+        All entity representations are computed once (the model must be in eval mode and unchanged while the
+        returned function is used).
+        """
+        ents = self.entities(None).detach()
+        device = ents.device
+
+        def fn(queries: torch.Tensor, side: str) -> torch.Tensor:
+            with torch.no_grad():
+                q = queries.to(device)
+                return self.score_t(q, ents) if side == "tail" else self.score_h(q, ents)
+
+        return fn

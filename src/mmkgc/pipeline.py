@@ -1,0 +1,268 @@
+"""From a validated config to a finished run directory, and back.
+
+A run directory holds::
+
+    config.yaml          the resolved config
+    health.json/.md      the data-health report of the dataset
+    metrics.jsonl        one line per epoch (loss, seconds, validation metrics)
+    metrics.json         final metrics: selection split and test, every tie policy, per category
+    training_curve.png   loss and validation metric per epoch
+    checkpoints/last     the latest state (resume)
+    checkpoints/best     the selected model
+
+:func:`run_experiment` writes it; :func:`load_run` rebuilds the model from it for ``evaluate`` and ``predict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmkgc.config import ExperimentConfig, ModalityConfig, dump_config, load_config
+from mmkgc.data.triples import TripleSet
+from mmkgc.errors import ConfigError
+from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, ModalityFeatures, MultimodalRepresentation
+from mmkgc.nn.scorers import build_scorer
+from mmkgc.training.checkpoint import atomic_write_text, load_checkpoint
+
+
+@dataclass
+class LoadedData:
+    """A dataset and, for the synthetic KG, its built-in modality tables (name -> (values [N, d], present [N]))."""
+
+    triples: TripleSet
+    builtin_features: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def load_data(cfg: ExperimentConfig) -> LoadedData:
+    """Read the dataset a config names.
+
+    :raises MMKGCError: unknown dataset, missing or malformed files (message names file and line).
+    """
+    ds = cfg.dataset
+    if ds.synthetic is not None:
+        from mmkgc.data.synthetic import make_synthetic_mmkg
+
+        options = ds.synthetic.model_dump()
+        syn = make_synthetic_mmkg(**options)
+        feats = {
+            name: (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(present, dtype=torch.bool))
+            for name, (values, present) in syn.feature_items()
+        }
+        return LoadedData(syn.triples, feats)
+    if ds.path is not None:
+        from mmkgc.data.formats import read_labeled_tsv, read_openke
+
+        if not ds.path.is_dir():
+            raise ConfigError(f"dataset.path: {ds.path} is not a directory")
+        triples = read_openke(ds.path) if ds.format == "openke" else read_labeled_tsv(ds.path)
+        return LoadedData(triples, {})
+    from mmkgc.data.registry import load_dataset
+
+    return LoadedData(load_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
+
+
+def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> ModalityFeatures:
+    triples = data.triples
+    if m.file is not None:
+        from mmkgc.features.io import load_feature_table
+
+        table = load_feature_table(m.file, num_entities=triples.num_entities, entity_labels=triples.entity_labels,
+                                   modality=m.name)
+        values, present = table.values, table.present
+    elif m.encoder is not None:
+        from mmkgc.features.cache import cached_text_features
+        from mmkgc.features.text import build_text_encoder
+
+        encoder = build_text_encoder(m.encoder)
+        source: Any = "label"
+        if m.text_source == "table":
+            source = {"path": str(m.table_path), "key": m.table_key, "column": m.table_column}
+        table = cached_text_features(triples.name, triples.entity_labels, encoder, modality=m.name, source=source,
+                                     progress=progress)
+        values, present = table.values, table.present
+    elif m.name in data.builtin_features:
+        values, present = data.builtin_features[m.name]
+    else:
+        available = sorted(data.builtin_features) or "none built in"
+        raise ConfigError(
+            f"model.modalities[{m.name}]: no file or encoder given and the dataset has no built-in "
+            f"{m.name!r} features (available: {available})"
+        )
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if values.ndim != 2:
+        raise ConfigError(f"model.modalities[{m.name}]: expected pooled features [N, d], got {tuple(values.shape)}")
+    if values.shape[0] != triples.num_entities:
+        raise ConfigError(
+            f"model.modalities[{m.name}]: feature table has {values.shape[0]} rows but {triples.name} has "
+            f"{triples.num_entities} entities"
+        )
+    return ModalityFeatures(m.name, values, torch.as_tensor(present, dtype=torch.bool), m.missing)
+
+
+def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
+    """The model a config describes: scorer, entity representation (structure / concat / modality only)."""
+    mc = cfg.model
+    torch.manual_seed(cfg.seed)
+    scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
+    triples = data.triples
+    if mc.representation == "structure":
+        rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_)
+    else:
+        feats = [_modality_features(m, data, progress) for m in mc.modalities]
+        rep = MultimodalRepresentation(
+            triples.num_entities,
+            scorer.entity_dim,
+            feats,
+            with_structure=mc.representation == "concat",
+            init=scorer.init_entity_,
+            dropout=mc.projection_dropout,
+        )
+    return KGEModel(triples.num_entities, triples.num_relations, scorer, rep, reciprocal=mc.reciprocal)
+
+
+def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
+    """What must not change between a checkpoint and the run resuming it: data, model, seed, feature tables."""
+    payload = json.dumps(
+        {"dataset": cfg.dataset.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed},
+        sort_keys=True,
+    )
+    features = {}
+    if isinstance(model.entities, MultimodalRepresentation):
+        features = {m.name: m.fingerprint for m in model.entities.inputs}
+    return {"config": hashlib.sha256(payload.encode()).hexdigest()[:16], "features": features}
+
+
+def _device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = False,
+    device: str | None = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, select on the validation split, test, and write the run directory.
+
+    :returns: the content of ``metrics.json``.
+    """
+    from mmkgc.data.health import health_report
+    from mmkgc.evaluation.metrics import evaluate
+    from mmkgc.plotting import plot_training_curve
+    from mmkgc.training.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir}: run directory already holds a run; pass --resume or choose another one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+
+    data = load_data(cfg)
+    triples = data.triples
+    report = health_report(triples)
+    atomic_write_text(run_dir / "health.json", json.dumps(report.to_dict(), indent=2))
+    atomic_write_text(run_dir / "health.md", report.to_markdown())
+    for warning in getattr(report, "warnings", []):
+        log(f"data health: {warning}")
+
+    dev = _device(device)
+    model = build_model(cfg, data, progress=progress)
+    trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
+                      fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log)
+    summary = trainer.train(resume=resume)
+    plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
+
+    model.eval()
+    metrics: dict[str, Any] = {
+        "name": cfg.name,
+        "dataset": triples.summary(),
+        "training": {
+            "epochs": summary.epochs_completed,
+            "stopped_because": summary.stopped_because,
+            "best_epoch": summary.best_epoch,
+            "best_valid_metric": summary.best_metric,
+            "selection": f"{cfg.evaluation.split} {cfg.evaluation.metric} ({cfg.evaluation.tie_policy})",
+            "training_seconds": summary.training_seconds,
+        },
+    }
+    score_fn = model.score_fn()
+    if triples.split(cfg.evaluation.split).shape[0] > 0:
+        metrics["valid"] = evaluate(score_fn, triples, split=cfg.evaluation.split,
+                                    batch_size=cfg.evaluation.batch_size).to_dict()
+    if cfg.evaluation.test and triples.test.shape[0] > 0:
+        t0 = time.perf_counter()
+        result = evaluate(score_fn, triples, split="test", batch_size=cfg.evaluation.batch_size)
+        metrics["test"] = result.to_dict()
+        metrics["test_seconds"] = time.perf_counter() - t0
+        log(result.to_markdown())
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "best") -> tuple[ExperimentConfig, LoadedData, KGEModel]:
+    """Rebuild the model of a finished (or interrupted) run and load its ``best`` (or ``last``) weights.
+
+    :raises MMKGCError: no config in the directory, or the checkpoint is missing, corrupt or mismatched.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(cfg_path)
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    ckpt = run_dir / "checkpoints" / which
+    if which == "best" and not (ckpt.exists() or ckpt.with_name("best.old").exists()):
+        ckpt = run_dir / "checkpoints" / "last"
+    load_checkpoint(ckpt, model)
+    dev = _device(device)
+    model.to(dev).eval()
+    return cfg, data, model
+
+
+def predict(model: KGEModel, triples: TripleSet, head: str | None, relation: str, tail: str | None = None,
+            top_k: int = 10, filtered: bool = True) -> list[tuple[str, float, bool]]:
+    """Top-k answers of ``(head, relation, ?)`` or ``(?, relation, tail)`` by label.
+
+    :param filtered: drop answers already known in train/valid/test (marked ``True`` in the third field when kept).
+    :returns: ``(entity label, score, known)`` best first.
+    :raises ConfigError: unknown labels (the message suggests close matches), or neither/both of head and tail.
+    """
+    import difflib
+
+    if (head is None) == (tail is None):
+        raise ConfigError("give exactly one of --head and --tail")
+
+    def lookup(label: str, mapping: dict[str, int], what: str) -> int:
+        if label in mapping:
+            return mapping[label]
+        close = difflib.get_close_matches(label, list(mapping), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown {what} {label!r}{hint}")
+
+    r = lookup(relation, triples.relation_to_id, "relation")
+    side = "tail" if head is not None else "head"
+    e = lookup(head if head is not None else tail, triples.entity_to_id, "entity")
+    query = torch.tensor([[e, r, 0]] if side == "tail" else [[0, r, e]])
+    scores = model.score_fn()(query, side)[0].cpu()
+    rows, known_ids = triples.filter_index.known(query, side)
+    known = torch.zeros_like(scores, dtype=torch.bool)
+    known[known_ids] = True
+    if filtered:
+        scores = scores.masked_fill(known, float("-inf"))
+    k = min(top_k, int(torch.isfinite(scores).sum()))
+    values, ids = torch.topk(scores, k)
+    return [(triples.entity_labels[i], float(v), bool(known[i])) for v, i in zip(values.tolist(), ids.tolist())]

@@ -1,0 +1,362 @@
+"""The training loop: epochs of optimisation steps, validation with early stopping, checkpoints and resume.
+
+One loop serves both training regimes of the field:
+
+* ``negative_sampling`` (sLCWA): each positive triple is scored against ``K`` corrupted triples (uniform or
+  Bernoulli, filtered against train) under a pairwise or self-adversarial loss (Bordes et al. 2013; Sun et al.
+  2019);
+* ``one_to_n`` (LCWA / 1-N scoring): each ``(h, r)`` query of train (with reciprocal relations for head queries)
+  is scored against all entities under BCE with label smoothing (Dettmers et al. 2018).
+
+Determinism: every random draw (positive order, negatives, dropout) comes from generators seeded by the
+experiment seed, and their states are checkpointed, so a resumed run continues the same random streams.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmkgc.config import EvaluationConfig, TrainingConfig
+from mmkgc.data.triples import TripleSet
+from mmkgc.evaluation.metrics import EvaluationResult, evaluate
+from mmkgc.models.kge import KGEModel
+from mmkgc.training.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
+from mmkgc.training.sampling import (
+    BernoulliNegativeSampler,
+    OneToNBatcher,
+    TripleBatcher,
+    UniformNegativeSampler,
+)
+
+
+@dataclass
+class TrainingSummary:
+    """What :meth:`Trainer.train` did.
+
+    :param epochs_completed: epochs finished (including those before a resume).
+    :param stopped_because: ``max_epochs``, ``early_stopping`` or ``time_budget``.
+    :param best_epoch: epoch of the selected model (``None`` when no validation ran).
+    :param best_metric: its validation metric.
+    :param training_seconds: optimisation wall time, validation excluded (summed over resumes).
+    :param history: one dict per epoch (loss, seconds, validation metrics when run).
+    """
+
+    epochs_completed: int
+    stopped_because: str
+    best_epoch: int | None
+    best_metric: float | None
+    training_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam or Adagrad over the model's trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """Trains a :class:`~mmkgc.models.kge.KGEModel` on a :class:`~mmkgc.data.triples.TripleSet`.
+
+    :param model: the model (moved to ``device``).
+    :param triples: the dataset; training uses ``train``, selection uses ``evaluation.split``.
+    :param training: optimisation options.
+    :param evaluation: validation / early-stopping options.
+    :param seed: seeds every random stream of the run.
+    :param run_dir: where ``metrics.jsonl`` and ``checkpoints/{last,best}`` go; ``None`` keeps nothing on disk
+        (the best weights are kept in memory).
+    :param fingerprint: extra JSON state stored in checkpoints and checked on resume (config hash, feature
+        fingerprints); a mismatch raises :class:`~mmkgc.errors.CheckpointError`.
+    :param progress: show rich progress bars.
+    :param log: a callable receiving one human-readable line per event.
+    """
+
+    def __init__(
+        self,
+        model: KGEModel,
+        triples: TripleSet,
+        training: TrainingConfig,
+        evaluation: EvaluationConfig,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.model = model.to(device)
+        self.triples = triples
+        self.cfg = training
+        self.eval_cfg = evaluation
+        self.seed = seed
+        self.device = torch.device(device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.fingerprint = fingerprint or {}
+        self.progress = progress
+        self.log = log or (lambda line: None)
+        self.optimizer = build_optimizer(self.model, training)
+
+        self.generator = torch.Generator().manual_seed(seed)
+        train = triples.train
+        if training.loop == "negative_sampling":
+            self.batcher = TripleBatcher(train, training.batch_size, mode=training.positives, generator=self.generator)
+            filter_index = triples.train_index if training.filtered_negatives else None
+            if training.sampler == "bernoulli":
+                self.sampler = BernoulliNegativeSampler(
+                    triples.num_entities,
+                    training.num_negatives,
+                    triples.tail_corruption_probability,
+                    filtered_by=filter_index,
+                    generator=self.generator,
+                )
+            else:
+                self.sampler = UniformNegativeSampler(
+                    triples.num_entities,
+                    training.num_negatives,
+                    filtered_by=filter_index,
+                    generator=self.generator,
+                )
+            options: dict[str, Any] = {}
+            if training.loss == "nssa":
+                options["adversarial_temperature"] = training.adversarial_temperature
+            elif training.loss == "margin":
+                options["margin"] = training.margin
+            self.loss = build_loss(training.loss, **options)
+        else:
+            self.batcher = OneToNBatcher(
+                triples, training.batch_size, reciprocal=model.reciprocal, generator=self.generator
+            )
+            self.sampler = None
+            self.loss = build_loss("bce", label_smoothing=training.label_smoothing)
+
+        self.epoch = 0
+        self.step = 0
+        self.training_seconds = 0.0
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_validations = 0
+        self.history: list[dict[str, Any]] = []
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _regularization(self, triples: torch.Tensor) -> torch.Tensor | float:
+        if self.cfg.regularizer == "none" or self.cfg.regularizer_weight == 0:
+            return 0.0
+        h, r, t = self.model.embed(triples)
+        fn = n3_regularizer if self.cfg.regularizer == "n3" else l2_regularizer
+        return self.cfg.regularizer_weight * fn([h, r, t])
+
+    def _negative_sampling_step(self, positives: torch.Tensor) -> torch.Tensor:
+        negatives = self.sampler.sample(positives).to(self.device)
+        positives = positives.to(self.device)
+        b = positives.shape[0]
+        scores = self.model.score_hrt(torch.cat([positives, negatives.reshape(-1, 3)], 0))
+        pos, neg = scores[:b], scores[b:].reshape(b, -1)
+        return self.loss(pos, neg) + self._regularization(positives)
+
+    def _one_to_n_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        queries, labels = batch
+        queries = queries.to(self.device)
+        logits = self.model.score_t(queries)
+        loss = self.loss(logits, labels.to(self.device))
+        return loss + self._regularization(queries)
+
+    def _epoch(self, deadline: float | None) -> tuple[float, bool]:
+        """One pass; returns (mean loss, ran out of time)."""
+        self.model.train()
+        total, count, out_of_time = 0.0, 0, False
+        batches = iter(self.batcher)
+        num = len(self.batcher)
+        bar = None
+        if self.progress:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn(f"epoch {self.epoch + 1}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                           TimeRemainingColumn(), transient=True)
+            task = bar.add_task("train", total=num, loss="")
+            bar.start()
+        try:
+            for batch in batches:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.cfg.loop == "negative_sampling":
+                    loss = self._negative_sampling_step(batch)
+                else:
+                    loss = self._one_to_n_step(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
+                        "lower the learning rate or check the features"
+                    )
+                loss.backward()
+                if self.cfg.gradient_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
+                self.optimizer.step()
+                self.step += 1
+                total += float(loss.detach())
+                count += 1
+                if bar is not None:
+                    bar.update(task, advance=1, loss=f"loss {total / count:.4f}")
+                if deadline is not None and time.perf_counter() >= deadline:
+                    out_of_time = True
+                    break
+        finally:
+            if bar is not None:
+                bar.stop()
+        return total / max(count, 1), out_of_time
+
+    # ------------------------------------------------------------------------------------------ validation
+    def validate(self) -> EvaluationResult:
+        """Filtered ranks on the selection split (``evaluation.split``)."""
+        self.model.eval()
+        return evaluate(
+            self.model.score_fn(),
+            self.triples,
+            split=self.eval_cfg.split,
+            batch_size=self.eval_cfg.batch_size,
+        )
+
+    def _selection_value(self, result: EvaluationResult) -> float:
+        return float(result.get(self.eval_cfg.metric, side="both", policy=self.eval_cfg.tie_policy))
+
+    # ------------------------------------------------------------------------------------------ state
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        return {
+            "sampler": self.generator.get_state(),
+            "torch_global": torch.get_rng_state(),
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "training_seconds": self.training_seconds,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_validations": self.bad_validations,
+            "history": self.history,
+            "fingerprint": self.fingerprint,
+        }
+
+    def _checkpoint_dir(self, which: str) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints" / which
+
+    def save(self, which: str = "last") -> None:
+        path = self._checkpoint_dir(which)
+        if path is not None:
+            save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state())
+
+    def resume(self) -> bool:
+        """Continue from ``run_dir/checkpoints/last`` if it exists; returns whether it did.
+
+        :raises CheckpointError: the checkpoint is corrupt, or was written for another config or feature table.
+        """
+        path = self._checkpoint_dir("last")
+        if path is None or not (path.exists() or path.with_name("last.old").exists()):
+            return False
+        from mmkgc.errors import CheckpointError
+
+        saved = read_checkpoint_state(path)
+        if saved.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{path}: checkpoint was written for a different config or feature table "
+                f"(saved {saved.get('fingerprint')}, now {self.fingerprint}); start a new run directory"
+            )
+        state, rng = load_checkpoint(path, self.model, self.optimizer, map_location=self.device)
+        self.epoch = state["epoch"]
+        self.step = state["step"]
+        self.training_seconds = state["training_seconds"]
+        self.best_metric = state["best_metric"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_validations = state["bad_validations"]
+        self.history = state["history"]
+        if "sampler" in rng:
+            self.generator.set_state(rng["sampler"])
+        if "torch_global" in rng:
+            torch.set_rng_state(rng["torch_global"])
+        self.log(f"resumed from {path} at epoch {self.epoch}")
+        return True
+
+    def _append_log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------------ main loop
+    def train(self, resume: bool = False) -> TrainingSummary:
+        """Run epochs until ``training.epochs``, early stopping, or the time budget.
+
+        The selected model (best validation metric; the last one if validation never ran) is loaded into
+        ``self.model`` on return.
+        """
+        if resume:
+            self.resume()
+        if self.cfg.num_threads:
+            torch.set_num_threads(self.cfg.num_threads)
+        budget = self.cfg.time_budget_minutes * 60.0 if self.cfg.time_budget_minutes else None
+        has_valid = self.triples.split(self.eval_cfg.split).shape[0] > 0
+        stopped = "max_epochs"
+        if self.epoch == 0:
+            torch.manual_seed(self.seed)  # dropout and other global draws; restored from checkpoints on resume
+        while self.epoch < self.cfg.epochs:
+            if budget is not None and self.training_seconds >= budget:
+                stopped = "time_budget"
+                break
+            start = time.perf_counter()
+            deadline = start + (budget - self.training_seconds) if budget is not None else None
+            loss, out_of_time = self._epoch(deadline)
+            seconds = time.perf_counter() - start
+            self.training_seconds += seconds
+            self.epoch += 1
+            record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
+                                      "training_seconds": self.training_seconds, "partial": out_of_time}
+            last = self.epoch >= self.cfg.epochs or out_of_time
+            if has_valid and (self.epoch % self.eval_cfg.every == 0 or last):
+                t0 = time.perf_counter()
+                result = self.validate()
+                value = self._selection_value(result)
+                record["valid"] = {k: result.get(k, side="both", policy=self.eval_cfg.tie_policy)
+                                   for k in ("mrr", "hits_at_1", "hits_at_3", "hits_at_10")}
+                record["valid_seconds"] = time.perf_counter() - t0
+                if self.best_metric is None or value > self.best_metric:
+                    self.best_metric, self.best_epoch, self.bad_validations = value, self.epoch, 0
+                    self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.save("best")
+                else:
+                    self.bad_validations += 1
+                self.log(f"epoch {self.epoch}: loss {loss:.4f}, valid {self.eval_cfg.metric} {value:.4f} "
+                         f"(best {self.best_metric:.4f} at {self.best_epoch})")
+            else:
+                self.log(f"epoch {self.epoch}: loss {loss:.4f} ({seconds:.1f} s)")
+            self.history.append(record)
+            self._append_log(record)
+            self.save("last")
+            if out_of_time:
+                stopped = "time_budget"
+                break
+            if self.eval_cfg.patience is not None and self.bad_validations >= self.eval_cfg.patience:
+                stopped = "early_stopping"
+                break
+        self._load_best()
+        return TrainingSummary(self.epoch, stopped, self.best_epoch, self.best_metric, self.training_seconds,
+                               list(self.history))
+
+    def _load_best(self) -> None:
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+            return
+        best = self._checkpoint_dir("best")
+        if best is not None and best.exists():
+            load_checkpoint(best, self.model, map_location=self.device)
+

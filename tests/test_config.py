@@ -1,0 +1,72 @@
+"""Config validation: every mistake gets one message naming the field."""
+
+from pathlib import Path
+
+import pytest
+
+from mmkgc.config import load_config, parse_config
+from mmkgc.errors import ConfigError
+
+MINIMAL = {"dataset": {"synthetic": {"seed": 1}}}
+
+
+def test_minimal_config_gets_defaults():
+    cfg = parse_config(MINIMAL)
+    assert cfg.model.scorer == "rotate"
+    assert cfg.training.loop == "negative_sampling"
+    assert cfg.evaluation.split == "valid_clean"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "training": {"epocs": 3}}, source="x.yaml")
+    msg = str(err.value)
+    assert "x.yaml" in msg and "training.epocs" in msg and "unknown key" in msg
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "training": {"lr": "fast"}})
+    assert "training.lr" in str(err.value)
+
+
+def test_out_of_range_and_unknown_scorer():
+    with pytest.raises(ConfigError, match="training.batch_size"):
+        parse_config({**MINIMAL, "training": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match="unknown scorer 'rotatee'"):
+        parse_config({**MINIMAL, "model": {"scorer": "rotatee"}})
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="reciprocal"):
+        parse_config({**MINIMAL, "training": {"loop": "one_to_n", "loss": "bce"}})
+    with pytest.raises(ConfigError, match="one_to_n"):
+        parse_config({**MINIMAL, "model": {"reciprocal": True}, "training": {"loop": "one_to_n", "loss": "nssa"}})
+    with pytest.raises(ConfigError, match="modalities"):
+        parse_config({**MINIMAL, "model": {"representation": "concat"}})
+    with pytest.raises(ConfigError, match="exactly one of"):
+        parse_config({"dataset": {"name": "DB15K", "synthetic": {}}})
+
+
+def test_load_config_file_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  name: [DB15K\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(empty)
+
+
+def test_relative_paths_resolve_against_config_dir_and_overrides(tmp_path: Path):
+    cfg_file = tmp_path / "sub" / "c.yaml"
+    cfg_file.parent.mkdir()
+    cfg_file.write_text("dataset:\n  path: data\ntraining:\n  epochs: 3\n")
+    cfg = load_config(cfg_file, overrides=["training.epochs=7", "model.dim=16"])
+    assert cfg.dataset.path == (tmp_path / "sub" / "data").resolve()
+    assert cfg.training.epochs == 7 and cfg.model.dim == 16
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_config(cfg_file, overrides=["training.epochs"])
