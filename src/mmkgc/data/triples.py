@@ -43,6 +43,7 @@ class KeyValueIndex:
         # One sort on the combined key gives a unique, key-major ordering.
         combined = torch.unique(keys * value_range + values)
         self.value_range = int(value_range)
+        self.combined = combined
         self.keys = torch.div(combined, value_range, rounding_mode="floor")
         self.values = combined - self.keys * value_range
 
@@ -77,12 +78,11 @@ class KeyValueIndex:
 
     def contains(self, query_keys: torch.Tensor, query_values: torch.Tensor) -> torch.Tensor:
         """Whether each (key, value) pair is stored, bool ``[B]``."""
-        combined = self.keys * self.value_range + self.values
         q = query_keys.to(torch.long) * self.value_range + query_values.to(torch.long)
-        pos = torch.searchsorted(combined, q).clamp_max(max(len(combined) - 1, 0))
-        if len(combined) == 0:
+        if len(self.combined) == 0:
             return torch.zeros_like(q, dtype=torch.bool)
-        return combined[pos] == q
+        pos = torch.searchsorted(self.combined, q).clamp_max(len(self.combined) - 1)
+        return self.combined[pos] == q
 
 
 class FilterIndex:
