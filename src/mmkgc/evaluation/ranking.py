@@ -1,0 +1,590 @@
+"""Filtered ranks of the true entity among all candidates, chunked, with explicit tie handling.
+
+The evaluator never sees a model.  It takes a *score function*
+
+    ``score_fn(queries: LongTensor[B, 3], side: "head" | "tail") -> FloatTensor[B, N]``
+
+where **higher is better** (distance models return negated distances).  For ``side="tail"`` row ``b`` holds
+the score of ``(h_b, r_b, e)`` for every candidate entity ``e``; for ``side="head"`` the score of
+``(e, r_b, t_b)``.  Whether the model answers head queries natively or with a reciprocal relation is the
+score function's business.
+
+Rank of the target ``x`` among the candidates ``C`` (all ``N`` entities minus the *other* known answers when
+filtering, Bordes et al., 2013), with ``s`` the scores and ``s_x`` the target's score:
+
+* optimistic  = ``1 + |{e in C : s_e >  s_x}|`` -- OpenKE ``base/Test.h`` (strict comparison on distances);
+* pessimistic = ``1 + |{e in C, e != x : s_e >= s_x}|``;
+* realistic   = ``(optimistic + pessimistic) / 2``, the expected rank when ties are broken uniformly at random
+  (PyKEEN ``pykeen.evaluation.ranks.Ranks``; Berrendorf et al., 2020, "Interpretable and Fair Comparison of
+  Link Prediction or Entity Alignment Methods");
+* random      = a uniformly random integer in ``[optimistic, pessimistic]`` drawn from a seeded generator; this
+  is the IMVIA / MoMoK protocol (the target is re-inserted at a random position among its ties), and its
+  expectation is the realistic rank.
+
+Ranks are computed by comparing every score with the target score -- no sort, and the score matrix is never
+copied or modified.  On the CPU the matrix is read once, in cache-sized row blocks, by NumPy; on other devices
+(CUDA) two PyTorch comparisons are used.  Filtering costs ``O(A)`` for ``A`` known answers: their contributions
+to the counts are subtracted afterwards.  The cost per batch is ``O(B * N + A)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from mmkgc.data.triples import FilterIndex
+
+Side = Literal["head", "tail"]
+TiePolicy = Literal["optimistic", "pessimistic", "realistic", "random"]
+
+#: Sides in the order they are evaluated and reported.
+SIDES: tuple[str, ...] = ("head", "tail")
+#: Tie policies understood by :func:`tie_break`.
+TIE_POLICIES: tuple[str, ...] = ("optimistic", "pessimistic", "realistic", "random")
+#: Column of the query triple that holds the target of each side.
+TARGET_COLUMN = {"head": 0, "tail": 2}
+#: Default bound on the memory taken by one chunk of scores plus ranking temporaries (bytes).
+DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
+
+ScoreFn = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def _check_side(side: str) -> str:
+    if side not in TARGET_COLUMN:
+        raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+    return side
+
+
+#: Bytes of one row block in the CPU counting loop: small enough that the block stays in the L2 cache while it
+#: is compared twice with the target scores and checked for NaN, so the matrix is read from memory once.
+_CPU_BLOCK_BYTES = 512 * 2**10
+
+
+def _nan_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B]``: which rows of ``scores`` contain a NaN.
+
+    A row sum is NaN whenever the row holds a NaN, so one cheap reduction clears almost every row; only rows
+    whose sum is NaN (a NaN, or +inf and -inf together) are inspected element-wise.
+    """
+    suspicious = torch.isnan(scores.sum(dim=1))
+    if not bool(suspicious.any()):
+        return suspicious
+    rows = suspicious.nonzero().squeeze(1)
+    suspicious[rows] = torch.isnan(scores[rows]).any(dim=1)
+    return suspicious
+
+
+def _count_cpu(scores: torch.Tensor, target_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(#(s > t), #(s >= t), row has NaN)`` per row of a CPU float32/float64 matrix.
+
+    Works on NumPy views (no copy) in row blocks of about :data:`_CPU_BLOCK_BYTES`: each block is read from memory
+    once and then compared twice and checked for NaN in cache.  PyTorch's eager CPU ``(x > t).sum(1)`` is several
+    times slower (a full pass over memory per step, and a slow boolean row reduction).
+    """
+    x = scores.numpy()
+    t = target_score.numpy()
+    num_rows, num_entities = x.shape
+    block = max(1, _CPU_BLOCK_BYTES // max(1, num_entities * x.itemsize))
+    # Row sums of 0/1 bytes: a narrow accumulator is much faster, and a count never exceeds N.
+    count_dtype = np.uint16 if num_entities < 2**16 else np.uint32 if num_entities < 2**32 else np.uint64
+    greater = np.empty(num_rows, dtype=np.int64)
+    greater_equal = np.empty(num_rows, dtype=np.int64)
+    nan = np.zeros(num_rows, dtype=bool)
+    buffer = np.empty((min(block, num_rows), num_entities), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for start in range(0, num_rows, block):
+            stop = min(num_rows, start + block)
+            xb, tb, mask = x[start:stop], t[start:stop], buffer[: stop - start]
+            np.greater(xb, tb, out=mask)
+            greater[start:stop] = mask.view(np.uint8).sum(axis=1, dtype=count_dtype)
+            np.greater_equal(xb, tb, out=mask)
+            greater_equal[start:stop] = mask.view(np.uint8).sum(axis=1, dtype=count_dtype)
+            if np.isnan(xb.max()):  # max propagates NaN: one cheap pass over the cached block
+                nan[start:stop] = np.isnan(xb).any(axis=1)
+    return torch.from_numpy(greater), torch.from_numpy(greater_equal), torch.from_numpy(nan)
+
+
+def _use_numpy(scores: torch.Tensor) -> bool:
+    """Whether ``scores`` takes the NumPy path (CPU float32/float64; everything else uses PyTorch ops)."""
+    return scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
+
+
+def _count(scores: torch.Tensor, target_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(greater [B], greater_equal [B], nan [B])`` int64/int64/bool on the device of ``scores``."""
+    if _use_numpy(scores):
+        return _count_cpu(scores, target_score)
+    nan = _nan_rows(scores)
+    return (scores > target_score).sum(dim=1), (scores >= target_score).sum(dim=1), nan
+
+
+def _check_pairs(num_rows: int, num_entities: int, row_range: tuple[int, int], col_range: tuple[int, int]) -> None:
+    if row_range[0] < 0 or row_range[1] >= num_rows:
+        raise ValueError(f"filter_rows must lie in [0, {num_rows}), got min {row_range[0]}, max {row_range[1]}")
+    if col_range[0] < 0 or col_range[1] >= num_entities:
+        raise ValueError(f"filter_cols must lie in [0, {num_entities}), got min {col_range[0]}, max {col_range[1]}")
+
+
+# Both helpers below compute, per row and among the known answers *other than the target*, how many score
+# ``>`` and ``>=`` the target and how many there are.  The pairs are turned into flat keys ``row * N + col``,
+# de-duplicated unless already strictly increasing (FilterIndex.known returns them so; checking is one pass),
+# and then -- being sorted by row -- counted per row as differences of running sums at the row boundaries.
+# Each row holds at most one pair equal to its target; those are found by binary search on the keys, so no
+# per-pair "is this the target" mask is needed: the target's own pair is never strictly better, always ``>=``.
+
+
+def _filtered_counts_numpy(
+    scores: torch.Tensor, target_score: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CPU version on NumPy views (PyTorch's eager CPU int64 kernels are several times slower here).
+
+    :returns: ``(greater, greater_equal, count)``, three int64 ``[B]`` tensors.
+    """
+    num_rows, num_entities = scores.shape
+    r, c = rows.numpy(), cols.numpy()
+    keys = r * num_entities + c
+    if keys.size > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        _check_pairs(num_rows, num_entities, (int(r.min()), int(r.max())), (int(c.min()), int(c.max())))
+        keys = np.unique(keys)
+        r = keys // num_entities
+    else:  # sorted: the row range is given by the ends
+        _check_pairs(num_rows, num_entities, (int(r[0]), int(r[-1])), (int(c.min()), int(c.max())))
+    x = scores.numpy()
+    if x.flags.c_contiguous:
+        pair_scores = x.reshape(-1).take(keys)
+    else:
+        pair_scores = x[r, keys - r * num_entities]
+    pair_target = target_score.numpy().reshape(-1).take(r)
+    bounds = np.searchsorted(r, np.arange(num_rows + 1))
+    target_keys = np.arange(num_rows, dtype=np.int64) * num_entities + targets.numpy()
+    position = np.minimum(np.searchsorted(keys, target_keys), keys.size - 1)
+    has_target = (keys[position] == target_keys).astype(np.int64)
+    running = np.empty(keys.size + 1, dtype=np.int32 if keys.size < 2**31 else np.int64)
+    running[0] = 0
+
+    def per_row(mask: np.ndarray) -> np.ndarray:
+        np.cumsum(mask, out=running[1:])
+        return running[bounds[1:]].astype(np.int64) - running[bounds[:-1]]
+
+    greater = per_row(pair_scores > pair_target)
+    greater_equal = per_row(pair_scores >= pair_target) - has_target
+    count = (bounds[1:] - bounds[:-1]) - has_target
+    return torch.from_numpy(greater), torch.from_numpy(greater_equal), torch.from_numpy(count.astype(np.int64))
+
+
+def _filtered_counts_torch(
+    scores: torch.Tensor, target_score: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same as :func:`_filtered_counts_numpy` with PyTorch ops on the device of ``scores`` (e.g. CUDA)."""
+    num_rows, num_entities = scores.shape
+    device = scores.device
+    row_min, row_max = torch.aminmax(rows)
+    col_min, col_max = torch.aminmax(cols)
+    _check_pairs(num_rows, num_entities, (int(row_min), int(row_max)), (int(col_min), int(col_max)))
+    keys = rows * num_entities + cols
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        keys = torch.unique(keys)
+        rows = torch.div(keys, num_entities, rounding_mode="floor")
+    pair_scores = scores.reshape(-1)[keys] if scores.is_contiguous() else scores[rows, keys - rows * num_entities]
+    pair_target = target_score.reshape(-1)[rows]
+    bounds = torch.searchsorted(rows, torch.arange(num_rows + 1, device=device))
+    target_keys = torch.arange(num_rows, device=device) * num_entities + targets
+    position = torch.searchsorted(keys, target_keys).clamp_max(keys.numel() - 1)
+    has_target = (keys[position] == target_keys).long()
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+
+    def per_row(mask: torch.Tensor) -> torch.Tensor:
+        running = torch.cat([zero, torch.cumsum(mask, 0)])
+        return running[bounds[1:]] - running[bounds[:-1]]
+
+    greater = per_row(pair_scores > pair_target)
+    greater_equal = per_row(pair_scores >= pair_target) - has_target
+    count = (bounds[1:] - bounds[:-1]) - has_target
+    return greater, greater_equal, count
+
+
+def rank_targets(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    filter_rows: torch.Tensor | None = None,
+    filter_cols: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Filtered optimistic and pessimistic rank of each target among all candidates.
+
+    Known answers other than the target (pairs ``(filter_rows[i], filter_cols[i])``, e.g. the output of
+    :meth:`mmkgc.data.triples.FilterIndex.known`, which may include the target itself and may hold
+    duplicates) are removed from the candidates.  The score matrix is **not modified**: the comparisons are
+    counted over the whole row and the filtered entries' contributions subtracted afterwards.
+
+    OpenKE ``base/Test.h`` counts ``1 + #{e != x, not filtered : d_e < d_x}`` on distances ``d``; with
+    ``scores = -d`` that is exactly the optimistic rank returned here.  PyKEEN's
+    ``Ranks.from_scores`` (with filtered scores set to NaN) gives the same optimistic and pessimistic ranks and
+    the same ``number_of_options``.
+
+    :param scores: float ``[B, N]``, higher is better, on any device.  ``+inf``/``-inf`` are ordinary ordered
+        values (equal infinities tie); NaN is rejected.
+    :param targets: int64 ``[B]``, the true entity of each row, in ``[0, N)``.
+    :param filter_rows: int64 ``[A]``, row of each known answer, in ``[0, B)``; ``None`` for raw ranks.
+    :param filter_cols: int64 ``[A]``, entity of each known answer, in ``[0, N)``; ``None`` for raw ranks.
+    :returns: ``(optimistic, pessimistic, num_candidates)``, three int64 ``[B]`` tensors on the device of
+        ``scores``.  ``num_candidates`` counts the target plus every unfiltered other entity, so
+        ``1 <= optimistic <= pessimistic <= num_candidates``.
+    :raises ValueError: on wrong shapes, a target or filter id out of range, or any NaN in ``scores``
+        (the message gives the number of rows with NaN; OpenKE would silently report rank 1).
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape [B, N], got {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
+    num_rows, num_entities = scores.shape
+    device = scores.device
+    targets = torch.as_tensor(targets).to(device=device, dtype=torch.long).reshape(-1)
+    if targets.numel() != num_rows:
+        raise ValueError(f"targets must have shape [{num_rows}] to match scores, got {tuple(targets.shape)}")
+    if num_rows == 0:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), empty.clone()
+    if int(targets.min()) < 0 or int(targets.max()) >= num_entities:
+        raise ValueError(
+            f"target ids must lie in [0, {num_entities}) (the number of score columns); "
+            f"got min {int(targets.min())}, max {int(targets.max())}"
+        )
+    if (filter_rows is None) != (filter_cols is None):
+        raise ValueError("filter_rows and filter_cols must both be given or both be None")
+    scores = scores.detach()
+    target_score = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
+    # ``>=`` counts the target itself (its score is not NaN), which supplies the "1 +" of the pessimistic rank.
+    greater, greater_equal, nan = _count(scores, target_score)
+    if bool(nan.any()):
+        raise ValueError(
+            f"scores contain NaN in {int(nan.sum())} of {num_rows} rows (first such row: "
+            f"{int(nan.nonzero()[0, 0])}); a NaN cannot be ranked (OpenKE would silently report rank 1)"
+        )
+    num_candidates = torch.full((num_rows,), num_entities, dtype=torch.long, device=device)
+
+    if filter_rows is not None and filter_cols is not None:
+        rows = torch.as_tensor(filter_rows).to(device=device, dtype=torch.long).reshape(-1)
+        cols = torch.as_tensor(filter_cols).to(device=device, dtype=torch.long).reshape(-1)
+        if rows.numel() != cols.numel():
+            raise ValueError(
+                f"filter_rows and filter_cols must have equal length, got {rows.numel()} and {cols.numel()}"
+            )
+        if rows.numel() > 0:
+            if _use_numpy(scores):
+                filtered = _filtered_counts_numpy(scores, target_score, targets, rows, cols)
+            else:
+                filtered = _filtered_counts_torch(scores, target_score, targets, rows, cols)
+            greater = greater - filtered[0]
+            greater_equal = greater_equal - filtered[1]
+            num_candidates = num_candidates - filtered[2]
+    return greater + 1, greater_equal, num_candidates
+
+
+def tie_break(
+    optimistic: torch.Tensor,
+    pessimistic: torch.Tensor,
+    policy: str = "realistic",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Rank under a tie policy, from the optimistic and pessimistic ranks.
+
+    :param optimistic: int64 ``[Q]`` (see :func:`rank_targets`).
+    :param pessimistic: int64 ``[Q]``, elementwise ``>= optimistic``.
+    :param policy: ``"optimistic"`` (OpenKE), ``"pessimistic"``, ``"realistic"`` (mean of the two, PyKEEN) or
+        ``"random"`` (uniform integer in ``[optimistic, pessimistic]``; IMVIA/MoMoK).
+    :param seed: seed of the CPU generator used by ``"random"``; the same seed and inputs give the same ranks.
+    :returns: int64 ``[Q]`` for optimistic, pessimistic and random; float64 ``[Q]`` for realistic.  Same device
+        as the inputs.
+    :raises ValueError: on an unknown policy or mismatched shapes.
+    """
+    if optimistic.shape != pessimistic.shape:
+        raise ValueError(
+            f"optimistic and pessimistic ranks differ in shape: {tuple(optimistic.shape)} vs "
+            f"{tuple(pessimistic.shape)}"
+        )
+    if policy == "optimistic":
+        return optimistic.long()
+    if policy == "pessimistic":
+        return pessimistic.long()
+    if policy == "realistic":
+        return (optimistic.double() + pessimistic.double()) / 2
+    if policy == "random":
+        generator = torch.Generator().manual_seed(int(seed))
+        u = torch.rand(optimistic.shape, generator=generator, dtype=torch.float64).to(optimistic.device)
+        width = (pessimistic - optimistic + 1).double()
+        offset = torch.minimum(torch.floor(u * width), width - 1).long()
+        return optimistic.long() + offset
+    raise ValueError(f"unknown tie policy {policy!r}; expected one of {TIE_POLICIES}")
+
+
+@dataclass
+class SideRanks:
+    """Ranks of one side (head or tail prediction) for ``Q`` queries.
+
+    :param optimistic: int64 ``[Q]``.
+    :param pessimistic: int64 ``[Q]``.
+    :param num_candidates: int64 ``[Q]``, candidates each target was ranked among (target included).
+    """
+
+    optimistic: torch.Tensor
+    pessimistic: torch.Tensor
+    num_candidates: torch.Tensor
+
+    @property
+    def realistic(self) -> torch.Tensor:
+        """Expected rank under uniformly random tie-breaking, float64 ``[Q]``."""
+        return tie_break(self.optimistic, self.pessimistic, "realistic")
+
+    def ranks(self, policy: str = "realistic", seed: int = 0) -> torch.Tensor:
+        """Ranks under ``policy`` (see :func:`tie_break`)."""
+        return tie_break(self.optimistic, self.pessimistic, policy, seed)
+
+
+@dataclass
+class RankResult:
+    """Ranks of every query on every evaluated side (CPU tensors).
+
+    :param queries: int64 ``[Q, 3]`` (h, r, t), in the order they were given.
+    :param sides: ``{"head": SideRanks, "tail": SideRanks}`` (only the evaluated sides).
+    :param num_entities: ``N``, number of score columns.
+    :param filtered: whether known answers were removed from the candidates.
+    """
+
+    queries: torch.Tensor
+    sides: dict[str, SideRanks] = field(default_factory=dict)
+    num_entities: int = 0
+    filtered: bool = True
+
+    def __len__(self) -> int:
+        return int(self.queries.shape[0])
+
+    def side(self, side: str) -> SideRanks:
+        """The :class:`SideRanks` of ``side``; raises ``KeyError`` if that side was not evaluated."""
+        if side not in self.sides:
+            raise KeyError(f"side {side!r} was not evaluated; available: {sorted(self.sides)}")
+        return self.sides[side]
+
+    def ranks(self, side: str, policy: str = "realistic", seed: int = 0) -> torch.Tensor:
+        """Ranks of ``side`` under ``policy``, ``[Q]`` (float64 for realistic, int64 otherwise).
+
+        For ``policy="random"`` the head side uses ``seed`` and the tail side ``seed + 1``, so the two sides get
+        independent draws that do not depend on how the queries were chunked.
+        """
+        _check_side(side)
+        return self.side(side).ranks(policy, seed + SIDES.index(side))
+
+    @classmethod
+    def concatenate(cls, results: Sequence["RankResult"]) -> "RankResult":
+        """Join results computed on disjoint query shards (e.g. DDP ranks), in the given order.
+
+        :raises ValueError: if the shards disagree on sides, ``num_entities`` or ``filtered``.
+        """
+        if not results:
+            raise ValueError("concatenate needs at least one RankResult")
+        first = results[0]
+        for other in results[1:]:
+            if set(other.sides) != set(first.sides) or other.num_entities != first.num_entities or (
+                other.filtered != first.filtered
+            ):
+                raise ValueError("RankResult shards differ in sides, num_entities or filtered")
+        sides = {
+            name: SideRanks(
+                optimistic=torch.cat([r.sides[name].optimistic for r in results]),
+                pessimistic=torch.cat([r.sides[name].pessimistic for r in results]),
+                num_candidates=torch.cat([r.sides[name].num_candidates for r in results]),
+            )
+            for name in first.sides
+        }
+        return cls(
+            queries=torch.cat([r.queries for r in results]),
+            sides=sides,
+            num_entities=first.num_entities,
+            filtered=first.filtered,
+        )
+
+
+def batch_size_for_memory(num_entities: int, max_memory_bytes: int, element_size: int = 4) -> int:
+    """Largest number of query rows whose scores and ranking temporaries fit in ``max_memory_bytes``.
+
+    Per row the evaluator holds the ``N`` scores (``element_size`` bytes each) and, on CUDA, one boolean
+    comparison result (``N`` bytes) at a time (on the CPU only a cache-sized block of it); a second byte per
+    entity is reserved for the score function's and the reductions' temporaries.  Memory the score function
+    needs internally (e.g. ``[B, N, d]`` intermediates) is not covered: pass an explicit ``batch_size`` for
+    such scorers.
+
+    :returns: at least 1.
+    :raises ValueError: if ``num_entities`` or ``max_memory_bytes`` is not positive.
+    """
+    if num_entities <= 0:
+        raise ValueError(f"num_entities must be positive, got {num_entities}")
+    if max_memory_bytes <= 0:
+        raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes}")
+    return max(1, int(max_memory_bytes) // (int(num_entities) * (int(element_size) + 2)))
+
+
+def _progress_bar(enabled: bool):
+    """A transient ``rich`` progress bar, or ``None`` when disabled."""
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("ranking {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+
+def compute_ranks(
+    score_fn: ScoreFn,
+    queries: torch.Tensor,
+    filter_index: FilterIndex | None = None,
+    sides: Iterable[str] = SIDES,
+    batch_size: int | None = None,
+    *,
+    max_memory_bytes: int | None = None,
+    num_entities: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> RankResult:
+    """Filtered (or raw) ranks of the true head and/or tail of every query.
+
+    The queries are scored in chunks of ``batch_size`` rows, so the evaluator holds at most
+    ``batch_size * N`` scores at a time.  Ranks are integer counts, hence identical for every chunk size and
+    every device.
+
+    :param score_fn: ``score_fn(queries [B, 3] int64, side) -> [B, N]`` float scores, higher is better (see
+        the module docstring).  It is called under ``torch.no_grad()`` and may return CUDA tensors; ranking
+        then runs on that device.  The returned tensor is only read, never modified.
+    :param queries: int64 ``[Q, 3]`` (h, r, t) triples whose head/tail are ranked.
+    :param filter_index: known answers to remove (usually ``TripleSet.filter_index`` over train+valid+test);
+        ``None`` gives raw ranks.
+    :param sides: any of ``"head"``, ``"tail"``; default both.
+    :param batch_size: queries per chunk.  Give at most one of ``batch_size`` and ``max_memory_bytes``; with
+        neither, the chunk is sized for :data:`DEFAULT_MAX_MEMORY_BYTES`.
+    :param max_memory_bytes: bound on the bytes of one chunk's scores plus ranking temporaries (see
+        :func:`batch_size_for_memory`).
+    :param num_entities: ``N``, the expected score width, used to size chunks; defaults to
+        ``filter_index.num_entities``.  When unknown, the first query is scored alone to learn ``N``.
+    :param device: if given, each query chunk is moved to this device before ``score_fn`` is called and the
+        scores are ranked there; otherwise queries are passed as given and ranked where the scores live.
+    :param progress: show a ``rich`` progress bar.
+    :returns: :class:`RankResult` with CPU int64 ranks.
+    :raises ValueError: on bad shapes or options, a score matrix whose shape does not match the chunk or
+        whose width changes between chunks, or NaN scores (the message names the side and query range).
+    """
+    queries = torch.as_tensor(queries)
+    if queries.ndim != 2 or queries.shape[1] != 3:
+        raise ValueError(f"queries must have shape [Q, 3], got {tuple(queries.shape)}")
+    if queries.is_floating_point():
+        raise ValueError(f"queries must be integer ids, got dtype {queries.dtype}")
+    queries = queries.long()
+    sides = tuple(sides)
+    if not sides:
+        raise ValueError("sides must name at least one of 'head', 'tail'")
+    for side in sides:
+        _check_side(side)
+    if len(set(sides)) != len(sides):
+        raise ValueError(f"sides must not repeat, got {sides}")
+    if batch_size is not None and max_memory_bytes is not None:
+        raise ValueError("give at most one of batch_size and max_memory_bytes")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if num_entities is None and filter_index is not None:
+        num_entities = filter_index.num_entities
+    if device is not None:
+        device = torch.device(device)
+
+    num_queries = int(queries.shape[0])
+    queries_cpu = queries.cpu()
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {side: [] for side in sides}
+    bar = _progress_bar(progress)
+    task = bar.add_task("queries", total=num_queries * len(sides)) if bar is not None else None
+    if bar is not None:
+        bar.start()
+    width: int | None = None
+    element_size = 4
+    try:
+        for side in sides:
+            column = TARGET_COLUMN[side]
+            start = 0
+            while start < num_queries:
+                if batch_size is not None:
+                    size = int(batch_size)
+                elif width is None and num_entities is None:
+                    size = 1
+                else:
+                    size = batch_size_for_memory(
+                        width if width is not None else int(num_entities),
+                        max_memory_bytes if max_memory_bytes is not None else DEFAULT_MAX_MEMORY_BYTES,
+                        element_size,
+                    )
+                stop = min(num_queries, start + size)
+                chunk_cpu = queries_cpu[start:stop]
+                chunk = queries[start:stop]
+                if device is not None:
+                    chunk = chunk.to(device)
+                with torch.no_grad():
+                    scores = score_fn(chunk, side)
+                if not isinstance(scores, torch.Tensor):
+                    raise ValueError(f"score_fn must return a torch.Tensor, got {type(scores).__name__}")
+                if scores.ndim != 2 or scores.shape[0] != stop - start:
+                    raise ValueError(
+                        f"score_fn returned shape {tuple(scores.shape)} for {stop - start} {side} queries; "
+                        f"expected [{stop - start}, N]"
+                    )
+                if width is None:
+                    width = int(scores.shape[1])
+                    element_size = scores.element_size()
+                    if filter_index is not None and width != filter_index.num_entities:
+                        raise ValueError(
+                            f"score_fn returned {width} candidates but the filter index has "
+                            f"{filter_index.num_entities} entities"
+                        )
+                    if num_entities is not None and width != int(num_entities):
+                        raise ValueError(
+                            f"score_fn returned {width} candidates but num_entities is {int(num_entities)}"
+                        )
+                elif scores.shape[1] != width:
+                    raise ValueError(
+                        f"score_fn returned {scores.shape[1]} candidates for {side} queries {start}..{stop - 1} "
+                        f"but {width} before"
+                    )
+                if device is not None and scores.device != device:
+                    scores = scores.to(device)
+                if filter_index is not None:
+                    rows, cols = filter_index.known(chunk_cpu, side)  # type: ignore[arg-type]
+                else:
+                    rows = cols = None
+                try:
+                    optimistic, pessimistic, candidates = rank_targets(
+                        scores, chunk_cpu[:, column], rows, cols
+                    )
+                except ValueError as err:
+                    raise ValueError(f"{side} queries {start}..{stop - 1}: {err}") from None
+                parts[side].append((optimistic.cpu(), pessimistic.cpu(), candidates.cpu()))
+                del scores
+                if bar is not None:
+                    bar.advance(task, stop - start)
+                start = stop
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    empty = torch.empty(0, dtype=torch.long)
+    result_sides = {}
+    for side in sides:
+        chunks = parts[side]
+        result_sides[side] = SideRanks(
+            optimistic=torch.cat([c[0] for c in chunks]) if chunks else empty.clone(),
+            pessimistic=torch.cat([c[1] for c in chunks]) if chunks else empty.clone(),
+            num_candidates=torch.cat([c[2] for c in chunks]) if chunks else empty.clone(),
+        )
+    if width is None:
+        width = int(num_entities) if num_entities is not None else 0
+    return RankResult(queries=queries_cpu.clone(), sides=result_sides, num_entities=width,
+                      filtered=filter_index is not None)
