@@ -64,17 +64,21 @@ def datasets_info(name: str) -> None:
 def datasets_check(
     name: str,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local copy instead of the download cache."),
-    download: bool = typer.Option(False, "--download", help="Download missing files first."),
+    download: bool = typer.Option(False, "--download", help="Download (and verify) missing files first."),
+    allow_unpinned: bool = typer.Option(False, "--allow-unpinned",
+                                        help="Accept files without a pinned sha256 (trust on first use)."),
 ) -> None:
-    """Verify a dataset copy (file hashes and counts) and print its data-health report."""
+    """Verify a dataset copy (sha256 of every file, counts) and print its data-health report."""
     from mmkgc.data.health import health_report
     from mmkgc.data.registry import check_dataset, load_dataset
 
-    report = check_dataset(name, data_dir=data_dir, download=download)
-    console.print_json(json.dumps(report, default=str))
-    if not report.get("ok", False):
+    if download and data_dir is None:
+        load_dataset(name, download=True, allow_unpinned=allow_unpinned, progress=_progress())
+    report = check_dataset(name, data_dir=data_dir)
+    console.print(report.to_markdown())
+    if not report.ok:
         raise typer.Exit(1)
-    triples = load_dataset(name, data_dir=data_dir)
+    triples = load_dataset(name, data_dir=data_dir, download=False)
     console.print(health_report(triples).to_markdown())
 
 
@@ -101,17 +105,15 @@ def train(
 
 def _print_metrics(metrics: dict) -> None:
     for split in ("valid", "test"):
-        if split not in metrics:
+        if split not in metrics.get("summary", {}):
             continue
         table = Table(title=f"{split}: filtered link prediction (head and tail averaged)")
         table.add_column("ties")
         for col in ("MRR", "MR", "Hits@1", "Hits@3", "Hits@10"):
             table.add_column(col, justify="right")
-        both = metrics[split]["both"]
-        for policy in ("realistic", "optimistic", "pessimistic"):
-            m = both[policy]
-            table.add_row(policy, f"{m['mrr']:.4f}", f"{m['mr']:.1f}", f"{m['hits_at_1']:.4f}",
-                          f"{m['hits_at_3']:.4f}", f"{m['hits_at_10']:.4f}")
+        for policy, m in metrics["summary"][split].items():
+            table.add_row(policy, f"{m['mrr']:.4f}", f"{m['mr']:.1f}", f"{m['hits@1']:.4f}",
+                          f"{m['hits@3']:.4f}", f"{m['hits@10']:.4f}")
         console.print(table)
 
 
@@ -177,8 +179,8 @@ def demo(
     for col in ("model", "MRR", "Hits@1", "Hits@3", "Hits@10", "train s"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for row in rows:
-        table.add_row(row["model"], f"{row['mrr']:.4f}", f"{row['hits_at_1']:.4f}", f"{row['hits_at_3']:.4f}",
-                      f"{row['hits_at_10']:.4f}", f"{row['training_seconds']:.1f}")
+        table.add_row(row["model"], f"{row['mrr']:.4f}", f"{row['hits@1']:.4f}", f"{row['hits@3']:.4f}",
+                      f"{row['hits@10']:.4f}", f"{row['training_seconds']:.1f}")
     console.print(table)
     best_structure = max(r["mrr"] for r in rows if r["kind"] == "structure")
     best_multimodal = max(r["mrr"] for r in rows if r["kind"] == "multimodal")

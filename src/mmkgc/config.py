@@ -185,7 +185,7 @@ class EvaluationConfig(_Strict):
     every: int = Field(10, ge=1)
     patience: int | None = Field(5, ge=1)
     split: Literal["valid_clean", "valid"] = "valid_clean"
-    metric: Literal["mrr", "hits_at_1", "hits_at_3", "hits_at_10"] = "mrr"
+    metric: Literal["mrr", "hits@1", "hits@3", "hits@10"] = "mrr"
     tie_policy: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
     batch_size: int = Field(256, ge=1)
     test: bool = True

@@ -24,12 +24,12 @@ def demo_configs(seed: int = 0) -> list[tuple[str, str, dict[str, Any]]]:
     }
     evaluation = {"every": 5, "patience": 4, "batch_size": 512}
     model = {"scorer": "complex", "dim": 64, "reciprocal": True}
-    modalities = [{"name": "text"}, {"name": "image"}]
+    modalities = [{"name": "text"}, {"name": "visual"}]
     return [
         ("ComplEx, structure only", "structure",
          {"name": "demo-structure", "seed": seed, "dataset": dataset, "model": model,
           "training": training, "evaluation": evaluation}),
-        ("ComplEx, structure + text + image (concat)", "multimodal",
+        ("ComplEx, structure + text + visual (concat)", "multimodal",
          {"name": "demo-multimodal", "seed": seed, "dataset": dataset,
           "model": {**model, "representation": "concat", "modalities": modalities},
           "training": training, "evaluation": evaluation}),
@@ -51,8 +51,7 @@ def run_demo(output: str | Path, seed: int = 0, progress: bool = False,
             shutil.rmtree(run_dir)
         log(f"training {label} ...")
         metrics = run_experiment(cfg, run_dir, progress=progress, log=lambda line: None)
-        test = metrics["test"]["both"]["realistic"]
-        rows.append({"model": label, "kind": kind, **{k: test[k] for k in ("mrr", "hits_at_1", "hits_at_3",
-                                                                            "hits_at_10")},
+        test = metrics["summary"]["test"]["realistic"]
+        rows.append({"model": label, "kind": kind, **{k: test[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")},
                      "training_seconds": metrics["training"]["training_seconds"], "run_dir": str(run_dir)})
     return rows

@@ -53,8 +53,8 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
         options = ds.synthetic.model_dump()
         syn = make_synthetic_mmkg(**options)
         feats = {
-            name: (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(present, dtype=torch.bool))
-            for name, (values, present) in syn.feature_items()
+            name: (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(syn.present[name], dtype=torch.bool))
+            for name, values in syn.features.items()
         }
         return LoadedData(syn.triples, feats)
     if ds.path is not None:
@@ -200,16 +200,27 @@ def run_experiment(
     }
     score_fn = model.score_fn()
     if triples.split(cfg.evaluation.split).shape[0] > 0:
-        metrics["valid"] = evaluate(score_fn, triples, split=cfg.evaluation.split,
-                                    batch_size=cfg.evaluation.batch_size).to_dict()
+        result = evaluate(score_fn, triples, split=cfg.evaluation.split, batch_size=cfg.evaluation.batch_size)
+        metrics["valid"] = result.to_dict()
+        metrics["summary"] = {"valid": headline(result)}
     if cfg.evaluation.test and triples.test.shape[0] > 0:
         t0 = time.perf_counter()
         result = evaluate(score_fn, triples, split="test", batch_size=cfg.evaluation.batch_size)
         metrics["test"] = result.to_dict()
         metrics["test_seconds"] = time.perf_counter() - t0
+        metrics.setdefault("summary", {})["test"] = headline(result)
         log(result.to_markdown())
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+HEADLINE_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+
+
+def headline(result: Any) -> dict[str, dict[str, float]]:
+    """Head-and-tail averaged metrics per tie policy: ``{policy: {"mrr": ..., "hits@10": ...}}``."""
+    return {policy: {m: result.get(m, side=result.default_side, policy=policy) for m in HEADLINE_METRICS}
+            for policy in result.policies}
 
 
 def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "best") -> tuple[ExperimentConfig, LoadedData, KGEModel]:

@@ -207,7 +207,7 @@ class KGEModel(nn.Module):
         flat = triples.reshape(-1, 3)
         ents = torch.cat([flat[:, 0], flat[:, 2]])
         unique, inverse = torch.unique(ents, return_inverse=True)
-        reps = self.entities(unique)[inverse]
+        reps = self.entities(unique).index_select(0, inverse)
         n = flat.shape[0]
         h = reps[:n].reshape(*shape, -1)
         t = reps[n:].reshape(*shape, -1)
@@ -223,7 +223,7 @@ class KGEModel(nn.Module):
     def score_t(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every candidate tail for ``queries [B, 3]`` (tail column ignored) -> ``[B, N]``."""
         ents = self.entities(None) if all_entities is None else all_entities
-        h = ents[queries[:, 0]]
+        h = ents.index_select(0, queries[:, 0])
         r = self.relations(queries[:, 1])
         return self.scorer.score_t(h, r, ents)
 
@@ -236,7 +236,7 @@ class KGEModel(nn.Module):
         if self.reciprocal:
             inverse = torch.stack([queries[:, 2], queries[:, 1] + self.num_relations, queries[:, 0]], 1)
             return self.score_t(inverse, ents)
-        t = ents[queries[:, 2]]
+        t = ents.index_select(0, queries[:, 2])
         r = self.relations(queries[:, 1])
         return self.scorer.score_h(ents, r, t)
 

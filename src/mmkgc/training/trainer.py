@@ -31,6 +31,7 @@ from mmkgc.training.checkpoint import load_checkpoint, read_checkpoint_state, sa
 from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
 from mmkgc.training.sampling import (
     BernoulliNegativeSampler,
+    OneToNBatch,
     OneToNBatcher,
     TripleBatcher,
     UniformNegativeSampler,
@@ -149,27 +150,50 @@ class Trainer:
         self._best_state: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ steps
-    def _regularization(self, triples: torch.Tensor) -> torch.Tensor | float:
+    def _regularization(self, entities: list[torch.Tensor], relations: torch.Tensor) -> torch.Tensor | float:
+        """N3 (Lacroix et al., 2018; complex modulus for ComplEx/RotatE layouts) or L2 over the entity vectors
+        ``[B, De]`` and relation vectors ``[B, Dr]`` used by the batch."""
         if self.cfg.regularizer == "none" or self.cfg.regularizer_weight == 0:
             return 0.0
-        h, r, t = self.model.embed(triples)
-        fn = n3_regularizer if self.cfg.regularizer == "n3" else l2_regularizer
-        return self.cfg.regularizer_weight * fn([h, r, t])
+        weight = self.cfg.regularizer_weight
+        if self.cfg.regularizer == "n3":
+            scorer = self.model.scorer
+            complex_entities = scorer.entity_dim == 2 * scorer.dim
+            complex_relations = scorer.relation_dim == 2 * scorer.dim
+            return (n3_regularizer(*entities, weight=weight, complex_layout=complex_entities)
+                    + n3_regularizer(relations, weight=weight, complex_layout=complex_relations))
+        return l2_regularizer(*entities, relations, weight=weight)
 
     def _negative_sampling_step(self, positives: torch.Tensor) -> torch.Tensor:
-        negatives = self.sampler.sample(positives).to(self.device)
+        negatives = self.sampler.sample(positives).triples.to(self.device)
         positives = positives.to(self.device)
         b = positives.shape[0]
         scores = self.model.score_hrt(torch.cat([positives, negatives.reshape(-1, 3)], 0))
         pos, neg = scores[:b], scores[b:].reshape(b, -1)
-        return self.loss(pos, neg) + self._regularization(positives)
+        loss = self.loss(pos, neg)
+        if self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
+            h, r, t = self.model.embed(positives)
+            loss = loss + self._regularization([h, t], r)
+        return loss
 
-    def _one_to_n_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        queries, labels = batch
-        queries = queries.to(self.device)
-        logits = self.model.score_t(queries)
-        loss = self.loss(logits, labels.to(self.device))
-        return loss + self._regularization(queries)
+    def _one_to_n_step(self, batch: OneToNBatch) -> torch.Tensor:
+        """1-N scoring: every query against all entities under BCE (Dettmers et al., 2018)."""
+        known = batch.entities.to(self.device)
+        relations = batch.relations.to(self.device)
+        tail = batch.predict_tail.to(self.device)
+        zeros = torch.zeros_like(known)
+        # Tail queries are (e, r, ?); head queries without reciprocal relations are (?, r, e).
+        queries = torch.stack([torch.where(tail, known, zeros), relations, torch.where(tail, zeros, known)], 1)
+        ents = self.model.entities(None)
+        if bool(tail.all()):
+            logits = self.model.score_t(queries, ents)
+        else:
+            logits = torch.empty(known.shape[0], self.model.num_entities, device=self.device)
+            logits = logits.index_put((tail.nonzero(as_tuple=True)[0],), self.model.score_t(queries[tail], ents))
+            logits = logits.index_put((~tail).nonzero(as_tuple=True), self.model.score_h(queries[~tail], ents))
+        loss = self.loss(logits, batch.labels.to(self.device))
+        # 1-N batches hold queries, not triples: regularise the known entity and the relation of each query.
+        return loss + self._regularization([ents[known]], self.model.relations(relations))
 
     def _epoch(self, deadline: float | None) -> tuple[float, bool]:
         """One pass; returns (mean loss, ran out of time)."""
@@ -327,7 +351,7 @@ class Trainer:
                 result = self.validate()
                 value = self._selection_value(result)
                 record["valid"] = {k: result.get(k, side="both", policy=self.eval_cfg.tie_policy)
-                                   for k in ("mrr", "hits_at_1", "hits_at_3", "hits_at_10")}
+                                   for k in ("mrr", "hits@1", "hits@3", "hits@10")}
                 record["valid_seconds"] = time.perf_counter() - t0
                 if self.best_metric is None or value > self.best_metric:
                     self.best_metric, self.best_epoch, self.bad_validations = value, self.epoch, 0

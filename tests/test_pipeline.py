@@ -1,0 +1,139 @@
+"""End to end: config -> run directory -> evaluate / predict / resume, through the CLI users run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmkgc.config import parse_config
+from mmkgc.pipeline import load_run, predict, run_experiment
+
+SMALL = {"num_entities": 240, "num_relations": 6, "num_types": 6}
+
+
+def _config(tmp_path: Path, **changes) -> dict:
+    raw = {
+        "name": "tiny",
+        "seed": 3,
+        "dataset": {"synthetic": {"seed": 1, **SMALL}},
+        "model": {"scorer": "rotate", "dim": 16, "scorer_options": {"margin": 6.0}},
+        "training": {"epochs": 4, "batch_size": 256, "num_negatives": 8, "lr": 0.01},
+        "evaluation": {"every": 2, "patience": None, "batch_size": 64},
+    }
+    for key, value in changes.items():
+        section, field = key.split("__")
+        raw[section][field] = value
+    return raw
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmkgc", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"CI": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd or Path.home()),
+                               "MMKGC_HOME": str((cwd or Path.home()) / "mmkgc-home")})
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_train_evaluate_predict(tmp_path: Path):
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(_config(tmp_path)))
+    run_dir = tmp_path / "run"
+    done = _cli("train", str(cfg_file), "--run-dir", str(run_dir), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("config.yaml", "metrics.json", "metrics.jsonl", "health.json", "health.md", "training_curve.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert (run_dir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["summary"]["test"]
+    assert set(test) >= {"realistic", "optimistic", "pessimistic"}
+    assert test["optimistic"]["mrr"] >= test["realistic"]["mrr"] >= test["pessimistic"]["mrr"]
+    assert "MRR" in done.stdout
+
+    ev = _cli("evaluate", str(run_dir), "--output", str(tmp_path / "ev.json"), cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    again = json.loads((tmp_path / "ev.json").read_text())
+    # evaluate on the saved best checkpoint reproduces the test metrics of the run
+    assert again["metrics"]["realistic"]["both"]["mrr"] == pytest.approx(test["realistic"]["mrr"], rel=1e-6)
+
+    _, data, _ = load_run(run_dir, device="cpu")
+    head = data.triples.entity_labels[int(data.triples.train[0, 0])]
+    rel = data.triples.relation_labels[int(data.triples.train[0, 1])]
+    pr = _cli("predict", str(run_dir), "--head", head, "--relation", rel, "--top-k", "5", cwd=tmp_path)
+    assert pr.returncode == 0, pr.stderr
+    assert pr.stdout.count("entity_") >= 5
+
+    bad = _cli("predict", str(run_dir), "--head", head, "--relation", "no_such_relation", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "unknown relation 'no_such_relation'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path: Path):
+    cfg = _config(tmp_path)
+    cfg["training"]["epochz"] = 3
+    cfg_file = tmp_path / "typo.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    done = _cli("train", str(cfg_file), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "training.epochz" in done.stderr and "unknown key" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = _cli("evaluate", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+def test_resume_continues_the_same_run(tmp_path: Path):
+    full = parse_config(_config(tmp_path))
+    run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
+
+    first = parse_config(_config(tmp_path, training__epochs=2))
+    run_experiment(first, tmp_path / "split", device="cpu", log=lambda line: None)
+    with pytest.raises(Exception, match="resume"):
+        run_experiment(first, tmp_path / "split", device="cpu", log=lambda line: None)
+    second = parse_config(_config(tmp_path))
+    run_experiment(second, tmp_path / "split", resume=True, device="cpu", log=lambda line: None)
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-6, abs=1e-7)
+
+
+def test_resume_refuses_a_different_model(tmp_path: Path):
+    run_experiment(parse_config(_config(tmp_path, training__epochs=1)), tmp_path / "r", device="cpu",
+                   log=lambda line: None)
+    other = parse_config(_config(tmp_path, model__dim=8))
+    with pytest.raises(Exception, match="different config"):
+        run_experiment(other, tmp_path / "r", resume=True, device="cpu", log=lambda line: None)
+
+
+def test_multimodal_run_and_predict_with_labels(tmp_path: Path):
+    raw = _config(tmp_path, training__epochs=2)
+    raw["model"].update(representation="concat", modalities=[{"name": "text"}, {"name": "visual", "missing": "zeros"}])
+    cfg = parse_config(raw)
+    metrics = run_experiment(cfg, tmp_path / "mm", device="cpu", log=lambda line: None)
+    assert metrics["summary"]["test"]["realistic"]["mrr"] > 0
+    _, data, model = load_run(tmp_path / "mm", device="cpu")
+    triples = data.triples
+    h, r, t = (int(x) for x in triples.train[0])
+    answers = predict(model, triples, triples.entity_labels[h], triples.relation_labels[r], top_k=3)
+    assert len(answers) == 3 and all(not known for _, _, known in answers)
+    with_known = predict(model, triples, triples.entity_labels[h], triples.relation_labels[r], top_k=triples.num_entities,
+                         filtered=False)
+    assert any(label == triples.entity_labels[t] and known for label, _, known in with_known)
+
+
+def test_missing_modality_is_a_config_error(tmp_path: Path):
+    raw = _config(tmp_path)
+    raw["model"].update(representation="concat", modalities=[{"name": "audio"}])
+    with pytest.raises(Exception, match="no file or encoder"):
+        run_experiment(parse_config(raw), tmp_path / "x", device="cpu", log=lambda line: None)
+
+
+def test_corrupt_checkpoint_is_a_clean_error(tmp_path: Path):
+    run_experiment(parse_config(_config(tmp_path, training__epochs=1)), tmp_path / "r", device="cpu",
+                   log=lambda line: None)
+    (tmp_path / "r" / "checkpoints" / "best" / "model.safetensors").write_bytes(b"garbage")
+    done = _cli("evaluate", str(tmp_path / "r"), cwd=tmp_path)
+    assert done.returncode == 2 and "corrupt" in done.stderr and "Traceback" not in done.stderr
