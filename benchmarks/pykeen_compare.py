@@ -58,10 +58,9 @@ def mmkgc_side(triples, epochs: int, eval_batch: int) -> dict:
         model.train()
         start = time.perf_counter()
         for pos in batcher:
-            neg = sampler.sample(pos).triples
-            scores = model.score_hrt(torch.cat([pos, neg.reshape(-1, 3)]))
-            b = pos.shape[0]
-            loss = loss_fn(scores[:b], scores[b:].reshape(b, -1))
+            sample = sampler.sample(pos)
+            pos_scores, neg_scores = model.score_positives_and_negatives(pos, sample.entities, sample.tail_corrupted)
+            loss = loss_fn(pos_scores, neg_scores)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

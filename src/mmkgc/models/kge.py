@@ -219,6 +219,38 @@ class KGEModel(nn.Module):
         h, r, t = self.embed(triples)
         return self.scorer.score_hrt(h, r, t)
 
+    def score_positives_and_negatives(
+        self, positives: torch.Tensor, negative_entities: torch.Tensor, tail_corrupted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of positives ``[B, 3]`` and of their corruptions (negative ``k`` of positive ``b`` replaces the
+        tail with ``negative_entities[b, k]`` where ``tail_corrupted[b, k]``, else the head).
+
+        With a factorising scorer the ``(h, r)`` and ``(r, t)`` query vectors are computed once per positive
+        and matched against the ``K`` replacement entities, instead of scoring ``B (K + 1)`` independent
+        triples; entity representations are computed once per distinct entity of the batch.
+
+        :returns: ``pos [B]``, ``neg [B, K]``.
+        """
+        b, k = negative_entities.shape
+        ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        reps = self.entities(unique)
+        h = reps.index_select(0, inverse[:b])
+        t = reps.index_select(0, inverse[b:2 * b])
+        r = self.relations(positives[:, 1])
+        scorer = self.scorer
+        if scorer.factorises:
+            q_tail = scorer.tail_query(h, r)
+            queries = torch.cat([q_tail, scorer.head_query(r, t)])  # [2B, De]: tail queries, then head queries
+            which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
+            neg = scorer.match_gathered(queries, which.reshape(-1), reps, inverse[2 * b:])
+            return scorer.match(q_tail, t), neg.reshape(b, k)
+        e = reps.index_select(0, inverse[2 * b:]).reshape(b, k, -1)
+        mask = tail_corrupted.unsqueeze(-1)
+        neg_h = torch.where(mask, h.unsqueeze(1), e)
+        neg_t = torch.where(mask, e, t.unsqueeze(1))
+        return scorer.score_hrt(h, r, t), scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
+
     # -------------------------------------------------------------------------------- all entities
     def score_t(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every candidate tail for ``queries [B, 3]`` (tail column ignored) -> ``[B, N]``."""

@@ -56,6 +56,8 @@ __all__ = [
     "pairwise_complex_l1_distance",
     "scorer_kernel_available",
     "complex_modulus",
+    "complex_l1_distance",
+    "gathered_l1_distance",
 ]
 
 Side = Literal["head", "tail"]
@@ -177,6 +179,61 @@ void mmkgc_complex_l1_dist(const float* qre, const float* qim, const float* xre,
   for (int64_t task = 0; task < neb * nqb; task++)
     mmkgc_task(qre, qim, xre, xim, B, N, D, bias, out, task, nqb, 1);
 }
+
+/* Gathered distances for training with K negatives per positive, without materialising [P, 2d] copies:
+ *   out[p] = sum_k |Q[qi[p], k] - E[ei[p], k]|   (cplx: complex moduli over [re | im] rows of width 2d;
+ *                                                else: absolute values over rows of width d)
+ * and the gradient of that sum with respect to the difference, G[p, :] = g[p] * d/d(diff), written densely;
+ * the caller scatters G into the two tables (index_add). */
+void mmkgc_gather_l1(const float* Q, const int64_t* qi, const float* E, const int64_t* ei, int64_t P,
+                     int64_t d, int cplx, float* out, int nthreads) {
+  const int64_t w = cplx ? 2 * d : d;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t p = 0; p < P; p++) {
+    const float* q = Q + qi[p] * w;
+    const float* e = E + ei[p] * w;
+    float acc = 0.0f;
+    if (cplx) {
+#pragma omp simd reduction(+:acc)
+      for (int64_t k = 0; k < d; k++) {
+        const float dr = q[k] - e[k], di = q[d + k] - e[d + k];
+        acc += sqrtf(dr * dr + di * di);
+      }
+    } else {
+#pragma omp simd reduction(+:acc)
+      for (int64_t k = 0; k < d; k++) acc += fabsf(q[k] - e[k]);
+    }
+    out[p] = acc;
+  }
+}
+
+void mmkgc_gather_l1_grad(const float* Q, const int64_t* qi, const float* E, const int64_t* ei,
+                          const float* g, int64_t P, int64_t d, int cplx, float* G, int nthreads) {
+  const int64_t w = cplx ? 2 * d : d;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t p = 0; p < P; p++) {
+    const float* q = Q + qi[p] * w;
+    const float* e = E + ei[p] * w;
+    float* out = G + p * w;
+    const float gp = g[p];
+    if (cplx) {
+#pragma omp simd
+      for (int64_t k = 0; k < d; k++) {
+        const float dr = q[k] - e[k], di = q[d + k] - e[d + k];
+        const float m = sqrtf(dr * dr + di * di);
+        const float scale = m > 0.0f ? gp / m : 0.0f;  /* zero subgradient at the origin */
+        out[k] = scale * dr;
+        out[d + k] = scale * di;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < d; k++) {
+        const float diff = q[k] - e[k];
+        out[k] = diff > 0.0f ? gp : (diff < 0.0f ? -gp : 0.0f);
+      }
+    }
+  }
+}
 """
 
 # Flag sets tried in order; the first that compiles wins.
@@ -284,6 +341,12 @@ def _build_kernels() -> ctypes.CDLL | None:
         lib.mmkgc_complex_l1_dist.argtypes = [ctypes.c_void_p] * 4 + [
             ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
         lib.mmkgc_complex_l1_dist.restype = None
+        lib.mmkgc_gather_l1.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                                                 ctypes.c_void_p, ctypes.c_int]
+        lib.mmkgc_gather_l1.restype = None
+        lib.mmkgc_gather_l1_grad.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                                                      ctypes.c_void_p, ctypes.c_int]
+        lib.mmkgc_gather_l1_grad.restype = None
         _kernel_state["build_seconds"] = time.perf_counter() - start
         _kernel_state["path"] = str(library)
         return lib
@@ -356,10 +419,121 @@ class _ComplexModulus(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         re, im, modulus = ctx.saved_tensors
-        positive = modulus > 0
-        scale = torch.where(positive, grad / torch.where(positive, modulus, torch.ones_like(modulus)),
-                            torch.zeros_like(modulus))
+        # Where the modulus is 0, re and im are 0 too, so any finite scale gives the zero subgradient.
+        scale = grad / torch.where(modulus > 0, modulus, 1.0)
         return scale * re, scale * im
+
+
+class _GatheredL1(torch.autograd.Function):
+    """``out[p] = sum_k |Q[qi[p]] - E[ei[p]]|_k`` with the compiled gather kernels (CPU, float32); first-order
+    gradients only (double backward raises)."""
+
+    @staticmethod
+    def forward(ctx, queries, query_index, entities, entity_index, complex_layout: bool):
+        lib = _kernels()
+        q = queries.detach().contiguous()
+        e = entities.detach().contiguous()
+        qi = query_index.contiguous()
+        ei = entity_index.contiguous()
+        width = q.shape[1]
+        d = width // 2 if complex_layout else width
+        out = torch.empty(qi.shape[0], dtype=torch.float32)
+        lib.mmkgc_gather_l1(q.data_ptr(), qi.data_ptr(), e.data_ptr(), ei.data_ptr(), qi.shape[0], d,
+                            int(complex_layout), out.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(q, qi, e, ei)
+        ctx.complex_layout = complex_layout
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, qi, e, ei = ctx.saved_tensors
+        width = q.shape[1]
+        d = width // 2 if ctx.complex_layout else width
+        g = grad.contiguous().to(torch.float32)
+        diff_grad = torch.empty(qi.shape[0], width, dtype=torch.float32)
+        _kernels().mmkgc_gather_l1_grad(q.data_ptr(), qi.data_ptr(), e.data_ptr(), ei.data_ptr(), g.data_ptr(),
+                                         qi.shape[0], d, int(ctx.complex_layout), diff_grad.data_ptr(),
+                                         torch.get_num_threads())
+        grad_q = grad_e = None
+        if ctx.needs_input_grad[0]:
+            grad_q = torch.zeros_like(q).index_add_(0, qi, diff_grad)
+        if ctx.needs_input_grad[2]:
+            grad_e = torch.zeros_like(e).index_add_(0, ei, diff_grad, alpha=-1.0)
+        return grad_q, None, grad_e, None, None
+
+
+def gathered_l1_distance(queries: torch.Tensor, query_index: torch.Tensor, entities: torch.Tensor,
+                         entity_index: torch.Tensor, complex_layout: bool) -> torch.Tensor:
+    """``sum_k |queries[query_index[p]] - entities[entity_index[p]]|_k`` for every ``p`` -> ``[P]``.
+
+    The training hot path of TransE-L1 and RotatE: ``K`` negatives of a positive share its query vector, so
+    the query table has ``2B`` rows (tail and head queries) and the entity table one row per distinct entity;
+    nothing of shape ``[P, D]`` is materialised in the forward pass.  Uses the compiled CPU kernels (float32,
+    first-order gradients) when available, otherwise gathers and calls the eager expression.
+
+    :param queries: float ``[M, D]``; ``entities``: float ``[U, D]``; indices: int64 ``[P]``.
+    :param complex_layout: rows are ``[re | im]`` complex vectors (moduli summed) instead of real vectors.
+    """
+    kernel = (_kernels() is not None and queries.device.type == "cpu" and entities.device.type == "cpu"
+              and queries.dtype == torch.float32 and entities.dtype == torch.float32)
+    if kernel:
+        return _GatheredL1.apply(queries, query_index, entities, entity_index, complex_layout)
+    q = queries.index_select(0, query_index)
+    e = entities.index_select(0, entity_index)
+    if complex_layout:
+        return complex_l1_distance(q, e)
+    return (q - e).abs().sum(-1)
+
+
+def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient ``x`` back to ``shape``."""
+    if x.shape == shape:
+        return x
+    lead = x.ndim - len(shape)
+    x = x.sum(dim=tuple(range(lead))) if lead > 0 else x
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+class _ComplexL1Distance(torch.autograd.Function):
+    """``sum_k |q_k - e_k|`` over complex coordinates in ``[re | im]`` layout, broadcasting ``q`` and ``e``.
+
+    One subtraction and one ``hypot`` forward; the backward writes the gradient of the difference in the
+    ``[re | im]`` layout directly (no split/concatenate of the halves) and recomputes the difference from the
+    saved inputs with differentiable ops when a double backward is requested (``create_graph=True``, e.g. gradient
+    penalties), so that stays exact; a plain backward reuses the forward's difference and moduli.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        diff = (q - e).unflatten(-1, (2, -1))
+        modulus = torch.hypot(diff[..., 0, :], diff[..., 1, :])
+        ctx.save_for_backward(q, e, diff, modulus)
+        return modulus.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, e, diff, modulus = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: rebuild the graph from the inputs
+            diff = (q - e).unflatten(-1, (2, -1))
+            modulus = torch.hypot(diff[..., 0, :], diff[..., 1, :])
+        # Zero subgradient at the origin: there the difference is 0, so any finite scale gives 0.
+        scale = grad.unsqueeze(-1) / torch.where(modulus > 0, modulus, 1.0)
+        g = (diff * scale.unsqueeze(-2)).flatten(-2)
+        return _sum_to_shape(g, q.shape), _sum_to_shape(-g, e.shape)
+
+
+def complex_l1_distance(q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``sum_k |q_k - e_k|`` for complex vectors in ``[re | im]`` layout: ``q [..., 2d], e [..., 2d] -> [...]``
+    (broadcast), with the zero subgradient where ``q_k = e_k`` (as OpenKE's RotatE).
+
+    :raises ValueError: if the last dimensions differ or are odd.
+    """
+    if q.shape[-1] != e.shape[-1] or q.shape[-1] % 2:
+        raise ValueError(f"complex_l1_distance needs equal, even last dimensions, got {tuple(q.shape)} and "
+                         f"{tuple(e.shape)}")
+    return _ComplexL1Distance.apply(q, e)
 
 
 def complex_modulus(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
@@ -494,6 +668,32 @@ class Scorer(nn.Module, abc.ABC):
         self._check_all(t, r, h_all, "t", "h_all")
         return self._score_h(h_all, r, t)
 
+    # ---------------------------------------------------------------- query factorisation
+    def tail_query(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The query vector of ``(h, r, ?)``: ``h [..., De], r [..., Dr] -> q [..., De]`` such that
+        ``score_hrt(h, r, t) == match(q, t)``.  Every built-in scorer factorises this way; training uses it to
+        score ``K`` corrupted tails of a positive without repeating the ``(h, r)`` part ``K`` times."""
+        raise NotImplementedError(f"{type(self).__name__} does not factorise into query and match")
+
+    def head_query(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The query vector of ``(?, r, t)``: ``q [..., De]`` with ``score_hrt(h, r, t) == match(q, h)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not factorise into query and match")
+
+    def match(self, q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Score of query vectors against candidate entity vectors: ``q [..., De], e [..., De] -> [...]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not factorise into query and match")
+
+    def match_gathered(self, queries: torch.Tensor, query_index: torch.Tensor, entities: torch.Tensor,
+                       entity_index: torch.Tensor) -> torch.Tensor:
+        """``match(queries[query_index], entities[entity_index]) -> [P]`` for query and entity tables
+        ``[M, De]``, ``[U, De]`` and int64 indices ``[P]``; distance scorers override it with a fused kernel."""
+        return self.match(queries.index_select(0, query_index), entities.index_select(0, entity_index))
+
+    @property
+    def factorises(self) -> bool:
+        """Whether :meth:`tail_query` / :meth:`head_query` / :meth:`match` are implemented."""
+        return type(self).match is not Scorer.match
+
     def score_all(self, known: torch.Tensor, r: torch.Tensor, candidates: torch.Tensor, side: Side) -> torch.Tensor:
         """``score_t(known, r, candidates)`` if ``side == "tail"``, ``score_h(candidates, r, known)`` if
         ``side == "head"``; ``[B, N]``.
@@ -594,12 +794,27 @@ class TransE(Scorer):
         sq = (q * q).sum(-1, keepdim=True) + (cand * cand).sum(-1)[None, :] - 2.0 * (q @ cand.t())
         return self._bias() - sq.clamp_min(0.0).sqrt()
 
+    def tail_query(self, h, r):
+        return self._norm(h) + self._norm(r)
+
+    def head_query(self, r, t):
+        # |h + r - t| = |h - (t - r)| coordinate-wise.
+        return self._norm(t) - self._norm(r)
+
+    def match(self, q, e):
+        return self._bias() - torch.linalg.vector_norm(q - self._norm(e), ord=self.p, dim=-1)
+
+    def match_gathered(self, queries, query_index, entities, entity_index):
+        if self.p == 1:
+            return self._bias() - gathered_l1_distance(queries, query_index, self._norm(entities), entity_index,
+                                                       False)
+        return super().match_gathered(queries, query_index, entities, entity_index)
+
     def _score_t(self, h, r, t_all):
-        return self._all(self._norm(h) + self._norm(r), t_all)
+        return self._all(self.tail_query(h, r), t_all)
 
     def _score_h(self, h_all, r, t):
-        # |h + r - t| = |h - (t - r)| coordinate-wise.
-        return self._all(self._norm(t) - self._norm(r), h_all)
+        return self._all(self.head_query(r, t), h_all)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p}, margin={self.margin}, normalize={self.normalize}"
@@ -616,11 +831,20 @@ class DistMult(Scorer):
     def _score_hrt(self, h, r, t):
         return (h * r * t).sum(-1)
 
+    def tail_query(self, h, r):
+        return h * r
+
+    def head_query(self, r, t):
+        return r * t
+
+    def match(self, q, e):
+        return (q * e).sum(-1)
+
     def _score_t(self, h, r, t_all):
-        return (h * r) @ t_all.t()
+        return self.tail_query(h, r) @ t_all.t()
 
     def _score_h(self, h_all, r, t):
-        return (r * t) @ h_all.t()
+        return self.head_query(r, t) @ h_all.t()
 
 
 class ComplEx(Scorer):
@@ -644,17 +868,25 @@ class ComplEx(Scorer):
         t_re, t_im = _halves(t)
         return (h_re * r_re * t_re + h_im * r_re * t_im + h_re * r_im * t_im - h_im * r_im * t_re).sum(-1)
 
-    def _score_t(self, h, r, t_all):
+    def tail_query(self, h, r):
         h_re, h_im = _halves(h)
         r_re, r_im = _halves(r)
-        q = torch.cat([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], dim=-1)  # h * r
-        return q @ t_all.t()
+        return torch.cat([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], dim=-1)  # h * r
 
-    def _score_h(self, h_all, r, t):
+    def head_query(self, r, t):
         r_re, r_im = _halves(r)
         t_re, t_im = _halves(t)
-        q = torch.cat([r_re * t_re + r_im * t_im, r_re * t_im - r_im * t_re], dim=-1)  # r * conj(t), conjugated
-        return q @ h_all.t()
+        return torch.cat([r_re * t_re + r_im * t_im, r_re * t_im - r_im * t_re], dim=-1)  # r * conj(t), conjugated
+
+    def match(self, q, e):
+        # Re(sum q conj(e)) is the real dot product of the [re | im] vectors.
+        return (q * e).sum(-1)
+
+    def _score_t(self, h, r, t_all):
+        return self.tail_query(h, r) @ t_all.t()
+
+    def _score_h(self, h_all, r, t):
+        return self.head_query(r, t) @ h_all.t()
 
 
 class RotatE(Scorer):
@@ -712,15 +944,25 @@ class RotatE(Scorer):
         # Zero subgradient where the difference vanishes, as OpenKE's stack + norm over the re/im axis.
         return self.margin - complex_modulus(rot_re - t_re, rot_im - t_im).sum(-1)
 
-    def _score_t(self, h, r, t_all):
-        rot_re, rot_im = self._rotate(h, r)
-        return pairwise_complex_l1_distance(torch.cat([rot_re, rot_im], -1), t_all, self.margin, self._cache)
+    def tail_query(self, h, r):
+        return torch.cat(self._rotate(h, r), -1)  # h * e^{i theta}
 
-    def _score_h(self, h_all, r, t):
+    def head_query(self, r, t):
         c, s = self.rotation(r)
         t_re, t_im = _halves(t)
-        q = torch.cat([t_re * c + t_im * s, t_im * c - t_re * s], -1)  # conj(e^{i theta}) * t
-        return pairwise_complex_l1_distance(q, h_all, self.margin, self._cache)
+        return torch.cat([t_re * c + t_im * s, t_im * c - t_re * s], -1)  # conj(e^{i theta}) * t
+
+    def match(self, q, e):
+        return self.margin - complex_l1_distance(q, e)
+
+    def match_gathered(self, queries, query_index, entities, entity_index):
+        return self.margin - gathered_l1_distance(queries, query_index, entities, entity_index, True)
+
+    def _score_t(self, h, r, t_all):
+        return pairwise_complex_l1_distance(self.tail_query(h, r), t_all, self.margin, self._cache)
+
+    def _score_h(self, h_all, r, t):
+        return pairwise_complex_l1_distance(self.head_query(r, t), h_all, self.margin, self._cache)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", margin={self.margin}, epsilon={self.epsilon}"

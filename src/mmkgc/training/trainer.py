@@ -165,11 +165,9 @@ class Trainer:
         return l2_regularizer(*entities, relations, weight=weight)
 
     def _negative_sampling_step(self, positives: torch.Tensor) -> torch.Tensor:
-        negatives = self.sampler.sample(positives).triples.to(self.device)
+        sample = self.sampler.sample(positives).to(self.device)
         positives = positives.to(self.device)
-        b = positives.shape[0]
-        scores = self.model.score_hrt(torch.cat([positives, negatives.reshape(-1, 3)], 0))
-        pos, neg = scores[:b], scores[b:].reshape(b, -1)
+        pos, neg = self.model.score_positives_and_negatives(positives, sample.entities, sample.tail_corrupted)
         loss = self.loss(pos, neg)
         if self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
             h, r, t = self.model.embed(positives)
