@@ -140,7 +140,8 @@ class TrainingConfig(_Strict):
     :param filtered_negatives: redraw negatives that are training triples.
     :param positives: ``permutation`` (a shuffled pass over train) or ``with_replacement`` (OpenKE:
         ``floor(n / batch_size)`` batches drawn uniformly with replacement).
-    :param loss: ``nssa`` (self-adversarial sigmoid, Sun et al. 2019), ``margin``, ``softplus`` or ``bce``.
+    :param loss: ``nssa`` (self-adversarial sigmoid, Sun et al. 2019), ``margin``, ``softplus`` (negative
+        sampling); ``bce`` (with label smoothing, Dettmers et al. 2018) or ``softmax_ce`` (Lacroix et al. 2018) (1-N).
     :param time_budget_minutes: stop training after this much training time (validation excluded).
     """
 
@@ -151,7 +152,7 @@ class TrainingConfig(_Strict):
     sampler: Literal["bernoulli", "uniform"] = "bernoulli"
     filtered_negatives: bool = True
     positives: Literal["permutation", "with_replacement"] = "permutation"
-    loss: Literal["nssa", "margin", "softplus", "bce"] = "nssa"
+    loss: Literal["nssa", "margin", "softplus", "bce", "softmax_ce"] = "nssa"
     adversarial_temperature: float = Field(1.0, ge=0.0)
     margin: float = Field(1.0, gt=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -166,10 +167,10 @@ class TrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
-        if self.loop == "one_to_n" and self.loss != "bce":
-            raise ValueError("loop 'one_to_n' trains with loss 'bce'")
-        if self.loop == "negative_sampling" and self.loss == "bce":
-            raise ValueError("loss 'bce' belongs to loop 'one_to_n'; use nssa, margin or softplus")
+        if self.loop == "one_to_n" and self.loss not in ("bce", "softmax_ce"):
+            raise ValueError("loop 'one_to_n' trains with loss 'bce' or 'softmax_ce'")
+        if self.loop == "negative_sampling" and self.loss in ("bce", "softmax_ce"):
+            raise ValueError(f"loss {self.loss!r} belongs to loop 'one_to_n'; use nssa, margin or softplus")
         return self
 
 

@@ -194,6 +194,45 @@ class BCEWithLabelSmoothing(nn.Module):
         return f"label_smoothing={self.label_smoothing}, variant={self.variant!r}, from_logits={self.from_logits}"
 
 
+class SoftmaxCrossEntropyLoss(nn.Module):
+    """Softmax cross-entropy over all entities for 1-N training (Lacroix et al., 2018, "Canonical Tensor
+    Decomposition for Knowledge Base Completion", with reciprocal relations and N3).
+
+    A query with several training answers gets the normalised multi-hot target ``y / sum(y)``, optionally
+    smoothed towards the uniform distribution: ``y' = (1 - ε) y / sum(y) + ε / N``.
+    ``L = mean_b ( - sum_n y'_bn log softmax(s_b)_n )``.
+
+    :param label_smoothing: ``ε`` in [0, 1).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"loss 'softmax_ce': label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:param scores: logits ``[B, N]``. :param targets: 0/1 ``[B, N]`` with at least one 1 per row.
+        :returns: scalar.
+        :raises ValueError: on shape mismatch or a row without any positive."""
+        if scores.shape != targets.shape or scores.ndim != 2:
+            raise ValueError(
+                f"SoftmaxCrossEntropyLoss: scores and targets must both be [B, N], got {tuple(scores.shape)} "
+                f"and {tuple(targets.shape)}"
+            )
+        targets = targets.to(scores.dtype)
+        counts = targets.sum(-1, keepdim=True)
+        if bool((counts <= 0).any()):
+            raise ValueError("SoftmaxCrossEntropyLoss: every query needs at least one positive target")
+        y = targets / counts
+        if self.label_smoothing:
+            y = (1.0 - self.label_smoothing) * y + self.label_smoothing / scores.shape[-1]
+        return -(y * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
+
+
 def n3_regularizer(*embeddings: torch.Tensor, weight: float = 1.0, complex_layout: bool = False) -> torch.Tensor:
     """Weighted N3 regulariser (Lacroix et al., 2018, "Canonical Tensor Decomposition for Knowledge Base
     Completion"): ``weight * sum_x sum_{b,k} |x_bk|^3 / B`` over the embeddings used in the batch.
@@ -243,6 +282,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "sigmoid": SelfAdversarialSigmoidLoss,
     "bce": BCEWithLabelSmoothing,
     "bce_label_smoothing": BCEWithLabelSmoothing,
+    "softmax_ce": SoftmaxCrossEntropyLoss,
+    "ce": SoftmaxCrossEntropyLoss,
 }
 
 

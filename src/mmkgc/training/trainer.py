@@ -138,7 +138,7 @@ class Trainer:
                 triples, training.batch_size, reciprocal=model.reciprocal, generator=self.generator
             )
             self.sampler = None
-            self.loss = build_loss("bce", label_smoothing=training.label_smoothing)
+            self.loss = build_loss(training.loss, label_smoothing=training.label_smoothing)
 
         self.epoch = 0
         self.step = 0
