@@ -129,7 +129,7 @@ def evaluate(
     """Evaluate a run's model with filtered ranks (all tie policies, per relation category)."""
     from mmkgc.evaluation.metrics import evaluate as evaluate_fn
     from mmkgc.pipeline import load_run
-    from mmkgc.training.checkpoint import atomic_write_text
+    from mmkgc.fileio import atomic_write_text
 
     _, data, model = load_run(run_dir, device=device, which=checkpoint)
     result = evaluate_fn(model.score_fn(), data.triples, split=split, batch_size=batch_size)

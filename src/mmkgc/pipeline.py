@@ -30,7 +30,8 @@ from mmkgc.data.triples import TripleSet
 from mmkgc.errors import ConfigError
 from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, ModalityFeatures, MultimodalRepresentation
 from mmkgc.nn.scorers import build_scorer
-from mmkgc.training.checkpoint import atomic_write_text, load_checkpoint
+from mmkgc.fileio import atomic_write_text
+from mmkgc.training.checkpoint import load_checkpoint
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mmkgc.data.triples import SPLITS, TripleSet
+from mmkgc.fileio import atomic_write_text  # noqa: F401 - re-exported
 from mmkgc.errors import DataFormatError
 
 __all__ = [
@@ -60,33 +61,6 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically.
-
-    The text goes to a temporary file in the same directory, which is flushed, fsynced and then moved over
-    ``path`` with :func:`os.replace` (atomic on POSIX and Windows).  The parent directory is created if needed.
-    On any error the temporary file is removed and ``path`` is left as it was.
-
-    :returns: ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def _read_text(path: Path) -> str:
     """Whole file as text (UTF-8); missing, unreadable, undecodable or empty files raise DataFormatError."""
     try:

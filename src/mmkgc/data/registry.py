@@ -36,6 +36,7 @@ from types import MappingProxyType
 
 from mmkgc.data.formats import OPENKE_FILES, atomic_write_text, read_openke
 from mmkgc.data.triples import TripleSet
+from mmkgc.fileio import cache_home
 from mmkgc.errors import ConfigError, DataFormatError, MMKGCError, UnknownNameError
 
 __all__ = [
@@ -213,16 +214,6 @@ def get_dataset_spec(name: str) -> DatasetSpec:
         if wanted == spec.name.lower() or wanted in (a.lower() for a in spec.aliases):
             return spec
     raise UnknownNameError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-
-
-def cache_home() -> Path:
-    """Root of the mmkgc cache: ``$MMKGC_HOME`` or ``platformdirs.user_cache_dir("mmkgc")``."""
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("mmkgc"))
 
 
 def dataset_dir(name: str) -> Path:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mmkgc.fileio import cache_home
 from mmkgc.errors import DataFormatError
 from mmkgc.features.entity_text import LabelTable, entity_texts
 from mmkgc.features.io import atomic_write, load_feature_table, save_feature_table
@@ -40,14 +41,8 @@ CACHE_VERSION = 1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def mmkgc_home() -> Path:
-    """Root of mmkgc's caches: ``$MMKGC_HOME`` when set, else ``platformdirs.user_cache_dir("mmkgc")``."""
-    env = os.environ.get("MMKGC_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("mmkgc"))
+#: The cache root (``$MMKGC_HOME`` or the user cache directory); see :func:`mmkgc.fileio.cache_home`.
+mmkgc_home = cache_home
 
 
 def features_dir(dataset: str, cache_dir: str | Path | None = None) -> Path:

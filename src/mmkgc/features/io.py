@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mmkgc.fileio import atomic_write, atomic_write_text  # noqa: F401 - re-exported
 from mmkgc.errors import DataFormatError
 from mmkgc.features.entity_text import normalize_entity_name
 from mmkgc.features.store import FeatureTable, make_provenance, presence_from_values
@@ -42,34 +43,6 @@ FORMAT_TAG = "mmkgc.feature_table/1"
 MANIFEST_SUFFIX = ".entities.txt"
 
 # ----------------------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` atomically.
-
-    ``write(tmp)`` must write the complete file to ``tmp``, a fresh path in the same directory; it is
-    then moved over ``path`` with :func:`os.replace`.  On any error the temporary file is removed and
-    ``path`` is left untouched.  Parent directories are created.
-
-    :returns: ``Path(path)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Atomically write a UTF-8 text file."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

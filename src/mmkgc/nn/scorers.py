@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from mmkgc.errors import ConfigError, UnknownNameError
+from mmkgc.fileio import cache_home
 
 __all__ = [
     "Scorer",
@@ -248,17 +249,8 @@ _kernel_state: dict = {"loaded": False, "lib": None, "warned": False, "build_sec
 
 
 def _cache_dir() -> Path:
-    """mmkgc cache root, the same rule as :func:`mmkgc.data.registry.cache_home`: ``$MMKGC_HOME`` if set, else
-    ``platformdirs.user_cache_dir("mmkgc")`` (``~/.cache/mmkgc`` on Linux).  Kernels go to ``<root>/kernels``."""
-    env = os.environ.get("MMKGC_HOME")
-    if env:
-        return Path(env).expanduser()
-    try:
-        import platformdirs
-
-        return Path(platformdirs.user_cache_dir("mmkgc"))
-    except ImportError:  # platformdirs is a declared dependency; this only guards odd installs
-        return Path.home() / ".cache" / "mmkgc"
+    """mmkgc cache root (:func:`mmkgc.fileio.cache_home`); kernels go to ``<root>/kernels``."""
+    return cache_home()
 
 
 def _cpu_signature() -> str:

@@ -24,24 +24,11 @@ from safetensors.torch import load_file, save_file
 
 from mmkgc import __version__
 from mmkgc.errors import CheckpointError
+from mmkgc.fileio import atomic_write_text  # noqa: F401 - re-exported
 
 MODEL_FILE = "model.safetensors"
 TRAINING_FILE = "training_state.pt"
 STATE_FILE = "state.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

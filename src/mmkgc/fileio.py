@@ -1,0 +1,57 @@
+"""Files: atomic writes and the mmkgc cache home, shared by every module that writes to disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+#: Environment variable overriding the cache root.
+ENV_HOME = "MMKGC_HOME"
+
+
+def cache_home() -> Path:
+    """Root of mmkgc's caches (datasets, feature tables, compiled kernels): ``$MMKGC_HOME`` when set, else
+    ``platformdirs.user_cache_dir("mmkgc")`` (``~/.cache/mmkgc`` on Linux)."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mmkgc"))
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically.
+
+    ``write(tmp)`` must write the complete file to ``tmp``, a fresh path in the same directory; it is then
+    moved over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).  On any error the temporary
+    file is removed and ``path`` is left as it was.  Parent directories are created.
+
+    :returns: ``Path(path)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Atomically write a text file (``\\n`` line endings, flushed and fsynced before the rename)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding=encoding, newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return atomic_write(path, write)
