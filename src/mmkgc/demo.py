@@ -18,11 +18,9 @@ from mmkgc.config import parse_config
 def demo_configs(seed: int = 0) -> list[tuple[str, str, dict[str, Any]]]:
     """The demo's experiments as ``(label, kind, config mapping)``; kind is ``structure`` or ``multimodal``."""
     dataset = {"synthetic": {"seed": seed}}
-    training = {
-        "loop": "one_to_n", "loss": "bce", "epochs": 60, "batch_size": 256, "lr": 0.003,
-        "label_smoothing": 0.1, "regularizer": "n3", "regularizer_weight": 0.003,
-    }
-    evaluation = {"every": 5, "patience": 4, "batch_size": 512}
+    training = {"loop": "one_to_n", "loss": "softmax_ce", "epochs": 12, "batch_size": 512, "optimizer": "adam",
+                "lr": 0.003}
+    evaluation = {"every": 2, "patience": 3, "batch_size": 512}
     model = {"scorer": "complex", "dim": 64, "reciprocal": True}
     modalities = [{"name": "text"}, {"name": "visual"}]
     return [

@@ -141,7 +141,8 @@ class MultimodalRepresentation(EntityRepresentation):
         self.structure = EmbeddingRepresentation(num_entities, dim, init) if with_structure else None
         self.inputs = nn.ModuleList(ModalityInput(m, dim, adapter, dropout) for m in modalities)
         num = len(self.inputs) + int(with_structure)
-        self.fusion = ConcatFusion(num, dim) if num > 1 else None
+        # Residual start: the fused vector begins as the structural embedding (slot 0) when there is one.
+        self.fusion = ConcatFusion(num, dim, residual_slot=0 if with_structure else None) if num > 1 else None
 
     @property
     def modality_names(self) -> list[str]:
