@@ -191,23 +191,23 @@ def cached_text_features(
     partial.mkdir(parents=True, exist_ok=True)
     values = np.zeros((n, dim), dtype=np.float32)
     num_shards = (len(rows) + shard_size - 1) // shard_size
-    todo: list[int] = []
+    pending: list[int] = []
     for s in range(num_shards):
         shard_rows = rows[s * shard_size : (s + 1) * shard_size]
         shard_path = partial / f"shard-{s:05d}.safetensors"
         done = _read_shard(shard_path, shard_rows, dim) if shard_path.is_file() else None
         if done is None:
-            todo.append(s)
+            pending.append(s)
         else:
             values[shard_rows] = done
-    if num_shards and len(todo) < num_shards:
-        log.info("resuming %s: %d of %d shards already done", final.name, num_shards - len(todo), num_shards)
+    if num_shards and len(pending) < num_shards:
+        log.info("resuming %s: %d of %d shards already done", final.name, num_shards - len(pending), num_shards)
 
     from safetensors.numpy import save_file
 
-    remaining = sum(len(rows[s * shard_size : (s + 1) * shard_size]) for s in todo)
+    remaining = sum(len(rows[s * shard_size : (s + 1) * shard_size]) for s in pending)
     with _progress(progress, remaining, f"{dataset_name} {modality}") as advance:
-        for s in todo:
+        for s in pending:
             shard_rows = rows[s * shard_size : (s + 1) * shard_size]
             out = np.empty((len(shard_rows), dim), dtype=np.float32)
             for c in range(0, len(shard_rows), chunk_size):

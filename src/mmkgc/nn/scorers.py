@@ -665,15 +665,15 @@ class Scorer(nn.Module, abc.ABC):
         """The query vector of ``(h, r, ?)``: ``h [..., De], r [..., Dr] -> q [..., De]`` such that
         ``score_hrt(h, r, t) == match(q, t)``.  Every built-in scorer factorises this way; training uses it to
         score ``K`` corrupted tails of a positive without repeating the ``(h, r)`` part ``K`` times."""
-        raise NotImplementedError(f"{type(self).__name__} does not factorise into query and match")
+        raise TypeError(f"{type(self).__name__} does not factorise into query and match")
 
     def head_query(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The query vector of ``(?, r, t)``: ``q [..., De]`` with ``score_hrt(h, r, t) == match(q, h)``."""
-        raise NotImplementedError(f"{type(self).__name__} does not factorise into query and match")
+        raise TypeError(f"{type(self).__name__} does not factorise into query and match")
 
     def match(self, q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Score of query vectors against candidate entity vectors: ``q [..., De], e [..., De] -> [...]``."""
-        raise NotImplementedError(f"{type(self).__name__} does not factorise into query and match")
+        raise TypeError(f"{type(self).__name__} does not factorise into query and match")
 
     def match_gathered(self, queries: torch.Tensor, query_index: torch.Tensor, entities: torch.Tensor,
                        entity_index: torch.Tensor) -> torch.Tensor:
