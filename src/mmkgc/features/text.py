@@ -192,6 +192,16 @@ def _check_texts(texts: Any) -> list[str]:
     return texts
 
 
+def _quiet_transformers() -> None:
+    """Silence transformers' per-load "Loading weights" progress bars; mmkgc shows its own progress."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # transformers is a declared dependency; only guards odd installs
+        pass
+
+
 class SentenceTransformerEncoder:
     """Sentence embeddings from a sentence-transformers model (pooling as configured in the model).
 
@@ -222,6 +232,7 @@ class SentenceTransformerEncoder:
             raise ConfigError(f"max_length must be >= 1, got {max_length}")
         from sentence_transformers import SentenceTransformer
 
+        _quiet_transformers()
         self.resolved = resolve_text_model(model_name_or_path)
         self.batch_size = int(batch_size)
         self.device = default_device(device)
@@ -324,6 +335,7 @@ class HFAutoModelEncoder:
         self.device = default_device(device)
         self.normalize = bool(normalize)
         kw = {"local_files_only": self.resolved.local_files_only}
+        _quiet_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kw)
         self.model = AutoModel.from_pretrained(self.resolved.location, **kw).to(self.device).eval()
         limits = [int(max_length)] if max_length is not None else []
