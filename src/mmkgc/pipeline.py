@@ -31,6 +31,7 @@ from mmkgc.errors import ConfigError
 from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, ModalityFeatures, MultimodalRepresentation
 from mmkgc.nn.scorers import build_scorer
 from mmkgc.fileio import atomic_write_text
+from mmkgc.fileio import atomic_write_text as _atomic_write_text
 from mmkgc.training.checkpoint import load_checkpoint
 
 
@@ -85,9 +86,25 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
         encoder = build_text_encoder(m.encoder)
         source: Any = "label"
         if m.text_source == "table":
-            source = {"path": str(m.table_path), "key": m.table_key, "column": m.table_column}
+            from mmkgc.features.entity_text import LabelTable
+
+            if not m.table_path.is_file():
+                raise ConfigError(f"model.modalities[{m.name}].table_path: {m.table_path} does not exist")
+            source = LabelTable(m.table_path, m.table_key or "entity", m.table_column)
         table = cached_text_features(triples.name, triples.entity_labels, encoder, modality=m.name, source=source,
                                      progress=progress)
+        values, present = table.values, table.present
+    elif m.table is not None:
+        from mmkgc.features.cache import load_named_table
+
+        table = load_named_table(triples.name, m.table, num_entities=triples.num_entities)
+        if table.is_tokens:
+            if m.pool is None:
+                raise ConfigError(
+                    f"model.modalities[{m.name}].table: {m.table!r} is a token table {list(table.values.shape)}; "
+                    "the concat representation takes pooled [N, d] features: set pool: mean (or first)"
+                )
+            table = table.pooled(m.pool)
         values, present = table.values, table.present
     elif m.name in data.builtin_features:
         values, present = data.builtin_features[m.name]
@@ -115,7 +132,8 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     triples = data.triples
     if mc.representation == "structure":
-        rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_)
+        rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
+                                      sparse=cfg.training.sparse)
     else:
         feats = [_modality_features(m, data, progress) for m in mc.modalities]
         rep = MultimodalRepresentation(
@@ -142,9 +160,9 @@ def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
 
 
 def _device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from mmkgc.distributed import device_for_rank
+
+    return device_for_rank(name)
 
 
 def run_experiment(
@@ -157,8 +175,12 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train, select on the validation split, test, and write the run directory.
 
+    Under ``torchrun`` (an initialised process group, see :mod:`mmkgc.distributed`) every rank calls this: training
+    runs with DDP, evaluation is sharded, and only rank 0 logs and writes files.
+
     :returns: the content of ``metrics.json``.
     """
+    from mmkgc.distributed import barrier, is_main_process
     from mmkgc.data.health import health_report
     from mmkgc.evaluation.metrics import evaluate
     from mmkgc.plotting import plot_training_curve
@@ -168,6 +190,15 @@ def run_experiment(
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if (run_dir / "checkpoints").exists():
             raise ConfigError(f"{run_dir}: run directory already holds a run; pass --resume or choose another one")
+    main = is_main_process()
+    barrier()  # every rank has checked the run directory before rank 0 writes into it
+    if not main:
+        log, progress = (lambda line: None), False
+
+    def atomic_write_text(path: Path, text: str) -> None:
+        if main:
+            _atomic_write_text(path, text)
+
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
@@ -184,7 +215,8 @@ def run_experiment(
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log)
     summary = trainer.train(resume=resume)
-    plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
+    if main:
+        plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
 
     model.eval()
     metrics: dict[str, Any] = {
@@ -201,12 +233,14 @@ def run_experiment(
     }
     score_fn = model.score_fn()
     if triples.split(cfg.evaluation.split).shape[0] > 0:
-        result = evaluate(score_fn, triples, split=cfg.evaluation.split, batch_size=cfg.evaluation.batch_size)
+        result = evaluate(score_fn, triples, split=cfg.evaluation.split, batch_size=cfg.evaluation.batch_size,
+                          sampled_candidates=cfg.evaluation.sampled_candidates)
         metrics["valid"] = result.to_dict()
         metrics["summary"] = {"valid": headline(result)}
     if cfg.evaluation.test and triples.test.shape[0] > 0:
         t0 = time.perf_counter()
-        result = evaluate(score_fn, triples, split="test", batch_size=cfg.evaluation.batch_size)
+        result = evaluate(score_fn, triples, split="test", batch_size=cfg.evaluation.batch_size,
+                          sampled_candidates=cfg.evaluation.sampled_candidates)
         metrics["test"] = result.to_dict()
         metrics["test_seconds"] = time.perf_counter() - t0
         metrics.setdefault("summary", {})["test"] = headline(result)
