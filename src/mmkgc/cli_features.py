@@ -1,0 +1,265 @@
+"""``mmkgc features``: extract, import and inspect per-entity modality feature tables.
+
+* ``extract DATASET --modality text|image --encoder NAME [--images DIR|TABLE]`` computes features with a
+  frozen encoder through the feature cache (resumable: an interrupted run continues from its last shard)
+  and writes a named table.
+* ``import DATASET FILE --modality NAME [--names MAP]`` aligns a community file (``.pth``, ``.npy``,
+  ``.safetensors``, name-keyed ``.h5``) to the dataset's entity ids and prints the coverage report.
+* ``info FILE`` prints shapes, coverage, norms and provenance.
+
+Tables are written to ``$MMKGC_HOME/features/<DATASET>/<NAME>.safetensors`` (``--output NAME``, default the
+modality name) or to any ``--output PATH``; training configs load them with ``table: NAME``.  Every user
+error is an :class:`~mmkgc.errors.MMKGCError`, printed by :func:`mmkgc.cli.main` without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmkgc.errors import ConfigError, DataFormatError
+
+features_app = typer.Typer(no_args_is_help=True, help="Modality feature tables: extract, import, inspect.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _progress() -> bool:
+    from mmkgc.cli import _progress as cli_progress
+
+    return cli_progress()
+
+
+def _load_triples(dataset: str, data_dir: Optional[Path]):
+    """A registered dataset (local copy via ``--data-dir`` / ``$MMKGC_DATA_DIR``, else the download cache) or
+    an OpenKE directory given by path."""
+    path = Path(dataset).expanduser()
+    if path.is_dir() and (path / "entity2id.txt").is_file():
+        from mmkgc.data.formats import read_openke
+
+        return read_openke(path, name=path.resolve().name)
+    from mmkgc.data.registry import load_dataset
+
+    return load_dataset(dataset, data_dir=data_dir, progress=_progress())
+
+
+def _output_path(dataset: str, output: Optional[str], default: str) -> Path:
+    from mmkgc.features.cache import table_path
+
+    try:
+        return table_path(dataset, output or default)
+    except ValueError as exc:
+        raise ConfigError(f"--output: {exc}") from None
+
+
+def _save(table, out: Path) -> None:
+    from mmkgc.features.io import save_feature_table
+
+    try:
+        save_feature_table(table, out)
+    except ValueError as exc:
+        raise ConfigError(f"--output {out}: {exc}") from None
+
+
+def _read_map(names: Optional[Path], labels) -> tuple[Optional[dict], Optional[dict]]:
+    if names is None:
+        return None, None
+    from mmkgc.features.io import read_name_map
+
+    return read_name_map(names, labels)
+
+
+def _coverage_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in rows.items():
+        shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+        table.add_row(key, shown)
+    return table
+
+
+@features_app.command("extract")
+def extract(
+    dataset: str = typer.Argument(..., help="Registered dataset name (or an OpenKE directory)."),
+    modality: str = typer.Option(..., "--modality", help="text or image."),
+    encoder: str = typer.Option(..., "--encoder", help="Model name or local directory."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (per-entity folders or "
+                                          "<KEY>_<k>.jpg files) or a CSV/TSV/parquet table entity -> path."),
+    output: Optional[str] = typer.Option(None, "--output", help="Table NAME (in the dataset's feature folder) "
+                                         "or a .safetensors/.npy path; default: the modality name."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
+    layout: str = typer.Option("auto", "--layout", help="Image layout: auto, folders, flat or table."),
+    names: Optional[Path] = typer.Option(None, "--names", help="Two-column map image key <-> dataset entity."),
+    kind: str = typer.Option("pooled", "--output-kind", help="Image output: pooled, projected or tokens."),
+    aggregate: str = typer.Option("mean", "--aggregate", help="Several images: mean, max, first or set."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Images per entity (first k readable)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ...; default: CUDA when available."),
+    normalize: bool = typer.Option(False, "--normalize", help="L2-normalise each vector."),
+) -> None:
+    """Compute features with a frozen encoder (cached, resumable) and write a named table."""
+    from mmkgc.features.cache import cached_image_features, cached_text_features
+
+    if modality not in ("text", "image"):
+        raise ConfigError(f"--modality must be text or image, got {modality!r}")
+    triples = _load_triples(dataset, data_dir)
+    out = _output_path(triples.name, output, modality)
+    t0 = time.perf_counter()
+    if modality == "text":
+        if images is not None:
+            raise ConfigError("--images applies to --modality image")
+        from mmkgc.features.text import build_text_encoder
+
+        enc = build_text_encoder(encoder, batch_size=batch_size, device=device, normalize=normalize)
+        table = cached_text_features(triples.name, triples.entity_labels, enc, modality="text", progress=_progress())
+    else:
+        if images is None:
+            raise ConfigError("--modality image needs --images DIR|TABLE")
+        from mmkgc.features.vision import build_image_encoder, find_entity_images
+
+        name_map, _ = _read_map(names, None)
+        found = find_entity_images(images, triples.entity_labels, layout=layout, name_map=name_map)
+        err_console.print(
+            f"{found.report['entities_with_images']:,} of {triples.num_entities:,} entities have "
+            f"{found.num_images:,} listed images ({found.layout} layout, {found.report['unknown_keys']} unknown keys)",
+            highlight=False,
+        )
+        enc = build_image_encoder(encoder, output=kind, batch_size=batch_size, device=device, normalize=normalize)
+        table = cached_image_features(triples.name, found, enc, modality="image", aggregate=aggregate,
+                                      max_images=max_images, progress=_progress())
+    seconds = time.perf_counter() - t0
+    _save(table, out)
+    console.print(_coverage_table(f"{triples.name} {modality} features", {
+        "encoder": table.provenance.get("source"),
+        "shape": list(table.values.shape),
+        "present": f"{table.num_present:,} of {table.num_entities:,} ({table.num_present / max(table.num_entities, 1):.1%})",
+        "seconds": f"{seconds:.1f}",
+        "written": str(out),
+        **({"image counts": table.provenance["options"].get("image_counts")} if modality == "image" else {}),
+    }))
+
+
+@features_app.command("import")
+def import_(
+    dataset: str = typer.Argument(..., help="Registered dataset name (or an OpenKE directory)."),
+    file: Path = typer.Argument(..., help="Feature file: .pth, .pt, .npy, .safetensors, .h5."),
+    modality: str = typer.Option(..., "--modality", help="Modality name of the table (text, image, ...)."),
+    names: Optional[Path] = typer.Option(None, "--names", help="Two-column name map (file name <-> dataset entity)."),
+    presence: str = typer.Option("all", "--presence", help="all, nonzero or not_equal_fill."),
+    multi: str = typer.Option("mean", "--multi", help=".h5 entries with several vectors: mean, first or tokens."),
+    key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a dict .pth / multi-tensor file."),
+    output: Optional[str] = typer.Option(None, "--output", help="Table NAME or path; default: the modality name."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
+) -> None:
+    """Align a community feature file to the dataset's entity ids, print the coverage report, write a table."""
+    from mmkgc.features.io import import_feature_file, import_h5_features
+
+    if presence not in ("all", "nonzero", "not_equal_fill"):
+        raise ConfigError(f"--presence must be all, nonzero or not_equal_fill, got {presence!r}")
+    triples = _load_triples(dataset, data_dir)
+    out = _output_path(triples.name, output, modality)
+    name_map, map_report = _read_map(names, triples.entity_labels)
+    try:
+        if file.suffix.lower() in (".h5", ".hdf5"):
+            table = import_h5_features(file, modality, triples.entity_labels, name_map=name_map, multi=multi,
+                                       presence=presence)
+        else:
+            table = import_feature_file(file, modality, entity_labels=triples.entity_labels, name_map=name_map,
+                                        presence=presence, key=key)
+    except ValueError as exc:
+        if isinstance(exc, DataFormatError):
+            raise
+        raise DataFormatError(file, None, str(exc)) from None
+    options = table.provenance.get("options", {})
+    report: dict[str, Any] = {
+        "file": str(file),
+        "shape": list(table.values.shape),
+        "present": f"{table.num_present:,} of {table.num_entities:,} ({table.num_present / max(table.num_entities, 1):.1%})",
+    }
+    alignment = options.get("alignment")
+    if alignment:
+        report.update({k: v for k, v in alignment.items() if k not in ("name_map",)})
+    else:
+        report["rows"] = "entity-id order"
+        report["missing_rows"] = options.get("missing_rows", 0)
+    if map_report:
+        report["name_map"] = map_report
+    _save(table, out)
+    report["written"] = str(out)
+    console.print(_coverage_table(f"{triples.name}: import {file.name} as {modality!r}", report))
+
+
+def _norm_stats(values, rows) -> dict[str, float]:
+    if values.numel() == 0 or rows.numel() == 0:
+        return {}
+    norms = values.norm(dim=-1)[rows]
+    if norms.numel() == 0:
+        return {}
+    return {"min": float(norms.min()), "mean": float(norms.mean()), "max": float(norms.max())}
+
+
+@features_app.command("info")
+def info(
+    file: Path = typer.Argument(..., help="A feature table (.safetensors/.npy written by mmkgc) or a raw array."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Shapes, coverage, norms and provenance of a feature file."""
+    import torch
+
+    from mmkgc.features.io import is_feature_table_file, load_feature_table, read_feature_array
+
+    if is_feature_table_file(file):
+        table = load_feature_table(file)
+        if table.is_tokens:
+            real = table.token_mask & table.present.unsqueeze(1)
+            norms = _norm_stats(table.values, real)
+            tokens = {"tokens_per_row": table.num_tokens,
+                      "real_tokens_per_present_row": float(real.sum(1)[table.present].float().mean())
+                      if table.num_present else 0.0}
+        else:
+            norms = _norm_stats(table.values, table.present)
+            tokens = {}
+        zero_rows = int((table.values.reshape(table.num_entities, -1).abs().sum(1) == 0).sum())
+        report: dict[str, Any] = {
+            "file": str(file),
+            "format": "mmkgc feature table",
+            "modality": table.modality,
+            "shape": list(table.values.shape),
+            "kind": "tokens" if table.is_tokens else "pooled",
+            **tokens,
+            "present": table.num_present,
+            "missing": table.num_entities - table.num_present,
+            "coverage": round(table.num_present / max(table.num_entities, 1), 6),
+            "all_zero_rows": zero_rows,
+            "norms_of_present": norms,
+            "provenance": table.provenance,
+        }
+    else:
+        arr = read_feature_array(file)
+        x = arr.float()
+        flat = x.reshape(x.shape[0], -1)
+        finite = torch.isfinite(flat).all(dim=1)
+        report = {
+            "file": str(file),
+            "format": "raw array (no presence mask or provenance; import it with `mmkgc features import`)",
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype).replace("torch.", ""),
+            "all_zero_rows": int((flat.abs().sum(1) == 0).sum()),
+            "non_finite_rows": int((~finite).sum()),
+            "norms": _norm_stats(x.nan_to_num(), finite),
+        }
+        manifest = file.with_name(file.name + ".entities.txt")
+        if manifest.is_file():
+            report["manifest"] = str(manifest)
+    if as_json:
+        console.print_json(json.dumps(report, default=str))
+    else:
+        console.print(_coverage_table(f"{file.name}", report))
+
