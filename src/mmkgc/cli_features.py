@@ -103,6 +103,10 @@ def extract(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ...; default: CUDA when available."),
     normalize: bool = typer.Option(False, "--normalize", help="L2-normalise each vector."),
+    text_table: Optional[Path] = typer.Option(None, "--text-table", help="Entity text from a column of this "
+                                              "CSV/TSV/parquet table (entities it lacks fall back to their label)."),
+    key_column: str = typer.Option("entity", "--key-column", help="Entity-name column of --text-table."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of --text-table."),
 ) -> None:
     """Compute features with a frozen encoder (cached, resumable) and write a named table."""
     from mmkgc.features.cache import cached_image_features, cached_text_features
@@ -117,8 +121,18 @@ def extract(
             raise ConfigError("--images applies to --modality image")
         from mmkgc.features.text import build_text_encoder
 
+        source: object = "label"
+        if text_table is not None:
+            from mmkgc.features.entity_text import LabelTable
+
+            if text_column is None:
+                raise ConfigError("--text-table needs --text-column")
+            if not text_table.is_file():
+                raise ConfigError(f"--text-table: {text_table} does not exist")
+            source = LabelTable(text_table, key_column, text_column)
         enc = build_text_encoder(encoder, batch_size=batch_size, device=device, normalize=normalize)
-        table = cached_text_features(triples.name, triples.entity_labels, enc, modality="text", progress=_progress())
+        table = cached_text_features(triples.name, triples.entity_labels, enc, modality="text", source=source,
+                                     progress=_progress())
     else:
         if images is None:
             raise ConfigError("--modality image needs --images DIR|TABLE")
