@@ -98,10 +98,15 @@ def pykeen_side(triples, epochs: int, eval_triples: int, eval_batch: int) -> dic
     loop = SLCWATrainingLoop(model=model, triples_factory=train, optimizer=opt, negative_sampler="basic",
                              negative_sampler_kwargs={"num_negs_per_pos": NEGATIVES})
     epoch_seconds = []
-    for _ in range(epochs):
+    for i in range(epochs):
         start = time.perf_counter()
-        loop.train(triples_factory=train, num_epochs=1, batch_size=BATCH, use_tqdm=False, use_tqdm_batch=False)
+        # PyKEEN counts epochs across calls: without continue_training a second call with num_epochs=1 trains
+        # nothing; with it, num_epochs is the total to reach.
+        losses = loop.train(triples_factory=train, num_epochs=i + 1, batch_size=BATCH, use_tqdm=False,
+                            use_tqdm_batch=False, continue_training=i > 0)
         epoch_seconds.append(time.perf_counter() - start)
+        if len(losses) != i + 1:
+            raise RuntimeError(f"PyKEEN trained {len(losses)} epochs in total, expected {i + 1}")
     test = triples.test
     if eval_triples and eval_triples < test.shape[0]:
         idx = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(0))[:eval_triples]
