@@ -21,6 +21,8 @@ from mmkgc.errors import MMKGCError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-modal knowledge graph completion.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Known benchmark datasets: list, describe, verify.")
 app.add_typer(datasets_app, name="datasets")
+from mmkgc.cli_features import features_app  # noqa: E402  (the `mmkgc features` sub-app)
+app.add_typer(features_app, name="features")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -90,17 +92,33 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: dotted.key=value."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="Train with DDP in this many local processes (one per GPU; gloo on CPU), "
+                                   "started by torchrun's launcher. Same as `torchrun --nproc-per-node N -m mmkgc "
+                                   "train CONFIG ...`."),
 ) -> None:
     """Train a model from a config, select on validation, evaluate on test, write a run directory."""
+    from mmkgc import distributed
     from mmkgc.config import load_config
     from mmkgc.pipeline import run_experiment
 
     cfg = load_config(config, overrides)
     out = run_dir or Path("runs") / cfg.name
-    metrics = run_experiment(cfg, out, resume=resume, progress=_progress(), device=device,
-                             log=lambda line: err_console.print(line, markup=False, highlight=False))
-    _print_metrics(metrics)
-    console.print(f"run directory: {out}")
+    if nproc > 1 and distributed.env_world_size() == 1:
+        argv = ["train", str(config), "--run-dir", str(out), "--device", device]
+        argv += [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
+        distributed.launch(argv, nproc)  # rank 0 prints the metrics and the run directory
+        return
+    created = distributed.init_distributed()
+    try:
+        metrics = run_experiment(cfg, out, resume=resume, progress=_progress(), device=device,
+                                 log=lambda line: err_console.print(line, markup=False, highlight=False))
+    finally:
+        if created:
+            distributed.destroy_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
+        _print_metrics(metrics)
+        console.print(f"run directory: {out}")
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -16,7 +16,7 @@ Relative paths inside a config file are resolved against the directory of that f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -71,11 +71,17 @@ class ModalityConfig(_Strict):
         names) or ``table`` (``table_path`` with ``table_key`` and ``table_column``).
     :param missing: how entities without this modality are represented: ``learned`` (one trainable vector per
         modality) or ``zeros``.
+    :param table: a feature table written by ``mmkgc features extract`` / ``import``: a bare name (the file
+        ``$MMKGC_HOME/features/<dataset>/<NAME>.safetensors``) or a path to an mmkgc table file.
+    :param pool: pool a token table ``[N, L, d]`` to ``[N, d]`` (``mean`` over real tokens or ``first``);
+        token tables are refused without it.
     """
 
     name: str
     file: Path | None = None
     encoder: str | None = None
+    table: str | None = None
+    pool: Literal["mean", "first"] | None = None
     text_source: Literal["label", "table"] = "label"
     table_path: Path | None = None
     table_key: str | None = None
@@ -84,8 +90,9 @@ class ModalityConfig(_Strict):
 
     @model_validator(mode="after")
     def _source(self) -> "ModalityConfig":
-        if self.file is not None and self.encoder is not None:
-            raise ValueError("give either file or encoder for a modality, not both")
+        given = [k for k in ("file", "encoder", "table") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of file, encoder or table for a modality, not {' and '.join(given)}")
         if self.text_source == "table" and (self.table_path is None or self.table_column is None):
             raise ValueError("text_source 'table' needs table_path and table_column")
         return self
@@ -142,7 +149,19 @@ class TrainingConfig(_Strict):
         ``floor(n / batch_size)`` batches drawn uniformly with replacement).
     :param loss: ``nssa`` (self-adversarial sigmoid, Sun et al. 2019), ``margin``, ``softplus`` (negative
         sampling); ``bce`` (with label smoothing, Dettmers et al. 2018) or ``softmax_ce`` (Lacroix et al. 2018) (1-N).
+    :param lr: learning rate of the embedding tables (and of everything else unless ``dense_lr`` is set).
+    :param dense_lr: learning rate of the non-embedding parameters (modality adapters, fusion projections).
     :param time_budget_minutes: stop training after this much training time (validation excluded).
+    :param precision: ``fp32``; ``bf16`` (autocast to bfloat16, on CUDA and on the CPU) or ``fp16`` (autocast to
+        float16 with ``torch.amp.GradScaler`` loss scaling; CUDA only -- a ConfigError on the CPU).  Parameters,
+        optimiser state, losses and evaluation stay float32.
+    :param sparse: sparse row-wise updates of the entity table (``nn.Embedding(sparse=True)`` with
+        ``SparseAdam`` for ``adam``, sparse ``Adagrad`` for ``adagrad``); only for the plain ``structure``
+        representation, the ``negative_sampling`` loop, no ``weight_decay`` and no ``gradient_clip``.
+    :param distributed_negatives: under DDP (``torchrun`` / ``--nproc``): ``per_rank`` draws each rank's
+        negatives from its own stream seeded by ``(seed, epoch, rank)``; ``replicated`` draws the negatives of the
+        whole global batch on every rank from the shared stream and keeps the rank's slice, so the run sees the
+        same batches and negatives as a single process (at ``world_size`` times the sampling cost).
     """
 
     loop: Literal["negative_sampling", "one_to_n"] = "negative_sampling"
@@ -158,12 +177,16 @@ class TrainingConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     optimizer: Literal["adam", "adagrad"] = "adam"
     lr: float = Field(1e-3, gt=0.0, le=10.0)
+    dense_lr: float | None = Field(None, gt=0.0, le=10.0)
     weight_decay: float = Field(0.0, ge=0.0)
     regularizer: Literal["none", "n3", "l2"] = "none"
     regularizer_weight: float = Field(0.0, ge=0.0)
     gradient_clip: float | None = Field(None, gt=0.0)
     time_budget_minutes: float | None = Field(None, gt=0.0)
     num_threads: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    sparse: bool = False
+    distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
@@ -171,6 +194,11 @@ class TrainingConfig(_Strict):
             raise ValueError("loop 'one_to_n' trains with loss 'bce' or 'softmax_ce'")
         if self.loop == "negative_sampling" and self.loss in ("bce", "softmax_ce"):
             raise ValueError(f"loss {self.loss!r} belongs to loop 'one_to_n'; use nssa, margin or softplus")
+        if self.sparse:
+            if self.loop != "negative_sampling":
+                raise ValueError("sparse: true needs loop 'negative_sampling' (1-N scoring uses every entity row)")
+            if self.weight_decay or self.gradient_clip is not None:
+                raise ValueError("sparse: true supports neither weight_decay nor gradient_clip")
         return self
 
 
@@ -181,6 +209,10 @@ class EvaluationConfig(_Strict):
     :param patience: stop after this many validations without improvement of ``metric``.
     :param split: the selection split; ``valid_clean`` is the de-duplicated validation set minus train and test.
     :param tie_policy: the policy whose ``metric`` selects the model.
+    :param batch_size: queries per scoring chunk, or ``auto`` to size chunks from the free device memory.
+    :param sampled_candidates: rank each target against this many sampled non-answer candidates instead of all
+        entities (for graphs too large for full ranking); results are reported as ``protocol: sampled`` and are
+        not comparable with full ranking.
     """
 
     every: int = Field(10, ge=1)
@@ -188,8 +220,9 @@ class EvaluationConfig(_Strict):
     split: Literal["valid_clean", "valid"] = "valid_clean"
     metric: Literal["mrr", "hits@1", "hits@3", "hits@10"] = "mrr"
     tie_policy: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
-    batch_size: int = Field(256, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
     test: bool = True
+    sampled_candidates: int | None = Field(None, ge=1)
 
 
 class ExperimentConfig(_Strict):
@@ -206,6 +239,8 @@ class ExperimentConfig(_Strict):
     def _cross(self) -> "ExperimentConfig":
         if self.training.loop == "one_to_n" and not self.model.reciprocal:
             raise ValueError("training.loop 'one_to_n' needs model.reciprocal: true (head queries use r + R)")
+        if self.training.sparse and self.model.representation != "structure":
+            raise ValueError("training.sparse: true is only for model.representation 'structure'")
         return self
 
 
@@ -236,6 +271,14 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
     for m in cfg.model.modalities:
         m.file = fix(m.file)
         m.table_path = fix(m.table_path)
+        if m.table is not None and not _is_table_name(m.table):
+            m.table = str(fix(Path(m.table)))
+
+
+def _is_table_name(name: str) -> bool:
+    from mmkgc.features.cache import is_table_name
+
+    return is_table_name(name)
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> ExperimentConfig:

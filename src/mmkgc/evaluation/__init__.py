@@ -18,11 +18,14 @@ from mmkgc.evaluation.ranking import (
     TIE_POLICIES,
     RankResult,
     SideRanks,
+    auto_max_memory_bytes,
     batch_size_for_memory,
     compute_ranks,
+    gather_rank_results,
     rank_targets,
     tie_break,
 )
+from mmkgc.evaluation.sampled import SAMPLE_BLOCK, compute_sampled_ranks, sample_candidates
 
 __all__ = [
     "DEFAULT_KS",
@@ -32,7 +35,12 @@ __all__ = [
     "SIDES",
     "SideRanks",
     "TIE_POLICIES",
+    "SAMPLE_BLOCK",
+    "auto_max_memory_bytes",
     "batch_size_for_memory",
+    "compute_sampled_ranks",
+    "gather_rank_results",
+    "sample_candidates",
     "compute_ranks",
     "evaluate",
     "grouped_rank_metrics",

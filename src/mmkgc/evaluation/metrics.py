@@ -174,6 +174,13 @@ class EvaluationResult:
     seed: int = 0
     relation_labels: list[str] | None = None
     ranks: RankResult | None = field(default=None, repr=False, compare=False)
+    #: ``None`` for full ranking; ``k`` for sampled-candidate ranking (a different, non-comparable protocol).
+    sampled_candidates: int | None = None
+
+    @property
+    def protocol(self) -> str:
+        """``"full"`` (every entity is a candidate) or ``"sampled"`` (``k`` sampled candidates per query)."""
+        return "full" if self.sampled_candidates is None else "sampled"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -309,6 +316,7 @@ class EvaluationResult:
             seed=int(seed),
             relation_labels=list(relation_labels) if relation_labels is not None else None,
             ranks=ranks,
+            sampled_candidates=ranks.sampled_candidates,
         )
 
     # ------------------------------------------------------------------ access
@@ -377,6 +385,8 @@ class EvaluationResult:
             "dataset": self.dataset,
             "split": self.split,
             "filtered": self.filtered,
+            "protocol": self.protocol,
+            "sampled_candidates": self.sampled_candidates,
             "num_entities": int(self.num_entities),
             "num_queries": int(self.num_queries),
             "primary_policy": self.primary_policy,
@@ -421,6 +431,9 @@ class EvaluationResult:
         """Markdown report: overall table for every policy, and the per-category / per-group tables of the
         primary policy when ``breakdown`` is true (the per-relation breakdown is left to :meth:`to_dict`)."""
         title = "filtered" if self.filtered else "raw"
+        if self.sampled_candidates is not None:
+            title += (f", SAMPLED: {self.sampled_candidates} candidates per query, not comparable with "
+                      "full-ranking numbers")
         what = " ".join(x for x in (self.dataset, self.split) if x)
         lines = [f"### Link prediction ({title}){': ' + what if what else ''}", ""]
         lines += _markdown_rows(self.table())
@@ -477,10 +490,12 @@ def evaluate(
     seed: int = 0,
     group_labels: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
     per_relation: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     max_memory_bytes: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    sampled_candidates: int | None = None,
+    distributed: bool | None = None,
 ) -> EvaluationResult:
     """Link-prediction evaluation of ``score_fn`` on one split of a :class:`TripleSet`.
 
@@ -499,23 +514,62 @@ def evaluate(
     :param seed: seed of the ``random`` policy.
     :param group_labels: per-query (or per side and query) labels for a group breakdown.
     :param per_relation: compute the per-relation breakdown.
-    :param batch_size, max_memory_bytes, device, progress: passed to :func:`compute_ranks`.
-    :raises ValueError: on an unknown split, an empty split, or NaN scores.
+    :param batch_size, max_memory_bytes, device, progress: passed to :func:`compute_ranks`;
+        ``batch_size="auto"`` sizes the chunks from the memory free right now
+        (:func:`mmkgc.evaluation.ranking.auto_max_memory_bytes` on ``device``, or on ``score_fn.device`` when the
+        score function has that attribute, as :meth:`KGEModel.score_fn`'s has).
+    :param sampled_candidates: ``k`` to rank each target against ``k`` sampled non-answer candidates instead of
+        all entities (:mod:`mmkgc.evaluation.sampled`; needs ``score_fn.score_candidates``).  The result is
+        marked ``protocol == "sampled"`` and is not comparable with full-ranking results.
+    :param distributed: shard the queries over the ranks of the initialised process group and gather the ranks
+        (identical, bit for bit, to a single-process evaluation); ``None`` does so whenever a multi-process group
+        is initialised.  Every rank must call :func:`evaluate` with the same arguments and gets the full result.
+    :raises ValueError: on an unknown split, an empty split, NaN scores, or ``sampled_candidates`` with a score
+        function that cannot score candidate sets.
     """
+    from mmkgc import distributed as dist_helpers
+    from mmkgc.evaluation.ranking import auto_max_memory_bytes, gather_rank_results
+    from mmkgc.evaluation.sampled import SAMPLE_BLOCK, compute_sampled_ranks
+
     queries = triples.split(split)
     if queries.shape[0] == 0:
         raise ValueError(f"{triples.name}: split {split!r} has no triples to evaluate")
-    ranks = compute_ranks(
-        score_fn,
-        queries,
-        triples.filter_index if filtered else None,
-        sides=sides,
-        batch_size=batch_size,
-        max_memory_bytes=max_memory_bytes,
-        num_entities=triples.num_entities,
-        device=device,
-        progress=progress,
-    )
+    if batch_size == "auto":
+        batch_size = None
+        if max_memory_bytes is None:
+            max_memory_bytes = auto_max_memory_bytes(device if device is not None
+                                                     else getattr(score_fn, "device", None))
+    elif isinstance(batch_size, str):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    shard = dist_helpers.is_distributed() if distributed is None else bool(distributed)
+    shard = shard and dist_helpers.is_distributed()
+    start, stop = 0, int(queries.shape[0])
+    if shard:
+        align = SAMPLE_BLOCK if sampled_candidates is not None else 1
+        start, stop = dist_helpers.shard_bounds(stop, dist_helpers.get_rank(), dist_helpers.get_world_size(), align)
+    filter_index = triples.filter_index if filtered else None
+    if sampled_candidates is not None:
+        score_candidates = getattr(score_fn, "score_candidates", None)
+        if score_candidates is None:
+            raise ValueError("sampled_candidates needs a score function with a score_candidates attribute "
+                             "(KGEModel.score_fn() provides one)")
+        ranks = compute_sampled_ranks(score_candidates, queries[start:stop], triples.num_entities,
+                                      int(sampled_candidates), filter_index, sides=sides, seed=seed,
+                                      query_offset=start)
+    else:
+        ranks = compute_ranks(
+            score_fn,
+            queries[start:stop],
+            filter_index,
+            sides=sides,
+            batch_size=batch_size,
+            max_memory_bytes=max_memory_bytes,
+            num_entities=triples.num_entities,
+            device=device,
+            progress=progress and dist_helpers.is_main_process(),
+        )
+    if shard:
+        ranks = gather_rank_results(ranks, queries)
     return EvaluationResult.from_ranks(
         ranks,
         ks=ks,

@@ -350,12 +350,16 @@ class RankResult:
     :param sides: ``{"head": SideRanks, "tail": SideRanks}`` (only the evaluated sides).
     :param num_entities: ``N``, number of score columns.
     :param filtered: whether known answers were removed from the candidates.
+    :param sampled_candidates: ``None`` for full ranking against all ``N`` entities; ``k`` when each target was
+        ranked against only ``k`` sampled candidates (:mod:`mmkgc.evaluation.sampled`).  Sampled ranks are a
+        different protocol and are never concatenated with full ranks.
     """
 
     queries: torch.Tensor
     sides: dict[str, SideRanks] = field(default_factory=dict)
     num_entities: int = 0
     filtered: bool = True
+    sampled_candidates: int | None = None
 
     def __len__(self) -> int:
         return int(self.queries.shape[0])
@@ -379,12 +383,18 @@ class RankResult:
     def concatenate(cls, results: Sequence["RankResult"]) -> "RankResult":
         """Join results computed on disjoint query shards (e.g. DDP ranks), in the given order.
 
-        :raises ValueError: if the shards disagree on sides, ``num_entities`` or ``filtered``.
+        :raises ValueError: if the shards disagree on sides, ``num_entities``, ``filtered`` or
+            ``sampled_candidates`` (full and sampled ranks are never mixed).
         """
         if not results:
             raise ValueError("concatenate needs at least one RankResult")
         first = results[0]
         for other in results[1:]:
+            if other.sampled_candidates != first.sampled_candidates:
+                raise ValueError(
+                    "cannot concatenate ranks of different protocols (sampled_candidates "
+                    f"{first.sampled_candidates} vs {other.sampled_candidates}; None means full ranking)"
+                )
             if set(other.sides) != set(first.sides) or other.num_entities != first.num_entities or (
                 other.filtered != first.filtered
             ):
@@ -402,6 +412,7 @@ class RankResult:
             sides=sides,
             num_entities=first.num_entities,
             filtered=first.filtered,
+            sampled_candidates=first.sampled_candidates,
         )
 
 
@@ -422,6 +433,65 @@ def batch_size_for_memory(num_entities: int, max_memory_bytes: int, element_size
     if max_memory_bytes <= 0:
         raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes}")
     return max(1, int(max_memory_bytes) // (int(num_entities) * (int(element_size) + 2)))
+
+
+def auto_max_memory_bytes(device: torch.device | str | None = None, fraction: float = 0.25,
+                          cpu_cap_bytes: int = 2 * 2**30) -> int:
+    """A chunk-memory bound derived from the memory that is free right now (``batch_size: auto``).
+
+    * CUDA: ``fraction`` of the free device memory reported by :func:`torch.cuda.mem_get_info`;
+    * CPU: ``fraction`` of the available physical memory (``psutil.virtual_memory().available`` when psutil is
+      installed, else ``os.sysconf("SC_AVPHYS_PAGES") * SC_PAGE_SIZE``), capped at ``cpu_cap_bytes`` (larger
+      chunks are not faster on a CPU: ranking streams through cache-sized blocks) and divided by the number of
+      processes on this node (``LOCAL_WORLD_SIZE``, set by torchrun), which share that memory.
+
+    :returns: at least 16 MiB.
+    """
+    import os
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    floor = 16 * 2**20
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(floor, int(free * fraction))
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        available = int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    try:
+        local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_procs = 1
+    return max(floor, min(int(available * fraction), int(cpu_cap_bytes)) // local_procs)
+
+
+def gather_rank_results(local: RankResult, queries: torch.Tensor) -> RankResult:
+    """Join the ranks that every process computed on its contiguous shard of ``queries`` (rank order = query
+    order), on every rank.  The integer ranks travel through :func:`mmkgc.distributed.all_gather_variable`, so
+    the result is bit for bit the single-process result.  In a single process ``local`` is returned unchanged.
+
+    :param local: this rank's :class:`RankResult` (its ``queries`` are the rank's shard).
+    :param queries: int64 ``[Q, 3]``, all queries in global order.
+    :raises ValueError: the gathered shards do not add up to ``Q`` queries.
+    """
+    from mmkgc.distributed import all_gather_variable, is_distributed
+
+    if not is_distributed():
+        return local
+    sides = {}
+    for name in SIDES:
+        if name not in local.sides:
+            continue
+        part = local.sides[name]
+        stacked = torch.stack([part.optimistic, part.pessimistic, part.num_candidates], 1).long()
+        joined = torch.cat(all_gather_variable(stacked))
+        if joined.shape[0] != queries.shape[0]:
+            raise ValueError(f"gathered {joined.shape[0]} {name} ranks for {queries.shape[0]} queries")
+        sides[name] = SideRanks(joined[:, 0].clone(), joined[:, 1].clone(), joined[:, 2].clone())
+    return RankResult(queries=queries.cpu().long().clone(), sides=sides, num_entities=local.num_entities,
+                      filtered=local.filtered, sampled_candidates=local.sampled_candidates)
 
 
 def _progress_bar(enabled: bool):

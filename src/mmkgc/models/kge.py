@@ -45,12 +45,19 @@ class EntityRepresentation(nn.Module):
 
 
 class EmbeddingRepresentation(EntityRepresentation):
-    """A plain trainable table ``[N, D]`` (structure only)."""
+    """A plain trainable table ``[N, D]`` (structure only).
 
-    def __init__(self, num_entities: int, dim: int, init: Callable[[torch.Tensor], None] | None = None):
+    :param sparse: ``nn.Embedding(sparse=True)``: lookups produce sparse row gradients, so an optimiser that
+        accepts them (``torch.optim.SparseAdam``, ``Adagrad``) updates only the rows of the batch -- the
+        ``training.sparse`` option for very large entity tables.  ``forward(None)`` (all rows) is a dense use of
+        the weight and is only for evaluation then.
+    """
+
+    def __init__(self, num_entities: int, dim: int, init: Callable[[torch.Tensor], None] | None = None,
+                 sparse: bool = False):
         super().__init__()
         self.num_entities, self.dim = num_entities, dim
-        self.embedding = nn.Embedding(num_entities, dim)
+        self.embedding = nn.Embedding(num_entities, dim, sparse=sparse)
         if init is not None:
             with torch.no_grad():
                 init(self.embedding.weight)
@@ -273,14 +280,47 @@ class KGEModel(nn.Module):
         r = self.relations(queries[:, 1])
         return self.scorer.score_h(ents, r, t)
 
+    def score_candidates(self, queries: torch.Tensor, side: str, candidates: torch.Tensor,
+                         all_entities: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of a few candidate entities per query (sampled-candidate evaluation).
+
+        ``out[b, c]`` is the score of ``(h_b, r_b, candidates[b, c])`` for ``side="tail"`` and of
+        ``(candidates[b, c], r_b, t_b)`` for ``side="head"`` (via ``(t, r + R, ?)`` with reciprocal relations),
+        computed with the scorer's query/match factorisation.
+
+        :param queries: int64 ``[B, 3]``.
+        :param candidates: int64 ``[B, C]``.
+        :param all_entities: precomputed ``entities(None)`` ``[N, De]``, or ``None`` to embed only the ids used.
+        :returns: float ``[B, C]``.
+        :raises ValueError: for an unknown side.
+        """
+        def embed(ids: torch.Tensor) -> torch.Tensor:
+            if all_entities is not None:
+                return all_entities[ids]
+            return self.entities(ids.reshape(-1)).reshape(*ids.shape, -1)
+
+        scorer = self.scorer
+        if side == "tail":
+            q = scorer.tail_query(embed(queries[:, 0]), self.relations(queries[:, 1]))
+        elif side == "head":
+            if self.reciprocal:
+                q = scorer.tail_query(embed(queries[:, 2]), self.relations(queries[:, 1] + self.num_relations))
+            else:
+                q = scorer.head_query(self.relations(queries[:, 1]), embed(queries[:, 2]))
+        else:
+            raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+        return scorer.match(q.unsqueeze(1), embed(candidates))
+
     @torch.no_grad()
     def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
         """A ``score_fn(queries [B, 3], side) -> [B, N]`` for the evaluator.
 
         All entity representations are computed once (the model must be in eval mode and unchanged while the
-        returned function is used).
+        returned function is used).  The function also carries ``fn.device`` (where scores are computed, for
+        ``batch_size: auto``) and ``fn.score_candidates(queries, side, candidates) -> [B, C]`` (for
+        sampled-candidate evaluation).  Scores are computed in float32 even when training used autocast.
         """
-        ents = self.entities(None).detach()
+        ents = self.entities(None).detach().float()
         device = ents.device
 
         def fn(queries: torch.Tensor, side: str) -> torch.Tensor:
@@ -288,4 +328,10 @@ class KGEModel(nn.Module):
                 q = queries.to(device)
                 return self.score_t(q, ents) if side == "tail" else self.score_h(q, ents)
 
+        def candidates_fn(queries: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.score_candidates(queries.to(device), side, candidates.to(device), ents)
+
+        fn.device = device  # type: ignore[attr-defined]
+        fn.score_candidates = candidates_fn  # type: ignore[attr-defined]
         return fn

@@ -353,10 +353,19 @@ class OneToNBatcher:
                 labels[rows[q_rows], answers] = 1.0
         return labels
 
-    def __iter__(self) -> Iterator[OneToNBatch]:
+    def index_batches(self) -> Iterator[torch.Tensor]:
+        """One epoch of query-index batches, int64 ``[B]`` rows of :attr:`queries` (one shuffle per epoch)."""
         q = self.queries.shape[0]
         order = torch.randperm(q, generator=self.generator) if self.shuffle else torch.arange(q)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            ents, rels, tail = self.queries[idx, 0], self.queries[idx, 1], self.predict_tail[idx]
-            yield OneToNBatch(ents, rels, tail, self.labels(ents, rels, tail))
+            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def make_batch(self, idx: torch.Tensor) -> OneToNBatch:
+        """The :class:`OneToNBatch` of query rows ``idx`` (int64 ``[b]``), labels included.  A distributed trainer
+        builds only its rank's slice of each index batch, so labels cost ``b x N``, not ``B x N``, per rank."""
+        ents, rels, tail = self.queries[idx, 0], self.queries[idx, 1], self.predict_tail[idx]
+        return OneToNBatch(ents, rels, tail, self.labels(ents, rels, tail))
+
+    def __iter__(self) -> Iterator[OneToNBatch]:
+        for idx in self.index_batches():
+            yield self.make_batch(idx)

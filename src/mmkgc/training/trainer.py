@@ -10,10 +10,22 @@ One loop serves both training regimes of the field:
 
 Determinism: every random draw (positive order, negatives, dropout) comes from generators seeded by the
 experiment seed, and their states are checkpointed, so a resumed run continues the same random streams.
+
+Distributed training (``torchrun``; :mod:`mmkgc.distributed`): every rank draws the same positive order from the
+shared seeded stream and takes its contiguous slice of each global batch; negatives come from the rank's own
+stream seeded by ``(seed, epoch, rank)`` (``training.distributed_negatives: per_rank``) or from the shared stream
+for the whole global batch (``replicated``: the same batches and negatives as one process).  The model is wrapped
+in :class:`torch.nn.parallel.DistributedDataParallel` through :class:`TrainingStep`, whose ``forward`` computes
+the loss, so DDP averages the gradients; each rank's loss is scaled so that the average is the gradient of the
+global batch's mean loss.  Only rank 0 logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model);
+every rank validates on its shard of the queries and gets the same gathered metrics, and rank 0's early-stopping
+and time-budget decisions are broadcast.  A checkpoint written by any world size resumes under any other, since
+the shared stream is identical on all ranks and the per-rank streams are re-derived from ``(seed, epoch, rank)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -21,9 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from mmkgc import distributed as dist_helpers
 from mmkgc.config import EvaluationConfig, TrainingConfig
+from mmkgc.errors import ConfigError
 from mmkgc.data.triples import TripleSet
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
 from mmkgc.models.kge import KGEModel
@@ -59,11 +74,44 @@ class TrainingSummary:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """Adam or Adagrad over the model's trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Adam or Adagrad over the model's trainable parameters.
+
+    Embedding tables (entity and relation lookups) use ``cfg.lr``; every other parameter (modality adapters,
+    fusion projections, learned fill vectors) uses ``cfg.dense_lr`` when it is set.  Recipes tuned for embedding
+    tables, such as Adagrad with lr 0.1 for ComplEx-N3 (Lacroix et al., 2018), move each dense weight by about
+    ``lr`` on the first step, which wipes out an identity-initialised fusion projection.
+    """
+    if cfg.sparse:  # sparse row-wise updates of the entity table (mmkgc.training.sparse)
+        from mmkgc.training.sparse import build_sparse_optimizer
+
+        return build_sparse_optimizer(model, cfg.optimizer, cfg.lr,  # type: ignore[return-value]
+                                      dense_lr=cfg.dense_lr if cfg.dense_lr is not None else cfg.lr)
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    tables = [p for p in model.parameters() if p.requires_grad and id(p) in embedding_params]
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in embedding_params]
+    groups = [{"params": tables, "lr": cfg.lr}]
+    if dense:
+        groups.append({"params": dense, "lr": cfg.dense_lr if cfg.dense_lr is not None else cfg.lr})
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class TrainingStep(torch.nn.Module):
+    """The module DDP wraps: ``forward(*batch_tensors) -> loss`` runs the trainer's whole scoring and loss, so
+    DDP's gradient hooks see every parameter use of the step.
+
+    :param model: the :class:`KGEModel` (its parameters are this module's parameters).
+    :param step: the trainer's loss function of the batch tensors (not a submodule).
+    """
+
+    def __init__(self, model: KGEModel, step: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self._step = step
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self._step(*tensors)
 
 
 class Trainer:
@@ -104,8 +152,34 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.fingerprint = fingerprint or {}
         self.progress = progress
-        self.log = log or (lambda line: None)
+        self.rank = dist_helpers.get_rank()
+        self.world_size = dist_helpers.get_world_size()
+        main = self.rank == 0
+        self.progress = progress and main
+        self.log = (log or (lambda line: None)) if main else (lambda line: None)
         self.optimizer = build_optimizer(self.model, training)
+        if training.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"training.precision: fp16 needs a CUDA device (this run uses {self.device}); "
+                              "use bf16 or fp32 on the CPU")
+        if training.precision == "fp16" and training.sparse:
+            raise ConfigError("training.precision: fp16 (loss scaling) is not supported with training.sparse: true")
+        self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[training.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
+        self.ddp: torch.nn.Module | None = None
+        if self.world_size > 1:
+            if training.sparse and torch.distributed.get_backend() == "nccl":
+                raise ConfigError("training.sparse: true under DDP is supported with the gloo backend only")
+            import inspect
+
+            ddp_cls = torch.nn.parallel.DistributedDataParallel
+            # Buffers are frozen feature tables, identical on every rank: synced once at construction, never per step.
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
+                       else "broadcast_buffers")
+            self.ddp = ddp_cls(TrainingStep(self.model, self._step_loss),
+                               device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                               **{no_sync: False})
+        #: negatives of this rank under DDP with ``distributed_negatives: per_rank`` (re-seeded every epoch).
+        self.rank_generator = torch.Generator()
 
         self.generator = torch.Generator().manual_seed(seed)
         train = triples.train
@@ -164,11 +238,29 @@ class Trainer:
                     + n3_regularizer(relations, weight=weight, complex_layout=complex_relations))
         return l2_regularizer(*entities, relations, weight=weight)
 
-    def _negative_sampling_step(self, positives: torch.Tensor) -> torch.Tensor:
-        sample = self.sampler.sample(positives).to(self.device)
+    def _autocast(self):
+        """Autocast to ``training.precision`` (bf16/fp16) for the forward pass, or nothing for fp32."""
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
+
+    def _step_loss(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The loss of one (local) batch given as tensors: ``(positives [B, 3], negative entities [B, K],
+        tail_corrupted [B, K])`` or ``(entities [B], relations [B], predict_tail [B], labels [B, N])``."""
+        if self.cfg.loop == "negative_sampling":
+            return self._negative_sampling_step(*tensors)
+        return self._one_to_n_step(OneToNBatch(*tensors))
+
+    def _negative_sampling_step(self, positives: torch.Tensor, entities: torch.Tensor | None = None,
+                                tail_corrupted: torch.Tensor | None = None) -> torch.Tensor:
+        if entities is None or tail_corrupted is None:
+            sample = self.sampler.sample(positives)
+            entities, tail_corrupted = sample.entities, sample.tail_corrupted
         positives = positives.to(self.device)
-        pos, neg = self.model.score_positives_and_negatives(positives, sample.entities, sample.tail_corrupted)
-        loss = self.loss(pos, neg)
+        with self._autocast():
+            pos, neg = self.model.score_positives_and_negatives(
+                positives, entities.to(self.device), tail_corrupted.to(self.device))
+        loss = self.loss(pos.float(), neg.float())
         if self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
             h, r, t = self.model.embed(positives)
             loss = loss + self._regularization([h, t], r)
@@ -182,22 +274,52 @@ class Trainer:
         zeros = torch.zeros_like(known)
         # Tail queries are (e, r, ?); head queries without reciprocal relations are (?, r, e).
         queries = torch.stack([torch.where(tail, known, zeros), relations, torch.where(tail, zeros, known)], 1)
-        ents = self.model.entities(None)
-        if bool(tail.all()):
-            logits = self.model.score_t(queries, ents)
-        else:
-            logits = torch.empty(known.shape[0], self.model.num_entities, device=self.device)
-            logits = logits.index_put((tail.nonzero(as_tuple=True)[0],), self.model.score_t(queries[tail], ents))
-            logits = logits.index_put((~tail).nonzero(as_tuple=True), self.model.score_h(queries[~tail], ents))
-        loss = self.loss(logits, batch.labels.to(self.device))
+        with self._autocast():
+            ents = self.model.entities(None)
+            if bool(tail.all()):
+                logits = self.model.score_t(queries, ents)
+            else:
+                logits = torch.empty(known.shape[0], self.model.num_entities, device=self.device)
+                logits = logits.index_put((tail.nonzero(as_tuple=True)[0],),
+                                          self.model.score_t(queries[tail], ents).to(logits.dtype))
+                logits = logits.index_put((~tail).nonzero(as_tuple=True),
+                                          self.model.score_h(queries[~tail], ents).to(logits.dtype))
+        ents = ents.float()
+        loss = self.loss(logits.float(), batch.labels.to(self.device))
         # 1-N batches hold queries, not triples: regularise the known entity and the relation of each query.
         return loss + self._regularization([ents[known]], self.model.relations(relations))
+
+    def _local_batches(self):
+        """This rank's part of every global batch of the epoch: ``(tensors for _step_loss, loss factor)``.
+
+        In a single process the factor is 1 and the batches and negatives are exactly those of the plain loop.
+        """
+        rank, world = self.rank, self.world_size
+        if self.cfg.loop == "negative_sampling":
+            replicated = world == 1 or self.cfg.distributed_negatives == "replicated"
+            for batch in self.batcher:
+                start, stop, factor = dist_helpers.batch_shard(batch.shape[0], rank, world)
+                if replicated:  # the whole global batch's negatives from the shared stream, then this rank's slice
+                    sample = self.sampler.sample(batch)
+                    yield (batch[start:stop], sample.entities[start:stop], sample.tail_corrupted[start:stop]), factor
+                else:
+                    local = batch[start:stop]
+                    sample = self.sampler.sample(local, generator=self.rank_generator)
+                    yield (local, sample.entities, sample.tail_corrupted), factor
+        else:
+            for idx in self.batcher.index_batches():
+                start, stop, factor = dist_helpers.batch_shard(idx.shape[0], rank, world)
+                b = self.batcher.make_batch(idx[start:stop])
+                yield (b.entities, b.relations, b.predict_tail, b.labels), factor
 
     def _epoch(self, deadline: float | None) -> tuple[float, bool]:
         """One pass; returns (mean loss, ran out of time)."""
         self.model.train()
         total, count, out_of_time = 0.0, 0, False
-        batches = iter(self.batcher)
+        if self.world_size > 1:
+            state = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(2, dtype=np.uint32)
+            self.rank_generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+        batches = self._local_batches()
         num = len(self.batcher)
         bar = None
         if self.progress:
@@ -208,32 +330,45 @@ class Trainer:
             task = bar.add_task("train", total=num, loss="")
             bar.start()
         try:
-            for batch in batches:
+            for tensors, factor in batches:
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.cfg.loop == "negative_sampling":
-                    loss = self._negative_sampling_step(batch)
+                if self.ddp is not None:
+                    loss = self.ddp(*tensors)
                 else:
-                    loss = self._one_to_n_step(batch)
+                    loss = self._step_loss(*tensors)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
                         "lower the learning rate or check the features"
                     )
-                loss.backward()
-                if self.cfg.gradient_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
-                self.optimizer.step()
+                scaled = loss * factor if factor != 1.0 else loss
+                if self.scaler.is_enabled():
+                    self.scaler.scale(scaled).backward()
+                    if self.cfg.gradient_clip is not None:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    scaled.backward()
+                    if self.cfg.gradient_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
+                    self.optimizer.step()
                 self.step += 1
-                total += float(loss.detach())
+                # sum over ranks of loss * factor / world = the mean loss over the global batch
+                total += float(loss.detach()) * factor / self.world_size
                 count += 1
                 if bar is not None:
                     bar.update(task, advance=1, loss=f"loss {total / count:.4f}")
-                if deadline is not None and time.perf_counter() >= deadline:
-                    out_of_time = True
-                    break
+                if deadline is not None:
+                    out_of_time = dist_helpers.broadcast_flag(time.perf_counter() >= deadline)
+                    if out_of_time:
+                        break
         finally:
             if bar is not None:
                 bar.stop()
+        if self.world_size > 1:
+            total = dist_helpers.all_reduce_sum([total])[0]
         return total / max(count, 1), out_of_time
 
     # ------------------------------------------------------------------------------------------ validation
@@ -245,6 +380,7 @@ class Trainer:
             self.triples,
             split=self.eval_cfg.split,
             batch_size=self.eval_cfg.batch_size,
+            sampled_candidates=self.eval_cfg.sampled_candidates,
         )
 
     def _selection_value(self, result: EvaluationResult) -> float:
@@ -267,14 +403,17 @@ class Trainer:
             "bad_validations": self.bad_validations,
             "history": self.history,
             "fingerprint": self.fingerprint,
+            "world_size": self.world_size,
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def _checkpoint_dir(self, which: str) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints" / which
 
     def save(self, which: str = "last") -> None:
+        """Checkpoint the unwrapped model (rank 0 only; the other ranks hold identical weights)."""
         path = self._checkpoint_dir(which)
-        if path is not None:
+        if path is not None and self.rank == 0:
             save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state())
 
     def resume(self) -> bool:
@@ -301,6 +440,8 @@ class Trainer:
         self.best_epoch = state["best_epoch"]
         self.bad_validations = state["bad_validations"]
         self.history = state["history"]
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
         if "sampler" in rng:
             self.generator.set_state(rng["sampler"])
         if "torch_global" in rng:
@@ -309,7 +450,7 @@ class Trainer:
         return True
 
     def _append_log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
@@ -338,7 +479,8 @@ class Trainer:
             start = time.perf_counter()
             deadline = start + (budget - self.training_seconds) if budget is not None else None
             loss, out_of_time = self._epoch(deadline)
-            seconds = time.perf_counter() - start
+            # rank 0's clock decides, so every rank sees the same training time and budget decisions
+            seconds = float(dist_helpers.broadcast_object(time.perf_counter() - start))
             self.training_seconds += seconds
             self.epoch += 1
             record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
@@ -367,7 +509,8 @@ class Trainer:
             if out_of_time:
                 stopped = "time_budget"
                 break
-            if self.eval_cfg.patience is not None and self.bad_validations >= self.eval_cfg.patience:
+            early = self.eval_cfg.patience is not None and self.bad_validations >= self.eval_cfg.patience
+            if dist_helpers.broadcast_flag(early):  # every rank follows rank 0's decision
                 stopped = "early_stopping"
                 break
         self._load_best()

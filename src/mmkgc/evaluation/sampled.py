@@ -1,0 +1,121 @@
+"""Sampled-candidate ranking for graphs too large for full ranking.
+
+Full ranking scores every query against all ``N`` entities.  When ``N`` is in the millions and there are many
+queries, a cheaper estimate ranks the true entity against ``k`` sampled candidates instead (the protocol of
+e.g. the OGB ``wikikg2`` leaderboard, Hu et al., 2020, "Open Graph Benchmark", which ranks against fixed
+sampled negatives).  Here, for each query and side, ``k`` candidates are drawn uniformly **with replacement**
+from the entities that are *not* known answers of the query (filtered: the target and every other answer in
+``filter_index`` are excluded; rejection sampling, then an exact draw from the complement, as the training
+negative sampler does), and the target is ranked among itself and those ``k`` draws with the usual optimistic /
+pessimistic / realistic tie handling (:func:`mmkgc.evaluation.ranking.rank_targets`).
+
+Sampled ranks are **not comparable** with full ranks: MRR and Hits@k are much higher with ``k << N``.  The
+result carries ``sampled_candidates = k``; :class:`~mmkgc.evaluation.metrics.EvaluationResult` reports the
+protocol in every output, and :meth:`RankResult.concatenate` refuses to mix the two.
+
+Determinism: the draws for queries ``[b * B, (b + 1) * B)`` (``B`` = :data:`SAMPLE_BLOCK`) of side ``s`` come
+from a generator seeded with ``(seed, s, b)``, so the candidates of a query do not depend on how the queries
+are split across processes (shards start at multiples of ``B``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from mmkgc.data.triples import FilterIndex
+from mmkgc.evaluation.ranking import SIDES, TARGET_COLUMN, RankResult, SideRanks, _check_side, rank_targets
+
+#: Queries per seeded block of candidate draws (shards of a sampled evaluation are aligned to it).
+SAMPLE_BLOCK = 1024
+
+#: ``score_candidates(queries [B, 3], side, candidates [B, C]) -> [B, C]`` float scores, higher is better.
+CandidateScoreFn = Callable[[torch.Tensor, str, torch.Tensor], torch.Tensor]
+
+
+def _block_generator(seed: int, side: str, block: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), SIDES.index(side), int(block)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def sample_candidates(queries: torch.Tensor, side: str, num_candidates: int, num_entities: int,
+                      filter_index: FilterIndex | None, generator: torch.Generator) -> torch.Tensor:
+    """``k`` candidate entities per query that are not known answers (with replacement).
+
+    :param queries: int64 ``[B, 3]``.
+    :param side: ``"head"`` or ``"tail"``: which column is replaced.
+    :param num_candidates: ``k`` >= 1.
+    :param num_entities: ``N``.
+    :param filter_index: known answers to exclude (usually train+valid+test); ``None`` draws from all entities.
+    :returns: int64 ``[B, k]``.
+    """
+    from mmkgc.training.sampling import UniformNegativeSampler
+
+    sampler = UniformNegativeSampler(num_entities, num_candidates, corruption=_check_side(side),
+                                     filtered_by=filter_index, generator=generator)
+    return sampler.sample(queries).entities
+
+
+def compute_sampled_ranks(
+    score_candidates: CandidateScoreFn,
+    queries: torch.Tensor,
+    num_entities: int,
+    num_candidates: int,
+    filter_index: FilterIndex | None = None,
+    sides: Iterable[str] = SIDES,
+    seed: int = 0,
+    query_offset: int = 0,
+) -> RankResult:
+    """Rank each target among itself and ``k`` sampled non-answer candidates.
+
+    :param score_candidates: ``(queries [B, 3], side, candidates [B, C]) -> [B, C]`` scores, higher is better
+        (e.g. ``KGEModel.score_fn().score_candidates``); called under ``torch.no_grad()``.
+    :param queries: int64 ``[Q, 3]``.
+    :param num_entities: ``N``.
+    :param num_candidates: ``k`` >= 1 sampled candidates per query and side.
+    :param filter_index: known answers excluded from the draws; ``None`` for unfiltered draws.
+    :param sides: sides to rank.
+    :param seed: seeds the draws (see the module docstring).
+    :param query_offset: global index of ``queries[0]`` when this is one process's shard; a multiple of
+        :data:`SAMPLE_BLOCK`.
+    :returns: :class:`RankResult` with ``sampled_candidates = k`` and ``num_candidates`` = ``k + 1`` per task.
+    :raises ValueError: bad shapes, ``k < 1``, a misaligned offset, or NaN scores.
+    """
+    queries = torch.as_tensor(queries).long().cpu()
+    if queries.ndim != 2 or queries.shape[1] != 3:
+        raise ValueError(f"queries must have shape [Q, 3], got {tuple(queries.shape)}")
+    if int(num_candidates) < 1:
+        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    if query_offset % SAMPLE_BLOCK:
+        raise ValueError(f"query_offset must be a multiple of {SAMPLE_BLOCK}, got {query_offset}")
+    k = int(num_candidates)
+    sides = tuple(_check_side(s) for s in sides)
+    result = {}
+    for side in sides:
+        column = TARGET_COLUMN[side]
+        parts = []
+        for start in range(0, queries.shape[0], SAMPLE_BLOCK):
+            block = queries[start:start + SAMPLE_BLOCK]
+            gen = _block_generator(seed, side, (query_offset + start) // SAMPLE_BLOCK)
+            drawn = sample_candidates(block, side, k, num_entities, filter_index, gen)
+            candidates = torch.cat([block[:, column:column + 1], drawn], 1)  # target first
+            with torch.no_grad():
+                scores = score_candidates(block, side, candidates)
+            if scores.shape != candidates.shape:
+                raise ValueError(f"score_candidates returned {tuple(scores.shape)} for candidates "
+                                 f"{tuple(candidates.shape)}")
+            scores = scores.float().cpu()
+            try:
+                parts.append(rank_targets(scores, torch.zeros(block.shape[0], dtype=torch.long)))
+            except ValueError as err:
+                raise ValueError(f"{side} queries {query_offset + start}..: {err}") from None
+        empty = torch.empty(0, dtype=torch.long)
+        result[side] = SideRanks(
+            optimistic=torch.cat([p[0] for p in parts]) if parts else empty.clone(),
+            pessimistic=torch.cat([p[1] for p in parts]) if parts else empty.clone(),
+            num_candidates=torch.cat([p[2] for p in parts]) if parts else empty.clone(),
+        )
+    return RankResult(queries=queries.clone(), sides=result, num_entities=int(num_entities),
+                      filtered=filter_index is not None, sampled_candidates=k)
