@@ -812,7 +812,22 @@ class TransE(Scorer):
         return super().extra_repr() + f", p={self.p}, margin={self.margin}, normalize={self.normalize}"
 
 
-class DistMult(Scorer):
+class _DotProductScorer(Scorer):
+    """Scorers whose score is a real dot product of a query vector with the candidate: ``match(q, e) = <q, e>``
+    (DistMult; ComplEx, where ``Re(sum q conj(e))`` is the dot product of the ``[re | im]`` vectors), so
+    all-entity scoring is one matrix product per side."""
+
+    def match(self, q, e):
+        return (q * e).sum(-1)
+
+    def _score_t(self, h, r, t_all):
+        return self.tail_query(h, r) @ t_all.t()
+
+    def _score_h(self, h_all, r, t):
+        return self.head_query(r, t) @ h_all.t()
+
+
+class DistMult(_DotProductScorer):
     """DistMult (Yang et al., 2015, "Embedding Entities and Relations for Learning and Inference in KBs").
 
     ``f(h, r, t) = sum_k h_k r_k t_k`` with h, r, t in ``R^d``; all-entity scoring is one matrix product.
@@ -829,17 +844,9 @@ class DistMult(Scorer):
     def head_query(self, r, t):
         return r * t
 
-    def match(self, q, e):
-        return (q * e).sum(-1)
-
-    def _score_t(self, h, r, t_all):
-        return self.tail_query(h, r) @ t_all.t()
-
-    def _score_h(self, h_all, r, t):
-        return self.head_query(r, t) @ h_all.t()
 
 
-class ComplEx(Scorer):
+class ComplEx(_DotProductScorer):
     """ComplEx (Trouillon et al., 2016, "Complex Embeddings for Simple Link Prediction").
 
     ``f(h, r, t) = Re(sum_k h_k r_k conj(t_k))`` with h, r, t in ``C^d``, stored as ``[re | im]`` float
@@ -870,15 +877,6 @@ class ComplEx(Scorer):
         t_re, t_im = _halves(t)
         return torch.cat([r_re * t_re + r_im * t_im, r_re * t_im - r_im * t_re], dim=-1)  # r * conj(t), conjugated
 
-    def match(self, q, e):
-        # Re(sum q conj(e)) is the real dot product of the [re | im] vectors.
-        return (q * e).sum(-1)
-
-    def _score_t(self, h, r, t_all):
-        return self.tail_query(h, r) @ t_all.t()
-
-    def _score_h(self, h_all, r, t):
-        return self.head_query(r, t) @ h_all.t()
 
 
 class RotatE(Scorer):
