@@ -165,11 +165,23 @@ def relation_statistics(triples: torch.Tensor, num_relations: int) -> tuple[torc
 
     :returns: two float64 tensors ``[R]``.
     """
-    triples = torch.unique(_as_triples(triples, "statistics"), dim=0)
+    triples = _as_triples(triples, "statistics")
+    if triples.numel() == 0:
+        ones = torch.ones(num_relations, dtype=torch.float64)
+        return ones, ones.clone()
     h, r, t = triples.unbind(1)
-    n_triples = torch.bincount(r, minlength=num_relations).double()
-    n_hr = torch.bincount(torch.unique(torch.stack([r, h], 1), dim=0)[:, 0], minlength=num_relations).double()
-    n_rt = torch.bincount(torch.unique(torch.stack([r, t], 1), dim=0)[:, 0], minlength=num_relations).double()
+    # Distinct rows through 1-D keys (a sort of int64 scalars; unique(dim=0) is far slower on millions of rows).
+    n_ent = int(torch.maximum(h.max(), t.max())) + 1
+    key_hr = r * n_ent + h
+    key_rt = r * n_ent + t
+    if (int(r.max()) + 1) * n_ent * n_ent < 2**62:
+        distinct_r = torch.div(torch.unique(key_hr * n_ent + t), n_ent * n_ent, rounding_mode="floor")
+    else:  # the combined key would overflow int64
+        distinct_r = torch.unique(triples, dim=0)[:, 1]
+    n_triples = torch.bincount(distinct_r, minlength=num_relations)
+    n_hr = torch.bincount(torch.div(torch.unique(key_hr), n_ent, rounding_mode="floor"), minlength=num_relations)
+    n_rt = torch.bincount(torch.div(torch.unique(key_rt), n_ent, rounding_mode="floor"), minlength=num_relations)
+    n_triples, n_hr, n_rt = n_triples.double(), n_hr.double(), n_rt.double()
     tph = torch.where(n_hr > 0, n_triples / n_hr.clamp_min(1), torch.ones_like(n_hr))
     hpt = torch.where(n_rt > 0, n_triples / n_rt.clamp_min(1), torch.ones_like(n_rt))
     return tph, hpt
