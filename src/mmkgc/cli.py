@@ -163,7 +163,8 @@ def predict(
     head: Optional[str] = typer.Option(None, "--head", help="Head entity label: predict tails."),
     tail: Optional[str] = typer.Option(None, "--tail", help="Tail entity label: predict heads."),
     top_k: int = typer.Option(10, "--top-k", min=1),
-    include_known: bool = typer.Option(False, "--include-known", help="Keep answers already in the graph."),
+    exclude_known: bool = typer.Option(False, "--exclude-known",
+                                       help="Drop answers already in train/valid/test (shown and marked by default)."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Top-k predictions for (head, relation, ?) or (?, relation, tail), printed with entity labels."""
@@ -171,7 +172,7 @@ def predict(
     from mmkgc.pipeline import predict as predict_fn
 
     _, data, model = load_run(run_dir, device=device)
-    answers = predict_fn(model, data.triples, head, relation, tail, top_k=top_k, filtered=not include_known)
+    answers = predict_fn(model, data.triples, head, relation, tail, top_k=top_k, filtered=exclude_known)
     query = f"({head}, {relation}, ?)" if head is not None else f"(?, {relation}, {tail})"
     table = Table(title=f"top {top_k} for {query}")
     table.add_column("rank", justify="right")
