@@ -210,6 +210,14 @@ def compute_sharded(
     return result
 
 
+def _cache_entry(dataset_name: str, modality: str, identity: dict, options: dict, cache_dir, n: int):
+    """``(key, directory, final path, cached table or None)`` of a feature table's cache entry."""
+    key = feature_cache_key(dataset_name, modality, identity, options)
+    directory = features_dir(dataset_name, cache_dir)
+    final = directory / f"{modality}-{key[:16]}.safetensors"
+    return key, directory, final, _cache_hit(final, key, modality, n)
+
+
 def _cache_hit(final: Path, key: str, modality: str, n: int) -> FeatureTable | None:
     if not final.is_file():
         return None
@@ -267,11 +275,7 @@ def cached_text_features(
         "num_entities": n,
         "texts_sha256": texts_digest(texts, informative),
     }
-    key = feature_cache_key(dataset_name, modality, identity, options)
-    directory = features_dir(dataset_name, cache_dir)
-    final = directory / f"{modality}-{key[:16]}.safetensors"
-
-    hit = _cache_hit(final, key, modality, n)
+    key, directory, final, hit = _cache_entry(dataset_name, modality, identity, options, cache_dir, n)
     if hit is not None:
         return hit
 
@@ -368,10 +372,7 @@ def cached_image_features(
         "num_entities": n,
         "images": images.identity(),
     }
-    key = feature_cache_key(dataset_name, modality, identity, options)
-    directory = features_dir(dataset_name, cache_dir)
-    final = directory / f"{modality}-{key[:16]}.safetensors"
-    hit = _cache_hit(final, key, modality, n)
+    key, directory, final, hit = _cache_entry(dataset_name, modality, identity, options, cache_dir, n)
     if hit is not None:
         return hit
 
