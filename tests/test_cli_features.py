@@ -19,6 +19,7 @@ from mmkgc.config import parse_config  # noqa: E402
 from mmkgc.errors import ConfigError, UnknownNameError  # noqa: E402
 from mmkgc.features.io import load_feature_table, save_feature_table  # noqa: E402
 from mmkgc.features.store import FeatureTable  # noqa: E402
+from model_builders import tiny_clip as _tiny_clip  # noqa: E402
 
 ENTITIES = ["<http://dbpedia.org/resource/Alabama>", "<http://dbpedia.org/resource/Berlin>",
             "<http://dbpedia.org/resource/Cairo>", "<http://dbpedia.org/resource/Dover>"]
@@ -35,21 +36,6 @@ def _dataset(root: Path) -> Path:
     (d / "test2id.txt").write_text("1\n0 2 0\n")
     return d
 
-
-def _tiny_clip(directory: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    CLIPModel(cfg).eval().save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ from mmkgc.features.vision import (  # noqa: E402
     images_from_table,
     load_image,
 )
+from model_builders import tiny_clip as _tiny_clip  # noqa: E402
 
 LABELS = [
     "<http://dbpedia.org/resource/Alabama>",
@@ -37,21 +38,6 @@ LABELS = [
     "http://www.wikidata.org/entity/Q42",
 ]
 
-
-def _tiny_clip(directory: Path, seed: int = 0) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(cfg).eval().save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
