@@ -145,3 +145,37 @@ def test_build_loss_registry():
         build_loss("hinge2")
     with pytest.raises(ConfigError, match="unknown option"):
         build_loss("softplus", margin=1.0)
+
+
+def test_symmetric_infonce_matches_manual_and_masks_duplicates():
+    import torch.nn.functional as F
+
+    from mmkgc.training.losses import SymmetricInfoNCE
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 5), torch.randn(6, 5)
+    loss = SymmetricInfoNCE(temperature=0.5, normalize=False)
+    s = a @ b.T / 0.5
+    target = torch.arange(6)
+    expected = 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
+    assert torch.allclose(loss(a, b), expected)
+    # perfectly aligned, normalised pairs give a lower loss than random pairs
+    assert SymmetricInfoNCE()(a, a) < SymmetricInfoNCE()(a, b)
+    # masking a duplicate row removes its pair from the negatives
+    ids = torch.tensor([0, 0, 1, 2, 3, 4])
+    masked = loss(a, b, ids=ids)
+    s2 = s.clone()
+    s2[0, 1] = s2[1, 0] = float("-inf")
+    expected2 = 0.5 * (F.cross_entropy(s2, target) + F.cross_entropy(s2.T, target))
+    assert torch.allclose(masked, expected2)
+
+
+def test_symmetric_infonce_learnable_temperature_is_clamped():
+    from mmkgc.training.losses import SymmetricInfoNCE
+
+    loss = SymmetricInfoNCE(temperature=0.07, learnable=True, min_temperature=0.05)
+    with torch.no_grad():
+        loss.log_temperature.fill_(-20.0)
+    assert float(loss.temperature) == pytest.approx(0.05)
+    with pytest.raises(Exception, match="temperature"):
+        SymmetricInfoNCE(temperature=0.0)

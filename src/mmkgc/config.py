@@ -98,6 +98,54 @@ class ModalityConfig(_Strict):
         return self
 
 
+class FusionConfig(_Strict):
+    """How the per-modality entity vectors ``[B, M, D]`` become one vector (``representation: fused``).
+
+    :param kind: ``concat`` (project the concatenation back to ``D``) or ``attention`` (softmax weights over the
+        modality vectors from a shared scoring vector; AdaMF, Zhang et al. LREC-COLING 2024).
+    :param relation_temperature: divide the attention logits by a per-relation temperature ``sigmoid(g_r)``
+        (NativE, Zhang et al. SIGIR 2024); the representation then depends on the query relation.
+    :param confidence: multiply each modality's attention logit by a confidence: ``l2`` = the L2 norm of the
+        (gated) modality vector (AFME's dynamic weight allocation, Wang et al. Neural Networks 2025).
+    :param relation_gate: AFME's relation-driven denoising gate ``sigmoid(W (h_m * c_r) + b) * h_m`` before fusion.
+    """
+
+    kind: Literal["concat", "attention"] = "concat"
+    relation_temperature: bool = False
+    confidence: Literal["none", "l2"] = "none"
+    relation_gate: bool = False
+
+    @model_validator(mode="after")
+    def _attention_only(self) -> "FusionConfig":
+        if self.kind == "concat" and (self.relation_temperature or self.confidence != "none" or self.relation_gate):
+            raise ValueError("relation_temperature, confidence and relation_gate need fusion kind 'attention'")
+        return self
+
+
+class GNNConfig(_Strict):
+    """R-GCN entity encoder (``representation: rgcn``; Schlichtkrull et al. 2018, VEMP stage 2).
+
+    :param hidden_dims: output width of each layer but the last (the last layer outputs the scorer's entity width).
+    :param num_bases: basis decomposition size (``None``: one weight matrix per relation type).
+    :param dropout: dropout between layers.
+    :param relation_grouping: ``none`` (the dataset's relations) or ``vemp_meta`` (VEMP's meta-relations).
+    :param final_activation: ReLU on the output layer too (as VEMP).
+    """
+
+    hidden_dims: list[int] = Field(default_factory=lambda: [256])
+    num_bases: int | None = Field(None, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    relation_grouping: Literal["none", "vemp_meta"] = "none"
+    final_activation: bool = True
+
+
+class ImviaConfig(_Strict):
+    """IMVIA (methods.md section 4): options of the multi-view MoE / TuckER / decision-fusion model
+    (``model.method: imvia``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class ModelConfig(_Strict):
     """Entity representation + scorer.
 
@@ -108,15 +156,30 @@ class ModelConfig(_Strict):
         projections without a structural embedding, e.g. text-only).
     :param reciprocal: add a reciprocal relation ``r + R`` per relation and answer head queries
         ``(?, r, t)`` as tail queries ``(t, r + R, ?)`` (Lacroix et al., 2018).
+    :param representation: also ``fused`` (structure + every modality adapted to the entity width and combined by
+        ``fusion``; AdaMF / NativE / AFME) and ``rgcn`` (an R-GCN over the training graph, ``gnn``; its input
+        features are the modality tables or a learned table).
+    :param adapter: modality adapter: ``linear`` (AdaMF) or ``mlp`` (``Linear-ReLU-Linear``, NativE / AFME) with
+        ``adapter_hidden`` hidden units (default: the entity width).
+    :param trainable_features: fine-tune the raw feature tables (AdaMF) instead of keeping them frozen (NativE).
+    :param method: ``kge`` (one entity representation + one scorer) or ``imvia`` (per-modality decoders with
+        decision fusion, options in ``imvia``).
     """
 
     scorer: str = "rotate"
     dim: int = Field(200, ge=1, le=8192)
     scorer_options: dict[str, Any] = Field(default_factory=dict)
-    representation: Literal["structure", "concat", "modality_only"] = "structure"
+    representation: Literal["structure", "concat", "modality_only", "fused", "rgcn"] = "structure"
     reciprocal: bool = False
     modalities: list[ModalityConfig] = Field(default_factory=list)
     projection_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    adapter: Literal["linear", "mlp"] = "linear"
+    adapter_hidden: int | None = Field(None, ge=1)
+    trainable_features: bool = False
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    gnn: GNNConfig | None = None
+    method: Literal["kge", "imvia"] = "kge"
+    imvia: ImviaConfig | None = None
 
     @field_validator("scorer")
     @classmethod
@@ -128,14 +191,39 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _modalities(self) -> "ModelConfig":
-        if self.representation != "structure" and not self.modalities:
+        if self.representation not in ("structure", "rgcn") and not self.modalities:
             raise ValueError(f"representation {self.representation!r} needs at least one entry in modalities")
         if self.representation == "structure" and self.modalities:
             raise ValueError("representation 'structure' uses no modalities; set representation: concat")
+        if self.representation not in ("fused",) and self.fusion.kind != "concat":
+            raise ValueError(f"fusion kind {self.fusion.kind!r} needs representation 'fused' "
+                             f"(got {self.representation!r})")
+        if self.gnn is not None and self.representation != "rgcn":
+            raise ValueError("gnn options need representation 'rgcn'")
+        if self.method == "imvia" and self.imvia is None:
+            self.imvia = ImviaConfig()
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
             raise ValueError(f"modality names must be unique, got {names}")
         return self
+
+
+class AdversarialConfig(_Strict):
+    """Modality-adversarial training (methods.md sections 5-7): a generator of modality features conditioned on the
+    structural embedding (and noise) and a critic; D/G steps alternate with gradients confined to their groups.
+
+    :param kind: ``mat`` (AdaMF-MAT: fake-modality triples as extra negatives under the self-adversarial sigmoid
+        loss, weight ``mu``; the generator makes them plausible), ``wgan_gp`` (NativE: WGAN-GP with the KGC scorer as
+        the critic) or ``moien`` (AFME: structure-guided generator with self-attention over modality tokens and a
+        self-attention discriminator; completes missing and enhances weak modalities).
+    :param mu: weight of the adversarial term in the KGC (D) step; AdaMF-MAT's released scripts use 0.
+    :param generator_lr: learning rate of the generator optimiser (``lrg``).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["mat", "wgan_gp", "moien"] = "mat"
+    mu: float = Field(1e-4, ge=0.0, le=10.0)
+    generator_lr: float = Field(1e-4, gt=0.0, le=1.0)
 
 
 class TrainingConfig(_Strict):
@@ -187,6 +275,7 @@ class TrainingConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sparse: bool = False
     distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
+    adversarial: AdversarialConfig | None = None
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
@@ -213,16 +302,20 @@ class EvaluationConfig(_Strict):
     :param sampled_candidates: rank each target against this many sampled non-answer candidates instead of all
         entities (for graphs too large for full ranking); results are reported as ``protocol: sampled`` and are
         not comparable with full ranking.
+    :param report: ``selected`` (the model chosen on ``split``, tested once; the library's protocol) or
+        ``legacy_best_test_per_metric`` (additionally report, for each metric separately, its best test value over
+        the validation epochs -- the optimistic protocol of the MoMoK/IMVIA code, clearly labelled as such).
     """
 
     every: int = Field(10, ge=1)
     patience: int | None = Field(5, ge=1)
     split: Literal["valid_clean", "valid"] = "valid_clean"
     metric: Literal["mrr", "hits@1", "hits@3", "hits@10"] = "mrr"
-    tie_policy: Literal["realistic", "optimistic", "pessimistic"] = "realistic"
+    tie_policy: Literal["realistic", "optimistic", "pessimistic", "random"] = "realistic"
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
     test: bool = True
     sampled_candidates: int | None = Field(None, ge=1)
+    report: Literal["selected", "legacy_best_test_per_metric"] = "selected"
 
 
 class ExperimentConfig(_Strict):
@@ -241,6 +334,10 @@ class ExperimentConfig(_Strict):
             raise ValueError("training.loop 'one_to_n' needs model.reciprocal: true (head queries use r + R)")
         if self.training.sparse and self.model.representation != "structure":
             raise ValueError("training.sparse: true is only for model.representation 'structure'")
+        if self.training.adversarial is not None and self.model.representation != "fused":
+            raise ValueError("training.adversarial needs model.representation 'fused' (it generates modality vectors)")
+        if self.model.method == "imvia" and self.training.loop != "one_to_n":
+            raise ValueError("model.method 'imvia' trains with training.loop 'one_to_n'")
         return self
 
 

@@ -219,6 +219,7 @@ def run_experiment(
         plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
 
     model.eval()
+    diagnostics = model.write_diagnostics(run_dir, triples) if main else {}
     metrics: dict[str, Any] = {
         "name": cfg.name,
         "dataset": triples.summary(),
@@ -245,6 +246,8 @@ def run_experiment(
         metrics["test_seconds"] = time.perf_counter() - t0
         metrics.setdefault("summary", {})["test"] = headline(result)
         log(result.to_markdown())
+    if diagnostics:
+        metrics["diagnostics"] = diagnostics
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 

@@ -259,6 +259,57 @@ class KGEModel(nn.Module):
         neg_t = torch.where(mask, e, t.unsqueeze(1))
         return scorer.score_hrt(h, r, t), scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
 
+    # -------------------------------------------------------------------------------- training hooks
+    def negative_sampling_loss(
+        self, positives: torch.Tensor, negative_entities: torch.Tensor, tail_corrupted: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The main (KGC) loss of one negative-sampling batch.
+
+        The default scores positives ``[B, 3]`` and their ``K`` corruptions (see
+        :meth:`score_positives_and_negatives`) under ``loss_fn(pos [B], neg [B, K]) -> []``.  Methods with extra
+        terms in the main step (e.g. fake-modality triples of adversarial training) override this and add them.
+
+        :returns: ``(loss, named terms for the epoch log)``.
+        """
+        pos, neg = self.score_positives_and_negatives(positives, negative_entities, tail_corrupted)
+        return loss_fn(pos.float(), neg.float()), {}
+
+    def one_to_n_loss(
+        self, queries: torch.Tensor, predict_tail: torch.Tensor, labels: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The main loss of one 1-N batch: every query ``[B, 3]`` against all ``N`` entities.
+
+        :param queries: ``(e, r, ?)`` rows for tail queries and ``(?, r, e)`` rows for head queries.
+        :param predict_tail: bool ``[B]``.
+        :param labels: float ``[B, N]`` targets.
+        :returns: ``(loss, named terms, all entity vectors [N, De])`` (the latter for the regulariser).
+        """
+        ents = self.entities(None)
+        if bool(predict_tail.all()):
+            logits = self.score_t(queries, ents)
+        else:
+            logits = torch.empty(queries.shape[0], self.num_entities, device=queries.device)
+            logits = logits.index_put((predict_tail.nonzero(as_tuple=True)[0],),
+                                      self.score_t(queries[predict_tail], ents).to(logits.dtype))
+            logits = logits.index_put((~predict_tail).nonzero(as_tuple=True),
+                                      self.score_h(queries[~predict_tail], ents).to(logits.dtype))
+        return loss_fn(logits.float(), labels), {}, ents
+
+    def auxiliary_steps(self, training) -> list:
+        """Extra optimisation steps (:class:`~mmkgc.training.steps.AuxiliaryStep`) run after the main step on every
+        batch, each over its own parameter group (excluded from the main optimiser).  None by default.
+
+        :param training: the :class:`~mmkgc.config.TrainingConfig` of the run.
+        """
+        return []
+
+    def write_diagnostics(self, run_dir, triples) -> dict:
+        """Write method-specific diagnostics (e.g. modality weights) into ``run_dir`` after training; returns a
+        JSON-able summary for ``metrics.json`` (empty by default)."""
+        return {}
+
     # -------------------------------------------------------------------------------- all entities
     def score_t(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every candidate tail for ``queries [B, 3]`` (tail column ignored) -> ``[B, N]``."""

@@ -37,11 +37,13 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     rng: dict[str, torch.Tensor] | None = None,
+    auxiliary: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (write a sibling temp dir, then swap it in).
 
     :param state: JSON-serialisable training state (epoch, step, metrics, fingerprints).
     :param rng: named RNG states (``torch.Generator.get_state()`` byte tensors).
+    :param auxiliary: state dicts of auxiliary optimisation steps (:mod:`mmkgc.training.steps`) by step name.
     :returns: the checkpoint directory.
     """
     directory = Path(directory)
@@ -51,7 +53,8 @@ def save_checkpoint(
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / MODEL_FILE))
         torch.save(
-            {"optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": rng or {}},
+            {"optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": rng or {},
+             "auxiliary": auxiliary or {}},
             tmp / TRAINING_FILE,
         )
         payload = dict(state, mmkgc_version=__version__)
@@ -145,3 +148,18 @@ def load_checkpoint(
     elif optimizer is not None:
         raise CheckpointError(f"{path}: missing; cannot resume training without the optimizer state")
     return state, rng
+
+
+def read_auxiliary_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The auxiliary-step states saved with a checkpoint (``{}`` for checkpoints without any).
+
+    :raises CheckpointError: the training state file is corrupt or unsafe.
+    """
+    path = _resolve(Path(directory)) / TRAINING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        extra = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
+        raise CheckpointError(f"{path}: corrupt or unsafe training state ({type(err).__name__}: {err})") from None
+    return extra.get("auxiliary") or {}

@@ -273,6 +273,70 @@ def l2_regularizer(*embeddings: torch.Tensor, weight: float = 1.0) -> torch.Tens
 
 
 #: Registered losses by name (aliases included).
+class SymmetricInfoNCE(nn.Module):
+    """Symmetric InfoNCE between two aligned batches of vectors (CLIP, Radford et al. 2021; van den Oord et al.
+    2018): row ``i`` of ``a`` must match row ``i`` of ``b`` against the other rows of the batch, and vice versa.
+
+    ``S = a bᵀ / τ``, ``L = ½ [CE(S, I) + CE(Sᵀ, I)]``.  Used by VEMP (text <-> image and anchor <-> neighbour, fixed
+    ``τ = 0.07``, L2-normalised vectors; methods.md section 2.3) and IMVIA (pairs of modality alignment features,
+    learnable ``τ`` initialised at 0.07, unnormalised in the public code; section 4.4).
+
+    :param temperature: initial ``τ`` > 0.
+    :param learnable: make ``τ`` a parameter (stored as ``log τ``).
+    :param min_temperature: lower clamp of a learnable ``τ`` (the IMVIA code leaves it unclamped, so it can collapse
+        towards 0; ``None`` reproduces that).
+    :param max_temperature: upper clamp of a learnable ``τ`` (``None``: none).
+    :param normalize: L2-normalise the rows of ``a`` and ``b`` first (cosine similarities).
+
+    ``forward(a, b, ids=None)``: optional ``ids [B]`` mark rows of the same item (e.g. the same entity twice in a
+    batch); off-diagonal pairs with equal ids are then masked out as false negatives.
+
+    Shapes: ``a [B, D]``, ``b [B, D]`` (``ids [B]`` optional) -> scalar.
+    :raises ConfigError: non-positive temperature or inconsistent clamps.
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = False, min_temperature: float | None = 0.01,
+                 max_temperature: float | None = 100.0, normalize: bool = True):
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"InfoNCE temperature must be > 0, got {temperature}")
+        if min_temperature is not None and max_temperature is not None and min_temperature > max_temperature:
+            raise ConfigError(f"InfoNCE min_temperature {min_temperature} > max_temperature {max_temperature}")
+        log_t = torch.tensor(float(temperature)).log()
+        if learnable:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t, persistent=False)
+        self.learnable = learnable
+        self.min_temperature = min_temperature
+        self.max_temperature = max_temperature
+        self.normalize = normalize
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The current ``τ`` (clamped when learnable)."""
+        t = self.log_temperature.exp()
+        if self.learnable and (self.min_temperature is not None or self.max_temperature is not None):
+            t = t.clamp(self.min_temperature, self.max_temperature)
+        return t
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if a.ndim != 2 or a.shape != b.shape:
+            raise ValueError(f"SymmetricInfoNCE: a and b must both be [B, D], got {tuple(a.shape)} and {tuple(b.shape)}")
+        if self.normalize:
+            a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        logits = (a @ b.T) / self.temperature
+        if ids is not None:
+            same = ids.unsqueeze(0) == ids.unsqueeze(1)
+            same.fill_diagonal_(False)
+            logits = logits.masked_fill(same, float("-inf"))
+        target = torch.arange(a.shape[0], device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    def extra_repr(self) -> str:
+        return f"learnable={self.learnable}, normalize={self.normalize}"
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "margin": MarginRankingLoss,
     "margin_ranking": MarginRankingLoss,

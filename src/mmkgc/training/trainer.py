@@ -42,7 +42,12 @@ from mmkgc.errors import ConfigError
 from mmkgc.data.triples import TripleSet
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
 from mmkgc.models.kge import KGEModel
-from mmkgc.training.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from mmkgc.training.checkpoint import (
+    load_checkpoint,
+    read_auxiliary_state,
+    read_checkpoint_state,
+    save_checkpoint,
+)
 from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
 from mmkgc.training.sampling import (
     BernoulliNegativeSampler,
@@ -73,13 +78,16 @@ class TrainingSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig,
+                    exclude: set[int] | None = None) -> torch.optim.Optimizer:
     """Adam or Adagrad over the model's trainable parameters.
 
     Embedding tables (entity and relation lookups) use ``cfg.lr``; every other parameter (modality adapters,
     fusion projections, learned fill vectors) uses ``cfg.dense_lr`` when it is set.  Recipes tuned for embedding
     tables, such as Adagrad with lr 0.1 for ComplEx-N3 (Lacroix et al., 2018), move each dense weight by about
     ``lr`` on the first step, which wipes out an identity-initialised fusion projection.
+
+    :param exclude: ``id()`` of parameters owned by auxiliary steps (generators, estimators); they get no update here.
     """
     if cfg.sparse:  # sparse row-wise updates of the entity table (mmkgc.training.sparse)
         from mmkgc.training.sparse import build_sparse_optimizer
@@ -87,8 +95,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.
         return build_sparse_optimizer(model, cfg.optimizer, cfg.lr,  # type: ignore[return-value]
                                       dense_lr=cfg.dense_lr if cfg.dense_lr is not None else cfg.lr)
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    tables = [p for p in model.parameters() if p.requires_grad and id(p) in embedding_params]
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in embedding_params]
+    exclude = exclude or set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    tables = [p for p in params if id(p) in embedding_params]
+    dense = [p for p in params if id(p) not in embedding_params]
     groups = [{"params": tables, "lr": cfg.lr}]
     if dense:
         groups.append({"params": dense, "lr": cfg.dense_lr if cfg.dense_lr is not None else cfg.lr})
@@ -157,7 +167,10 @@ class Trainer:
         main = self.rank == 0
         self.progress = progress and main
         self.log = (log or (lambda line: None)) if main else (lambda line: None)
-        self.optimizer = build_optimizer(self.model, training)
+        #: extra per-batch steps over their own parameter groups (generator, estimator; mmkgc.training.steps)
+        self.aux_steps = list(self.model.auxiliary_steps(training))
+        owned = {id(p) for step in self.aux_steps for p in step.params}
+        self.optimizer = build_optimizer(self.model, training, exclude=owned)
         if training.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"training.precision: fp16 needs a CUDA device (this run uses {self.device}); "
                               "use bf16 or fp32 on the CPU")
@@ -166,6 +179,9 @@ class Trainer:
         self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[training.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
         self.ddp: torch.nn.Module | None = None
+        if self.world_size > 1 and self.aux_steps:
+            raise ConfigError("auxiliary optimisation steps (adversarial generators, estimators) are not supported "
+                              "under DDP: their gradients would not be averaged across ranks; train with one process")
         if self.world_size > 1:
             if training.sparse and torch.distributed.get_backend() == "nccl":
                 raise ConfigError("training.sparse: true under DDP is supported with the gloo backend only")
@@ -222,6 +238,8 @@ class Trainer:
         self.bad_validations = 0
         self.history: list[dict[str, Any]] = []
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._terms: dict[str, torch.Tensor] = {}
+        self.epoch_terms: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ steps
     def _regularization(self, entities: list[torch.Tensor], relations: torch.Tensor) -> torch.Tensor | float:
@@ -258,9 +276,9 @@ class Trainer:
             entities, tail_corrupted = sample.entities, sample.tail_corrupted
         positives = positives.to(self.device)
         with self._autocast():
-            pos, neg = self.model.score_positives_and_negatives(
-                positives, entities.to(self.device), tail_corrupted.to(self.device))
-        loss = self.loss(pos.float(), neg.float())
+            loss, terms = self.model.negative_sampling_loss(
+                positives, entities.to(self.device), tail_corrupted.to(self.device), self.loss)
+        self._terms = terms
         if self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
             h, r, t = self.model.embed(positives)
             loss = loss + self._regularization([h, t], r)
@@ -275,17 +293,9 @@ class Trainer:
         # Tail queries are (e, r, ?); head queries without reciprocal relations are (?, r, e).
         queries = torch.stack([torch.where(tail, known, zeros), relations, torch.where(tail, zeros, known)], 1)
         with self._autocast():
-            ents = self.model.entities(None)
-            if bool(tail.all()):
-                logits = self.model.score_t(queries, ents)
-            else:
-                logits = torch.empty(known.shape[0], self.model.num_entities, device=self.device)
-                logits = logits.index_put((tail.nonzero(as_tuple=True)[0],),
-                                          self.model.score_t(queries[tail], ents).to(logits.dtype))
-                logits = logits.index_put((~tail).nonzero(as_tuple=True),
-                                          self.model.score_h(queries[~tail], ents).to(logits.dtype))
+            loss, terms, ents = self.model.one_to_n_loss(queries, tail, batch.labels.to(self.device), self.loss)
+        self._terms = terms
         ents = ents.float()
-        loss = self.loss(logits.float(), batch.labels.to(self.device))
         # 1-N batches hold queries, not triples: regularise the known entity and the relation of each query.
         return loss + self._regularization([ents[known]], self.model.relations(relations))
 
@@ -316,6 +326,7 @@ class Trainer:
         """One pass; returns (mean loss, ran out of time)."""
         self.model.train()
         total, count, out_of_time = 0.0, 0, False
+        term_sums: dict[str, float] = {}
         if self.world_size > 1:
             state = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(2, dtype=np.uint32)
             self.rank_generator.manual_seed(int(state[0]) << 32 | int(state[1]))
@@ -354,6 +365,12 @@ class Trainer:
                     if self.cfg.gradient_clip is not None:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
                     self.optimizer.step()
+                for aux in self.aux_steps:  # generator / estimator steps on the same batch, own parameter groups
+                    for key, value in aux.step(*tensors).items():
+                        term_sums[key] = term_sums.get(key, 0.0) + value
+                for key, value in self._terms.items():
+                    term_sums[key] = term_sums.get(key, 0.0) + float(value.detach())
+                self._terms = {}
                 self.step += 1
                 # sum over ranks of loss * factor / world = the mean loss over the global batch
                 total += float(loss.detach()) * factor / self.world_size
@@ -369,6 +386,7 @@ class Trainer:
                 bar.stop()
         if self.world_size > 1:
             total = dist_helpers.all_reduce_sum([total])[0]
+        self.epoch_terms = {k: v / max(count, 1) for k, v in term_sums.items()}
         return total / max(count, 1), out_of_time
 
     # ------------------------------------------------------------------------------------------ validation
@@ -414,7 +432,8 @@ class Trainer:
         """Checkpoint the unwrapped model (rank 0 only; the other ranks hold identical weights)."""
         path = self._checkpoint_dir(which)
         if path is not None and self.rank == 0:
-            save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state())
+            save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state(),
+                            auxiliary={step.name: step.state_dict() for step in self.aux_steps})
 
     def resume(self) -> bool:
         """Continue from ``run_dir/checkpoints/last`` if it exists; returns whether it did.
@@ -433,6 +452,11 @@ class Trainer:
                 f"(saved {saved.get('fingerprint')}, now {self.fingerprint}); start a new run directory"
             )
         state, rng = load_checkpoint(path, self.model, self.optimizer, map_location=self.device)
+        auxiliary = read_auxiliary_state(path, map_location=self.device)
+        for step in self.aux_steps:
+            if step.name not in auxiliary:
+                raise CheckpointError(f"{path}: no saved state for auxiliary step {step.name!r}")
+            step.load_state_dict(auxiliary[step.name])
         self.epoch = state["epoch"]
         self.step = state["step"]
         self.training_seconds = state["training_seconds"]
@@ -485,6 +509,8 @@ class Trainer:
             self.epoch += 1
             record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
                                       "training_seconds": self.training_seconds, "partial": out_of_time}
+            if self.epoch_terms:
+                record["terms"] = dict(self.epoch_terms)
             last = self.epoch >= self.cfg.epochs or out_of_time
             if has_valid and (self.epoch % self.eval_cfg.every == 0 or last):
                 t0 = time.perf_counter()

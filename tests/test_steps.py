@@ -1,0 +1,76 @@
+"""Auxiliary optimisation steps: own parameter group, excluded from the main optimiser, checkpointed, resumed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmkgc.config import EvaluationConfig, TrainingConfig
+from mmkgc.data.synthetic import make_synthetic_mmkg
+from mmkgc.models.kge import EmbeddingRepresentation, KGEModel
+from mmkgc.nn.scorers import build_scorer
+from mmkgc.training.steps import AuxiliaryStep
+from mmkgc.training.trainer import Trainer
+
+
+class _Probe(AuxiliaryStep):
+    """Pulls a small side network towards the (detached) mean entity vector of the batch's heads."""
+
+    def __init__(self, model: "_ModelWithSide"):
+        super().__init__("probe", model.side.parameters(), lr=0.05)
+        self.model = model
+        self.calls = 0
+
+    def loss(self, positives, *rest):
+        self.calls += 1
+        h = self.model.entities(positives[:, 0]).detach()
+        return ((self.model.side(h) - 1.0) ** 2).mean()
+
+
+class _ModelWithSide(KGEModel):
+    def __init__(self, n, r):
+        scorer = build_scorer("distmult", 8)
+        super().__init__(n, r, scorer, EmbeddingRepresentation(n, 8, init=scorer.init_entity_))
+        self.side = nn.Linear(8, 1)
+        self.probe: _Probe | None = None
+
+    def negative_sampling_loss(self, positives, negative_entities, tail_corrupted, loss_fn):
+        loss, terms = super().negative_sampling_loss(positives, negative_entities, tail_corrupted, loss_fn)
+        # the side network also appears in the main loss: its gradient there must never be applied
+        side = self.side(self.entities(positives[:, 0])).mean()
+        return loss + 0.0 * side, {"side": side.detach()}
+
+    def auxiliary_steps(self, training):
+        self.probe = _Probe(self)
+        return [self.probe]
+
+
+def _trainer(tmp_path, model, triples, epochs):
+    # validate every epoch: the run returns its best epoch, so both runs must see the same validations
+    return Trainer(model, triples, TrainingConfig(epochs=epochs, batch_size=64, num_negatives=4),
+                   EvaluationConfig(every=1, patience=None), seed=1, run_dir=tmp_path)
+
+
+def test_auxiliary_step_owns_its_group_and_resumes(tmp_path):
+    syn = make_synthetic_mmkg(num_entities=120, num_relations=3, seed=0)
+    triples = syn.triples
+    torch.manual_seed(0)
+    model = _ModelWithSide(triples.num_entities, triples.num_relations)
+    trainer = _trainer(tmp_path, model, triples, epochs=2)
+    main_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not main_params & {id(p) for p in model.side.parameters()}
+    before = model.side.weight.detach().clone()
+    trainer.train()
+    assert model.probe.calls == len(trainer.batcher) * 2
+    assert not torch.equal(before, model.side.weight)  # updated by its own step
+    assert "probe" in trainer.history[-1]["terms"] and "side" in trainer.history[-1]["terms"]
+
+    # resume restores the auxiliary optimiser state: continuing gives the same weights as an uninterrupted run
+    torch.manual_seed(0)
+    straight = _ModelWithSide(triples.num_entities, triples.num_relations)
+    _trainer(tmp_path / "straight", straight, triples, epochs=3).train()
+    torch.manual_seed(0)
+    resumed = _ModelWithSide(triples.num_entities, triples.num_relations)
+    _trainer(tmp_path, resumed, triples, epochs=3).train(resume=True)
+    assert torch.allclose(straight.side.weight, resumed.side.weight, atol=1e-6)
+    assert torch.allclose(straight.entities.embedding.weight, resumed.entities.embedding.weight, atol=1e-6)
