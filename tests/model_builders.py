@@ -21,3 +21,99 @@ def tiny_clip(directory: Path, seed: int = 0) -> Path:
     CLIPModel(cfg).eval().save_pretrained(directory)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory
+
+
+# ------------------------------------------------------------------ enrichment (captioning and fusion) models
+
+#: Words of the test vocabulary; tiny generators emit these, so decoded captions are readable word lists.
+TINY_WORDS = (
+    "a photo of the red blue green small large dog cat car house tree person city river building sky with "
+    "and in on near black white old new man woman street field flag map logo"
+).split()
+
+
+def tiny_word_tokenizer(directory: Path, bert_style: bool = False):
+    """A word-level fast tokenizer over :data:`TINY_WORDS` built with the ``tokenizers`` library and saved to
+    ``directory``.  ``bert_style`` adds ``[CLS] ... [SEP]`` special tokens (what BLIP's processor expects);
+    otherwise it is a T5/GPT-like ``<pad> </s> <unk>`` vocabulary whose ``</s>`` ends every sequence."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if bert_style:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    else:
+        specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(TINY_WORDS))}
+    unk = specials[1] if bert_style else "<unk>"
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bert_style:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                       bos_token="[CLS]", eos_token="[SEP]", model_max_length=64)
+    else:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                       bos_token="<s>", model_max_length=256)
+    fast.save_pretrained(directory)
+    return fast
+
+
+def tiny_blip(directory: Path, seed: int = 0) -> Path:
+    """A small BLIP captioner (``BlipForConditionalGeneration``: 16-wide ViT on 32x32 images, one-layer text
+    decoder) with a ``BlipProcessor`` over :func:`tiny_word_tokenizer`, saved to ``directory``."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tokenizer = tiny_word_tokenizer(directory, bert_style=True)
+    vocab = len(tokenizer)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=16,
+                         bos_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(cfg).eval().save_pretrained(directory)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def tiny_t5(directory: Path, seed: int = 0) -> Path:
+    """A small Flan-T5-style seq2seq summariser (``T5ForConditionalGeneration``, d_model 16, one layer each
+    side) with :func:`tiny_word_tokenizer`, saved to ``directory``."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = tiny_word_tokenizer(directory)
+    cfg = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
+                   num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                   decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(cfg).eval().save_pretrained(directory)
+    return directory
+
+
+def tiny_causal_lm(directory: Path, seed: int = 0, chat_template: bool = True) -> Path:
+    """A small Llama-style causal chat model (one layer, hidden 16) with :func:`tiny_word_tokenizer` and, when
+    ``chat_template``, a Jinja chat template with system/user/assistant turns, saved to ``directory``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_word_tokenizer(directory)
+    if chat_template:
+        tokenizer.chat_template = (
+            "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s>{% endfor %}"
+            "{% if add_generation_prompt %}<s> assistant{% endif %}"
+        )
+        tokenizer.save_pretrained(directory)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).eval().save_pretrained(directory)
+    return directory

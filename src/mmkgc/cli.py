@@ -23,6 +23,8 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Known benchmark datasets:
 app.add_typer(datasets_app, name="datasets")
 from mmkgc.cli_features import features_app  # noqa: E402  (the `mmkgc features` sub-app)
 app.add_typer(features_app, name="features")
+from mmkgc.cli_enrich import enrich_app  # noqa: E402  (the `mmkgc enrich` sub-app)
+app.add_typer(enrich_app, name="enrich")
 
 console = Console()
 err_console = Console(stderr=True)
