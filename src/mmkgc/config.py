@@ -75,6 +75,8 @@ class ModalityConfig(_Strict):
         ``$MMKGC_HOME/features/<dataset>/<NAME>.safetensors``) or a path to an mmkgc table file.
     :param pool: pool a token table ``[N, L, d]`` to ``[N, d]`` (``mean`` over real tokens or ``first``);
         token tables are refused without it.
+    :param dim: the expected feature width ``d`` (e.g. 4096 for DB15K's visual table); a loaded table of another
+        width is a ConfigError naming this field.
     """
 
     name: str
@@ -87,6 +89,7 @@ class ModalityConfig(_Strict):
     table_key: str | None = None
     table_column: str | None = None
     missing: Literal["learned", "zeros"] = "learned"
+    dim: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _source(self) -> "ModalityConfig":
@@ -108,12 +111,15 @@ class FusionConfig(_Strict):
     :param confidence: multiply each modality's attention logit by a confidence: ``l2`` = the L2 norm of the
         (gated) modality vector (AFME's dynamic weight allocation, Wang et al. Neural Networks 2025).
     :param relation_gate: AFME's relation-driven denoising gate ``sigmoid(W (h_m * c_r) + b) * h_m`` before fusion.
+    :param mask_missing: give an entity's absent modalities zero attention weight (``true``); ``false`` lets the
+        missing-modality fill vector take part in the softmax like a real modality (ablation).
     """
 
     kind: Literal["concat", "attention"] = "concat"
     relation_temperature: bool = False
     confidence: Literal["none", "l2"] = "none"
     relation_gate: bool = False
+    mask_missing: bool = True
 
     @model_validator(mode="after")
     def _attention_only(self) -> "FusionConfig":
@@ -218,12 +224,46 @@ class AdversarialConfig(_Strict):
         self-attention discriminator; completes missing and enhances weak modalities).
     :param mu: weight of the adversarial term in the KGC (D) step; AdaMF-MAT's released scripts use 0.
     :param generator_lr: learning rate of the generator optimiser (``lrg``).
+    :param noise_dim: width of the generator noise ``z`` (64 in AdaMF-MAT, NativE and the AFME sample).
+    :param hidden_dim: hidden width of the MLP generators (512).
+    :param generator: ``per_modality`` (AdaMF-MAT), ``shared`` (NativE) or ``moien`` (AFME); default by ``kind``.
+    :param fake_types: which fake triples are built from a positive: fake ``head``, fake ``tail``, ``both``.
+    :param fake_weighting: ``mat``: ``per_positive`` (each fake score weighs 1 against its positive; the paper's
+        intent) or ``across_batch`` (the released code's one softmax over all fakes of the batch, methods §6.7.2).
+    :param gp_weight: ``wgan_gp``: gradient-penalty coefficient (NativE 0.1).
+    :param layers, heads: ``moien``: self-attention layers and heads of the generator.
+    :param discriminator_layers: ``moien``: self-attention layers of the discriminator.
+    :param discriminator_lr: ``moien``: learning rate of the discriminator (default ``generator_lr``).
+    :param adversarial_weight: ``moien``: weight of the discriminator term in the generator loss.
+    :param reconstruction_weight: ``moien``: weight of ``||G(e) - x_m||^2`` on entities that have modality ``m``.
+    :param complete_missing: ``moien``: fill absent modalities with the generator's (noise-free) output.
     """
 
-    model_config = ConfigDict(extra="allow")
     kind: Literal["mat", "wgan_gp", "moien"] = "mat"
     mu: float = Field(1e-4, ge=0.0, le=10.0)
     generator_lr: float = Field(1e-4, gt=0.0, le=1.0)
+    noise_dim: int = Field(64, ge=1, le=4096)
+    hidden_dim: int = Field(512, ge=1, le=16384)
+    generator: Literal["per_modality", "shared", "moien"] | None = None
+    fake_types: list[Literal["head", "tail", "both"]] = Field(default_factory=lambda: ["head", "tail", "both"],
+                                                              min_length=1)
+    fake_weighting: Literal["per_positive", "across_batch"] = "per_positive"
+    gp_weight: float = Field(0.1, ge=0.0, le=100.0)
+    layers: int = Field(2, ge=1, le=12)
+    heads: int = Field(4, ge=1, le=64)
+    discriminator_layers: int = Field(1, ge=1, le=12)
+    discriminator_lr: float | None = Field(None, gt=0.0, le=1.0)
+    adversarial_weight: float = Field(1e-3, ge=0.0, le=100.0)
+    reconstruction_weight: float = Field(1.0, ge=0.0, le=100.0)
+    complete_missing: bool = True
+
+    @model_validator(mode="after")
+    def _generator_default(self) -> "AdversarialConfig":
+        if self.generator is None:
+            self.generator = {"mat": "per_modality", "wgan_gp": "shared", "moien": "moien"}[self.kind]
+        if len(set(self.fake_types)) != len(self.fake_types):
+            raise ValueError(f"fake_types must not repeat entries, got {self.fake_types}")
+        return self
 
 
 class TrainingConfig(_Strict):
@@ -336,6 +376,14 @@ class ExperimentConfig(_Strict):
             raise ValueError("training.sparse: true is only for model.representation 'structure'")
         if self.training.adversarial is not None and self.model.representation != "fused":
             raise ValueError("training.adversarial needs model.representation 'fused' (it generates modality vectors)")
+        if self.training.adversarial is not None and self.training.loop != "negative_sampling":
+            raise ValueError("training.adversarial needs training.loop 'negative_sampling' (fake triples score "
+                             "against sampled positives)")
+        fusion = self.model.fusion
+        if (self.model.representation == "fused" and self.model.reciprocal
+                and (fusion.relation_temperature or fusion.relation_gate)):
+            raise ValueError("model.reciprocal is not supported with a relation-conditioned fusion "
+                             "(relation_temperature / relation_gate)")
         if self.model.method == "imvia" and self.training.loop != "one_to_n":
             raise ValueError("model.method 'imvia' trains with training.loop 'one_to_n'")
         return self

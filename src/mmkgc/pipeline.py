@@ -122,6 +122,11 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
             f"model.modalities[{m.name}]: feature table has {values.shape[0]} rows but {triples.name} has "
             f"{triples.num_entities} entities"
         )
+    if m.dim is not None and values.shape[1] != m.dim:
+        raise ConfigError(
+            f"model.modalities[{m.name}].dim: the config declares {m.dim}-d features but the table has "
+            f"{values.shape[1]} columns"
+        )
     return ModalityFeatures(m.name, values, torch.as_tensor(present, dtype=torch.bool), m.missing)
 
 
@@ -131,6 +136,10 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
     torch.manual_seed(cfg.seed)
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     triples = data.triples
+    if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
+        from mmkgc.models.methods import build_fused_model
+
+        return build_fused_model(cfg, data, scorer, [_modality_features(m, data, progress) for m in mc.modalities])
     if mc.representation == "structure":
         rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
                                       sparse=cfg.training.sparse)
@@ -155,6 +164,8 @@ def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     )
     features = {}
     if isinstance(model.entities, MultimodalRepresentation):
+        features = {m.name: m.fingerprint for m in model.entities.inputs}
+    elif cfg.model.representation == "fused":  # tables as loaded (trainable ones before fine-tuning)
         features = {m.name: m.fingerprint for m in model.entities.inputs}
     return {"config": hashlib.sha256(payload.encode()).hexdigest()[:16], "features": features}
 

@@ -1,0 +1,456 @@
+"""Adaptively fused multimodal entity representations (AdaMF / NativE / AFME) and the relation-aware KGE model.
+
+:class:`FusedRepresentation` turns an entity id into the per-modality vectors ``[M, D]`` (structure first, then
+every modality through its adapter, missing rows filled and masked) and fuses them with an attention operator of
+:mod:`mmkgc.nn.fusion`, optionally after AFME's relation gate.  When the fusion depends on the relation
+(NativE's temperature ``τ_r``, AFME's gate), the entity vector of a triple depends on the triple's relation:
+:class:`FusedKGEModel` passes it for heads, tails and negatives, and its all-entity paths (used by the evaluator)
+fuse all ``N`` entities once per distinct relation of a chunk of queries.
+
+Methods: methods.md §5 (AFME), §6 (AdaMF-MAT), §7 (NativE), §8.4.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
+from mmkgc.nn.adapters import build_adapter
+from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion
+
+
+class FusedRepresentation(EntityRepresentation):
+    """Structure + modality vectors fused by attention (``model.representation: fused``).
+
+    :param num_entities: ``N``.
+    :param dim: entity width ``D`` (RotatE: ``2d``).
+    :param modalities: the modality feature tables (``[N, d_m]`` each, with presence).
+    :param num_relations: ``R`` (for relation-conditioned fusion).
+    :param init: initialiser of the structural table (the scorer's).
+    :param adapter: ``linear`` (AdaMF) or ``mlp`` (NativE / AFME, hidden width ``adapter_hidden``, default ``D``).
+    :param trainable_features: fine-tune the raw feature tables (AdaMF, methods.md §6.1) instead of freezing them.
+    :param relation_temperature, confidence: options of :class:`~mmkgc.nn.fusion.TanhAttentionFusion`.
+    :param relation_gate: AFME's :class:`~mmkgc.nn.fusion.RelationGate` before the fusion.
+    :param use_masks: give absent modalities zero fusion weight (``True``); ``False`` averages their fill vector
+        in like a present modality (the ablation of the missing-modality experiment).
+    :param temperature_init_range: half-width of the uniform init of NativE's ``g_r`` (``(γ + ε) / (2d)``).
+
+    Shapes: ``forward(ids [B] | None, relation [B] | None) -> [B, D]``; :meth:`components` ->
+    ``(x [B, M, D], present [B, M])``; :meth:`fuse` -> ``(fused [B, D], weights [B, M])``.
+    """
+
+    def __init__(self, num_entities: int, dim: int, modalities: Sequence[ModalityFeatures], num_relations: int,
+                 init: Callable[[torch.Tensor], None] | None = None, adapter: str = "linear",
+                 adapter_hidden: int | None = None, dropout: float = 0.0, trainable_features: bool = False,
+                 relation_temperature: bool = False, confidence: str = "none", relation_gate: bool = False,
+                 use_masks: bool = True, temperature_init_range: float = 0.05):
+        super().__init__()
+        if not modalities:
+            raise ValueError("a fused representation needs at least one modality")
+        self.num_entities, self.dim = num_entities, dim
+        self.structure = EmbeddingRepresentation(num_entities, dim, init)
+        inputs = []
+        for m in modalities:
+            if m.values.shape[0] != num_entities:
+                raise ValueError(f"modality {m.name!r} has {m.values.shape[0]} rows but the dataset has "
+                                 f"{num_entities} entities")
+            mi = ModalityInput(m, dim, adapter, dropout)
+            if adapter == "mlp":
+                mi.adapter = build_adapter("mlp", mi.values.shape[1], dim, hidden_dim=adapter_hidden, dropout=dropout)
+            if trainable_features:  # AdaMF: the raw table becomes a parameter (checkpointed with the model)
+                values = mi.values
+                del mi._buffers["values"]
+                mi.values = nn.Parameter(values.clone())
+            inputs.append(mi)
+        self.inputs = nn.ModuleList(inputs)
+        self.trainable_features = trainable_features
+        self.use_masks = use_masks
+        self.gate = RelationGate(dim, num_relations) if relation_gate else None
+        self.fusion = TanhAttentionFusion(dim, len(inputs) + 1, relation_temperature, num_relations, confidence,
+                                          init_range=temperature_init_range)
+        self.relation_aware = relation_gate or relation_temperature
+        #: optional ``complete(x [B, M, D], present [B, M]) -> x'`` filling absent modalities (AFME MoIEn)
+        self.completer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def modality_names(self) -> list[str]:
+        return ["structure"] + [m.name for m in self.inputs]
+
+    def raw_components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted vectors ``[B, M, D]`` (absent rows = the fill vector) and true presence ``[B, M]``."""
+        s = self.structure(ids)
+        vecs, pres = [s], [torch.ones(s.shape[0], dtype=torch.bool, device=s.device)]
+        for m in self.inputs:
+            v, p = m(ids)
+            vecs.append(v)
+            pres.append(p)
+        return torch.stack(vecs, -2), torch.stack(pres, -1)
+
+    def components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the fusion sees: ``x [B, M, D]`` and the fusion mask ``[B, M]``.  With a completer, absent rows
+        are replaced by generated vectors and count as present; without masks every slot counts as present."""
+        x, present = self.raw_components(ids)
+        if self.completer is not None:
+            x = self.completer(x, present)
+            present = torch.ones_like(present)
+        elif not self.use_masks:
+            present = torch.ones_like(present)
+        return x, present
+
+    def fuse(self, x: torch.Tensor, present: torch.Tensor,
+             relation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate (AFME) and fuse ``x [B, M, D]`` -> ``(fused [B, D], weights [B, M])``.
+
+        :raises ValueError: a relation-aware fusion without ``relation``.
+        """
+        if self.relation_aware and relation is None:
+            raise ValueError("this fused representation depends on the relation: pass relation ids")
+        if self.gate is not None:
+            x, _ = self.gate(x, present, relation)
+        return self.fusion(x, present, relation)
+
+    def forward(self, ids: torch.Tensor | None = None, relation: torch.Tensor | None = None) -> torch.Tensor:
+        x, present = self.components(ids)
+        if relation is not None and relation.ndim == 0:
+            relation = relation.expand(x.shape[0])
+        return self.fuse(x, present, relation)[0]
+
+    def regularization_tensors(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return [self.structure(ids)]
+
+
+class _RelationTables:
+    """All-entity fused tables per relation for one scoring session (LRU, bounded memory).
+
+    :param max_bytes: memory for cached ``[N, D]`` tables (at least one is always kept).
+    """
+
+    def __init__(self, rep: FusedRepresentation, max_bytes: int = 512 * 2 ** 20, detach: bool = True):
+        self.rep = rep
+        x, present = rep.components(None)
+        self.x = x.detach().float() if detach else x
+        self.present = present
+        self.detach = detach
+        per = self.x.shape[0] * self.x.shape[-1] * 4
+        self.capacity = max(1, max_bytes // max(per, 1)) if detach else 1
+        self.cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def table(self, r: int) -> torch.Tensor:
+        if r in self.cache:
+            self.cache.move_to_end(r)
+            return self.cache[r]
+        rel = torch.full((self.x.shape[0],), r, dtype=torch.long, device=self.x.device)
+        out = self.rep.fuse(self.x, self.present, rel)[0]
+        if self.detach:
+            out = out.detach()
+        self.cache[r] = out
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return out
+
+
+class FusedKGEModel(KGEModel):
+    """A :class:`KGEModel` over a :class:`FusedRepresentation`; when the fusion is relation-conditioned, every
+    entity vector is fused for the relation of its triple (heads, tails, negatives, all-entity candidates).
+
+    Relation-agnostic fusion (AdaMF) keeps the fast shared paths of :class:`KGEModel`.
+    Reciprocal relations are refused with a relation-aware fusion (the fusion has ``R`` relation parameters).
+    """
+
+    entities: FusedRepresentation
+
+    def __init__(self, num_entities: int, num_relations: int, scorer: nn.Module,
+                 representation: FusedRepresentation, reciprocal: bool = False):
+        if reciprocal and representation.relation_aware:
+            raise ValueError("relation-conditioned fusion does not support reciprocal relations")
+        super().__init__(num_entities, num_relations, scorer, representation, reciprocal=reciprocal)
+
+    @property
+    def relation_aware(self) -> bool:
+        return self.entities.relation_aware
+
+    # -------------------------------------------------------------------------------- pointwise
+    def embed(self, triples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.relation_aware:
+            return super().embed(triples)
+        shape = triples.shape[:-1]
+        flat = triples.reshape(-1, 3)
+        n = flat.shape[0]
+        unique, inverse = torch.unique(torch.cat([flat[:, 0], flat[:, 2]]), return_inverse=True)
+        x, present = self.entities.components(unique)
+        rel = flat[:, 1].repeat(2)
+        reps, _ = self.entities.fuse(x[inverse], present[inverse], rel)
+        return reps[:n].reshape(*shape, -1), self.relations(triples[..., 1]), reps[n:].reshape(*shape, -1)
+
+    def joint_components(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-modality vectors and fusion mask of ``ids [B]`` (for the adversarial methods)."""
+        return self.entities.components(ids)
+
+    def score_positives_and_negatives(
+        self, positives: torch.Tensor, negative_entities: torch.Tensor, tail_corrupted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.relation_aware:
+            return super().score_positives_and_negatives(positives, negative_entities, tail_corrupted)
+        b, k = negative_entities.shape
+        ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        x, present = self.entities.components(unique)
+        rel = positives[:, 1]
+        rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
+        reps, _ = self.entities.fuse(x[inverse], present[inverse], rel_all)
+        h, t, e = reps[:b], reps[b:2 * b], reps[2 * b:].reshape(b, k, -1)
+        r = self.relations(rel)
+        mask = tail_corrupted.unsqueeze(-1)
+        neg_h = torch.where(mask, h.unsqueeze(1), e)
+        neg_t = torch.where(mask, e, t.unsqueeze(1))
+        return self.scorer.score_hrt(h, r, t), self.scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
+
+    # -------------------------------------------------------------------------------- all entities
+    def _grouped(self, queries: torch.Tensor, tables: _RelationTables,
+                 fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(rows of queries, relation ids, fused table [N, D])`` per distinct relation, reassembled."""
+        rels = queries[:, 1]
+        out = None
+        for r in torch.unique(rels).tolist():
+            idx = (rels == r).nonzero(as_tuple=True)[0]
+            part = fn(queries[idx], rels[idx], tables.table(int(r)))
+            if out is None:
+                out = part.new_empty((queries.shape[0], *part.shape[1:]))
+            out = out.index_put((idx,), part)
+        return out
+
+    def score_t(self, queries: torch.Tensor, all_entities=None) -> torch.Tensor:
+        if not self.relation_aware:
+            return super().score_t(queries, all_entities)
+        tables = all_entities if isinstance(all_entities, _RelationTables) else _RelationTables(self.entities,
+                                                                                                 detach=False)
+        return self._grouped(queries, tables, lambda q, r, ents: self.scorer.score_t(
+            ents.index_select(0, q[:, 0]), self.relations(r), ents))
+
+    def score_h(self, queries: torch.Tensor, all_entities=None) -> torch.Tensor:
+        if not self.relation_aware:
+            return super().score_h(queries, all_entities)
+        tables = all_entities if isinstance(all_entities, _RelationTables) else _RelationTables(self.entities,
+                                                                                                 detach=False)
+        return self._grouped(queries, tables, lambda q, r, ents: self.scorer.score_h(
+            ents, self.relations(r), ents.index_select(0, q[:, 2])))
+
+    def score_candidates(self, queries: torch.Tensor, side: str, candidates: torch.Tensor,
+                         all_entities=None) -> torch.Tensor:
+        if not self.relation_aware:
+            return super().score_candidates(queries, side, candidates, all_entities)
+        if side not in ("head", "tail"):
+            raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+        tables = all_entities if isinstance(all_entities, _RelationTables) else _RelationTables(self.entities)
+        scorer = self.scorer
+
+        def part(q, r, ents, cand):
+            if side == "tail":
+                query = scorer.tail_query(ents.index_select(0, q[:, 0]), self.relations(r))
+            else:
+                query = scorer.head_query(self.relations(r), ents.index_select(0, q[:, 2]))
+            return scorer.match(query.unsqueeze(1), ents[cand])
+
+        rels = queries[:, 1]
+        out = None
+        for r in torch.unique(rels).tolist():
+            idx = (rels == r).nonzero(as_tuple=True)[0]
+            p = part(queries[idx], rels[idx], tables.table(int(r)), candidates[idx])
+            out = p.new_empty((queries.shape[0], candidates.shape[1])) if out is None else out
+            out = out.index_put((idx,), p)
+        return out
+
+    @torch.no_grad()
+    def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
+        """As :meth:`KGEModel.score_fn`; with a relation-aware fusion the per-modality vectors of all entities are
+        computed once and the fused table of each relation once per session (LRU-cached, 512 MiB)."""
+        if not self.relation_aware:
+            return super().score_fn()
+        tables = _RelationTables(self.entities)
+        device = tables.x.device
+
+        def fn(queries: torch.Tensor, side: str) -> torch.Tensor:
+            with torch.no_grad():
+                q = queries.to(device)
+                return self.score_t(q, tables) if side == "tail" else self.score_h(q, tables)
+
+        def candidates_fn(queries: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.score_candidates(queries.to(device), side, candidates.to(device), tables)
+
+        fn.device = device  # type: ignore[attr-defined]
+        fn.score_candidates = candidates_fn  # type: ignore[attr-defined]
+        return fn
+
+    def one_to_n_loss(self, queries, predict_tail, labels, loss_fn):
+        if not self.relation_aware:
+            return super().one_to_n_loss(queries, predict_tail, labels, loss_fn)
+        tables = _RelationTables(self.entities, detach=False)
+        logits = torch.empty(queries.shape[0], self.num_entities, device=queries.device)
+        for mask, fn in ((predict_tail, self.score_t), (~predict_tail, self.score_h)):
+            if bool(mask.any()):
+                idx = mask.nonzero(as_tuple=True)[0]
+                logits = logits.index_put((idx,), fn(queries[idx], tables).to(logits.dtype))
+        return loss_fn(logits.float(), labels), {}, self.entities.structure(None)
+
+    # -------------------------------------------------------------------------------- diagnostics
+    @torch.no_grad()
+    def modality_weights(self, triples: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion weights of the heads and tails of ``triples [T, 3]`` under their relation: ``[T, 2, M]``,
+        and the true presence ``[T, 2, M]``."""
+        ws, ps = [], []
+        for start in range(0, triples.shape[0], chunk):
+            part = triples[start:start + chunk]
+            ids = torch.cat([part[:, 0], part[:, 2]])
+            rel = part[:, 1].repeat(2)
+            x, mask = self.entities.components(ids)
+            _, w = self.entities.fuse(x, mask, rel if self.relation_aware else None)
+            _, present = self.entities.raw_components(ids)
+            n = part.shape[0]
+            ws.append(torch.stack([w[:n], w[n:]], 1))
+            ps.append(torch.stack([present[:n], present[n:]], 1))
+        return torch.cat(ws), torch.cat(ps)
+
+    def write_diagnostics(self, run_dir, triples, max_triples: int = 20000) -> dict:
+        """Per-entity and per-relation modality weights (CSV), their distribution (PNG), and test metrics broken
+        down by which modalities the query's known entity has.
+
+        Weights are those of the training triples (a seeded sample of at most ``max_triples``): per relation the
+        mean over its heads and tails, per entity the mean over its occurrences.
+
+        Files: ``modality_weights_entities.csv``, ``modality_weights_relations.csv``, ``modality_weights.png``.
+        :returns: summary for ``metrics.json`` (mean weight per modality, metrics by modality group).
+        """
+        from mmkgc.fileio import atomic_write_text
+
+        run_dir = Path(run_dir)
+        names = self.entities.modality_names
+        device = next(self.parameters()).device
+        train = triples.train
+        if train.shape[0] > max_triples:
+            g = torch.Generator().manual_seed(0)
+            train = train[torch.randperm(train.shape[0], generator=g)[:max_triples]]
+        train = train.to(device)
+        w, present = self.modality_weights(train)
+        w, present = w.float().cpu(), present.cpu()
+        n, r = self.num_entities, self.num_relations
+        ents = torch.stack([train[:, 0], train[:, 2]], 1).cpu().reshape(-1)
+        flat_w = w.reshape(-1, len(names))
+        ent_sum = torch.zeros(n, len(names)).index_add_(0, ents, flat_w)
+        ent_cnt = torch.zeros(n).index_add_(0, ents, torch.ones(ents.shape[0]))
+        rels = train[:, 1].cpu().repeat_interleave(2)
+        rel_sum = torch.zeros(r, len(names)).index_add_(0, rels, flat_w)
+        rel_cnt = torch.zeros(r).index_add_(0, rels, torch.ones(rels.shape[0]))
+        _, ent_present = self.entities.raw_components(torch.arange(n, device=device))
+        ent_present = ent_present.cpu()
+
+        buf = io.StringIO()
+        out = csv.writer(buf)
+        out.writerow(["entity_id", "entity", "occurrences", *[f"w_{m}" for m in names],
+                      *[f"has_{m}" for m in names[1:]]])
+        labels = triples.entity_labels
+        for e in range(n):
+            c = float(ent_cnt[e])
+            if c == 0:
+                continue
+            out.writerow([e, labels[e], int(c), *[f"{v:.6f}" for v in (ent_sum[e] / c).tolist()],
+                          *[int(v) for v in ent_present[e, 1:].tolist()]])
+        atomic_write_text(run_dir / "modality_weights_entities.csv", buf.getvalue())
+        buf = io.StringIO()
+        out = csv.writer(buf)
+        out.writerow(["relation_id", "relation", "occurrences", *[f"w_{m}" for m in names]]
+                     + (["temperature"] if self.entities.fusion.relation_temperature else []))
+        rel_labels = triples.relation_labels
+        for i in range(r):
+            c = float(rel_cnt[i])
+            if c == 0:
+                continue
+            row = [i, rel_labels[i], int(c), *[f"{v:.6f}" for v in (rel_sum[i] / c).tolist()]]
+            if self.entities.fusion.relation_temperature:
+                row.append(f"{float(self.entities.fusion.temperature(torch.tensor([i], device=device))):.6f}")
+            out.writerow(row)
+        atomic_write_text(run_dir / "modality_weights_relations.csv", buf.getvalue())
+        _plot_weights(flat_w, present.reshape(-1, len(names)), names, run_dir / "modality_weights.png")
+
+        summary: dict = {
+            "modality_weights": {
+                "mean": dict(zip(names, flat_w.mean(0).tolist())),
+                "mean_where_present": {
+                    m: float(flat_w[present.reshape(-1, len(names))[:, j], j].mean())
+                    if bool(present.reshape(-1, len(names))[:, j].any()) else None
+                    for j, m in enumerate(names)},
+                "triples_sampled": int(train.shape[0]),
+            }
+        }
+        summary["test_by_modalities"] = self._metrics_by_modalities(triples, ent_present, names)
+        atomic_write_text(run_dir / "modality_diagnostics.json", json.dumps(summary, indent=2))
+        return summary
+
+    def _metrics_by_modalities(self, triples, ent_present: torch.Tensor, names: list[str]) -> dict:
+        """Test metrics (realistic ties, head and tail averaged) per group of the entity being *predicted*: the
+        group names the modalities it has (e.g. ``text+visual``, ``none``)."""
+        from mmkgc.evaluation.metrics import evaluate
+
+        test = triples.test
+        if test.shape[0] == 0:
+            return {}
+
+        def group(e: int) -> str:
+            has = [m for m, p in zip(names[1:], ent_present[e, 1:].tolist()) if p]
+            return "+".join(has) if has else "none"
+
+        heads = [group(int(h)) for h in test[:, 0]]  # head prediction predicts the head
+        tails = [group(int(t)) for t in test[:, 2]]
+        result = evaluate(self.score_fn(), triples, split="test", per_relation=False,
+                          group_labels={"head": heads, "tail": tails})
+        return _group_summary(result.to_dict())
+
+
+def _group_summary(d: dict) -> dict:
+    """``{group: {metric: value}}`` (realistic ties, both sides) from ``EvaluationResult.to_dict()["by_group"]``."""
+    out = {}
+    for label, by_policy in d.get("by_group", {}).items():
+        policy = by_policy.get("realistic") or next(iter(by_policy.values()))
+        both = policy.get("both") or next(iter(policy.values()))
+        out[label] = {k: v for k, v in both.items() if k in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "count")}
+    return out
+
+
+def _plot_weights(weights: torch.Tensor, present: torch.Tensor, names: list[str], path: Path) -> None:
+    """Histogram of the fusion weight of each modality over entity occurrences where it is present."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for j, m in enumerate(names):
+        values = weights[present[:, j], j].numpy()
+        if values.size:
+            ax.hist(values, bins=50, range=(0.0, 1.0), alpha=0.5, label=f"{m} (n={values.size})")
+    ax.set_xlabel("fusion weight")
+    ax.set_ylabel("entity occurrences (training triples)")
+    ax.set_title("modality weight distribution")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
