@@ -375,7 +375,7 @@ class FusedKGEModel(KGEModel):
                 continue
             row = [i, rel_labels[i], int(c), *[f"{v:.6f}" for v in (rel_sum[i] / c).tolist()]]
             if self.entities.fusion.relation_temperature:
-                row.append(f"{float(self.entities.fusion.temperature(torch.tensor([i], device=device))):.6f}")
+                row.append(f"{float(self.entities.fusion.temperature(torch.tensor([i], device=device)).detach()):.6f}")
             out.writerow(row)
         atomic_write_text(run_dir / "modality_weights_relations.csv", buf.getvalue())
         _plot_weights(flat_w, present.reshape(-1, len(names)), names, run_dir / "modality_weights.png")
