@@ -25,6 +25,8 @@ from mmkgc.cli_features import features_app  # noqa: E402  (the `mmkgc features`
 app.add_typer(features_app, name="features")
 from mmkgc.cli_enrich import enrich_app  # noqa: E402  (the `mmkgc enrich` sub-app)
 app.add_typer(enrich_app, name="enrich")
+from mmkgc.cli_vemp import vemp_app  # noqa: E402  (the `mmkgc vemp` sub-app)
+app.add_typer(vemp_app, name="vemp")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -136,6 +136,8 @@ class GNNConfig(_Strict):
     :param dropout: dropout between layers.
     :param relation_grouping: ``none`` (the dataset's relations) or ``vemp_meta`` (VEMP's meta-relations).
     :param final_activation: ReLU on the output layer too (as VEMP).
+    :param fanouts: neighbour-sampled training, one fan-out per hop (``-1`` = all); ``None`` = full batch.
+    :param input_dim: width of the learned input table when ``modalities`` is empty (default: the entity width).
     """
 
     hidden_dims: list[int] = Field(default_factory=lambda: [256])
@@ -143,6 +145,15 @@ class GNNConfig(_Strict):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     relation_grouping: Literal["none", "vemp_meta"] = "none"
     final_activation: bool = True
+    fanouts: list[int] | None = None
+    input_dim: int | None = Field(None, ge=1)
+
+    @field_validator("fanouts")
+    @classmethod
+    def _fanouts(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(f == 0 or f < -1 for f in v)):
+            raise ValueError(f"fanouts must be a non-empty list of positive ints or -1 (all neighbours), got {v}")
+        return v
 
 
 class ImviaConfig(_Strict):

@@ -149,6 +149,11 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
             triples.num_entities,
             scorer.entity_dim,
             feats,
+    elif mc.representation == "rgcn":
+        from mmkgc.models.rgcn import build_rgcn_representation
+
+        feats = [_modality_features(m, data, progress) for m in mc.modalities]
+        rep = build_rgcn_representation(mc.gnn, triples, scorer.entity_dim, feats, seed=cfg.seed)
             with_structure=mc.representation == "concat",
             init=scorer.init_entity_,
             dropout=mc.projection_dropout,

@@ -453,3 +453,56 @@ def write_labeled_tsv(
         lines = [f"{h}\t{r}\t{t}\n" for h, r, t in zip(ents[x[:, 0]], rels[x[:, 1]], ents[x[:, 2]])]
         written[split] = atomic_write_text(directory / file_names[split], "".join(lines))
     return written
+
+
+def read_vemp_graph(
+    directory: str | Path,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    name: str = "DB15K-vemp",
+) -> tuple[TripleSet, list[str]]:
+    """VEMP's graph (Sela et al.; methods.md 2.1): ``entities.csv`` (``entity,short_name``), ``relations.csv``
+    (``relation``) and ``edge_index.parquet`` (``src_id, dst_id, rel_id``), split into random train / valid / test
+    edges (default 80/10/10, seeded, like PyG's ``RandomLinkSplit``).
+
+    Edges are kept as triples ``(src, rel, dst)``; node ``i`` is row ``i`` of ``entities.csv``.
+
+    :returns: the split :class:`TripleSet` (entity labels = URIs) and the short names ``[N]``.
+    :raises DataFormatError: a missing file or column, an id out of range (naming file and row).
+    """
+    import pandas as pd
+
+    directory = Path(directory)
+    files = {k: directory / v for k, v in
+             {"entities": "entities.csv", "relations": "relations.csv", "edges": "edge_index.parquet"}.items()}
+    for path in files.values():
+        if not path.is_file():
+            raise DataFormatError(path, None, "missing file of the VEMP graph layout")
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ValueError(f"bad split fractions valid={valid_fraction} test={test_fraction}")
+
+    def columns(frame, path: Path, needed: Sequence[str]):
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise DataFormatError(path, 1, f"missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
+
+    ents = pd.read_csv(files["entities"], dtype=str, keep_default_na=False)
+    columns(ents, files["entities"], ["entity", "short_name"])
+    rels = pd.read_csv(files["relations"], dtype=str, keep_default_na=False)
+    columns(rels, files["relations"], ["relation"])
+    edges = pd.read_parquet(files["edges"])
+    columns(edges, files["edges"], ["src_id", "dst_id", "rel_id"])
+    x = torch.from_numpy(edges[["src_id", "rel_id", "dst_id"]].to_numpy(dtype=np.int64).copy())
+    for col, limit, what in ((0, len(ents), "src_id"), (2, len(ents), "dst_id"), (1, len(rels), "rel_id")):
+        bad = ((x[:, col] < 0) | (x[:, col] >= limit)).nonzero()
+        if bad.numel():
+            row = int(bad[0, 0])
+            raise DataFormatError(files["edges"], row + 1, f"{what} {int(x[row, col])} outside [0, {limit})")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+    n_valid, n_test = int(round(valid_fraction * x.shape[0])), int(round(test_fraction * x.shape[0]))
+    valid, test, train = perm[:n_valid], perm[n_valid:n_valid + n_test], perm[n_valid + n_test:]
+    triples = TripleSet(x[train], x[valid], x[test], list(ents["entity"]), list(rels["relation"]), name=name,
+                        metadata={"format": "vemp_csv", "path": str(directory), "split_seed": int(seed),
+                                  "valid_fraction": valid_fraction, "test_fraction": test_fraction})
+    return triples, list(ents["short_name"])

@@ -119,3 +119,66 @@ def compute_sampled_ranks(
         )
     return RankResult(queries=queries.clone(), sides=result, num_entities=int(num_entities),
                       filtered=filter_index is not None, sampled_candidates=k)
+
+
+def vemp_link_ranks(
+    score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    positive_edges: torch.Tensor,
+    num_nodes: int,
+    known_edges: torch.Tensor | None = None,
+    negative_edges: torch.Tensor | None = None,
+    num_candidates: int = 100,
+    legacy: bool = False,
+    seed: int = 0,
+) -> RankResult:
+    """VEMP's relation-agnostic, tail-only sampled protocol (Sela et al.; methods.md sections 1.5 and 2.7).
+
+    Each query edge ``(u, v)`` ranks ``v`` among itself and ``k`` sampled destination nodes by the decoder score
+    ``s(u, ·)``.
+
+    * Fixed (default): the queries are the positive edges only, and the ``k`` candidates of ``(u, v)`` are drawn
+      uniformly with replacement from the nodes ``w`` with no known edge ``(u, *, w)`` in ``known_edges`` (the
+      filtered setting, relation-agnostic).
+    * ``legacy=True`` reproduces the public code: the queries are the positive **and** the negative edges of the
+      split (the negatives' sampled "targets" are ranked as if they were answers; bug 2.7.1) and the candidates are
+      drawn from all nodes, unfiltered, with replacement (they may contain the target or other answers; bug
+      2.7.5).  Ties are resolved by the usual tie policies instead of ``argsort`` order.
+
+    :param score_pairs: ``(src [B], dst [B, C]) -> [B, C]`` scores, higher is better.
+    :param positive_edges: int64 ``[E, 2]`` (src, dst) query edges of the split.
+    :param num_nodes: ``N``.
+    :param known_edges: int64 ``[E', 2]`` every known edge (train + valid + test) for the filter; required unless
+        ``legacy``.
+    :param negative_edges: int64 ``[E'', 2]``: the split's negative edges (only used, and required, with ``legacy``).
+    :param num_candidates: ``k`` (VEMP: 100).
+    :param seed: seeds the candidate draws.
+    :returns: a tail-only :class:`RankResult` whose queries are ``(u, 0, v)``; ``sampled_candidates = k``;
+        ``filtered`` is ``not legacy``.
+    :raises ValueError: missing ``known_edges`` (fixed) or ``negative_edges`` (legacy), or bad shapes.
+    """
+
+    def edges(x: torch.Tensor, what: str) -> torch.Tensor:
+        x = torch.as_tensor(x).long().cpu()
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"{what} must have shape [E, 2] (src, dst), got {tuple(x.shape)}")
+        return x
+
+    def as_queries(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0], torch.zeros_like(x[:, 0]), x[:, 1]], 1)
+
+    queries = edges(positive_edges, "positive_edges")
+    filter_index = None
+    if legacy:
+        if negative_edges is None:
+            raise ValueError("the legacy VEMP protocol needs the split's negative_edges (they are queried too)")
+        queries = torch.cat([queries, edges(negative_edges, "negative_edges")])
+    else:
+        if known_edges is None:
+            raise ValueError("the fixed VEMP protocol needs known_edges to filter the candidates")
+        filter_index = FilterIndex(as_queries(edges(known_edges, "known_edges")), num_nodes, 1)
+
+    def score_candidates(q: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
+        return score_pairs(q[:, 0], candidates)
+
+    return compute_sampled_ranks(score_candidates, as_queries(queries), num_nodes, num_candidates,
+                                 filter_index=filter_index, sides=("tail",), seed=seed)

@@ -418,6 +418,32 @@ class HFAutoModelEncoder:
                 out[idx] = pooled.cpu().numpy()
         return out
 
+    def encode_tokens(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token-level outputs (VEMP's text tokens, methods.md 2.2): the last hidden state of every token.
+
+        All texts are padded to ``L`` = the longest tokenised text (at most :attr:`max_length`); ``pooling`` and
+        ``normalize`` do not apply.
+
+        :returns: float32 ``[n, L, d]`` and bool ``[n, L]`` token mask (``True`` = real token, incl. special tokens).
+        :raises TypeError: ``texts`` is a single string or contains a non-string.
+        """
+        texts = _check_texts(texts)
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        width = max(lengths, default=1)
+        values = np.zeros((len(texts), width, self.dim), dtype=np.float32)
+        mask = np.zeros((len(texts), width), dtype=bool)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**batch).last_hidden_state.float().cpu().numpy()  # [B, T, d]
+                m = batch["attention_mask"].bool().cpu().numpy()
+                values[idx, : hidden.shape[1]] = hidden * m[..., None]
+                mask[idx, : m.shape[1]] = m
+        return values, mask
+
 
 _KINDS = {
     "sentence-transformers": "st",

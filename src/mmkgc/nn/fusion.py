@@ -205,3 +205,132 @@ class ModalitySelfAttention(nn.Module):
         p = present.to(h.dtype).unsqueeze(-1)
         return (h * p).sum(-2) / p.sum(-2).clamp_min(1.0), received
 
+
+class CrossAttentionTokenFusion(nn.Module):
+    """VEMP's token-level multimodal encoder (Sela et al., "Vision-Enhanced Message Passing"; methods.md 2.2).
+
+    Text tokens ``X_t [B, L_t, d_t]`` (with mask ``m [B, L_t]``, ``True`` = real token) and image patch tokens
+    ``X_v [B, L_v, d_v]`` are projected to a common width ``D`` (``T = X_t W_t + b_t``, ``V = X_v W_v + b_v``), then:
+
+    * ``A_tv = MHA(Q=T, K=V, V=V)`` (no mask), ``T' = FFN_t(A_tv + T)``;
+    * ``A_vt = MHA(Q=V, K=T, V=T, key_padding=not m)``, ``V' = FFN_v(A_vt + V)``;
+      ``FFN(x) = W_2 GELU(W_1 x)`` (``D -> ffn_dim -> D``), no LayerNorm and no second residual;
+    * pooling: ``p_t = sum_l m_l T'_l / max(sum_l m_l, 1e-6)`` (masked mean), ``p_v = mean_p V'_p``;
+    * fusion ``f = W_4 GELU(LN(W_3 [p_t; p_v]))`` (``2D -> D -> D``);
+    * heads ``z_g = norm(W_g f)``, ``z_t = norm(W_tp p_t)``, ``z_v = norm(W_vp p_v)`` (``D -> proj_dim``, L2-normalised).
+
+    Padding text tokens never influence any output: they are excluded as attention keys and from the text pooling
+    (their own query rows are computed but dropped by the masked mean).
+
+    :param text_dim: ``d_t`` (512 for CLIP ViT-B/32 text).
+    :param image_dim: ``d_v`` (768 for CLIP ViT-B/32 vision).
+    :param dim: ``D`` (VEMP: 512).
+    :param num_heads: heads of both attentions (VEMP: 8); must divide ``dim``.
+    :param ffn_dim: hidden width of the FFNs (VEMP: ``2 * dim`` = 1024); default ``2 * dim``.
+    :param proj_dim: width of the three heads (VEMP: 256).
+    :param dropout: attention dropout (VEMP: 0).
+
+    ``forward(text [B, L_t, d_t], text_mask [B, L_t] bool, image [B, L_v, d_v]) -> dict`` with ``fused [B, D]``,
+    ``text [B, D]`` (``p_t``), ``image [B, D]`` (``p_v``), ``z_graph``, ``z_text``, ``z_image`` ``[B, proj_dim]``.
+    :raises ValueError: inconsistent shapes or a ``text_mask`` of the wrong shape (a row without any real text
+        token is allowed: its ``p_t`` is 0).
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, dim: int = 512, num_heads: int = 8,
+                 ffn_dim: int | None = None, proj_dim: int = 256, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        ffn_dim = 2 * dim if ffn_dim is None else ffn_dim
+        self.text_dim, self.image_dim, self.dim, self.proj_dim = text_dim, image_dim, dim, proj_dim
+        self.text_in = nn.Linear(text_dim, dim)
+        self.image_in = nn.Linear(image_dim, dim)
+        self.text_to_image = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.image_to_text = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.text_ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.image_ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.fusion = nn.Sequential(nn.Linear(2 * dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
+        self.graph_head = nn.Linear(dim, proj_dim)
+        self.text_head = nn.Linear(dim, proj_dim)
+        self.image_head = nn.Linear(dim, proj_dim)
+
+    def encode(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fused vector ``f [B, D]`` and the pooled text / image vectors ``p_t, p_v [B, D]`` (before the heads)."""
+        if text.ndim != 3 or image.ndim != 3 or text.shape[0] != image.shape[0]:
+            raise ValueError(f"expected text [B, L_t, {self.text_dim}] and image [B, L_v, {self.image_dim}], "
+                             f"got {tuple(text.shape)} and {tuple(image.shape)}")
+        if text_mask.shape != text.shape[:2]:
+            raise ValueError(f"text_mask must be {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+        mask = text_mask.bool()
+        t = self.text_in(text)
+        v = self.image_in(image)
+        a_tv, _ = self.text_to_image(t, v, v, need_weights=False)
+        t2 = self.text_ffn(a_tv + t)
+        # A row without real tokens would make every key masked (NaN softmax); give it one dummy key and zero p_t.
+        empty = ~mask.any(1)
+        key_padding = ~mask
+        if bool(empty.any()):
+            key_padding = key_padding.clone()
+            key_padding[empty, 0] = False
+        a_vt, _ = self.image_to_text(v, t, t, key_padding_mask=key_padding, need_weights=False)
+        v2 = self.image_ffn(a_vt + v)
+        m = mask.unsqueeze(-1).to(t2.dtype)
+        p_t = (t2 * m).sum(1) / m.sum(1).clamp_min(1e-6)
+        p_v = v2.mean(1)
+        return self.fusion(torch.cat([p_t, p_v], -1)), p_t, p_v
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        f, p_t, p_v = self.encode(text, text_mask, image)
+        norm = torch.nn.functional.normalize
+        return {"fused": f, "text": p_t, "image": p_v, "z_graph": norm(self.graph_head(f), dim=-1),
+                "z_text": norm(self.text_head(p_t), dim=-1), "z_image": norm(self.image_head(p_v), dim=-1)}
+
+
+class DecisionFusion(nn.Module):
+    """Late (decision-level) fusion of per-modality predictions ``P [B, M, N] -> [B, N]``.
+
+    * ``mean``: ``(1/M) sum_m P_m`` -- IMVIA's ``(P_s + P_v + P_t) / 3`` (methods.md section 4.2), no parameters;
+    * ``learned``: ``sum_m softmax(w)_m P_m`` with one trainable logit per modality (zero init = mean);
+    * ``relation``: ``sum_m softmax(w_r)_m P_m`` with logits per query relation (zero init = mean) -- the
+      "relation-aware gated decision fusion" the IMVIA paper describes but its code does not implement.
+
+    The inputs are whatever the caller fuses (IMVIA: probabilities); a convex combination of probabilities stays
+    a probability.
+
+    :param num_modalities: ``M``.
+    :param mode: ``mean``, ``learned`` or ``relation``.
+    :param num_relations: rows of the relation weight table (needed for ``relation``).
+
+    Shapes: ``forward(P [B, M, N], relation [B] | None) -> (fused [B, N], weights [B, M])``.
+    :raises ValueError: unknown mode, missing relation for ``relation``, or wrong ``M``.
+    """
+
+    def __init__(self, num_modalities: int, mode: str = "mean", num_relations: int = 0):
+        super().__init__()
+        if mode not in ("mean", "learned", "relation"):
+            raise ValueError(f"DecisionFusion: mode must be mean, learned or relation, got {mode!r}")
+        if mode == "relation" and num_relations < 1:
+            raise ValueError("DecisionFusion mode 'relation' needs num_relations >= 1")
+        self.num_modalities, self.mode = num_modalities, mode
+        self.logits = nn.Parameter(torch.zeros(num_modalities)) if mode == "learned" else None
+        self.relation_logits = nn.Embedding(num_relations, num_modalities) if mode == "relation" else None
+        if self.relation_logits is not None:
+            nn.init.zeros_(self.relation_logits.weight)
+
+    def weights(self, batch: int, relation: torch.Tensor | None = None, device=None) -> torch.Tensor:
+        """Per-query modality weights ``[B, M]`` (rows sum to 1)."""
+        if self.mode == "mean":
+            return torch.full((batch, self.num_modalities), 1.0 / self.num_modalities, device=device)
+        if self.mode == "learned":
+            return torch.softmax(self.logits, 0).expand(batch, -1)
+        if relation is None:
+            raise ValueError("DecisionFusion mode 'relation' needs the query relations")
+        return torch.softmax(self.relation_logits(relation), -1)
+
+    def forward(self, predictions: torch.Tensor, relation: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if predictions.ndim != 3 or predictions.shape[1] != self.num_modalities:
+            raise ValueError(f"DecisionFusion expects [B, {self.num_modalities}, N], got {tuple(predictions.shape)}")
+        w = self.weights(predictions.shape[0], relation, predictions.device).to(predictions.dtype)
+        return (w.unsqueeze(-1) * predictions).sum(1), w

@@ -1,0 +1,289 @@
+"""VEMP parts: token cross-attention fusion, contrastive pretraining, R-GCN, sampled protocol, grouping, CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmkgc.config import parse_config
+from mmkgc.nn.fusion import CrossAttentionTokenFusion
+from mmkgc.nn.gnn import MessageGraph, MLPLinkPredictor, RGCNEncoder, sample_subgraph
+
+
+# ------------------------------------------------------------------ fusion
+def _fusion(seed=0):
+    torch.manual_seed(seed)
+    return CrossAttentionTokenFusion(text_dim=6, image_dim=5, dim=8, num_heads=2, proj_dim=4).eval()
+
+
+def test_cross_attention_padding_does_not_change_outputs():
+    m = _fusion()
+    text, image = torch.randn(3, 4, 6), torch.randn(3, 7, 5)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    out = m(text, mask, image)
+    noisy = text.clone()
+    noisy[~mask] = torch.randn(int((~mask).sum()), 6) * 100
+    out2 = m(noisy, mask, image)
+    for key in ("fused", "text", "image", "z_graph", "z_text", "z_image"):
+        torch.testing.assert_close(out[key], out2[key], atol=1e-5, rtol=1e-5)
+    # truncating the padding gives the same result as well
+    short = m(text[:1, :2], mask[:1, :2], image[:1])
+    torch.testing.assert_close(short["fused"], out["fused"][:1], atol=1e-5, rtol=1e-5)
+    # shapes and unit norm of the heads
+    assert out["fused"].shape == (3, 8) and out["z_text"].shape == (3, 4)
+    torch.testing.assert_close(out["z_graph"].norm(dim=-1), torch.ones(3))
+
+
+def test_cross_attention_pooling_is_masked_mean_and_patch_mean():
+    m = _fusion()
+    text, image = torch.randn(2, 3, 6), torch.randn(2, 4, 5)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    t = m.text_in(text)
+    v = m.image_in(image)
+    t2 = m.text_ffn(m.text_to_image(t, v, v)[0] + t)
+    v2 = m.image_ffn(m.image_to_text(v, t, t, key_padding_mask=~mask)[0] + v)
+    f, p_t, p_v = m.encode(text, mask, image)
+    torch.testing.assert_close(p_t[0], t2[0, :2].mean(0))
+    torch.testing.assert_close(p_t[1], t2[1].mean(0))
+    torch.testing.assert_close(p_v, v2.mean(1))
+    with pytest.raises(ValueError, match="text_mask"):
+        m.encode(text, mask[:, :2], image)
+    # a row without any real token stays finite
+    f, p_t, _ = m.encode(text, torch.zeros(2, 3, dtype=torch.bool), image)
+    assert torch.isfinite(f).all() and p_t.abs().max() == 0
+
+
+# ------------------------------------------------------------------ graph encoder
+def test_sample_subgraph_respects_fanout_and_edges():
+    # star: nodes 1..9 -> 0, and 10 -> 1
+    src = torch.tensor(list(range(1, 10)) + [10])
+    dst = torch.tensor([0] * 9 + [1])
+    g = MessageGraph(torch.stack([src, dst]), torch.zeros(10, dtype=torch.long), 11, 1)
+    sub = sample_subgraph(g, torch.tensor([0, 0]), [3, 2], torch.Generator().manual_seed(0))
+    assert sub.nodes[0] == 0
+    hop1 = (sub.edge_index[1] == 0).sum()
+    assert hop1 == 3
+    glob = sub.nodes[sub.edge_index]
+    edges = g.edge_set()
+    assert all(tuple(e) in edges for e in glob.T.tolist())
+    full = sample_subgraph(g, torch.tensor([0]), [-1, -1])
+    assert full.edge_index.shape[1] == 10 and full.nodes.numel() == 11
+
+
+def test_rgcn_encoder_mean_aggregation_and_sampled_equals_full_when_fanout_covers():
+    torch.manual_seed(0)
+    enc = RGCNEncoder(4, [6], 3, num_relations=2, num_bases=2, dropout=0.0).eval()
+    g = MessageGraph(torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]]), torch.tensor([0, 1, 0, 1]), 5, 2)
+    x = torch.randn(5, 4)
+    full = enc(x, g.edge_index, g.edge_type)
+    assert full.shape == (5, 3) and (full >= 0).all()  # final ReLU
+    sub = sample_subgraph(g, torch.tensor([2]), [-1, -1])
+    part = enc(x[sub.nodes], sub.edge_index, sub.edge_type)
+    torch.testing.assert_close(part[0], full[2])
+    dec = MLPLinkPredictor(3, 8)
+    assert dec(full[:2], full[2:4]).shape == (2,)
+
+
+def test_rgcn_representation_message_graph_is_train_only_and_trains(tmp_path: Path):
+    from mmkgc.pipeline import build_model, load_data, run_experiment
+
+    raw = {
+        "name": "rgcn", "seed": 0,
+        "dataset": {"synthetic": {"seed": 1, "num_entities": 120, "num_relations": 4, "num_types": 4}},
+        "model": {"scorer": "distmult", "dim": 8, "representation": "rgcn",
+                  "gnn": {"hidden_dims": [8], "num_bases": 2, "dropout": 0.1, "fanouts": [5, 3]}},
+        "training": {"epochs": 2, "batch_size": 128, "num_negatives": 4, "lr": 0.01},
+        "evaluation": {"every": 1, "patience": None, "batch_size": 64},
+    }
+    cfg = parse_config(raw)
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    graph = model.entities.graph
+    edges = graph.edge_set()
+    t = data.triples
+    supervision = {(h, tt) for h, _, tt in torch.cat([t.valid, t.test]).tolist()}
+    train_pairs = {(h, tt) for h, _, tt in t.train.tolist()}
+    assert graph.num_edges == t.train.shape[0]
+    assert not (edges & (supervision - train_pairs))
+    metrics = run_experiment(cfg, tmp_path / "run", device="cpu", log=lambda s: None)
+    assert metrics["summary"]["test"]["realistic"]["mrr"] > 0
+
+
+def test_gnn_config_errors():
+    base = {"dataset": {"synthetic": {"seed": 1}}, "model": {"representation": "rgcn", "gnn": {"fanouts": [0]}}}
+    with pytest.raises(Exception, match="fanouts"):
+        parse_config(base)
+
+
+# ------------------------------------------------------------------ relation grouping
+def test_vemp_meta_relations_cover_db15k(db15k):
+    from mmkgc.data.relation_groups import load_vemp_meta_relations, vemp_relation_map
+
+    labels = db15k.relation_labels
+    assert len(labels) == 279
+    ids, names = vemp_relation_map(labels)
+    assert len(names) == 31 and names == sorted(names)
+    assert ids.unique().numel() == 31
+    assert {"GEO_POLITICAL", "MEDIA_CREATOR", "ONTOLOGY_METADATA"} <= set(names)
+    _, table = load_vemp_meta_relations()
+    assert len(table) == 279
+
+
+def test_vemp_meta_relations_unknown_relation_is_an_error():
+    from mmkgc.data.relation_groups import vemp_relation_map
+    from mmkgc.errors import DataFormatError
+
+    with pytest.raises(DataFormatError, match="no VEMP meta-relation"):
+        vemp_relation_map(["http://example.org/notARelation"])
+
+
+# ------------------------------------------------------------------ sampled protocol
+def test_vemp_sampled_fixed_vs_legacy():
+    from mmkgc.evaluation.sampled import vemp_link_ranks
+
+    n = 50
+    pos = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    known = torch.cat([pos, torch.tensor([[0, k] for k in range(6, 40)])])  # node 0 has many other answers
+    neg = torch.tensor([[7, 8], [9, 10], [11, 12]])
+
+    def oracle(src, dst):  # scores every known edge 1, everything else 0
+        keys = {(int(a), int(b)) for a, b in known.tolist()}
+        return torch.tensor([[float((int(s), int(d)) in keys) for d in row] for s, row in zip(src, dst)])
+
+    fixed = vemp_link_ranks(oracle, pos, n, known_edges=known, num_candidates=100, seed=0)
+    assert len(fixed) == 3 and fixed.filtered and fixed.sampled_candidates == 100
+    # filtered candidates never contain a known answer: a perfect oracle ranks every positive first
+    assert (fixed.ranks("tail", "pessimistic") == 1).all()
+    legacy = vemp_link_ranks(oracle, pos, n, negative_edges=neg, num_candidates=100, seed=0, legacy=True)
+    assert len(legacy) == 6 and not legacy.filtered  # negatives are queries too
+    r = legacy.ranks("tail", "pessimistic")
+    assert (r[:1] > 1).all()  # unfiltered: node 0's other answers tie with the target
+    assert (r[3:] > 1).all()  # a negative "target" scores 0, like almost all candidates
+    with pytest.raises(ValueError, match="known_edges"):
+        vemp_link_ranks(oracle, pos, n)
+    with pytest.raises(ValueError, match="negative_edges"):
+        vemp_link_ranks(oracle, pos, n, legacy=True)
+
+
+# ------------------------------------------------------------------ pipeline on a tiny synthetic graph
+def _tiny_vemp(tmp_path: Path, num_nodes: int = 40, num_edges: int = 160) -> Path:
+    import pandas as pd
+
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+
+    g = torch.Generator().manual_seed(0)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pd.DataFrame({"entity": [f"http://x/e{i}" for i in range(num_nodes)],
+                  "short_name": [f"e{i}" for i in range(num_nodes)]}).to_csv(raw / "entities.csv", index=False)
+    pd.DataFrame({"relation": [f"http://x/r{i}" for i in range(3)]}).to_csv(raw / "relations.csv", index=False)
+    src = torch.randint(num_nodes, (num_edges,), generator=g)
+    dst = (src + torch.randint(1, 4, (num_edges,), generator=g)) % num_nodes  # local structure to learn
+    pd.DataFrame({"src_id": src.numpy(), "dst_id": dst.numpy(),
+                  "rel_id": torch.randint(3, (num_edges,), generator=g).numpy()}).to_parquet(raw / "edge_index.parquet")
+    lengths = torch.randint(1, 6, (num_nodes,), generator=g)
+    mask = torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)
+    save_feature_table(FeatureTable(torch.randn(num_nodes, 6, 12, generator=g), "text", token_mask=mask),
+                       tmp_path / "text.safetensors")
+    save_feature_table(FeatureTable(torch.randn(num_nodes, 4, 10, generator=g), "image"), tmp_path / "image.safetensors")
+    cfg = {
+        "name": "tiny-vemp", "seed": 0, "device": "cpu",
+        "graph": {"format": "vemp_csv", "path": "raw"},
+        "features": {"text_tokens": "text.safetensors", "image_tokens": "image.safetensors"},
+        "pretrain": {"dim": 16, "num_heads": 2, "proj_dim": 8, "batch_size": 16, "epochs": 2, "lr": 1e-3},
+        "linkpred": {"hidden_dims": [16], "out_dim": 8, "num_bases": 2, "relation_grouping": "none",
+                     "fanouts": [5, 3], "batch_size": 32, "epochs": 2, "eval_every": 1, "num_candidates": 20},
+    }
+    import yaml
+
+    path = tmp_path / "vemp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_pretrain_uses_training_edges_only(tmp_path: Path):
+    from mmkgc.config_vemp import load_vemp_config
+    from mmkgc.models.vemp import load_inputs
+    from mmkgc.training.steps import ContrastivePretrainStep
+
+    cfg = load_vemp_config(_tiny_vemp(tmp_path))
+    inputs = load_inputs(cfg)
+    t = inputs.triples
+    fusion = CrossAttentionTokenFusion(12, 10, 16, 2, proj_dim=8)
+    train = t.train[:, [0, 2]]
+    train_keys = set(map(tuple, train.tolist()))
+    held_out = torch.tensor([e for e in torch.cat([t.valid, t.test])[:, [0, 2]].tolist()
+                             if tuple(e) not in train_keys])
+    step = ContrastivePretrainStep(fusion, inputs.text, inputs.text_mask, inputs.image, forbidden=held_out)
+    bad = held_out[0].tolist()
+    with pytest.raises(ValueError, match="validation/test edge"):
+        step.step(torch.tensor([bad[0], 0]), torch.tensor([bad[1], 1]))
+    before = [p.detach().clone() for p in fusion.parameters()]
+    ok = train[:8]
+    out = step.step(ok[:, 0], ok[:, 1])
+    assert set(out) == {"loss", "mm", "graph"} and out["loss"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, fusion.parameters()))
+
+
+def test_cli_compare_writes_table_and_plot(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from mmkgc.cli import app
+
+    config = _tiny_vemp(tmp_path)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["vemp", "compare", str(config), "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    for name in ("compare.md", "compare.json", "compare.png", "pretrain/fusion.safetensors",
+                 "features/fused.safetensors", "features/concat.safetensors", "linkpred/fused.json"):
+        assert (run / name).is_file(), name
+    assert (run / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "compare.json").read_text())
+    assert [r["mode"] for r in summary["rows"]] == ["text_only", "image_only", "concat", "fused"]
+    dims = {r["mode"]: r["feature_dim"] for r in summary["rows"]}
+    assert dims == {"text_only": 12, "image_only": 10, "concat": 22, "fused": 16}
+    for r in summary["rows"]:
+        assert 0 < r["vemp_fixed"]["mrr"] <= 1 and r["vemp_legacy"]["queries"] == 2 * r["vemp_fixed"]["queries"]
+    table = (run / "compare.md").read_text()
+    assert "| fused |" in table and "VEMP sampled (legacy) MRR" in table
+    history = json.loads((run / "pretrain" / "history.json").read_text())
+    assert history["train_edges"] + history["held_out_edges_excluded"] <= 160
+
+
+def test_vemp_config_errors(tmp_path: Path):
+    from mmkgc.config_vemp import parse_vemp_config
+    from mmkgc.errors import ConfigError
+
+    base = {"graph": {"format": "vemp_csv", "path": "x"}, "features": {"text_tokens": "a", "image_tokens": "b"}}
+    with pytest.raises(ConfigError, match="pretrain"):
+        parse_vemp_config({**base, "pretrain": {"dim": 10, "num_heads": 3}})
+    with pytest.raises(ConfigError, match="openke"):
+        parse_vemp_config({**base, "compare": {"protocols": ["filtered"]}})
+    with pytest.raises(ConfigError, match="typo"):
+        parse_vemp_config({**base, "typo": 1})
+
+
+def test_filtered_protocol_on_standard_split(tmp_path: Path):
+    """R-GCN + DistMult through the ordinary Trainer on an OpenKE split, over an exported feature table."""
+    from mmkgc.config_vemp import load_vemp_config
+    from mmkgc.data.formats import write_openke
+    from mmkgc.models.vemp import load_inputs, node_features, run_filtered
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+
+    cfg = load_vemp_config(_tiny_vemp(tmp_path))
+    inputs = load_inputs(cfg)
+    write_openke(inputs.triples, tmp_path / "openke")
+    cfg.graph.format, cfg.graph.path = "openke", tmp_path / "openke"
+    from mmkgc.config_vemp import FilteredConfig
+
+    cfg.filtered = FilteredConfig(dim=8, experiment={"training": {"epochs": 2, "batch_size": 64, "num_negatives": 4},
+                                                     "evaluation": {"every": 1, "patience": None}})
+    run = tmp_path / "run"
+    feats = node_features(cfg, inputs, None)
+    save_feature_table(FeatureTable(feats["concat"], "concat"), run / "features" / "concat.safetensors")
+    out = run_filtered(cfg, run, "concat", log=lambda s: None)
+    assert 0 < out["test"]["mrr"] <= 1
+    assert (run / "filtered" / "concat" / "metrics.json").is_file()
