@@ -287,3 +287,33 @@ def test_filtered_protocol_on_standard_split(tmp_path: Path):
     out = run_filtered(cfg, run, "concat", log=lambda s: None)
     assert 0 < out["test"]["mrr"] <= 1
     assert (run / "filtered" / "concat" / "metrics.json").is_file()
+
+
+def test_presets_parse():
+    from mmkgc.config_vemp import load_vemp_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "vemp"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"vemp_graph.yaml", "db15k.yaml", "vemp_graph_cpu.yaml", "db15k_cpu.yaml"} <= set(names)
+    published = load_vemp_config(root / "vemp_graph.yaml")
+    assert (published.pretrain.dim, published.pretrain.proj_dim, published.pretrain.temperature) == (512, 256, 0.07)
+    assert (published.linkpred.num_bases, published.linkpred.num_candidates) == (31, 100)
+    assert load_vemp_config(root / "db15k.yaml").compare.protocols == ["vemp_sampled", "filtered"]
+
+
+def test_read_vemp_graph_errors(tmp_path: Path):
+    import pandas as pd
+
+    from mmkgc.data.formats import read_vemp_graph
+    from mmkgc.errors import DataFormatError
+
+    _tiny_vemp(tmp_path)
+    t, names = read_vemp_graph(tmp_path / "raw", seed=1)
+    assert t.num_entities == 40 and names[3] == "e3"
+    assert t.train.shape[0] + t.valid.shape[0] + t.test.shape[0] == 160
+    pd.DataFrame({"src_id": [0], "dst_id": [99], "rel_id": [0]}).to_parquet(tmp_path / "raw" / "edge_index.parquet")
+    with pytest.raises(DataFormatError, match="dst_id 99"):
+        read_vemp_graph(tmp_path / "raw")
+    (tmp_path / "raw" / "relations.csv").write_text("name\nx\n")
+    with pytest.raises(DataFormatError, match="relation"):
+        read_vemp_graph(tmp_path / "raw")
