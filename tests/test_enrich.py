@@ -363,7 +363,20 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=tmp_path, env=env)
 
 
-def test_cli_all_stages_then_resume_and_errors(tmp_path, models):
+def _invoke(*args: str):
+    """Run ``mmkgc enrich ...`` in this process (the models are loaded once per test, not per command)."""
+    from typer.testing import CliRunner
+
+    from mmkgc.cli import app
+
+    result = CliRunner().invoke(app, ["enrich", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-3000:]
+    return result
+
+
+def test_cli_all_stages_then_resume_and_errors(tmp_path, models, monkeypatch):
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
     ds = _dataset(tmp_path)
     folder = _images(tmp_path / "img")
     enc = tmp_path / "enc"
@@ -377,8 +390,7 @@ def test_cli_all_stages_then_resume_and_errors(tmp_path, models):
     args = ["all", str(ds), "--images", str(folder), "--caption-model", str(models["blip"]), "--fusion-model",
             str(models["t5"]), "--workdir", str(work), "--encoder", str(enc), "--max-new-tokens", "8",
             "--fusion-max-new-tokens", "8", "--min-words", "1", "--batch-size", "4"]
-    done = _cli(tmp_path, *args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _invoke(*args)
     for name in ("captions-original.jsonl", "merged.json", "descriptions.json", "fusion.jsonl", "enriched.json",
                  "reports.json", "audit.html"):
         assert (work / name).is_file(), name
@@ -392,18 +404,17 @@ def test_cli_all_stages_then_resume_and_errors(tmp_path, models):
     enriched = read_enrichment_json(work / "enriched.json")
     assert set(enriched) == {"Alabama", "Berlin", "Cairo"}
 
-    again = _cli(tmp_path, *args)  # everything resumes: no image and no entity is processed twice
-    assert again.returncode == 0, again.stderr[-3000:]
+    _invoke(*args)  # everything resumes: no image and no entity is processed twice
     reports = json.loads((work / "reports.json").read_text())
     assert reports["caption-original"]["captioned"] == 0 and reports["caption-original"]["resumed"] == 10
     assert reports["fuse"]["fused"] == 0
     lines = [json.loads(x)["image"] for x in (work / "captions-original.jsonl").read_text().splitlines()]
     assert len(lines) == len(set(lines)) == 11  # header + 10 images
 
-    out = _cli(tmp_path, "encode", str(ds), "--from", str(_released(tmp_path)[0]), "--encoder", str(enc),
-               "--output", "released")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "matched" in out.stdout
+    out = _invoke("encode", str(ds), "--from", str(_released(tmp_path)[0]), "--encoder", str(enc),
+                  "--output", "released")
+    assert "matched" in out.output
+    assert (tmp_path / "home" / "features" / "toykg" / "released.safetensors").is_file()
     bad = _cli(tmp_path, "fuse", "--workdir", str(tmp_path / "nowhere"), "--model", str(models["t5"]))
     assert bad.returncode != 0 and "run `mmkgc enrich merge` first" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -88,7 +88,9 @@ def _fuse(workdir: Path, model: str, max_input_tokens: int, max_new_tokens: int,
 
     settings = FusionSettings(max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens,
                               num_beams=num_beams, dtype=dtype)
-    report = run_fuse(_workdir(workdir), LLMFuser(model, settings, device=device), progress=_progress())
+    wd = _workdir(workdir)
+    wd.require(wd.descriptions, "merge")  # before loading a large model
+    report = run_fuse(wd, LLMFuser(model, settings, device=device), progress=_progress())
     _show("fusion", report)
     return report
 

@@ -196,6 +196,12 @@ def image_key(path: Path, root: Path) -> str:
         return str(Path(path).resolve())
 
 
+def image_root(images: Any) -> Path:
+    """The folder image keys are relative to: the collection's folder, or the folder of its table file."""
+    source = Path(images.source)
+    return source.parent if source.is_file() else source
+
+
 def caption_images(
     images: Any,
     entity_labels: Sequence[str],
@@ -224,7 +230,7 @@ def caption_images(
     from mmkgc.features.cache import _progress
     from mmkgc.features.vision import load_image
 
-    root = Path(images.source)
+    root = image_root(images)
     journal = Journal(journal_path, key="image", header={"stage": "caption", "captioner": captioner.identity})
     wanted = range(len(images.paths)) if limit_entities is None else sorted(set(int(i) for i in limit_entities))
     todo: list[tuple[str, int, int, Path]] = []

@@ -80,11 +80,11 @@ def run_caption(workdir: Workdir, images: Any, entity_labels: Sequence[str], cap
                 source: str = "original", limit_entities: Sequence[int] | None = None,
                 progress: bool = False) -> dict[str, Any]:
     """Caption one image source into its journal (resumable); returns and stores the counts."""
-    from mmkgc.features.enrich.caption import caption_images
+    from mmkgc.features.enrich.caption import caption_images, image_root
 
     report = caption_images(images, entity_labels, captioner, workdir.captions(source), source=source,
                             limit_entities=limit_entities, progress=progress).to_dict()
-    report["image_root"] = str(Path(images.source).resolve())
+    report["image_root"] = str(image_root(images).resolve())
     workdir.add_report(f"caption-{source}", report)
     return report
 
