@@ -117,3 +117,23 @@ def tiny_causal_lm(directory: Path, seed: int = 0, chat_template: bool = True) -
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg).eval().save_pretrained(directory)
     return directory
+
+
+def tiny_git(directory: Path, seed: int = 0) -> Path:
+    """A small GIT captioner (``GitForCausalLM``: 16-wide CLIP-style vision tower on 32x32 images, one-layer
+    decoder) with a ``GitProcessor`` over :func:`tiny_word_tokenizer`, saved to ``directory``."""
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    tokenizer = tiny_word_tokenizer(directory, bert_style=True)
+    cfg = GitConfig(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    GitForCausalLM(cfg).eval().save_pretrained(directory)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    GitProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory

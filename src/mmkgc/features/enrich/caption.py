@@ -132,7 +132,7 @@ class Captioner:
             return s.prompt_template.format(prompt=s.prompt)
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt}]}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return s.prompt
 
     @property
