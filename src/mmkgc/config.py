@@ -158,9 +158,63 @@ class GNNConfig(_Strict):
 
 class ImviaConfig(_Strict):
     """IMVIA (methods.md section 4): options of the multi-view MoE / TuckER / decision-fusion model
-    (``model.method: imvia``)."""
+    (``model.method: imvia``; :class:`mmkgc.models.imvia.IMVIAModel`).  The entity width is ``model.dim``.
 
-    model_config = ConfigDict(extra="allow")
+    :param num_experts: MoE experts ("views") per modality (published 3).
+    :param relation_dim: relation width of the TuckER decoders (default ``model.dim``; published 256).
+    :param structure: include the structural embedding as a modality (published: yes).
+    :param modality_input: ``projected`` (frozen feature table + a per-modality linear projection to ``model.dim``;
+        any feature width) or ``table`` (a trainable table initialised from the features, as published; the
+        feature width after ``pooling`` must equal ``model.dim``).
+    :param pooling: ``none`` or ``imvia_256`` (the published fixed reshape-pooling of 4096/768/384-d features to 256).
+    :param l2_normalize_features: L2-normalise feature rows before pooling (published: yes).
+    :param input_dropout, hidden_dropout1, hidden_dropout2, batch_norm: TuckER decoder (published 0.3/0.4/0.5, BN).
+    :param noisy_gating, relation_temperature: MoE gating options (published: both on).
+    :param decision_fusion: ``mean`` (published), ``learned`` or ``relation`` (trained with a BCE term on the fused
+        probabilities).
+    :param align_weight: weight of the summed pairwise symmetric InfoNCE (published 0.01; 0 disables).
+    :param align_temperature, align_learnable, align_min_temperature, align_normalize: InfoNCE temperature
+        (published 0.07, learnable, unclamped, unnormalised; the library clamps at 0.01 by default).
+    :param align_dim: width of the per-modality alignment projections (default ``model.dim``).
+    :param align_mask_duplicates: mask pairs of the same query entity as false negatives (published: no).
+    :param mi_weight: weight ``mu`` of the CLUB disentanglement term (published 1e-4; 0 disables the estimator).
+    :param club_legacy_indexing: reproduce the published batch-element indexing of the expert views.
+    :param club_include_logvar: include the log-variance term in the estimator's likelihood (published: no).
+    :param label_smoothing, label_smoothing_variant: 1-N BCE targets; ``imvia`` is ``(1 - eps) y + 1/N``
+        (published eps 0.1: ``0.9 y + 1/N``), ``standard`` is ``(1 - eps) y + eps/N``.
+    """
+
+    num_experts: int = Field(3, ge=1, le=64)
+    relation_dim: int | None = Field(None, ge=1, le=4096)
+    structure: bool = True
+    modality_input: Literal["projected", "table"] = "projected"
+    pooling: Literal["none", "imvia_256"] = "none"
+    l2_normalize_features: bool = True
+    input_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    hidden_dropout1: float = Field(0.4, ge=0.0, lt=1.0)
+    hidden_dropout2: float = Field(0.5, ge=0.0, lt=1.0)
+    batch_norm: bool = True
+    noisy_gating: bool = True
+    relation_temperature: bool = True
+    decision_fusion: Literal["mean", "learned", "relation"] = "mean"
+    align_weight: float = Field(0.01, ge=0.0)
+    align_temperature: float = Field(0.07, gt=0.0)
+    align_learnable: bool = True
+    align_min_temperature: float | None = Field(0.01, gt=0.0)
+    align_normalize: bool = False
+    align_dim: int | None = Field(None, ge=1)
+    align_mask_duplicates: bool = False
+    mi_weight: float = Field(1e-4, ge=0.0)
+    club_legacy_indexing: bool = False
+    club_include_logvar: bool = True
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    label_smoothing_variant: Literal["imvia", "standard"] = "imvia"
+
+    @model_validator(mode="after")
+    def _experts(self) -> "ImviaConfig":
+        if self.mi_weight > 0 and self.num_experts < 2:
+            raise ValueError("mi_weight > 0 (CLUB between expert views) needs num_experts >= 2")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -201,7 +255,7 @@ class ModelConfig(_Strict):
     @field_validator("scorer")
     @classmethod
     def _scorer_name(cls, v: str) -> str:
-        known = ("transe", "distmult", "complex", "rotate")
+        known = ("transe", "distmult", "complex", "rotate", "tucker")
         if v.lower() not in known:
             raise ValueError(f"unknown scorer {v!r}; known: {', '.join(known)}")
         return v.lower()
@@ -210,7 +264,7 @@ class ModelConfig(_Strict):
     def _modalities(self) -> "ModelConfig":
         if self.representation not in ("structure", "rgcn") and not self.modalities:
             raise ValueError(f"representation {self.representation!r} needs at least one entry in modalities")
-        if self.representation == "structure" and self.modalities:
+        if self.representation == "structure" and self.modalities and self.method == "kge":
             raise ValueError("representation 'structure' uses no modalities; set representation: concat")
         if self.representation not in ("fused",) and self.fusion.kind != "concat":
             raise ValueError(f"fusion kind {self.fusion.kind!r} needs representation 'fused' "
@@ -219,6 +273,13 @@ class ModelConfig(_Strict):
             raise ValueError("gnn options need representation 'rgcn'")
         if self.method == "imvia" and self.imvia is None:
             self.imvia = ImviaConfig()
+        if self.method == "imvia":
+            if not self.reciprocal:
+                raise ValueError("method 'imvia' answers head queries with reciprocal relations: set reciprocal: true")
+            if not self.imvia.structure and not self.modalities:
+                raise ValueError("method 'imvia' with imvia.structure: false needs at least one modality")
+        elif self.imvia is not None:
+            raise ValueError("imvia options need method: imvia")
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
             raise ValueError(f"modality names must be unique, got {names}")
@@ -397,6 +458,9 @@ class ExperimentConfig(_Strict):
                              "(relation_temperature / relation_gate)")
         if self.model.method == "imvia" and self.training.loop != "one_to_n":
             raise ValueError("model.method 'imvia' trains with training.loop 'one_to_n'")
+        if self.model.scorer == "tucker" and self.training.loop != "one_to_n":
+            raise ValueError("model.scorer 'tucker' (batch norm + dropout, methods.md 4.2) trains with training.loop "
+                             "'one_to_n' and model.reciprocal: true")
         return self
 
 

@@ -59,3 +59,66 @@ def build_adapter(kind: str, in_dim: int, out_dim: int, **options) -> nn.Module:
     except KeyError:
         raise UnknownNameError(f"unknown adapter {kind!r}; known: {', '.join(ADAPTERS)}") from None
     return cls(in_dim, out_dim, **options)
+
+
+class MoEAdapter(nn.Module):
+    """Mixture of "whitening" experts with noisy softmax gating (IMVIA's intra-modality multi-view fusion; MoMoK,
+    Zhang et al. ICLR 2025; methods.md section 4.2).  Each expert is one "view" of the modality.
+
+    Expert ``k``: ``v_k = W_k (x - b_k)`` (``W_k ~ N(0, 0.02^2)``, ``b_k = 0``, no output bias).
+    Gate logits ``l = x W_gate`` (``W_gate`` zero-initialised, so the gates start uniform); in training mode with
+    ``noisy_gating`` they become ``l + eps * (softplus(x W_noise) + 0.01)``, ``eps ~ N(0, 1)`` (``W_noise``
+    zero-initialised); never in eval mode.  For query entities under relation ``r`` the gates are
+    ``softmax(l / sigmoid(g_r))`` (a per-relation temperature ``g``, ``N(0, 1)`` init); without a relation (the
+    all-entity candidate pass) ``softmax(l)``.  Output ``sum_k pi_k v_k``.
+
+    :param in_dim: input width.
+    :param out_dim: expert output width ``D``.
+    :param num_experts: ``n`` (published 3).
+    :param num_relations: rows of ``g`` (``2R`` with reciprocal relations); 0 disables the relation temperature.
+    :param noisy_gating: add the gate noise in training mode.
+
+    Shapes: ``forward(x [B, in_dim], relation [B] int64 | None) -> (mixed [B, D], views [B, n, D], gates [B, n])``.
+    :raises ValueError: bad sizes, or a relation given to an adapter built with ``num_relations=0``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_experts: int = 3, num_relations: int = 0,
+                 noisy_gating: bool = True):
+        super().__init__()
+        if num_experts < 1 or in_dim < 1 or out_dim < 1 or num_relations < 0:
+            raise ValueError(f"MoEAdapter: bad sizes in_dim={in_dim}, out_dim={out_dim}, "
+                             f"num_experts={num_experts}, num_relations={num_relations}")
+        self.in_dim, self.out_dim, self.num_experts = in_dim, out_dim, num_experts
+        self.noisy_gating = noisy_gating
+        self.expert_weight = nn.Parameter(torch.randn(num_experts, in_dim, out_dim) * 0.02)
+        self.expert_bias = nn.Parameter(torch.zeros(num_experts, in_dim))
+        self.gate = nn.Parameter(torch.zeros(in_dim, num_experts))
+        self.noise = nn.Parameter(torch.zeros(in_dim, num_experts))
+        self.relation_gate = nn.Embedding(num_relations, 1) if num_relations > 0 else None
+        if self.relation_gate is not None:
+            nn.init.normal_(self.relation_gate.weight)
+
+    def gates(self, x: torch.Tensor, relation: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate probabilities ``[B, n]`` (noisy in training mode only)."""
+        logits = x @ self.gate
+        if self.training and self.noisy_gating:
+            std = nn.functional.softplus(x @ self.noise) + 0.01
+            logits = logits + torch.randn_like(logits) * std
+        if relation is not None:
+            if self.relation_gate is None:
+                raise ValueError("MoEAdapter built with num_relations=0 got a relation")
+            logits = logits / torch.sigmoid(self.relation_gate(relation))
+        return torch.softmax(logits, dim=-1)
+
+    def forward(self, x: torch.Tensor, relation: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"MoEAdapter: expected x [B, {self.in_dim}], got {tuple(x.shape)}")
+        centred = x.unsqueeze(1) - self.expert_bias  # [B, n, in]
+        views = torch.einsum("bki,kio->bko", centred, self.expert_weight)  # [B, n, D]
+        pi = self.gates(x, relation)
+        return (pi.unsqueeze(-1) * views).sum(1), views, pi
+
+    def extra_repr(self) -> str:
+        return (f"in_dim={self.in_dim}, out_dim={self.out_dim}, num_experts={self.num_experts}, "
+                f"relation_temperature={self.relation_gate is not None}, noisy_gating={self.noisy_gating}")

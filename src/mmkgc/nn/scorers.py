@@ -958,14 +958,126 @@ class RotatE(Scorer):
         return super().extra_repr() + f", margin={self.margin}, epsilon={self.epsilon}"
 
 
+class TuckER(Scorer):
+    """TuckER (Balažević et al., EMNLP 2019) with batch norms and dropouts in the order of the IMVIA / MoMoK / IMF
+    decoders (methods.md section 4.2)::
+
+        x = Dropout_in(BN_0(h))                       # [..., De]
+        W_r = Dropout_hid1(reshape(r W, [De, De]))     # core W [Dr, De, De] contracted with r
+        q = Dropout_hid2(BN_1(x W_r))                  # tail query [..., De]
+        score(h, r, t) = q . t                         # a logit; IMVIA applies a sigmoid for probabilities
+
+    :param dim: entity width ``De``.
+    :param relation_dim: relation width ``Dr`` (default ``dim``); the core has ``Dr * De * De`` parameters
+        (16.8M for 256/256).
+    :param input_dropout, hidden_dropout1, hidden_dropout2: the published 0.3 / 0.4 / 0.5.
+    :param batch_norm: use ``BN_0`` and ``BN_1`` (published: yes).
+
+    Batch norm and dropout make the score depend on the batch in training mode, so scores are pointwise
+    functions of ``(h, r, t)`` only in eval mode.  The scorer is meant for 1-N training with reciprocal relations
+    (head queries are ``(t, r + R, ?)``): :meth:`score_h` (all heads natively) is exact in eval mode through the
+    factorisation ``score = a_0 (.) h . W_r (a_1 (.) t) + c_0 . W_r (a_1 (.) t) + c_1 . t`` of the two eval-mode
+    batch norms ``BN(z) = a (.) z + c``, and raises in training mode.
+
+    Shapes: ``score_hrt``: ``h [..., De], r [..., Dr], t [..., De] -> [...]``; ``score_t``:
+    ``h [B, De], r [B, Dr], t_all [N, De] -> [B, N]``.
+    """
+
+    name = "tucker"
+    supports_head_mode = False
+
+    def __init__(self, dim: int, relation_dim: int | None = None, input_dropout: float = 0.3,
+                 hidden_dropout1: float = 0.4, hidden_dropout2: float = 0.5, batch_norm: bool = True):
+        super().__init__(dim)
+        rdim = dim if relation_dim is None else relation_dim
+        if isinstance(rdim, bool) or not isinstance(rdim, int) or rdim <= 0:
+            raise ConfigError(f"scorer 'tucker': relation_dim must be a positive integer, got {relation_dim!r}")
+        for key, p in (("input_dropout", input_dropout), ("hidden_dropout1", hidden_dropout1),
+                       ("hidden_dropout2", hidden_dropout2)):
+            if not 0.0 <= float(p) < 1.0:
+                raise ConfigError(f"scorer 'tucker': {key} must be in [0, 1), got {p!r}")
+        self.relation_dim = rdim
+        self.core = nn.Parameter(torch.empty(rdim, dim, dim))
+        nn.init.xavier_uniform_(self.core)  # as the published decoders (fan computed on [Dr, De, De])
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.hidden_dropout1 = nn.Dropout(hidden_dropout1)
+        self.hidden_dropout2 = nn.Dropout(hidden_dropout2)
+        self.bn0 = nn.BatchNorm1d(dim) if batch_norm else nn.Identity()
+        self.bn1 = nn.BatchNorm1d(dim) if batch_norm else nn.Identity()
+
+    def init_entity_(self, weight: torch.Tensor) -> torch.Tensor:
+        """Xavier normal, as the published TuckER/IMVIA tables."""
+        self._check_width(weight, self.entity_dim, "entity table")
+        with torch.no_grad():
+            return nn.init.xavier_normal_(weight)
+
+    def init_relation_(self, weight: torch.Tensor) -> torch.Tensor:
+        """Xavier normal, as the published TuckER/IMVIA tables."""
+        self._check_width(weight, self.relation_dim, "relation table")
+        with torch.no_grad():
+            return nn.init.xavier_normal_(weight)
+
+    def _rows(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Apply a batch norm to ``x [..., D]``: over the flattened leading dimensions in training mode, as the
+        per-coordinate affine map of its running statistics in eval mode (any dtype)."""
+        if isinstance(module, nn.Identity):
+            return x
+        if not self.training:
+            a, c = self._affine(module, self.dim, x)
+            return x * a + c
+        return module(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+    def tail_query_vectors(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The query ``q [..., De]`` of ``(h, r, ?)`` (``h`` and ``r`` broadcast); ``score = q . t``."""
+        shape = torch.broadcast_shapes(h.shape[:-1], r.shape[:-1])
+        h = h.expand(*shape, h.shape[-1])
+        r = r.expand(*shape, r.shape[-1])
+        x = self.input_dropout(self._rows(self.bn0, h))
+        w = (r @ self.core.reshape(self.relation_dim, -1).to(r.dtype)).reshape(*shape, self.dim, self.dim)
+        w = self.hidden_dropout1(w)
+        z = (x.unsqueeze(-2) @ w).squeeze(-2)
+        return self.hidden_dropout2(self._rows(self.bn1, z))
+
+    def _score_hrt(self, h, r, t):
+        return (self.tail_query_vectors(h, r) * t).sum(-1)
+
+    def _score_t(self, h, r, t_all):
+        return self.tail_query_vectors(h, r) @ t_all.T
+
+    @staticmethod
+    def _affine(bn: nn.Module, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, c)`` with ``bn(z) == a * z + c`` for an eval-mode batch norm (or the identity)."""
+        if isinstance(bn, nn.Identity):
+            return torch.ones(dim, dtype=like.dtype, device=like.device), torch.zeros(dim, dtype=like.dtype,
+                                                                                        device=like.device)
+        inv = torch.rsqrt(bn.running_var.to(like.dtype) + bn.eps)
+        a = bn.weight.to(like.dtype) * inv
+        return a, bn.bias.to(like.dtype) - bn.running_mean.to(like.dtype) * a
+
+    def _score_h(self, h_all, r, t):
+        if self.training:
+            raise ValueError("TuckER scores all candidate heads only in eval mode (batch norm uses batch statistics "
+                             "in training); train with reciprocal relations (model.reciprocal: true)")
+        a0, c0 = self._affine(self.bn0, self.dim, t)
+        a1, c1 = self._affine(self.bn1, self.dim, t)
+        w = (r @ self.core.reshape(self.relation_dim, -1).to(t.dtype)).reshape(-1, self.dim, self.dim)
+        v = (w @ (a1 * t).unsqueeze(-1)).squeeze(-1)  # W_r (a_1 * t): [B, De]
+        bias = v @ c0 + t @ c1  # [B]
+        return (v * a0) @ h_all.T + bias.unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", batch_norm={not isinstance(self.bn0, nn.Identity)}"
+
+
 #: Registered scorers by name.
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TransE, DistMult, ComplEx, RotatE)}
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TransE, DistMult, ComplEx, RotatE, TuckER)}
 
 
 def build_scorer(name: str, dim: int, **options) -> Scorer:
     """Create a registered scorer.
 
-    :param name: one of :data:`SCORERS` (case-insensitive): ``transe``, ``distmult``, ``complex``, ``rotate``.
+    :param name: one of :data:`SCORERS` (case-insensitive): ``transe``, ``distmult``, ``complex``, ``rotate``,
+        ``tucker``.
     :param dim: the rank ``d``.
     :param options: constructor options of that scorer (e.g. ``margin``, ``epsilon`` for RotatE).
     :raises UnknownNameError: for an unknown scorer name.

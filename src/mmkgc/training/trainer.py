@@ -78,6 +78,18 @@ class TrainingSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def evaluation_policies(cfg: EvaluationConfig) -> tuple[str, ...]:
+    """Tie policies to compute: the library's default set, plus ``cfg.tie_policy`` (e.g. ``random``, the IMVIA
+    protocol) when it is not among them, so that the selection policy is always available."""
+    from mmkgc.evaluation.metrics import DEFAULT_POLICIES
+
+    return tuple(DEFAULT_POLICIES) + ((cfg.tie_policy,) if cfg.tie_policy not in DEFAULT_POLICIES else ())
+
+
+#: Metrics tracked by ``evaluation.report: legacy_best_test_per_metric``.
+LEGACY_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig,
                     exclude: set[int] | None = None) -> torch.optim.Optimizer:
     """Adam or Adagrad over the model's trainable parameters.
@@ -240,6 +252,9 @@ class Trainer:
         self._best_state: dict[str, torch.Tensor] | None = None
         self._terms: dict[str, torch.Tensor] = {}
         self.epoch_terms: dict[str, float] = {}
+        #: ``evaluation.report: legacy_best_test_per_metric`` only: metric -> {"value", "epoch"}, the best *test*
+        #: value of each metric separately over the validation epochs (MoMoK/IMVIA reporting; selects on test).
+        self.legacy_best_test: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------------------ steps
     def _regularization(self, entities: list[torch.Tensor], relations: torch.Tensor) -> torch.Tensor | float:
@@ -399,7 +414,24 @@ class Trainer:
             split=self.eval_cfg.split,
             batch_size=self.eval_cfg.batch_size,
             sampled_candidates=self.eval_cfg.sampled_candidates,
+            policies=evaluation_policies(self.eval_cfg),
+            seed=self.seed,
         )
+
+    def _legacy_test(self) -> dict[str, float]:
+        """Legacy report mode: evaluate on *test* now and keep each metric's best value so far (``mr``: lowest).
+        This selects on the test set and is only for reproducing the MoMoK/IMVIA numbers."""
+        self.model.eval()
+        result = evaluate(self.model.score_fn(), self.triples, split="test", batch_size=self.eval_cfg.batch_size,
+                          sampled_candidates=self.eval_cfg.sampled_candidates,
+                          policies=evaluation_policies(self.eval_cfg), seed=self.seed)
+        now = {k: float(result.get(k, side="both", policy=self.eval_cfg.tie_policy)) for k in LEGACY_METRICS}
+        for key, value in now.items():
+            best = self.legacy_best_test.get(key)
+            better = best is None or (value < best["value"] if key == "mr" else value > best["value"])
+            if better:
+                self.legacy_best_test[key] = {"value": value, "epoch": self.epoch}
+        return now
 
     def _selection_value(self, result: EvaluationResult) -> float:
         return float(result.get(self.eval_cfg.metric, side="both", policy=self.eval_cfg.tie_policy))
@@ -423,6 +455,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "world_size": self.world_size,
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "legacy_best_test": self.legacy_best_test,
         }
 
     def _checkpoint_dir(self, which: str) -> Path | None:
@@ -464,6 +497,7 @@ class Trainer:
         self.best_epoch = state["best_epoch"]
         self.bad_validations = state["bad_validations"]
         self.history = state["history"]
+        self.legacy_best_test = state.get("legacy_best_test") or {}
         if state.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["grad_scaler"])
         if "sampler" in rng:
@@ -519,6 +553,8 @@ class Trainer:
                 record["valid"] = {k: result.get(k, side="both", policy=self.eval_cfg.tie_policy)
                                    for k in ("mrr", "hits@1", "hits@3", "hits@10")}
                 record["valid_seconds"] = time.perf_counter() - t0
+                if self.eval_cfg.report == "legacy_best_test_per_metric" and self.triples.test.shape[0] > 0:
+                    record["legacy_test"] = self._legacy_test()
                 if self.best_metric is None or value > self.best_metric:
                     self.best_metric, self.best_epoch, self.bad_validations = value, self.epoch, 0
                     self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

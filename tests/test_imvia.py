@@ -1,0 +1,304 @@
+"""IMVIA (methods.md section 4): MoE adapter, TuckER 1-N decoder, CLUB estimator, decision fusion, imvia_256
+pooling, presets, and a short synthetic run that trains, resumes and writes per-decoder metrics."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mmkgc.config import ImviaConfig, load_config, parse_config
+from mmkgc.errors import ConfigError
+from mmkgc.features.pooling import imvia_pool_256
+from mmkgc.models.imvia import IMVIAModel
+from mmkgc.models.kge import ModalityFeatures
+from mmkgc.nn.adapters import MoEAdapter
+from mmkgc.nn.fusion import DecisionFusion
+from mmkgc.nn.mutual_information import CLUBEstimator
+from mmkgc.nn.scorers import TuckER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ MoE adapter
+def test_moe_shapes_and_expert_formula():
+    torch.manual_seed(0)
+    moe = MoEAdapter(6, 5, num_experts=3, num_relations=4).eval()
+    with torch.no_grad():
+        moe.expert_bias.normal_()
+    x = torch.randn(7, 6)
+    mixed, views, gates = moe(x)
+    assert mixed.shape == (7, 5) and views.shape == (7, 3, 5) and gates.shape == (7, 3)
+    for k in range(3):
+        torch.testing.assert_close(views[:, k], (x - moe.expert_bias[k]) @ moe.expert_weight[k])
+    torch.testing.assert_close(mixed, (gates.unsqueeze(-1) * views).sum(1))
+    with pytest.raises(ValueError, match="expected x"):
+        moe(torch.randn(7, 4))
+
+
+def test_moe_zero_initialised_gates_are_uniform_and_noise_only_in_training():
+    torch.manual_seed(0)
+    moe = MoEAdapter(6, 5, num_experts=3, num_relations=4)
+    x = torch.randn(9, 6)
+    r = torch.randint(4, (9,))
+    moe.eval()
+    torch.testing.assert_close(moe.gates(x), torch.full((9, 3), 1 / 3))
+    torch.testing.assert_close(moe.gates(x, r), torch.full((9, 3), 1 / 3))  # zero logits: any temperature
+    moe.train()
+    noisy = moe.gates(x)
+    assert not torch.allclose(noisy, torch.full((9, 3), 1 / 3))  # noise std softplus(0) + 0.01 in training
+    quiet = MoEAdapter(6, 5, num_experts=3, noisy_gating=False).train()
+    torch.testing.assert_close(quiet.gates(x), torch.full((9, 3), 1 / 3))
+    moe.eval()
+    torch.testing.assert_close(moe(x)[0], moe(x)[0])  # deterministic in eval mode
+
+
+def test_moe_relation_temperature_only_for_queries():
+    torch.manual_seed(0)
+    moe = MoEAdapter(6, 5, num_experts=3, num_relations=4).eval()
+    with torch.no_grad():
+        moe.gate.normal_()
+    x = torch.randn(5, 6)
+    r = torch.tensor([0, 1, 2, 3, 1])
+    logits = x @ moe.gate
+    torch.testing.assert_close(moe.gates(x), torch.softmax(logits, -1))
+    temp = torch.sigmoid(moe.relation_gate.weight[r])
+    torch.testing.assert_close(moe.gates(x, r), torch.softmax(logits / temp, -1))
+    assert not torch.allclose(moe.gates(x, r), moe.gates(x))
+    with pytest.raises(ValueError, match="num_relations=0"):
+        MoEAdapter(6, 5, 3, num_relations=0).gates(x, r)
+
+
+# ------------------------------------------------------------------------------------------------ TuckER
+def _tucker(dim=6, rdim=4, seed=0):
+    torch.manual_seed(seed)
+    sc = TuckER(dim, rdim)
+    with torch.no_grad():  # non-trivial eval-mode batch norms
+        for bn in (sc.bn0, sc.bn1):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    return sc.eval()
+
+
+def test_tucker_one_to_n_equals_pointwise_and_formula():
+    sc = _tucker()
+    h, r, ent = torch.randn(5, 6), torch.randn(5, 4), torch.randn(11, 6)
+    all_t = sc.score_t(h, r, ent)
+    point = sc.score_hrt(h[:, None], r[:, None], ent[None])
+    torch.testing.assert_close(all_t, point, rtol=1e-5, atol=1e-5)
+    # the formula of methods.md 4.2 written out (eval mode: dropouts are the identity)
+    w = (r @ sc.core.reshape(4, -1)).reshape(5, 6, 6)
+    q = sc.bn1(torch.bmm(sc.bn0(h).unsqueeze(1), w).squeeze(1))
+    torch.testing.assert_close(all_t, q @ ent.T, rtol=1e-5, atol=1e-5)
+    # native head mode (eval-mode factorisation of the batch norms) equals pointwise scoring
+    all_h = sc.score_h(ent, r, h)
+    torch.testing.assert_close(all_h, sc.score_hrt(ent[None], r[:, None], h[:, None]), rtol=1e-4, atol=1e-4)
+    sc.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        sc.score_h(ent, r, h)
+    assert sc.score_t(h, r, ent).shape == (5, 11)
+
+
+def test_tucker_needs_one_to_n_in_config():
+    base = {"dataset": {"synthetic": {}}, "model": {"scorer": "tucker", "dim": 8, "reciprocal": True}}
+    with pytest.raises(ConfigError, match="tucker"):
+        parse_config(base)
+    cfg = parse_config({**base, "training": {"loop": "one_to_n", "loss": "bce"}})
+    assert cfg.model.scorer == "tucker"
+
+
+# ------------------------------------------------------------------------------------------------ CLUB
+def test_club_indexing_correct_vs_legacy():
+    views = torch.randn(8, 3, 4)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randperm(3, generator=g)[:2].tolist()
+    x, y = CLUBEstimator(4).pair(views, torch.Generator().manual_seed(5))
+    assert x.shape == (8, 4)
+    torch.testing.assert_close(x, views[:, a])
+    torch.testing.assert_close(y, views[:, b])
+    lx, ly = CLUBEstimator(4, legacy_indexing=True).pair(views, torch.Generator().manual_seed(5))
+    assert lx.shape == (3, 4)  # the 3 expert outputs of batch elements a and b
+    torch.testing.assert_close(lx, views[a])
+    torch.testing.assert_close(ly, views[b])
+    with pytest.raises(ValueError, match="n >= 2"):
+        CLUBEstimator(4).pair(torch.randn(8, 1, 4))
+
+
+def test_club_bound_and_logvar_term():
+    torch.manual_seed(0)
+    est = CLUBEstimator(4)
+    x, y = torch.randn(10, 4), torch.randn(10, 4)
+    mu, logvar = est.mu(x), est.logvar(x)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    expected = 0.5 * (-((mu - y) ** 2 / logvar.exp()).sum(-1) + ((mu - y[perm]) ** 2 / logvar.exp()).sum(-1)).mean()
+    torch.testing.assert_close(est.upper_bound(x, y, torch.Generator().manual_seed(3)), expected)
+    with_logvar = est.learning_loss(x, y)
+    est.include_logvar = False
+    without = est.learning_loss(x, y)
+    torch.testing.assert_close(with_logvar - without, (logvar / 2).sum(-1).mean())
+    torch.testing.assert_close(without, ((mu - y) ** 2 / (2 * logvar.exp())).sum(-1).mean())
+
+
+# ------------------------------------------------------------------------------------------------ fusion
+def test_decision_fusion_mean_learned_relation():
+    p = torch.rand(4, 3, 7)
+    fused, w = DecisionFusion(3, "mean")(p)
+    torch.testing.assert_close(fused, (p[:, 0] + p[:, 1] + p[:, 2]) / 3)
+    learned = DecisionFusion(3, "learned")
+    torch.testing.assert_close(learned(p)[0], fused)  # zero init = mean
+    with torch.no_grad():
+        learned.logits.copy_(torch.tensor([1.0, 0.0, -1.0]))
+    ws = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0)
+    torch.testing.assert_close(learned(p)[0], (ws[None, :, None] * p).sum(1))
+    rel = DecisionFusion(3, "relation", num_relations=2)
+    with torch.no_grad():
+        rel.relation_logits.weight[1] = torch.tensor([5.0, 0.0, 0.0])
+    out, wr = rel(p, torch.tensor([0, 1, 0, 1]))
+    torch.testing.assert_close(out[0], fused[0])
+    assert wr[1, 0] > 0.9 and torch.allclose(wr.sum(1), torch.ones(4))
+    with pytest.raises(ValueError, match="relations"):
+        rel(p)
+
+
+# ------------------------------------------------------------------------------------------------ pooling
+def test_imvia_pooling_rules():
+    x = torch.randn(2, 4096)
+    pooled = imvia_pool_256(x)
+    torch.testing.assert_close(pooled[:, 0], x.view(2, 64, 64)[:, :4, :4].mean((1, 2)))
+    t = torch.randn(2, 768)
+    torch.testing.assert_close(imvia_pool_256(t)[:, :64], t.view(2, 12, 64)[:, :3].mean(1))
+    assert imvia_pool_256(torch.randn(3, 384)).shape == (3, 256)
+    with pytest.raises(ConfigError, match="no published rule"):
+        imvia_pool_256(torch.randn(2, 100), "audio")
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _model(**options):
+    torch.manual_seed(0)
+    n, r = 20, 3
+    feats = [ModalityFeatures("text", torch.randn(n, 12), torch.rand(n) > 0.2)]
+    opts = ImviaConfig(relation_dim=4, **options)
+    return IMVIAModel(n, r, 8, feats, opts)
+
+
+def test_imvia_head_side_is_the_reciprocal_tail_query_and_fusion_is_mean_of_probabilities():
+    model = _model().eval()
+    fn = model.score_fn()
+    q = torch.tensor([[0, 1, 5], [3, 2, 7]])
+    head = fn(q, "head")
+    inverse = torch.stack([q[:, 2], q[:, 1] + 3, q[:, 0]], 1)
+    torch.testing.assert_close(head, fn(inverse, "tail"))
+    per = [model.branch_score_fn(i)(q, "tail") for i in range(model.num_branches)]
+    torch.testing.assert_close(fn(q, "tail"), sum(per) / len(per))
+    assert model.branch_names == ["structure", "text"]
+
+
+def test_imvia_loss_terms_and_estimator_step_own_group():
+    model = _model(decision_fusion="learned").train()
+    q = torch.tensor([[0, 1, 0], [3, 4, 0], [5, 2, 0], [6, 0, 0]])
+    labels = (torch.rand(4, 20) < 0.1).float()
+    loss, terms, ents = model.one_to_n_loss(q, torch.ones(4, dtype=torch.bool), labels, None)
+    assert set(terms) == {"bce_structure", "bce_text", "bce_fused", "align", "mi"}
+    assert ents.shape == (20, 8) and torch.isfinite(loss)
+    loss.backward()
+    assert model.decision_fusion.logits.grad is not None
+    (step,) = model.auxiliary_steps(type("T", (), {"lr": 0.01})())
+    before = [p.detach().clone() for p in model.estimators.parameters()]
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("estimators")}
+    step.step(q[:, 0], q[:, 1], torch.ones(4, dtype=torch.bool), labels)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.estimators.parameters()))
+    for n, p in model.named_parameters():
+        if not n.startswith("estimators"):
+            assert torch.equal(p, others[n]), n
+    assert _model(mi_weight=0.0).auxiliary_steps(None) == []
+
+
+def test_imvia_table_input_needs_matching_width():
+    with pytest.raises(ValueError, match="width"):
+        _model(modality_input="table")
+
+
+# ------------------------------------------------------------------------------------------------ config / presets
+def test_imvia_config_validation():
+    base = {"dataset": {"synthetic": {}}, "training": {"loop": "one_to_n", "loss": "bce"}}
+    with pytest.raises(ConfigError, match="reciprocal"):
+        parse_config({**base, "model": {"method": "imvia"}})
+    with pytest.raises(ConfigError, match="num_experts"):
+        parse_config({**base, "model": {"method": "imvia", "reciprocal": True, "imvia": {"num_experts": 1}}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config({**base, "model": {"method": "imvia", "reciprocal": True, "imvia": {"mi_wieght": 1}}})
+    with pytest.raises(ConfigError, match="method: imvia"):
+        parse_config({**base, "model": {"reciprocal": True, "imvia": {}}})
+    cfg = parse_config({**base, "model": {"method": "imvia", "reciprocal": True}})
+    assert cfg.evaluation.report == "selected"  # the legacy best-test-per-metric report is never the default
+
+
+@pytest.mark.parametrize("name", ["db15k", "mkg-w", "mkg-y", "tiva", "kuai16k"])
+def test_presets_validate(name):
+    cfg = load_config(ROOT / "configs" / "imvia" / f"{name}.yaml")
+    assert cfg.model.method == "imvia" and cfg.evaluation.tie_policy == "random"
+    assert cfg.evaluation.report == "selected" and cfg.evaluation.split == "valid_clean"
+    assert cfg.model.imvia.num_experts == 3 and cfg.model.imvia.mi_weight == 1e-4
+
+
+def test_runnable_db15k_variant_validates():
+    cfg = load_config(ROOT / "configs" / "db15k" / "imvia_text.yaml")
+    ref = load_config(ROOT / "configs" / "db15k" / "complex_text.yaml")
+    assert cfg.training.time_budget_minutes == ref.training.time_budget_minutes
+    assert cfg.evaluation.split == ref.evaluation.split == "valid_clean"
+    assert cfg.model.modalities[0].encoder == ref.model.modalities[0].encoder
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def _synthetic_config(tmp_path, epochs, report="selected"):
+    return parse_config({
+        "name": "imvia-syn", "seed": 1,
+        "dataset": {"synthetic": {"num_entities": 150, "num_relations": 3, "seed": 0, "text_dim": 16,
+                                  "visual_dim": 16}},
+        "model": {"method": "imvia", "dim": 8, "reciprocal": True,
+                  "modalities": [{"name": "text"}, {"name": "visual"}], "imvia": {"relation_dim": 4}},
+        "training": {"loop": "one_to_n", "loss": "bce", "epochs": epochs, "batch_size": 64, "lr": 0.01},
+        "evaluation": {"every": 1, "patience": None, "tie_policy": "random", "report": report},
+    })
+
+
+def test_synthetic_run_trains_resumes_and_writes_decoder_metrics(tmp_path):
+    from mmkgc.pipeline import run_experiment
+
+    run = tmp_path / "run"
+    run_experiment(_synthetic_config(tmp_path, 1), run, device="cpu", log=lambda line: None)
+    metrics = run_experiment(_synthetic_config(tmp_path, 2), run, resume=True, device="cpu",
+                             log=lambda line: None)
+    assert metrics["training"]["epochs"] == 2
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert {"bce_structure", "bce_text", "bce_visual", "align", "mi", "club_estimator"} <= set(lines[-1]["terms"])
+    assert "random" in metrics["summary"]["test"] and "(random)" in metrics["training"]["selection"]
+    decoders = metrics["diagnostics"]["imvia_decoders"]
+    assert set(decoders) == {"structure", "text", "visual", "fused"}
+    assert 0 < decoders["fused"]["random"]["mrr"] <= 1
+    # the fused decoder metrics are the run's test metrics under the same random policy and seed
+    assert decoders["fused"]["random"]["mrr"] == pytest.approx(metrics["summary"]["test"]["random"]["mrr"])
+    assert set(json.loads((run / "imvia_decoders.json").read_text())["branches"]) == set(decoders)
+    assert "legacy_best_test_per_metric" not in metrics
+
+
+def test_legacy_report_is_labelled(tmp_path):
+    from mmkgc.pipeline import run_experiment
+
+    lines: list[str] = []
+    metrics = run_experiment(_synthetic_config(tmp_path, 2, "legacy_best_test_per_metric"), tmp_path / "run",
+                             device="cpu", log=lines.append)
+    legacy = metrics["legacy_best_test_per_metric"]
+    assert "test set" in legacy["warning"] and legacy["tie_policy"] == "random"
+    assert set(legacy["metrics"]) == {"mrr", "mr", "hits@1", "hits@3", "hits@10"}
+    per_epoch = [json.loads(x)["legacy_test"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert legacy["metrics"]["mrr"]["value"] == max(e["mrr"] for e in per_epoch)
+    assert legacy["metrics"]["mr"]["value"] == min(e["mr"] for e in per_epoch)
+    assert any("WARNING" in line and "TEST" in line for line in lines)
