@@ -137,3 +137,36 @@ def tiny_git(directory: Path, seed: int = 0) -> Path:
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     GitProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
+
+
+def tiny_llava(directory: Path, seed: int = 0) -> Path:
+    """A small LLaVA-style chat captioner (``LlavaForConditionalGeneration``: 16-wide CLIP vision tower on 32x32
+    images, one-layer Llama) with a ``LlavaProcessor`` whose chat template writes ``USER: <image> ... ASSISTANT:``
+    (LLaVA-1.5's format), over a word-level tokenizer with an ``<image>`` token, saved to ``directory``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                              PreTrainedTokenizerFast)
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>", "<image>", "USER:", "ASSISTANT:"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(TINY_WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                        bos_token="<s>", extra_special_tokens={"image_token": "<image>"})
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8),
+        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=3),
+        image_token_index=vocab["<image>"], vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(cfg).eval().save_pretrained(directory)
+    template = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endif %}"
+                "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                   tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", chat_template=template,
+                   num_additional_image_tokens=1).save_pretrained(directory)
+    return directory

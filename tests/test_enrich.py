@@ -31,7 +31,7 @@ from mmkgc.features.enrich.encode import (  # noqa: E402
 from mmkgc.features.enrich.fuse import FusionSettings, LLMFuser, fuse_entities, read_summaries  # noqa: E402
 from mmkgc.features.enrich.journal import Journal, read_journal  # noqa: E402
 from mmkgc.features.vision import find_entity_images  # noqa: E402
-from model_builders import tiny_blip, tiny_causal_lm, tiny_git, tiny_t5  # noqa: E402
+from model_builders import tiny_blip, tiny_causal_lm, tiny_git, tiny_llava, tiny_t5  # noqa: E402
 
 LABELS = ["<http://dbpedia.org/resource/Alabama>", "<http://dbpedia.org/resource/Berlin>",
           "<http://dbpedia.org/resource/Cairo>", "<http://dbpedia.org/resource/Dover>"]
@@ -41,7 +41,8 @@ COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 20), (20, 220
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"blip": tiny_blip(root / "blip"), "git": tiny_git(root / "git"), "t5": tiny_t5(root / "t5"),
+    return {"blip": tiny_blip(root / "blip"), "git": tiny_git(root / "git"), "llava": tiny_llava(root / "llava"),
+            "t5": tiny_t5(root / "t5"),
             "lm": tiny_causal_lm(root / "lm")}
 
 
@@ -157,18 +158,22 @@ def test_caption_resume_after_crash_loses_and_duplicates_nothing(tmp_path, model
         caption_images(coll, LABELS, other, crashed)
 
 
-@pytest.mark.parametrize("family", ["blip", "git"])
+@pytest.mark.parametrize("family", ["blip", "git", "llava"])
 def test_captioner_families_prompts_and_batching(models, family):
     imgs = [Image.fromarray(np.full((30, 40, 3), c, dtype=np.uint8)) for c in COLOURS[:3]]
     plain = Captioner(models[family], CaptionSettings(max_new_tokens=6))
-    assert plain.model_type == family and plain.text is None
+    assert plain.model_type == family and (plain.text is None) == (family != "llava")
     one_by_one = [plain.caption([im])[0] for im in imgs]
     assert plain.caption(imgs) == one_by_one  # batching does not change captions
     assert all(isinstance(c, str) and c for c in one_by_one)
     prompted = Captioner(models[family], CaptionSettings(prompt="a photo of", max_new_tokens=6))
     assert not any(c.lower().startswith("a photo of") for c in prompted.caption(imgs))  # echoed prompt removed
-    chat = Captioner(models[family], CaptionSettings(prompt="a photo of", prompt_template="the {prompt}"))
-    assert chat.text == "the a photo of" and chat.identity["prompt_text"] == "the a photo of"
+    if family == "llava":  # the processor's chat template wraps the prompt; only new tokens are decoded
+        assert prompted.text == "USER: <image> a photo of ASSISTANT:"
+        assert not any(c.startswith("USER: a photo of") for c in prompted.caption(imgs))
+    if family != "llava":
+        chat = Captioner(models[family], CaptionSettings(prompt="a photo of", prompt_template="the {prompt}"))
+        assert chat.text == "the a photo of" and chat.identity["prompt_text"] == "the a photo of"
 
 
 def test_caption_settings_validate():

@@ -126,13 +126,17 @@ class Captioner:
 
     def _prompt_text(self) -> str | None:
         s = self.settings
+        if getattr(self.processor, "chat_template", None) and s.prompt_template is None:
+            # chat models (LLaVA) need the image placeholder of their template even without a text prompt
+            content: list[dict[str, str]] = [{"type": "image"}]
+            if s.prompt is not None:
+                content.append({"type": "text", "text": s.prompt})
+            messages = [{"role": "user", "content": content}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if s.prompt is None:
             return None
         if s.prompt_template is not None:
             return s.prompt_template.format(prompt=s.prompt)
-        if getattr(self.processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt}]}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return s.prompt
 
     @property
