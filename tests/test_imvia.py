@@ -302,3 +302,12 @@ def test_legacy_report_is_labelled(tmp_path):
     assert legacy["metrics"]["mrr"]["value"] == max(e["mrr"] for e in per_epoch)
     assert legacy["metrics"]["mr"]["value"] == min(e["mr"] for e in per_epoch)
     assert any("WARNING" in line and "TEST" in line for line in lines)
+
+
+def test_imvia_pointwise_scores_match_one_to_n():
+    model = _model().eval()
+    q = torch.tensor([[0, 1, 5], [3, 2, 7], [4, 0, 4]])
+    full = model.score_fn()(q, "tail")
+    torch.testing.assert_close(model.score_hrt(q), full[torch.arange(3), q[:, 2]])
+    with pytest.raises(TypeError, match="one_to_n"):
+        model.negative_sampling_loss(q, q[:, :1], torch.ones(3, 1, dtype=torch.bool), None)

@@ -293,6 +293,19 @@ class IMVIAModel(KGEModel):
         """Fused probabilities of every head, through ``(t, r + R, ?)``."""
         return self.branch_score_fn(None)(queries, "head")
 
+    def score_hrt(self, triples: torch.Tensor) -> torch.Tensor:
+        """Fused probabilities of individual triples ``[B, 3] -> [B]`` (1-N scoring, then the tail column)."""
+        flat = triples.reshape(-1, 3)
+        scores = self.branch_score_fn(None)(flat, "tail")
+        return scores.gather(1, flat[:, 2:3].to(scores.device)).squeeze(1).reshape(triples.shape[:-1])
+
+    def negative_sampling_loss(self, positives, negative_entities, tail_corrupted, loss_fn):
+        """Not supported: IMVIA trains with 1-N scoring (``training.loop: one_to_n``).
+
+        :raises TypeError: always.
+        """
+        raise TypeError("IMVIA trains with training.loop 'one_to_n' (1-N BCE), not negative sampling")
+
     def write_diagnostics(self, run_dir, triples) -> dict:
         """Test metrics of every per-modality decoder and of the fused prediction (filtered, both directions,
         realistic / optimistic / pessimistic / random ties), written to ``run_dir/imvia_decoders.json``; also
