@@ -112,3 +112,26 @@ def test_all_entity_scoring_equals_pointwise(method):
         pos, neg = model.score_positives_and_negatives(triples, negs, tail)
         assert torch.allclose(pos, pointwise, atol=1e-5)
         assert torch.allclose(neg, pointwise[:, None].expand(-1, 2), atol=1e-5)
+
+
+def test_relation_ordered_evaluation_reports_ranks_in_query_order():
+    from mmkgc.evaluation.ranking import compute_ranks
+
+    cfg = method_config("afme")
+    data = load_data(cfg)
+    model = build_model(cfg, data).eval()
+    fn = model.score_fn()
+    assert fn.query_order == "relation"
+    queries = data.triples.test[:40]
+    seen = []
+
+    def plain(q, side):  # no query_order: scored in the given order
+        seen.append(q[:, 1].clone())
+        return fn(q, side)
+
+    grouped = compute_ranks(fn, queries, batch_size=7, filter_index=data.triples.filter_index)
+    given = compute_ranks(plain, queries, batch_size=7, filter_index=data.triples.filter_index)
+    assert torch.equal(grouped.queries, queries)
+    for side in ("head", "tail"):
+        assert torch.equal(grouped.sides[side].optimistic, given.sides[side].optimistic)
+        assert torch.equal(grouped.sides[side].pessimistic, given.sides[side].pessimistic)

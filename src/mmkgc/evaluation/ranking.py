@@ -529,7 +529,9 @@ def compute_ranks(
 
     :param score_fn: ``score_fn(queries [B, 3] int64, side) -> [B, N]`` float scores, higher is better (see
         the module docstring).  It is called under ``torch.no_grad()`` and may return CUDA tensors; ranking
-        then runs on that device.  The returned tensor is only read, never modified.
+        then runs on that device.  The returned tensor is only read, never modified.  A score function with
+        ``query_order = "relation"`` receives the queries sorted by relation (stable); results are reported in
+        the given order.
     :param queries: int64 ``[Q, 3]`` (h, r, t) triples whose head/tail are ranked.
     :param filter_index: known answers to remove (usually ``TripleSet.filter_index`` over train+valid+test);
         ``None`` gives raw ranks.
@@ -569,6 +571,12 @@ def compute_ranks(
     if device is not None:
         device = torch.device(device)
 
+    order = None
+    if getattr(score_fn, "query_order", None) == "relation":
+        # the score function's cost depends on the relation (relation-conditioned fusion recomputes all entity
+        # vectors per relation): score the queries grouped by relation, report them in the given order
+        order = torch.argsort(queries[:, 1].cpu(), stable=True)
+        queries = queries[order.to(queries.device)]
     num_queries = int(queries.shape[0])
     queries_cpu = queries.cpu()
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {side: [] for side in sides}
@@ -654,6 +662,13 @@ def compute_ranks(
             pessimistic=torch.cat([c[1] for c in chunks]) if chunks else empty.clone(),
             num_candidates=torch.cat([c[2] for c in chunks]) if chunks else empty.clone(),
         )
+    if order is not None:  # back to the caller's query order
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel())
+        queries_cpu = queries_cpu[inverse]
+        result_sides = {side: SideRanks(optimistic=r.optimistic[inverse], pessimistic=r.pessimistic[inverse],
+                                        num_candidates=r.num_candidates[inverse])
+                        for side, r in result_sides.items()}
     if width is None:
         width = int(num_entities) if num_entities is not None else 0
     return RankResult(queries=queries_cpu.clone(), sides=result_sides, num_entities=width,

@@ -104,11 +104,17 @@ class TanhAttentionFusion(nn.Module):
         """``τ_r = sigmoid(g_r)`` of ``relation [B]`` -> ``[B]``."""
         return torch.sigmoid(self.g[relation])
 
-    def logits(self, x: torch.Tensor, relation: torch.Tensor | None = None) -> torch.Tensor:
-        """Unmasked attention logits ``[B, M]``."""
+    def base_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The relation-independent part ``α_m wᵀ tanh(x_m)`` ``[B, M]`` (reusable across relations)."""
         a = torch.tanh(x) @ self.w.to(x.dtype)
         if self.confidence == "l2":
             a = a * x.norm(dim=-1)
+        return a
+
+    def logits(self, x: torch.Tensor, relation: torch.Tensor | None = None,
+               base: torch.Tensor | None = None) -> torch.Tensor:
+        """Unmasked attention logits ``[B, M]`` (``base``: precomputed :meth:`base_logits`)."""
+        a = self.base_logits(x) if base is None else base
         if self.relation_temperature:
             if relation is None:
                 raise ValueError("TanhAttentionFusion with relation_temperature needs the relation ids")
@@ -116,12 +122,13 @@ class TanhAttentionFusion(nn.Module):
         return a
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
-                relation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                relation: torch.Tensor | None = None, base: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[-2] != self.num_modalities:
             raise ValueError(f"TanhAttentionFusion expects {self.num_modalities} modalities, got {tuple(x.shape)}")
         if present is None:
             present = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-        weights = _masked_softmax(self.logits(x, relation), present)
+        weights = _masked_softmax(self.logits(x, relation, base), present)
         return (weights.unsqueeze(-1) * x).sum(-2), weights
 
 
