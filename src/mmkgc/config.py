@@ -217,6 +217,58 @@ class ImviaConfig(_Strict):
         return self
 
 
+class EnrichmentConfig(_Strict):
+    """Generated entity descriptions (Beyond Images, methods.md §3) combined with the model's modalities.
+
+    The descriptions are produced offline (``mmkgc enrich``) or taken from the released files; the policy decides
+    how they enter the model, which is otherwise unchanged (:mod:`mmkgc.features.enrich.policy`).
+
+    :param source: released-layout ``.json`` enrichment files (original-image file first) and/or fusion journals
+        (``.jsonl``); aligned to entity ids by name and encoded with ``encoder`` (cached).
+    :param table: instead of ``source``: a feature table written by ``mmkgc enrich encode`` (name or path).
+    :param encoder: text encoder of the generated text (and of "text + generated text" under ``concat_text``).
+    :param text: ``auto`` (fused summary, else merged descriptions, else per-image captions), ``summary``,
+        ``merged`` or ``images``.
+    :param policy: ``extra_modality`` (I+T+G), ``replace_image`` (T+G), ``replace_text`` (I+G) or
+        ``concat_text`` (existing text and generated text joined before encoding, replacing the text modality).
+    :param target: the modality replaced by ``replace_*`` / ``concat_text`` (default ``image`` / ``text``).
+    :param modality: name of the generated modality (``generated_text``).
+    :param missing: fill of entities without generated text (``learned`` or ``zeros``).
+    :param name_map: optional two-column map from the files' names (e.g. Wikidata URLs) to dataset labels.
+    """
+
+    source: list[Path] = Field(default_factory=list)
+    table: str | None = None
+    encoder: str = "all-MiniLM-L6-v2"
+    text: Literal["auto", "summary", "merged", "images"] = "auto"
+    policy: Literal["extra_modality", "replace_image", "replace_text", "concat_text"] = "extra_modality"
+    target: str | None = None
+    modality: str = "generated_text"
+    missing: Literal["learned", "zeros"] = "learned"
+    name_map: Path | None = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _source(self) -> "EnrichmentConfig":
+        if bool(self.source) == (self.table is not None):
+            raise ValueError("give enrichment source or table (exactly one of them)")
+        if self.policy == "concat_text" and self.table is not None:
+            raise ValueError("policy 'concat_text' encodes the joined texts: give source files, not a table")
+        if self.policy == "extra_modality" and self.target is not None:
+            raise ValueError("target applies to replace_image, replace_text and concat_text")
+        return self
+
+    def replaced(self) -> str | None:
+        """The modality this policy replaces (``None`` for ``extra_modality``)."""
+        if self.policy == "extra_modality":
+            return None
+        return self.target or ("image" if self.policy == "replace_image" else "text")
+
+
 class ModelConfig(_Strict):
     """Entity representation + scorer.
 
@@ -251,6 +303,7 @@ class ModelConfig(_Strict):
     gnn: GNNConfig | None = None
     method: Literal["kge", "imvia"] = "kge"
     imvia: ImviaConfig | None = None
+    enrichment: EnrichmentConfig | None = None
 
     @field_validator("scorer")
     @classmethod
@@ -262,7 +315,17 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _modalities(self) -> "ModelConfig":
-        if self.representation not in ("structure", "rgcn") and not self.modalities:
+        extra = self.enrichment is not None and self.enrichment.policy == "extra_modality"
+        if self.enrichment is not None and self.representation == "structure" and self.method == "kge":
+            raise ValueError("model.enrichment needs a representation that uses modalities (concat, modality_only, "
+                             "fused, rgcn); 'structure' has none")
+        if self.enrichment is not None and self.enrichment.replaced() is not None:
+            if self.enrichment.replaced() not in [m.name for m in self.modalities]:
+                raise ValueError(f"enrichment policy {self.enrichment.policy!r} replaces modality "
+                                 f"{self.enrichment.replaced()!r}, but the modalities are "
+                                 f"{', '.join(m.name for m in self.modalities) or 'none'}; add it or set "
+                                 "enrichment.target")
+        if self.representation not in ("structure", "rgcn") and not self.modalities and not extra:
             raise ValueError(f"representation {self.representation!r} needs at least one entry in modalities")
         if self.representation == "structure" and self.modalities and self.method == "kge":
             raise ValueError("representation 'structure' uses no modalities; set representation: concat")
@@ -493,6 +556,12 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
         m.table_path = fix(m.table_path)
         if m.table is not None and not _is_table_name(m.table):
             m.table = str(fix(Path(m.table)))
+    en = cfg.model.enrichment
+    if en is not None:
+        en.source = [fix(p) for p in en.source]
+        en.name_map = fix(en.name_map)
+        if en.table is not None and not _is_table_name(en.table):
+            en.table = str(fix(Path(en.table)))
 
 
 def _is_table_name(name: str) -> bool:

@@ -131,6 +131,17 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
     return ModalityFeatures(m.name, values, torch.as_tensor(present, dtype=torch.bool), m.missing)
 
 
+def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
+    """The modality inputs of a model: one per ``model.modalities`` entry, then ``model.enrichment``'s policy
+    (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2)."""
+    feats = [_modality_features(m, data, progress) for m in cfg.model.modalities]
+    if cfg.model.enrichment is not None:
+        from mmkgc.features.enrich.policy import apply_enrichment
+
+        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples, progress=progress)
+    return feats
+
+
 def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     """The model a config describes: scorer, entity representation (structure / concat / modality only)."""
     mc = cfg.model
@@ -139,23 +150,23 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
     if mc.method == "imvia":  # per-modality MoE + TuckER decoders with decision fusion (methods.md section 4)
         from mmkgc.models.imvia import IMVIAModel
 
-        feats = [_modality_features(m, data, progress) for m in mc.modalities]
+        feats = _model_features(cfg, data, progress)
         return IMVIAModel(triples.num_entities, triples.num_relations, mc.dim, feats, mc.imvia)
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
         from mmkgc.models.methods import build_fused_model
 
-        return build_fused_model(cfg, data, scorer, [_modality_features(m, data, progress) for m in mc.modalities])
+        return build_fused_model(cfg, data, scorer, _model_features(cfg, data, progress))
     if mc.representation == "structure":
         rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
                                       sparse=cfg.training.sparse)
     elif mc.representation == "rgcn":
         from mmkgc.models.rgcn import build_rgcn_representation
 
-        feats = [_modality_features(m, data, progress) for m in mc.modalities]
+        feats = _model_features(cfg, data, progress)
         rep = build_rgcn_representation(mc.gnn, triples, scorer.entity_dim, feats, seed=cfg.seed)
     else:
-        feats = [_modality_features(m, data, progress) for m in mc.modalities]
+        feats = _model_features(cfg, data, progress)
         rep = MultimodalRepresentation(
             triples.num_entities,
             scorer.entity_dim,
