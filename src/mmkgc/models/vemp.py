@@ -353,6 +353,7 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
     test_graph = graph_of(torch.cat([triples.train, triples.valid]))
 
     history, best, best_state, start, stopped = [], -1.0, None, time.monotonic(), False
+    best_valid: dict[str, Any] = {}
     train = triples.train
     for epoch in range(1, lp.epochs + 1):
         model.train()
@@ -395,7 +396,7 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
             rec["valid"] = evaluate_sampled(model, valid_graph, valid_q, known, lp.num_candidates, False, None,
                                             cfg.seed)
             if rec["valid"]["mrr"] > best:
-                best = rec["valid"]["mrr"]
+                best, best_valid = rec["valid"]["mrr"], rec["valid"]
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(rec)
         log(f"[{mode}] epoch {epoch}: loss {rec['loss']:.4f}"
@@ -407,8 +408,7 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
         model.load_state_dict(best_state)
     result = {
         "mode": mode, "feature_dim": int(features.shape[1]), "history": history, "stopped_by_time": stopped,
-        "valid": {"fixed": evaluate_sampled(model, valid_graph, valid_q, known, lp.num_candidates, False, None,
-                                            cfg.seed)},
+        "valid": {"fixed": best_valid},
         "test": {"fixed": evaluate_sampled(model, test_graph, test_q, known, lp.num_candidates, False, None,
                                            cfg.seed)},
         "protocol": {"num_candidates": lp.num_candidates, "tie_policy": "realistic", "sides": "tail",
