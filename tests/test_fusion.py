@@ -135,3 +135,16 @@ def test_relation_ordered_evaluation_reports_ranks_in_query_order():
     for side in ("head", "tail"):
         assert torch.equal(grouped.sides[side].optimistic, given.sides[side].optimistic)
         assert torch.equal(grouped.sides[side].pessimistic, given.sides[side].pessimistic)
+
+
+def test_low_rank_gate():
+    full, low = RelationGate(16, 3), RelationGate(16, 3, rank=2)
+    assert sum(p.numel() for p in low.linear.parameters()) == 16 * 2 + 2 * 16 + 16
+    x = torch.randn(5, 2, 16)
+    rel = torch.tensor([0, 1, 2, 0, 1])
+    assert low(x, None, rel)[0].shape == full(x, None, rel)[0].shape == x.shape
+    cfg = method_config("afme")
+    raw = cfg.model_dump(mode="json")
+    raw["model"]["fusion"]["gate_rank"] = 4
+    model = build_model(parse_config(raw), load_data(cfg))
+    assert model.entities.gate.linear[0].weight.shape == (4, model.entities.dim)

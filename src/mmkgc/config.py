@@ -113,6 +113,9 @@ class FusionConfig(_Strict):
     :param relation_gate: AFME's relation-driven denoising gate ``sigmoid(W (h_m * c_r) + b) * h_m`` before fusion.
     :param mask_missing: give an entity's absent modalities zero attention weight (``true``); ``false`` lets the
         missing-modality fill vector take part in the softmax like a real modality (ablation).
+    :param gate_rank: ``null`` (the paper's full ``D x D`` gate matrix) or a rank ``k``: ``W_g = U V`` with
+        ``V: D -> k``, ``U: k -> D`` (cost ``2Dk`` instead of ``D^2`` per entity, relation and modality; a
+        documented deviation for CPU budgets).
     """
 
     kind: Literal["concat", "attention"] = "concat"
@@ -120,6 +123,7 @@ class FusionConfig(_Strict):
     confidence: Literal["none", "l2"] = "none"
     relation_gate: bool = False
     mask_missing: bool = True
+    gate_rank: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _attention_only(self) -> "FusionConfig":

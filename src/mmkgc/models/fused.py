@@ -42,6 +42,7 @@ class FusedRepresentation(EntityRepresentation):
     :param use_masks: give absent modalities zero fusion weight (``True``); ``False`` averages their fill vector
         in like a present modality (the ablation of the missing-modality experiment).
     :param temperature_init_range: half-width of the uniform init of NativE's ``g_r`` (``(γ + ε) / (2d)``).
+    :param gate_rank: low-rank gate matrix (``model.fusion.gate_rank``), ``None`` = full.
 
     Shapes: ``forward(ids [B] | None, relation [B] | None) -> [B, D]``; :meth:`components` ->
     ``(x [B, M, D], present [B, M])``; :meth:`fuse` -> ``(fused [B, D], weights [B, M])``.
@@ -51,7 +52,7 @@ class FusedRepresentation(EntityRepresentation):
                  init: Callable[[torch.Tensor], None] | None = None, adapter: str = "linear",
                  adapter_hidden: int | None = None, dropout: float = 0.0, trainable_features: bool = False,
                  relation_temperature: bool = False, confidence: str = "none", relation_gate: bool = False,
-                 use_masks: bool = True, temperature_init_range: float = 0.05):
+                 use_masks: bool = True, temperature_init_range: float = 0.05, gate_rank: int | None = None):
         super().__init__()
         if not modalities:
             raise ValueError("a fused representation needs at least one modality")
@@ -73,7 +74,7 @@ class FusedRepresentation(EntityRepresentation):
         self.inputs = nn.ModuleList(inputs)
         self.trainable_features = trainable_features
         self.use_masks = use_masks
-        self.gate = RelationGate(dim, num_relations) if relation_gate else None
+        self.gate = RelationGate(dim, num_relations, rank=gate_rank) if relation_gate else None
         self.fusion = TanhAttentionFusion(dim, len(inputs) + 1, relation_temperature, num_relations, confidence,
                                           init_range=temperature_init_range)
         self.relation_aware = relation_gate or relation_temperature

@@ -52,7 +52,7 @@ def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
         adapter=mc.adapter, adapter_hidden=mc.adapter_hidden, dropout=mc.projection_dropout,
         trainable_features=mc.trainable_features, relation_temperature=fusion.relation_temperature,
         confidence=fusion.confidence, relation_gate=fusion.relation_gate, use_masks=fusion.mask_missing,
-        temperature_init_range=init_range,
+        temperature_init_range=init_range, gate_rank=fusion.gate_rank,
     )
     if adv is None:
         return FusedKGEModel(triples.num_entities, triples.num_relations, scorer, rep, reciprocal=mc.reciprocal)

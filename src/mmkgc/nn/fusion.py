@@ -140,6 +140,10 @@ class RelationGate(nn.Module):
     Choice (paper silent): ``c_r`` starts at 1 plus N(0, 0.1) noise and ``b_g`` at ``bias_init`` (3.0:
     ``σ ≈ 0.95``), so the gate starts close to the identity and learns what to suppress.
 
+    :param dim: ``D``.  :param num_relations: ``R``.  :param bias_init: initial ``b_g``.
+    :param rank: ``None`` (full ``D x D`` ``W_g``, the paper) or ``k`` for ``W_g = U V`` (``V: D -> k`` without
+        bias, ``U: k -> D``), ``2Dk`` instead of ``D^2`` multiply-adds per token.
+
     Shapes: ``x [B, M, D]``, ``present [B, M]`` (unused: the gate is elementwise), ``relation [B]`` ->
     ``(gated x [B, M, D], mean gate value per modality [B, M])``.
     :raises ValueError: called without ``relation``.
@@ -147,13 +151,15 @@ class RelationGate(nn.Module):
 
     relation_aware = True
 
-    def __init__(self, dim: int, num_relations: int, bias_init: float = 3.0):
+    def __init__(self, dim: int, num_relations: int, bias_init: float = 3.0, rank: int | None = None):
         super().__init__()
         self.context = nn.Parameter(1.0 + 0.1 * torch.randn(num_relations, dim))
-        self.linear = nn.Linear(dim, dim)
+        out = nn.Linear(dim if rank is None else rank, dim)
         with torch.no_grad():
-            self.linear.weight.mul_(0.1)
-            self.linear.bias.fill_(bias_init)
+            out.weight.mul_(0.1)
+            out.bias.fill_(bias_init)
+        # ``rank``: W_g = U V (low rank; see FusionConfig.gate_rank), else the full D x D matrix
+        self.linear = out if rank is None else nn.Sequential(nn.Linear(dim, rank, bias=False), out)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
                 relation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
