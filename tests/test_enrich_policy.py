@@ -120,3 +120,21 @@ def test_training_with_extra_modality_runs_and_records_it(tmp_path, encoder_dir,
     metrics = run_experiment(cfg, tmp_path / "run", device="cpu", log=lambda s: None)
     assert 0.0 < metrics["summary"]["test"]["realistic"]["mrr"] <= 1.0
     assert "enrichment" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_enrichment_from_a_feature_table(tmp_path, encoder_dir, monkeypatch):
+    """``enrichment.table``: a table written by ``mmkgc enrich encode`` is used as is (no re-encoding)."""
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    values = torch.randn(60, 5)
+    present = torch.arange(60) % 3 == 0
+    path = save_feature_table(FeatureTable(values, "generated_text", present), tmp_path / "gen.safetensors")
+    raw = _cfg(tmp_path, encoder_dir, "replace_text")
+    raw["model"]["enrichment"] = {"table": str(path), "policy": "replace_text", "missing": "zeros"}
+    cfg = parse_config(raw)
+    model = build_model(cfg, load_data(cfg))
+    gen = {m.name: m for m in model.entities.inputs}["generated_text"]
+    assert torch.equal(gen.present, present) and torch.allclose(gen.values[present], values[present])
+    assert gen.missing_policy == "zeros"
