@@ -138,3 +138,15 @@ def test_enrichment_from_a_feature_table(tmp_path, encoder_dir, monkeypatch):
     gen = {m.name: m for m in model.entities.inputs}["generated_text"]
     assert torch.equal(gen.present, present) and torch.allclose(gen.values[present], values[present])
     assert gen.missing_policy == "zeros"
+
+
+def test_extra_modality_reaches_an_attention_fusion(tmp_path, encoder_dir, monkeypatch):
+    """The policy is representation-agnostic: the AdaMF/NativE attention fusion gets G as one more modality."""
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    raw = _cfg(tmp_path, encoder_dir, "extra_modality")
+    raw["model"].update({"representation": "fused", "fusion": {"kind": "attention"}})
+    cfg = parse_config(raw)
+    model = build_model(cfg, load_data(cfg))
+    assert [m.name for m in model.entities.inputs] == ["text", "visual", "generated_text"]
+    scores = model.score_hrt(torch.tensor([[0, 0, 1], [2, 1, 3]]))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
