@@ -31,6 +31,17 @@ def plot_training_curve(history: list[dict[str, Any]], path: str | Path, metric:
         ax2.plot([v[0] for v in valid], [v[1] for v in valid], "o-", color="tab:orange", label=f"valid {metric}")
         ax2.set_ylabel(f"validation {metric}", color="tab:orange")
     ax.set_title("training curve")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file in the same directory, then rename) and close it.
+
+    :returns: ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)

@@ -537,9 +537,6 @@ def compare_markdown(rows: list[dict[str, Any]]) -> str:
 
 def plot_compare(rows: list[dict[str, Any]], path: Path) -> Path:
     """Grouped bar plot of test MRR per feature mode and protocol (PNG, written atomically)."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -555,14 +552,6 @@ def plot_compare(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("test MRR")
     ax.set_title("VEMP feature comparison")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    from mmkgc.plotting import save_figure
+
+    return save_figure(fig, path)
