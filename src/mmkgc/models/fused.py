@@ -211,13 +211,31 @@ class FusedKGEModel(KGEModel):
         x, present = self.entities.components(unique)
         rel = positives[:, 1]
         rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
-        reps, _ = self.entities.fuse(x[inverse], present[inverse], rel_all)
-        h, t, e = reps[:b], reps[b:2 * b], reps[2 * b:].reshape(b, k, -1)
+        rep = self.entities
+        if rep.gate is None:
+            # NativE (temperature only): the tanh logits do not depend on the relation, so they are computed once
+            # per distinct entity; only the softmax temperature and the weighted sum run per occurrence.
+            base = rep.fusion.base_logits(x)
+            reps, _ = rep.fusion(x[inverse], present[inverse], rel_all, base=base[inverse])
+        else:
+            reps, _ = rep.fuse(x[inverse], present[inverse], rel_all)
+        h, t = reps[:b], reps[b:2 * b]
         r = self.relations(rel)
+        scorer = self.scorer
+        if scorer.factorises:
+            # every negative of positive b shares its relation: one (h, r) and one (r, t) query per positive,
+            # matched against the negatives' own (relation-fused) vectors
+            queries = torch.cat([scorer.tail_query(h, r), scorer.head_query(r, t)])
+            which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
+            e = reps[2 * b:]
+            neg = scorer.match_gathered(queries, which.reshape(-1), e,
+                                        torch.arange(e.shape[0], device=e.device))
+            return scorer.match(queries[:b], t), neg.reshape(b, k)
+        e = reps[2 * b:].reshape(b, k, -1)
         mask = tail_corrupted.unsqueeze(-1)
         neg_h = torch.where(mask, h.unsqueeze(1), e)
         neg_t = torch.where(mask, e, t.unsqueeze(1))
-        return self.scorer.score_hrt(h, r, t), self.scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
+        return scorer.score_hrt(h, r, t), scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
 
     # -------------------------------------------------------------------------------- all entities
     def _grouped(self, queries: torch.Tensor, tables: _RelationTables,
