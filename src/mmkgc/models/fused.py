@@ -453,9 +453,6 @@ def _group_summary(d: dict) -> dict:
 
 def _plot_weights(weights: torch.Tensor, present: torch.Tensor, names: list[str], path: Path) -> None:
     """Histogram of the fusion weight of each modality over entity occurrences where it is present."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -470,14 +467,6 @@ def _plot_weights(weights: torch.Tensor, present: torch.Tensor, names: list[str]
     ax.set_ylabel("entity occurrences (training triples)")
     ax.set_title("modality weight distribution")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from mmkgc.plotting import save_figure
+
+    save_figure(fig, path)
