@@ -181,3 +181,25 @@ def test_presets_exist_and_validate():
 def test_db15k_budget_configs_validate(name):
     cfg = load_config(CONFIGS / "db15k" / f"{name}.yaml")
     assert cfg.training.time_budget_minutes == 10 and cfg.training.num_threads == 1
+
+
+def test_moien_generator_hides_the_target_modality_and_masks_absent_ones():
+    from mmkgc.nn.adversarial import MoIEnGenerator
+
+    torch.manual_seed(0)
+    gen = MoIEnGenerator(dim=8, num_modalities=3, noise_dim=4, layers=2, heads=2).eval()
+    x = torch.randn(5, 3, 8)
+    present = torch.ones(5, 3, dtype=torch.bool)
+    out = gen(x, present, noise=False)
+    # the generated text slot (modality 1) does not depend on the text vector itself ...
+    x2 = x.clone()
+    x2[:, 1] = torch.randn(5, 8)
+    out2 = gen(x2, present, noise=False)
+    assert torch.allclose(out[:, 0], out2[:, 0], atol=1e-6)
+    # ... but it does depend on the other present modality, unless that one is absent
+    x3 = x.clone()
+    x3[:, 2] = torch.randn(5, 8)
+    assert not torch.allclose(gen(x3, present, noise=False)[:, 0], out[:, 0], atol=1e-4)
+    absent = present.clone()
+    absent[:, 2] = False
+    assert torch.allclose(gen(x3, absent, noise=False)[:, 0], gen(x, absent, noise=False)[:, 0], atol=1e-6)

@@ -89,11 +89,17 @@ class MoIEnGenerator(_Generator):
     ``e_mod = W_e [e_s; z]`` (``⊕`` read as concatenation + linear map to ``D``); per modality
     ``h_m^(0) = σ(W_d (e_mod ⊙ x_m) + b_d)`` where ``x_m`` is the entity's adapted modality vector (its fill
     vector when absent); tokens ``[e_s, h_1^(0), ..., h_{M-1}^(0)]`` pass through ``layers`` of
-    :class:`~mmkgc.nn.fusion.ModalitySelfAttention` (all tokens attended: generated tokens exist for every
-    entity); modality ``m``'s output token goes through its own linear head, so every modality gets its own
-    vector in the adapted space (the sigmoid range of ``h^(0)`` is not the entity range).
+    :class:`~mmkgc.nn.fusion.ModalitySelfAttention`; modality ``m``'s output token goes through its own linear
+    head, so every modality gets its own vector in the adapted space (the sigmoid range of ``h^(0)`` is not the
+    entity range).
 
-    Shapes: ``x [B, M, D]``, ``present [B, M]`` -> ``[B, M - 1, D]``.
+    Target hiding (our choice, methods.md §5 is silent): modality ``m`` is generated with its own vector hidden --
+    ``x_m`` replaced by zeros in ``h_m^(0)`` and its token masked as a key, so only the structure and the entity's
+    *other present* modalities inform it.  Otherwise a generator trained to reconstruct present modalities learns
+    to copy ``x_m``, and at completion time (``x_m`` absent: the fill vector) it has learned nothing it can use.
+    Absent modalities are masked as keys too (methods.md §5.7).  One attention pass per generated modality.
+
+    Shapes: ``x [B, M, D]``, ``present [B, M]`` (``None``: all present) -> ``[B, M - 1, D]``.
     """
 
     def __init__(self, dim: int, num_modalities: int, noise_dim: int = 64, layers: int = 2, heads: int = 4):
@@ -105,10 +111,22 @@ class MoIEnGenerator(_Generator):
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None, noise: bool = True) -> torch.Tensor:
         self._check(x)
-        e_mod = self.condition(torch.cat([x[:, 0], self._z(x, noise)], -1))
-        h0 = torch.sigmoid(self.modality_in(e_mod.unsqueeze(1) * x[:, 1:]))
-        tokens, _ = self.attention.encode(torch.cat([x[:, :1], h0], 1))
-        return torch.stack([head(tokens[:, i + 1]) for i, head in enumerate(self.heads)], 1)
+        if present is None:
+            present = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+        present = present.clone()
+        present[:, 0] = True  # the structural token is always a key
+        e_mod = self.condition(torch.cat([x[:, 0], self._z(x, noise)], -1)).unsqueeze(1)
+        outputs = []
+        for i, head in enumerate(self.heads):
+            m = i + 1
+            hidden = torch.ones_like(x[:, 1:, :1])
+            hidden[:, i] = 0.0  # hide the target's own vector
+            h0 = torch.sigmoid(self.modality_in(e_mod * x[:, 1:] * hidden))
+            keys = present.clone()
+            keys[:, m] = False
+            tokens, _ = self.attention.encode(torch.cat([x[:, :1], h0], 1), keys)
+            outputs.append(head(tokens[:, m]))
+        return torch.stack(outputs, 1)
 
 
 class SelfAttentionDiscriminator(nn.Module):
