@@ -4,7 +4,7 @@ A VEMP config file (YAML, strict: unknown keys are errors naming the field)::
 
     name: vemp-db15k
     seed: 42
-    graph: {format: vemp_csv, path: ../shared/datasets/DB15K/raw}   # or {format: openke, path: .../DB15K}
+    graph: {format: vemp_csv, path: data/DB15K/raw}   # or {format: openke, path: data/DB15K}
     features: {text_tokens: text_tokens.safetensors, image_tokens: image_tokens.safetensors}
     pretrain: {dim: 512, num_heads: 8, proj_dim: 256, batch_size: 64, epochs: 20, lr: 5.0e-5, ...}
     linkpred: {hidden_dims: [256], out_dim: 128, num_bases: 31, fanouts: [10, 5], epochs: 10, ...}
