@@ -127,7 +127,7 @@ class Captioner:
     def _prompt_text(self) -> str | None:
         s = self.settings
         if getattr(self.processor, "chat_template", None) and s.prompt_template is None:
-            # chat models (LLaVA) need the image placeholder of their template even without a text prompt
+            # chat models (LLaVA) expect the image token of their chat template even when no text prompt is set
             content: list[dict[str, str]] = [{"type": "image"}]
             if s.prompt is not None:
                 content.append({"type": "text", "text": s.prompt})
@@ -237,7 +237,7 @@ def caption_images(
     root = image_root(images)
     journal = Journal(journal_path, key="image", header={"stage": "caption", "captioner": captioner.identity})
     wanted = range(len(images.paths)) if limit_entities is None else sorted(set(int(i) for i in limit_entities))
-    todo: list[tuple[str, int, int, Path]] = []
+    pending: list[tuple[str, int, int, Path]] = []
     report = CaptionReport()
     for i in wanted:
         paths = images.paths[i]
@@ -252,15 +252,15 @@ def caption_images(
                 if rec.get("status") == "skipped":
                     report.skipped += 1
                 continue
-            todo.append((key, i, k, Path(p)))
+            pending.append((key, i, k, Path(p)))
     batch_size = int(captioner.settings.batch_size)
 
     def record(key: str, i: int, k: int, **fields: Any) -> dict[str, Any]:
         return {"image": key, "entity": entity_labels[i], "entity_id": i, "index": k, "source": source, **fields}
 
-    with _progress(progress, len(todo), f"captioning ({source})") as advance:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+    with _progress(progress, len(pending), f"captioning ({source})") as advance:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start:start + batch_size]
             loaded = []
             for key, i, k, p in chunk:
                 img, reason = load_image(p)
