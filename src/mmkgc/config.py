@@ -16,7 +16,7 @@ Relative paths inside a config file are resolved against the directory of that f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,9 @@ from mmkgc.errors import ConfigError
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class SyntheticConfig(_Strict):
@@ -579,23 +582,29 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
 
     :raises ConfigError: naming every invalid field (dotted path) and what is wrong with it.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(data).__name__}")
-    try:
-        cfg = ExperimentConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+    cfg = validate_mapping(ExperimentConfig, data, source)
     if base_dir is not None:
         _resolve_paths(cfg, base_dir)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read and validate a YAML config file.
+def validate_mapping(model: type[_M], data: Any, source: str = "<config>", what: str = "a config") -> _M:
+    """Validate a parsed YAML mapping against a strict pydantic config class.
 
-    :param overrides: ``dotted.key=value`` strings applied before validation (values parsed as YAML), e.g.
-        ``training.epochs=5``.
-    :raises ConfigError: file missing, not YAML, or invalid (message names the file and the field).
+    :raises ConfigError: ``data`` is not a mapping, or invalid fields (every one named by its dotted path).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {what} must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def read_yaml_mapping(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """Read a YAML config file and apply ``dotted.key=value`` overrides (values parsed as YAML).
+
+    :raises ConfigError: file missing, not YAML (with the line of the problem), or empty.
     """
     path = Path(path)
     if not path.is_file():
@@ -610,7 +619,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"{path}: config file is empty")
     for item in overrides or []:
         apply_override(data, item, source=str(path))
-    return parse_config(data, source=str(path), base_dir=path.parent)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config file.
+
+    :param overrides: ``dotted.key=value`` strings applied before validation (values parsed as YAML), e.g.
+        ``training.epochs=5``.
+    :raises ConfigError: file missing, not YAML, or invalid (message names the file and the field).
+    """
+    path = Path(path)
+    return parse_config(read_yaml_mapping(path, overrides), source=str(path), base_dir=path.parent)
 
 
 def apply_override(data: dict, item: str, source: str = "<config>") -> None:

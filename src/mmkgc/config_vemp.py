@@ -19,11 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from mmkgc.config import _format_validation_error, _Strict, apply_override
-from mmkgc.errors import ConfigError
+from mmkgc.config import _Strict, read_yaml_mapping, validate_mapping
 
 FEATURE_MODES = ("text_only", "image_only", "concat", "fused")
 
@@ -175,12 +173,7 @@ def parse_vemp_config(data: Any, source: str = "<config>", base_dir: Path | None
 
     :raises ConfigError: naming every invalid field and what is wrong with it.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a VEMP config must be a YAML mapping, got {type(data).__name__}")
-    try:
-        cfg = VempConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+    cfg = validate_mapping(VempConfig, data, source, what="a VEMP config")
     if base_dir is not None:
         def resolve(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else (base_dir / p).resolve()
@@ -197,14 +190,4 @@ def load_vemp_config(path: str | Path, overrides: list[str] | None = None) -> Ve
     :raises ConfigError: missing file, invalid YAML or invalid fields (naming the file and field).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if data is None:
-        raise ConfigError(f"{path}: config file is empty")
-    for item in overrides or []:
-        apply_override(data, item, source=str(path))
-    return parse_vemp_config(data, source=str(path), base_dir=path.parent)
+    return parse_vemp_config(read_yaml_mapping(path, overrides), source=str(path), base_dir=path.parent)
