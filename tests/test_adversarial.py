@@ -15,7 +15,7 @@ from mmkgc.errors import ConfigError
 from mmkgc.pipeline import build_model, load_data, run_experiment
 from mmkgc.training.losses import SelfAdversarialSigmoidLoss
 
-from test_fusion import BASE, method_config
+from test_fusion import BASE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ADVERSARIAL = {
@@ -140,7 +140,7 @@ def test_config_errors_name_the_field(tmp_path):
                        ("fake_types", ["head", "head"]), ("kind", "gan")):
         raw = adversarial_raw("mat")
         raw["training"]["adversarial"][key] = value
-        with pytest.raises(ConfigError, match=f"training.adversarial"):
+        with pytest.raises(ConfigError, match="training.adversarial"):
             parse_config(raw)
     raw = adversarial_raw("wgan_gp")
     raw["model"]["reciprocal"] = True

@@ -3,13 +3,11 @@ pooling, presets, and a short synthetic run that trains, resumes and writes per-
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from mmkgc.config import ImviaConfig, load_config, parse_config
 from mmkgc.errors import ConfigError

@@ -31,7 +31,6 @@ from mmkgc.errors import ConfigError
 from mmkgc.models.kge import (EmbeddingRepresentation, KGEModel, ModalityFeatures, ModalityInput,
                               MultimodalRepresentation)
 from mmkgc.nn.scorers import build_scorer
-from mmkgc.fileio import atomic_write_text
 from mmkgc.fileio import atomic_write_text as _atomic_write_text
 from mmkgc.training.checkpoint import load_checkpoint
 

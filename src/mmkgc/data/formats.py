@@ -21,9 +21,7 @@ locate the first bad line.  Writers replace each file atomically (temporary file
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
