@@ -293,26 +293,21 @@ class FusedKGEModel(KGEModel):
         return out
 
     @torch.no_grad()
-    def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
-        """As :meth:`KGEModel.score_fn`; with a relation-aware fusion the per-modality vectors of all entities are
-        computed once and the fused table of each relation once per session (LRU-cached, 1 GiB)."""
+    def scoring_context(self):
+        """With a relation-aware fusion: the per-modality vectors of all entities, computed once, and the fused table
+        of each relation computed once per session (:class:`_RelationTables`, LRU-cached, 1 GiB)."""
         if not self.relation_aware:
-            return super().score_fn()
+            return super().scoring_context()
         tables = _RelationTables(self.entities)
-        device = tables.x.device
+        return tables, tables.x.device
 
-        def fn(queries: torch.Tensor, side: str) -> torch.Tensor:
-            with torch.no_grad():
-                q = queries.to(device)
-                return self.score_t(q, tables) if side == "tail" else self.score_h(q, tables)
-
-        def candidates_fn(queries: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return self.score_candidates(queries.to(device), side, candidates.to(device), tables)
-
-        fn.device = device  # type: ignore[attr-defined]
-        fn.score_candidates = candidates_fn  # type: ignore[attr-defined]
-        fn.query_order = "relation"  # type: ignore[attr-defined]  # the evaluator groups queries by relation
+    @torch.no_grad()
+    def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
+        """As :meth:`KGEModel.score_fn`; with a relation-aware fusion the evaluator is asked to group queries by
+        relation (``fn.query_order``), so each relation's fused table is built once."""
+        fn = super().score_fn()
+        if self.relation_aware:
+            fn.query_order = "relation"  # type: ignore[attr-defined]
         return fn
 
     def one_to_n_loss(self, queries, predict_tail, labels, loss_fn):

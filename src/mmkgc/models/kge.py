@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -363,6 +364,14 @@ class KGEModel(nn.Module):
         return scorer.match(q.unsqueeze(1), embed(candidates))
 
     @torch.no_grad()
+    def scoring_context(self) -> tuple[Any, torch.device]:
+        """What :meth:`score_fn` computes once per session and passes as ``all_entities`` to :meth:`score_t`,
+        :meth:`score_h` and :meth:`score_candidates` (here: all entity vectors ``[N, De]`` in float32), and the device
+        scores are computed on."""
+        ents = self.entities(None).detach().float()
+        return ents, ents.device
+
+    @torch.no_grad()
     def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
         """A ``score_fn(queries [B, 3], side) -> [B, N]`` for the evaluator.
 
@@ -370,9 +379,9 @@ class KGEModel(nn.Module):
         returned function is used).  The function also carries ``fn.device`` (where scores are computed, for
         ``batch_size: auto``) and ``fn.score_candidates(queries, side, candidates) -> [B, C]`` (for
         sampled-candidate evaluation).  Scores are computed in float32 even when training used autocast.
+        Subclasses change what is precomputed through :meth:`scoring_context` (and may set ``fn.query_order``).
         """
-        ents = self.entities(None).detach().float()
-        device = ents.device
+        ents, device = self.scoring_context()
 
         def fn(queries: torch.Tensor, side: str) -> torch.Tensor:
             with torch.no_grad():
