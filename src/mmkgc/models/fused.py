@@ -63,13 +63,9 @@ class FusedRepresentation(EntityRepresentation):
             if m.values.shape[0] != num_entities:
                 raise ValueError(f"modality {m.name!r} has {m.values.shape[0]} rows but the dataset has "
                                  f"{num_entities} entities")
-            mi = ModalityInput(m, dim, adapter, dropout)
+            mi = ModalityInput(m, dim, adapter, dropout, trainable=trainable_features)
             if adapter == "mlp":
                 mi.adapter = build_adapter("mlp", mi.values.shape[1], dim, hidden_dim=adapter_hidden, dropout=dropout)
-            if trainable_features:  # AdaMF: the raw table becomes a parameter (checkpointed with the model)
-                values = mi.values
-                del mi._buffers["values"]
-                mi.values = nn.Parameter(values.clone())
             inputs.append(mi)
         self.inputs = nn.ModuleList(inputs)
         self.trainable_features = trainable_features

@@ -71,10 +71,12 @@ class ModalityInput(nn.Module):
     """One frozen modality table + its adapter + the explicit fill for missing rows.
 
     Shapes: ``forward(ids [B] | None) -> [B, D]``.  Features are a non-persistent buffer: checkpoints store the
-    adapter, not the (reproducible, cached) table; :attr:`fingerprint` records which table was used.
+    adapter, not the (reproducible, cached) table; :attr:`fingerprint` records which table was used.  With
+    ``trainable=True`` the table is a parameter instead (fine-tuned and checkpointed; AdaMF, methods.md 6.1).
     """
 
-    def __init__(self, features: ModalityFeatures, dim: int, adapter: str = "linear", dropout: float = 0.0):
+    def __init__(self, features: ModalityFeatures, dim: int, adapter: str = "linear", dropout: float = 0.0,
+                 trainable: bool = False):
         super().__init__()
         values = torch.as_tensor(features.values, dtype=torch.float32)
         present = torch.as_tensor(features.present, dtype=torch.bool)
@@ -84,7 +86,10 @@ class ModalityInput(nn.Module):
                 f"{tuple(values.shape)} and {tuple(present.shape)}"
             )
         self.name = features.name
-        self.register_buffer("values", values, persistent=False)
+        if trainable:
+            self.values = nn.Parameter(values.clone())
+        else:
+            self.register_buffer("values", values, persistent=False)
         self.register_buffer("present", present, persistent=False)
         self.adapter = build_adapter(adapter, values.shape[1], dim, dropout=dropout)
         self.missing_policy = features.missing
