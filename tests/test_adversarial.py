@@ -127,6 +127,35 @@ def test_moien_completion_fills_missing_modalities():
     assert torch.equal(mask, present)
 
 
+def test_moien_completion_waits_for_its_warm_up_and_the_count_is_checkpointed(tmp_path):
+    raw = adversarial_raw("moien")
+    raw["training"]["adversarial"]["complete_after_steps"] = 2
+    cfg = parse_config(raw)
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    ids = torch.arange(data.triples.num_entities)
+    raw_x, present = model.entities.raw_components(ids)
+    generator_step = next(s for s in model.auxiliary_steps(cfg.training) if s.name == "generator")
+    batch = _batch(data)
+    for taken in range(3):
+        x, mask = model.entities.components(ids)
+        if taken < 2:  # warm-up: absent slots stay masked and unfilled
+            assert not model.completing and torch.equal(mask, present) and torch.equal(x, raw_x)
+        else:
+            assert model.completing and bool(mask.all())
+        generator_step.step(*batch)
+    assert int(model.state_dict()["generator_updates"]) == 3
+    # a run that stops inside the warm-up and resumes matches the uninterrupted one (the count is restored)
+    steps_per_epoch = -(-data.triples.train.shape[0] // cfg.training.batch_size)
+    raw["training"]["adversarial"]["complete_after_steps"] = steps_per_epoch + 1
+    full = parse_config({**raw, "training": {**raw["training"], "epochs": 3}})
+    run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
+    run_experiment(parse_config({**raw, "training": {**raw["training"], "epochs": 1}}), tmp_path / "split",
+                   device="cpu", log=lambda line: None)
+    run_experiment(full, tmp_path / "split", resume=True, device="cpu", log=lambda line: None)
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5, abs=1e-6)
+
+
 def test_config_errors_name_the_field(tmp_path):
     raw = adversarial_raw("mat")
     raw["model"]["modalities"] = [{"name": "audio"}]
@@ -137,7 +166,7 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"modalities\[text\]\.dim"):
         build_model(parse_config(raw), load_data(parse_config(raw)))
     for key, value in (("mu", -1.0), ("mu", 50.0), ("generator_lr", 0.0), ("generator_lr", 3.0),
-                       ("fake_types", ["head", "head"]), ("kind", "gan")):
+                       ("fake_types", ["head", "head"]), ("kind", "gan"), ("complete_after_steps", -1)):
         raw = adversarial_raw("mat")
         raw["training"]["adversarial"][key] = value
         with pytest.raises(ConfigError, match="training.adversarial"):

@@ -379,6 +379,9 @@ class AdversarialConfig(_Strict):
     :param adversarial_weight: ``moien``: weight of the discriminator term in the generator loss.
     :param reconstruction_weight: ``moien``: weight of ``||G(e) - x_m||^2`` on entities that have modality ``m``.
     :param complete_missing: ``moien``: fill absent modalities with the generator's (noise-free) output.
+    :param complete_after_steps: ``moien`` with ``complete_missing``: generator updates before completion starts;
+        until then absent modalities are masked (zero fusion weight).  ``0`` completes from the first batch (an
+        untrained generator's output is then fused).  Counted in the checkpointed model, so resuming keeps it.
     """
 
     kind: Literal["mat", "wgan_gp", "moien"] = "mat"
@@ -398,6 +401,7 @@ class AdversarialConfig(_Strict):
     adversarial_weight: float = Field(1e-3, ge=0.0, le=100.0)
     reconstruction_weight: float = Field(1.0, ge=0.0, le=100.0)
     complete_missing: bool = True
+    complete_after_steps: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _generator_default(self) -> "AdversarialConfig":

@@ -70,19 +70,28 @@ class AdversarialFusedModel(FusedKGEModel):
         self.discriminator = (SelfAttentionDiscriminator(dim, m, adversarial.discriminator_layers, adversarial.heads)
                               if adversarial.kind == "moien" else None)
         self.fake_loss = SelfAdversarialSigmoidLoss(adversarial_temperature)
+        #: generator updates taken so far (a buffer: checkpointed, so a resumed run keeps its completion schedule)
+        self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         if adversarial.kind == "moien" and adversarial.complete_missing:
             representation.completer = self._complete
 
     # -------------------------------------------------------------------------------- generation
-    def _complete(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    @property
+    def completing(self) -> bool:
+        """Whether absent modalities are generated now: ``complete_missing`` and the generator has taken at
+        least ``complete_after_steps`` updates."""
+        return self.adv.complete_missing and int(self.generator_updates) >= self.adv.complete_after_steps
+
+    def _complete(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Absent modality slots of ``x [B, M, D]`` replaced by the noise-free generator output (detached:
-        the generator learns in its own step only)."""
-        if bool(present.all()):
-            return x
+        the generator learns in its own step only); returns ``(x', all-True mask)``.  Before the warm-up
+        (``complete_after_steps``) is over, ``(x, present)`` unchanged: absent slots stay masked."""
+        if bool(present.all()) or not self.completing:
+            return x, present
         with torch.no_grad():
             gen = self.generator(x.detach(), present, noise=False)
         filled = torch.where(present[:, 1:].unsqueeze(-1), x[:, 1:], gen.to(x.dtype))
-        return torch.cat([x[:, :1], filled], 1)
+        return torch.cat([x[:, :1], filled], 1), torch.ones_like(present)
 
     def fake_components(self, x: torch.Tensor, present: torch.Tensor, generator_grad: bool = True
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +182,11 @@ class AdversarialFusedModel(FusedKGEModel):
             loss = loss + self._moien_generator_terms(positives)
         return loss
 
+    def _counted_generator_loss(self, positives: torch.Tensor) -> torch.Tensor:
+        """:meth:`generator_loss`, counting the update in :attr:`generator_updates` (the completion schedule)."""
+        self.generator_updates += 1
+        return self.generator_loss(positives)
+
     def _entity_batch(self, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.unique(torch.cat([positives[:, 0], positives[:, 2]]))
         x, present = self.entities.raw_components(ids)
@@ -215,7 +229,7 @@ class AdversarialFusedModel(FusedKGEModel):
                                     self.adv.discriminator_lr or self.adv.generator_lr, self.discriminator_loss,
                                     self))
         steps.append(_ModelStep("generator", self.generator.parameters(), self.adv.generator_lr,
-                                self.generator_loss, self))
+                                self._counted_generator_loss, self))
         return steps
 
 

@@ -74,8 +74,9 @@ class FusedRepresentation(EntityRepresentation):
         self.fusion = TanhAttentionFusion(dim, len(inputs) + 1, relation_temperature, num_relations, confidence,
                                           init_range=temperature_init_range)
         self.relation_aware = relation_gate or relation_temperature
-        #: optional ``complete(x [B, M, D], present [B, M]) -> x'`` filling absent modalities (AFME MoIEn)
-        self.completer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        #: optional ``complete(x [B, M, D], present [B, M]) -> (x', mask')`` filling absent modalities (AFME MoIEn);
+        #: the returned mask is what the fusion sees (all ``True`` once the absent slots are filled)
+        self.completer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def modality_names(self) -> list[str]:
@@ -93,12 +94,12 @@ class FusedRepresentation(EntityRepresentation):
 
     def components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """What the fusion sees: ``x [B, M, D]`` and the fusion mask ``[B, M]``.  With a completer, absent rows
-        are replaced by generated vectors and count as present; without masks every slot counts as present."""
+        are replaced by generated vectors and count as present (the completer may decline, e.g. during its warm-up,
+        and return the true mask); without masks every slot counts as present."""
         x, present = self.raw_components(ids)
         if self.completer is not None:
-            x = self.completer(x, present)
-            present = torch.ones_like(present)
-        elif not self.use_masks:
+            x, present = self.completer(x, present)
+        if not self.use_masks:
             present = torch.ones_like(present)
         return x, present
 
