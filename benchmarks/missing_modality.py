@@ -4,20 +4,26 @@ completion buy on entities that lack a modality.
 A controlled share of the entities misses each modality (``--missing``, for text and visual alike; their rows are
 zeros).  Every variant is a fused RotatE with the same budget (epochs, optimiser, sampler, seed):
 
-* ``structure``      -- RotatE without modalities (reference);
-* ``fused_nomask``   -- relation-temperature fusion where an absent modality enters the softmax as its learned
-  fill vector (``model.fusion.mask_missing: false``);
-* ``fused_mask``     -- the same with presence masks (absent modalities get zero weight);
-* ``afme_mask``      -- AFME fusion (relation gate + L2 confidence) with masks and the MoIEn generator trained,
+* ``structure``          -- RotatE without modalities (reference);
+* ``fused_zero``         -- relation-temperature fusion where an absent modality is a zero vector averaged in
+  (``missing: zeros``, ``model.fusion.mask_missing: false``): the baseline that presence masks replace;
+* ``fused_nomask``       -- the same, but the absent modality enters the softmax as its *learned* fill vector;
+* ``fused_mask``         -- the same with presence masks (absent modalities get zero weight);
+* ``afme_mask``          -- AFME fusion (relation gate + L2 confidence) with masks and the MoIEn generator trained,
   but no completion (``complete_missing: false``);
-* ``afme_complete``  -- AFME with completion: absent modalities are filled by the generator.
+* ``afme_complete``      -- AFME with completion: absent modalities are filled by the generator from the start;
+* ``afme_complete_warm`` -- the same, but completion starts after half of the generator updates
+  (``complete_after_steps``); before that absent modalities are masked.
 
 Reported: test MRR / Hits@10 (realistic ties, head and tail averaged, filtered), overall, on ranking tasks whose
-*predicted* entity misses at least one modality, and on the rest (from the run's ``diagnostics``).
+*predicted* entity misses at least one modality, and on the rest (from the run's ``diagnostics``).  The per-task
+reciprocal ranks of the selected checkpoint are saved (``<variant>/test_reciprocal_ranks.npy``, realistic ties,
+head tasks then tail tasks) so that :mod:`missing_modality_summary` can compare variants *paired* over seeds.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/missing_modality.py --missing 0.5 --epochs 30 --out runs/missing_modality
+    OMP_NUM_THREADS=1 python benchmarks/missing_modality.py --missing 0.5 --epochs 15 --seed 42 --out runs/mm_s42
+    python benchmarks/missing_modality_summary.py runs/mm_s4*   # paired comparison over seeds
 
 Writes ``<out>/<variant>/`` run directories and ``<out>/summary.json`` / ``summary.md``.
 """
@@ -27,20 +33,25 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmkgc.config import parse_config
+from mmkgc.evaluation.metrics import evaluate
 from mmkgc.fileio import atomic_write_text
-from mmkgc.pipeline import run_experiment
+from mmkgc.pipeline import load_data, load_run, run_experiment
 
-VARIANTS = ("structure", "fused_nomask", "fused_mask", "afme_mask", "afme_complete")
+VARIANTS = ("structure", "fused_zero", "fused_nomask", "fused_mask", "afme_mask", "afme_complete",
+            "afme_complete_warm")
 
 
-def variant_config(name: str, missing: float, epochs: int, dim: int, seed: int) -> dict:
-    """The experiment config of one variant (see the module docstring)."""
+def variant_config(name: str, missing: float, epochs: int, dim: int, seed: int, steps_per_epoch: int = 0) -> dict:
+    """The experiment config of one variant (see the module docstring); ``steps_per_epoch`` (batches per epoch)
+    sets the warm-up of ``afme_complete_warm``."""
     cfg: dict = {
         "name": f"missing-{name}",
         "seed": seed,
@@ -52,13 +63,16 @@ def variant_config(name: str, missing: float, epochs: int, dim: int, seed: int) 
     }
     if name == "structure":
         return cfg
-    mods = [{"name": "text"}, {"name": "visual"}]
+    fill = "zeros" if name == "fused_zero" else "learned"
+    mods = [{"name": "text", "missing": fill}, {"name": "visual", "missing": fill}]
     fusion: dict = {"kind": "attention", "relation_temperature": True}
     if name.startswith("afme"):
         fusion.update(confidence="l2", relation_gate=True)
         cfg["training"]["adversarial"] = {"kind": "moien", "mu": 0.0, "generator_lr": 0.001, "layers": 2,
-                                          "heads": 4, "complete_missing": name == "afme_complete"}
-    if name == "fused_nomask":
+                                          "heads": 4, "complete_missing": name.startswith("afme_complete")}
+        if name == "afme_complete_warm":
+            cfg["training"]["adversarial"]["complete_after_steps"] = epochs * steps_per_epoch // 2
+    if name in ("fused_zero", "fused_nomask"):
         fusion["mask_missing"] = False
     cfg["model"].update(representation="fused", adapter="mlp", modalities=mods, fusion=fusion)
     return cfg
@@ -75,6 +89,23 @@ def split_groups(groups: dict) -> dict:
     return out
 
 
+def save_reciprocal_ranks(run_dir: Path) -> None:
+    """Re-rank the test split with the run's selected checkpoint and save the per-task reciprocal ranks
+    (float64 ``[2 * n_test]``, realistic ties, head tasks then tail tasks) and the predicted entity of each task
+    (int64, same order) as ``test_reciprocal_ranks.npy`` / ``test_targets.npy``."""
+    _, data, model = load_run(run_dir, device="cpu")
+    with torch.no_grad():
+        result = evaluate(model.score_fn(), data.triples, split="test", per_relation=False)
+    ranks = result.ranks
+    rr = torch.cat([1.0 / ranks.side("head").realistic, 1.0 / ranks.side("tail").realistic]).numpy()
+    targets = torch.cat([ranks.queries[:, 0], ranks.queries[:, 2]]).numpy()
+    for fname, arr in (("test_reciprocal_ranks.npy", rr), ("test_targets.npy", targets)):
+        tmp = run_dir / (fname + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+        tmp.replace(run_dir / fname)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--missing", type=float, default=0.5, help="share of entities without each modality")
@@ -85,11 +116,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/missing_modality"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    probe = parse_config(variant_config("structure", args.missing, args.epochs, args.dim, args.seed))
+    num_train = load_data(probe).triples.train.shape[0]
+    steps_per_epoch = math.ceil(num_train / probe.training.batch_size)
     results = {}
     for name in args.variants:
-        cfg = parse_config(copy.deepcopy(variant_config(name, args.missing, args.epochs, args.dim, args.seed)))
+        raw = variant_config(name, args.missing, args.epochs, args.dim, args.seed, steps_per_epoch)
+        cfg = parse_config(copy.deepcopy(raw))
         t0 = time.perf_counter()
         metrics = run_experiment(cfg, args.out / name, device="cpu", log=lambda line: None)
+        save_reciprocal_ranks(args.out / name)
         test = metrics["summary"]["test"]["realistic"]
         row = {"mrr": test["mrr"], "hits@10": test["hits@10"], "seconds": time.perf_counter() - t0}
         if "diagnostics" in metrics:
