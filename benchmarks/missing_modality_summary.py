@@ -10,6 +10,9 @@ Tasks are grouped by the *predicted* entity:
 * ``missing_sparse``: it lacks a modality *and* is one of the generator's sparse entities (a handful of train
   facts), where structure says least and the modality path matters most.
 
+It also scores each trained MoIEn generator against the true (hidden) modality vectors (:func:`completion_quality`,
+mean over seeds).
+
 For a comparison ``A - B`` and a group, the per-seed difference is ``d_s = MRR_A - MRR_B`` on that group's tasks.
 Reported: the mean of ``d_s`` with a 95 % Student-t interval over seeds (training variability, the test set held
 fixed), the number of seeds where ``A`` wins, and a 95 % paired bootstrap interval over tasks of the seed-averaged
@@ -27,10 +30,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mmkgc.config import load_config
 from mmkgc.data.synthetic import make_synthetic_mmkg
 from mmkgc.fileio import atomic_write_text
+from mmkgc.pipeline import load_run
 
 #: (A, B, what the difference measures)
 COMPARISONS = (
@@ -40,6 +45,7 @@ COMPARISONS = (
     ("afme_complete", "afme_mask", "AFME completion from the start vs AFME with masks only"),
     ("afme_complete_warm", "afme_mask", "AFME completion after a warm-up vs AFME with masks only"),
     ("afme_mask", "fused_mask", "AFME fusion + trained generator (no completion) vs plain masked fusion"),
+    ("oracle_full", "fused_mask", "headroom: no modality missing vs masked fusion with half missing"),
 )
 GROUPS = ("all", "missing", "complete", "missing_sparse")
 
@@ -52,15 +58,47 @@ def t_quantile(df: int) -> float:
 
 
 def group_masks(seed_dir: Path, targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean task masks of :data:`GROUPS`, from the synthetic KG the runs were trained on (regenerated from the
-    run config, deterministic)."""
-    run = next(p for p in sorted(seed_dir.iterdir()) if (p / "config.yaml").is_file())
-    cfg = load_config(run / "config.yaml")
+    """Boolean task masks of :data:`GROUPS`, from the synthetic KG with missing modalities the runs were trained on
+    (regenerated from the ``fused_mask`` run's config, deterministic)."""
+    cfg = load_config(seed_dir / "fused_mask" / "config.yaml")
     syn = make_synthetic_mmkg(**cfg.dataset.synthetic.model_dump())
     complete = np.all(np.stack([syn.present[m] for m in syn.modalities]), axis=0)[targets]
     sparse = syn.sparse[targets]
     return {"all": np.ones_like(complete), "missing": ~complete, "complete": complete,
             "missing_sparse": ~complete & sparse}
+
+
+@torch.no_grad()
+def completion_quality(run_dir: Path) -> dict[str, dict[str, float]]:
+    """How well a trained MoIEn generator predicts the modality vectors it must complete.
+
+    The synthetic generator draws presence *after* the feature values, so regenerating the KG with nothing
+    missing gives the true features of the entities whose modality was hidden.  For every modality ``m``, on the
+    entities lacking it, the target is the run's adapter applied to the true features, ``A_m(x_m)`` ``[n, D]``;
+    the generator's noise-free output (target hidden, conditioned on structure and the other present modality)
+    is scored by ``R² = 1 - Σ‖G - A_m(x_m)‖² / Σ‖A_m(x_m) - mean‖²`` (0 = the best constant vector, 1 = exact)
+    and by the mean cosine similarity; ``fill_r2`` scores the learned fill vector the masks-only model would use.
+    """
+    _, data, model = load_run(run_dir, device="cpu")
+    cfg = load_config(run_dir / "config.yaml")
+    options = cfg.dataset.synthetic.model_dump()
+    full = make_synthetic_mmkg(**{**options, "missing_text": 0.0, "missing_visual": 0.0})
+    ids = torch.arange(data.triples.num_entities)
+    x, present = model.entities.raw_components(ids)
+    gen = model.generator(x, present, noise=False)
+    out = {}
+    for j, inp in enumerate(model.entities.inputs):
+        absent = ~present[:, j + 1]
+        target = inp.adapter(torch.as_tensor(full.features[inp.name])[absent])
+        pred, fill = gen[absent, j], inp.missing.expand_as(target)
+        spread = ((target - target.mean(0)) ** 2).sum()
+        out[inp.name] = {
+            "absent": int(absent.sum()),
+            "r2": float(1 - ((pred - target) ** 2).sum() / spread),
+            "cosine": float(torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean()),
+            "fill_r2": float(1 - ((fill - target) ** 2).sum() / spread),
+        }
+    return out
 
 
 def load_seed(seed_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -127,11 +165,25 @@ def main() -> None:
             lines.append(f"| {row['a']} − {row['b']} | {g} | {c['mean']:+.2f} | "
                          f"[{c['t95'][0]:+.2f}, {c['t95'][1]:+.2f}] | {c['wins']}/{c['seeds']} | "
                          f"[{c['bootstrap95'][0]:+.2f}, {c['bootstrap95'][1]:+.2f}] |")
+    quality = {}
+    for v in ("afme_mask", "afme_complete", "afme_complete_warm"):
+        runs = [d / v for d in args.seed_dirs if (d / v / "config.yaml").is_file()]
+        if runs:
+            per_run = [completion_quality(r) for r in runs]
+            quality[v] = {m: {k: float(np.mean([q[m][k] for q in per_run])) for k in per_run[0][m]}
+                          for m in per_run[0]}
+    if quality:
+        lines += ["", "| generator of | modality | entities lacking it | R² (generated) | cosine | R² (fill vector) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for v, per_mod in quality.items():
+            for m, q in per_mod.items():
+                lines.append(f"| {v} | {m} | {q['absent']:.0f} | {q['r2']:.3f} | {q['cosine']:.3f} | "
+                             f"{q['fill_r2']:.3f} |")
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
         payload = {"seed_dirs": [str(d) for d in args.seed_dirs], "mrr_percent": per_variant,
-                   "comparisons": comparisons}
+                   "comparisons": comparisons, "completion_quality": quality}
         atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
 
 
