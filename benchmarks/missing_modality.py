@@ -81,8 +81,10 @@ def variant_config(name: str, missing: float, epochs: int, dim: int, seed: int, 
     return cfg
 
 
-def split_groups(groups: dict) -> dict:
-    """Count-weighted MRR / Hits@10 over groups with all modalities (``text+visual``) vs the rest."""
+def split_groups(groups: dict, overall: dict) -> dict:
+    """Count-weighted MRR / Hits@10 over groups with all modalities (``text+visual``) vs the rest; a single group
+    (``same_as: test``, e.g. nothing missing) takes the ``overall`` metrics."""
+    groups = {g: (dict(overall, count=v["count"]) if "same_as" in v else v) for g, v in groups.items()}
     out = {}
     for part, keep in (("complete", lambda g: g == "text+visual"), ("missing", lambda g: g != "text+visual")):
         sel = {g: v for g, v in groups.items() if keep(g)}
@@ -132,7 +134,7 @@ def main() -> None:
         test = metrics["summary"]["test"]["realistic"]
         row = {"mrr": test["mrr"], "hits@10": test["hits@10"], "seconds": time.perf_counter() - t0}
         if "diagnostics" in metrics:
-            row.update(split_groups(metrics["diagnostics"]["test_by_modalities"]))
+            row.update(split_groups(metrics["diagnostics"]["test_by_modalities"], test))
             row["mean_weights"] = metrics["diagnostics"]["modality_weights"]["mean"]
         results[name] = row
         print(name, json.dumps(row))

@@ -59,8 +59,9 @@ def t_quantile(df: int) -> float:
 
 def group_masks(seed_dir: Path, targets: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean task masks of :data:`GROUPS`, from the synthetic KG with missing modalities the runs were trained on
-    (regenerated from the ``fused_mask`` run's config, deterministic)."""
-    cfg = load_config(seed_dir / "fused_mask" / "config.yaml")
+    (regenerated from the config of a run other than ``oracle_full``, deterministic)."""
+    run = next(p for p in sorted(seed_dir.iterdir()) if (p / "config.yaml").is_file() and p.name != "oracle_full")
+    cfg = load_config(run / "config.yaml")
     syn = make_synthetic_mmkg(**cfg.dataset.synthetic.model_dump())
     complete = np.all(np.stack([syn.present[m] for m in syn.modalities]), axis=0)[targets]
     sparse = syn.sparse[targets]
