@@ -44,6 +44,7 @@ COMPARISONS = (
     ("fused_mask", "fused_nomask", "presence masks vs a learned fill vector averaged in"),
     ("afme_complete", "afme_mask", "AFME completion from the start vs AFME with masks only"),
     ("afme_complete_warm", "afme_mask", "AFME completion after a warm-up vs AFME with masks only"),
+    ("afme_complete_warm", "afme_complete", "completion after a warm-up vs completion from the start"),
     ("afme_mask", "fused_mask", "AFME fusion + trained generator (no completion) vs plain masked fusion"),
     ("oracle_full", "fused_mask", "headroom: no modality missing vs masked fusion with half missing"),
 )
