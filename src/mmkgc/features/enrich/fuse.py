@@ -206,11 +206,11 @@ def fuse_entities(
     from mmkgc.features.entity_text import label_text
 
     journal = Journal(journal_path, key="entity", header={"stage": "fuse", "fuser": fuser.identity})
-    todo = [name for name, d in descriptions.items() if d and not journal.done(name)]
+    pending = [name for name, d in descriptions.items() if d and not journal.done(name)]
     report = {"entities": len(descriptions), "fused": 0, "resumed": sum(1 for n in descriptions if journal.done(n)),
               "without_descriptions": sum(1 for d in descriptions.values() if not d), "truncated": 0}
-    with _progress(progress, len(todo), "fusing descriptions") as advance:
-        for name in todo:
+    with _progress(progress, len(pending), "fusing descriptions") as advance:
+        for name in pending:
             shown = (display_names or {}).get(name) or label_text(name)[0] or name
             summary, info = fuser.summarise(shown, list(descriptions[name]))
             journal.append({"entity": name, "summary": summary, **info})
