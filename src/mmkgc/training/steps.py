@@ -13,13 +13,14 @@ estimator step with the IMVIA objectives, the contrastive pretraining of VEMP be
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 
-class AuxiliaryStep:
+class AuxiliaryStep(ABC):
     """One extra optimisation step per batch over its own parameter group.
 
     Subclasses implement :meth:`loss`; :meth:`step` differentiates the loss with respect to the group only
@@ -42,9 +43,9 @@ class AuxiliaryStep:
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas)
         self.gradient_clip = gradient_clip
 
+    @abstractmethod
     def loss(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The step's loss on the batch tensors the main step received (see ``Trainer._step_loss``)."""
-        raise NotImplementedError
 
     def step(self, *tensors: torch.Tensor) -> dict[str, float]:
         """Run one update of this step's group; returns ``{name: loss value}`` for the epoch log.
