@@ -145,6 +145,8 @@ def test_moien_completion_waits_for_its_warm_up_and_the_count_is_checkpointed(tm
             assert model.completing and bool(mask.all())
         generator_step.step(*batch)
     assert int(model.state_dict()["generator_updates"]) == 3
+    # without a warm-up the weights carry no counter (checkpoints from before the option still load)
+    assert "generator_updates" not in build_model(parse_config(adversarial_raw("moien")), data).state_dict()
     # a run that stops inside the warm-up and resumes matches the uninterrupted one (the count is restored)
     steps_per_epoch = -(-data.triples.train.shape[0] // cfg.training.batch_size)
     raw["training"]["adversarial"]["complete_after_steps"] = steps_per_epoch + 1

@@ -70,8 +70,11 @@ class AdversarialFusedModel(FusedKGEModel):
         self.discriminator = (SelfAttentionDiscriminator(dim, m, adversarial.discriminator_layers, adversarial.heads)
                               if adversarial.kind == "moien" else None)
         self.fake_loss = SelfAdversarialSigmoidLoss(adversarial_temperature)
-        #: generator updates taken so far (a buffer: checkpointed, so a resumed run keeps its completion schedule)
-        self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        #: generator updates taken so far, kept only when completion waits for them (``complete_after_steps > 0``):
+        #: a buffer, so checkpoints carry it and a resumed run keeps its schedule, while the checkpoints of every
+        #: other configuration keep the weights they always had
+        self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long)
+                             if adversarial.complete_after_steps > 0 else None)
         if adversarial.kind == "moien" and adversarial.complete_missing:
             representation.completer = self._complete
 
@@ -80,7 +83,9 @@ class AdversarialFusedModel(FusedKGEModel):
     def completing(self) -> bool:
         """Whether absent modalities are generated now: ``complete_missing`` and the generator has taken at
         least ``complete_after_steps`` updates."""
-        return self.adv.complete_missing and int(self.generator_updates) >= self.adv.complete_after_steps
+        if not self.adv.complete_missing:
+            return False
+        return self.generator_updates is None or int(self.generator_updates) >= self.adv.complete_after_steps
 
     def _complete(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Absent modality slots of ``x [B, M, D]`` replaced by the noise-free generator output (detached:
@@ -184,7 +189,8 @@ class AdversarialFusedModel(FusedKGEModel):
 
     def _counted_generator_loss(self, positives: torch.Tensor) -> torch.Tensor:
         """:meth:`generator_loss`, counting the update in :attr:`generator_updates` (the completion schedule)."""
-        self.generator_updates += 1
+        if self.generator_updates is not None:
+            self.generator_updates += 1
         return self.generator_loss(positives)
 
     def _entity_batch(self, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
