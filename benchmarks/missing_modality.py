@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import math
 import time
@@ -44,7 +45,7 @@ import torch
 
 from mmkgc.config import parse_config
 from mmkgc.evaluation.metrics import evaluate
-from mmkgc.fileio import atomic_write_text
+from mmkgc.fileio import atomic_write, atomic_write_text
 from mmkgc.pipeline import load_data, load_run, run_experiment
 
 VARIANTS = ("structure", "fused_zero", "fused_nomask", "fused_mask", "afme_mask", "afme_complete",
@@ -94,6 +95,13 @@ def split_groups(groups: dict, overall: dict) -> dict:
     return out
 
 
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` in ``.npy`` format (``np.save`` on a path would append ``.npy`` to the temporary name)."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
 def save_reciprocal_ranks(run_dir: Path) -> None:
     """Re-rank the test split with the run's selected checkpoint and save the per-task reciprocal ranks
     (float64 ``[2 * n_test]``, realistic ties, head tasks then tail tasks) and the predicted entity of each task
@@ -105,10 +113,7 @@ def save_reciprocal_ranks(run_dir: Path) -> None:
     rr = torch.cat([1.0 / ranks.side("head").realistic, 1.0 / ranks.side("tail").realistic]).numpy()
     targets = torch.cat([ranks.queries[:, 0], ranks.queries[:, 2]]).numpy()
     for fname, arr in (("test_reciprocal_ranks.npy", rr), ("test_targets.npy", targets)):
-        tmp = run_dir / (fname + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-        tmp.replace(run_dir / fname)
+        atomic_write(run_dir / fname, lambda tmp, arr=arr: tmp.write_bytes(_npy_bytes(arr)))
 
 
 def main() -> None:
