@@ -246,6 +246,26 @@ def test_minilm_encoder(minilm):
     assert isinstance(build_text_encoder("all-MiniLM-L6-v2", device="cpu"), SentenceTransformerEncoder)
 
 
+@needs_minilm
+def test_identity_is_remembered_so_a_cached_table_needs_no_model_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path))
+    first = SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu", max_length=64)
+    assert first._model is None  # nothing loaded at construction
+    ident = first.identity  # unknown shape: loads the model once and remembers dim / max_length
+    assert first._model is not None and ident["dim"] == 384 and ident["max_length"] == 64
+    assert len(list((tmp_path / "encoders").glob("*.json"))) == 1
+    second = SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu", max_length=64)
+    assert second.identity == ident and second.dim == 384 and second.max_length == 64
+    assert second._model is None  # the identity (and so the feature cache key) came from the memo
+    other = SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu", max_length=32)  # another key
+    assert other.identity["max_length"] == 32 and other._model is not None
+    # a corrupt memo is ignored (the model is loaded again), never trusted
+    for f in (tmp_path / "encoders").glob("*.json"):
+        f.write_text("{not json")
+    third = SentenceTransformerEncoder("all-MiniLM-L6-v2", device="cpu", max_length=64)
+    assert third.identity == ident and third._model is not None
+
+
 # ------------------------------------------------------------------------------------------- the cache
 
 
