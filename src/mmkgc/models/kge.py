@@ -175,11 +175,45 @@ class MultimodalRepresentation(EntityRepresentation):
         return torch.stack(vecs, -2), torch.stack(pres, -1)
 
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fusion is not None and all(hasattr(m.adapter, "split_last_linear") for m in self.inputs):
+            return self._concat_folded(ids)
         x, present = self.stacked(ids)
         if self.fusion is None:
             return x[..., 0, :]
         fused, _ = self.fusion(x, present)
         return fused
+
+    def _concat_folded(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """The concat fusion ``P [s; A_1(x_1); ...] + b`` computed block by block, with the last linear layer
+        ``W h + c`` of every adapter folded into its block ``P_m`` of the projection:
+        ``P_m (W h + c) = (P_m W) h + P_m c``; an absent row contributes ``P_m f`` (its fill vector ``f``).
+
+        The same function of the same parameters as stacking ``[B, M, D]`` and projecting ``[B, M D]`` (equal
+        up to float rounding, gradients included; tested), without the stacked copies and with one ``D x D``
+        product per entity and modality fewer: 1.36-1.57x fewer multiply-adds per entity on DB15K text
+        (384-d MiniLM features, ``D = 500``).
+
+        Shapes: ``ids [B] | None`` -> ``[B, D]`` (``None``: all ``N`` entities).
+        """
+        weight, bias = self.fusion.projection.weight, self.fusion.projection.bias
+        d = self.dim
+        slot = 0
+        out = None
+        if self.structure is not None:
+            out = torch.nn.functional.linear(self.structure(ids), weight[:, :d], bias)
+            slot = 1
+        for m in self.inputs:
+            block = weight[:, slot * d:(slot + 1) * d]
+            x = m.values if ids is None else m.values[ids]
+            present = m.present if ids is None else m.present[ids]
+            hidden, last = m.adapter.split_last_linear(x)
+            part = torch.nn.functional.linear(hidden, block @ last.weight, block @ last.bias)
+            part = torch.where(present.unsqueeze(-1), part, (block @ m.missing.to(part.dtype)).expand_as(part))
+            out = part if out is None else out + part
+            slot += 1
+        if self.structure is None:
+            out = out + bias
+        return out
 
 
 class KGEModel(nn.Module):

@@ -30,6 +30,13 @@ class LinearAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(x))
 
+    def split_last_linear(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
+        """``(h, last)`` with ``forward(x) == last(h)``: the input after dropout, and the projection.
+
+        Lets a following linear map ``P`` be folded in: ``P forward(x) = (P W) h + P b``.
+        """
+        return self.dropout(x), self.linear
+
 
 class MLPAdapter(nn.Module):
     """``y = W_2 relu(W_1 dropout(x) + b_1) + b_2`` with hidden width ``hidden_dim`` (default ``out_dim``).
@@ -44,6 +51,10 @@ class MLPAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def split_last_linear(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
+        """``(h [..., hidden], last)`` with ``forward(x) == last(h)`` (see :meth:`LinearAdapter.split_last_linear`)."""
+        return self.net[:-1](x), self.net[-1]
 
 
 ADAPTERS = {"linear": LinearAdapter, "mlp": MLPAdapter}

@@ -1,0 +1,49 @@
+"""The concat representation's folded projection equals stacking and projecting, values and gradients."""
+
+import pytest
+import torch
+
+from mmkgc.models.kge import ModalityFeatures, MultimodalRepresentation
+
+
+def _unfolded(rep: MultimodalRepresentation, ids):
+    x, present = rep.stacked(ids)
+    if rep.fusion is None:
+        return x[..., 0, :]
+    return rep.fusion(x, present)[0]
+
+
+@pytest.mark.parametrize("adapter", ["linear", "mlp"])
+@pytest.mark.parametrize("with_structure", [True, False])
+def test_folded_concat_equals_stack_and_project(adapter, with_structure):
+    torch.manual_seed(0)
+    n, dim = 7, 6
+    mods = [ModalityFeatures("text", torch.randn(n, 5), torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool),
+                             "learned"),
+            ModalityFeatures("visual", torch.randn(n, 3), torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.bool),
+                             "zeros")]
+    rep = MultimodalRepresentation(n, dim, mods, with_structure=with_structure, adapter=adapter).double()
+    with torch.no_grad():  # move every parameter off its special initial value (identity block, zero fill)
+        for p in rep.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    for ids in (None, torch.tensor([4, 0, 2, 2, 6])):
+        folded = rep(ids)
+        direct = _unfolded(rep, ids)
+        torch.testing.assert_close(folded, direct, rtol=1e-12, atol=1e-12)
+        weights = torch.randn_like(direct)
+        g_folded = torch.autograd.grad((folded * weights).sum(), list(rep.parameters()))
+        g_direct = torch.autograd.grad((_unfolded(rep, ids) * weights).sum(), list(rep.parameters()))
+        for (name, _), a, b in zip(rep.named_parameters(), g_folded, g_direct):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    # an absent row is the projection of its fill vector: change the feature row of an absent entity, and the
+    # representation of that entity does not move
+    before = rep(torch.tensor([2])).detach()
+    rep.inputs[0].values[2] += 10.0
+    torch.testing.assert_close(rep(torch.tensor([2])), before)
+
+
+def test_single_modality_without_structure_is_its_adapter_output():
+    torch.manual_seed(1)
+    mods = [ModalityFeatures("text", torch.randn(4, 3), torch.ones(4, dtype=torch.bool), "zeros")]
+    rep = MultimodalRepresentation(4, 2, mods, with_structure=False)
+    torch.testing.assert_close(rep(None), rep.inputs[0].adapter(rep.inputs[0].values))
