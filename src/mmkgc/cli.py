@@ -213,6 +213,9 @@ def demo(
 
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one clean message."""
+    from mmkgc.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large per-batch temporaries stay in the heap instead of page-faulting back each step
     try:
         app(standalone_mode=False)
     except MMKGCError as err:
