@@ -117,28 +117,84 @@ def test_gnn_config_errors():
 
 
 # ------------------------------------------------------------------ relation grouping
-def test_vemp_meta_relations_cover_db15k(db15k):
+# VEMP's table (DvirSela/Lab_Project at 73ee2d33d621bcea78273c433178f83d5505248a, utils/util.py relation_to_meta):
+# the SHA-256 of its 279 meta names joined by newlines in relation-id order, the group sizes and a few entries.
+VEMP_META_SHA256 = "682e3eb3851d335c93a486f45d9235fbca66b8cd3bc5df30e66a33ba3e653b04"
+VEMP_META_SIZES = {
+    "CULTURE_LANGUAGE": 6, "CULTURE_SOCIETY": 7, "GEO_ADMINISTRATIVE": 13, "GEO_HYDROLOGY": 19, "GEO_OTHER": 3,
+    "GEO_PHYSICAL": 6, "GEO_POLITICAL": 15, "LOC_EVENT": 8, "LOC_GENERAL": 12, "LOC_STRUCTURE": 10,
+    "MEDIA_CREATOR": 14, "MEDIA_INDUSTRY": 12, "MEDIA_PERFORMER": 11, "MEDIA_WORK": 21, "MILITARY_PERSON": 4,
+    "MILITARY_UNIT_EVENT": 7, "ONTOLOGY_METADATA": 10, "ORG_PRODUCT": 7, "ORG_STRUCTURE": 18,
+    "PERSON_ACHIEVEMENT": 7, "PERSON_ASSOCIATES": 8, "PERSON_BIO": 6, "PERSON_CAREER": 3, "PERSON_EDUCATION": 4,
+    "PERSON_FAMILY": 4, "POLITICS_GROUP": 13, "POLITICS_ROLE": 13, "POLITICS_SUCCESSION": 2,
+    "SPORTS_PERSON_TEAM": 6, "SPORTS_STRUCTURE": 7, "TECH_SPEC": 3,
+}
+
+
+def test_vemp_meta_table_is_the_published_relation_to_meta():
+    import hashlib
+    import json
+    from collections import Counter
+    from importlib import resources
+
     from mmkgc.data.relation_groups import load_vemp_meta_relations, vemp_relation_map
+
+    names, table = load_vemp_meta_relations()
+    assert names == sorted(VEMP_META_SIZES) and dict(Counter(table.values())) == VEMP_META_SIZES
+    data = json.loads(resources.files("mmkgc.data").joinpath("vemp_relation_to_meta.json").read_text())
+    assert data["source"]["commit"] == "73ee2d33d621bcea78273c433178f83d5505248a"
+    ordered = list(table.values())  # file order = VEMP relation ids (data/raw/relations.csv)
+    assert hashlib.sha256("\n".join(ordered).encode()).hexdigest() == VEMP_META_SHA256
+    ids, _ = vemp_relation_map(["<http://dbpedia.org/ontology/language>", "http://dbpedia.org/ontology/deathPlace",
+                                "http://dbpedia.org/ontology/party", "http://dbpedia.org/ontology/presenter"])
+    # CULTURE_LANGUAGE, LOC_EVENT, POLITICS_GROUP, MEDIA_PERFORMER at their alphabetical positions
+    assert ids.tolist() == [0, 7, 25, 12]
+    own_ids, own_names = vemp_relation_map(["http://dbpedia.org/ontology/language"], "mmkgc_meta")
+    assert own_names[own_ids[0]] == "LANGUAGE" and len(own_names) == 31
+
+
+def test_vemp_meta_relations_cover_db15k(db15k):
+    from mmkgc.data.relation_groups import vemp_relation_map
 
     labels = db15k.relation_labels
     assert len(labels) == 279
+    for grouping in ("vemp_meta", "mmkgc_meta"):
+        ids, names = vemp_relation_map(labels, grouping)
+        assert len(names) == 31 and names == sorted(names) and ids.unique().numel() == 31
     ids, names = vemp_relation_map(labels)
-    assert len(names) == 31 and names == sorted(names)
-    assert ids.unique().numel() == 31
-    assert {"GEO_POLITICAL", "MEDIA_CREATOR", "ONTOLOGY_METADATA"} <= set(names)
-    _, table = load_vemp_meta_relations()
-    assert len(table) == 279
+    assert [names[i] for i in ids[:3].tolist()] == ["ONTOLOGY_METADATA", "GEO_POLITICAL", "CULTURE_LANGUAGE"]
+    assert {n: int((ids == i).sum()) for i, n in enumerate(names)} == VEMP_META_SIZES
 
 
 def test_vemp_meta_relations_unknown_relation_is_an_error():
     from mmkgc.data.relation_groups import vemp_relation_map
-    from mmkgc.errors import DataFormatError
+    from mmkgc.errors import DataFormatError, UnknownNameError
 
-    with pytest.raises(DataFormatError, match="no VEMP meta-relation"):
+    with pytest.raises(DataFormatError, match="no meta-relation"):
         vemp_relation_map(["http://example.org/notARelation"])
+    with pytest.raises(UnknownNameError, match="relation grouping"):
+        vemp_relation_map(["http://dbpedia.org/ontology/language"], "freebase")
 
 
-# ------------------------------------------------------------------ sampled protocol
+def test_training_negatives_binary_corrupts_both_endpoints_as_pyg():
+    from mmkgc.models.vemp import training_negatives
+
+    src = torch.tensor([3, 3, 5, 7])
+    neg_src, neg_dst = training_negatives(src, 50, "binary", torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    expected_src = torch.randint(50, (4,), generator=g)  # PyG: src_neg, then dst_neg, both torch.randint
+    assert neg_src.tolist() == expected_src.tolist()
+    assert neg_dst.tolist() == torch.randint(50, (4,), generator=g).tolist()
+    tail_src, tail_dst = training_negatives(src, 50, "tail", torch.Generator().manual_seed(4))
+    assert tail_src.tolist() == [3, 3, 5, 7] and tail_dst.tolist() == expected_src.tolist()
+    # over many draws a binary negative keeps the positive's source only by chance (1/50), the tail form always
+    many = torch.zeros(20000, dtype=torch.long)
+    kept = (training_negatives(many, 50, "binary", torch.Generator().manual_seed(0))[0] == 0).float().mean()
+    assert abs(float(kept) - 1 / 50) < 0.005
+    with pytest.raises(ValueError, match="binary"):
+        training_negatives(src, 50, "head", torch.Generator())
+
+
 def test_vemp_sampled_fixed_vs_legacy():
     from mmkgc.evaluation.sampled import vemp_link_ranks
 

@@ -141,7 +141,8 @@ class GNNConfig(_Strict):
     :param hidden_dims: output width of each layer but the last (the last layer outputs the scorer's entity width).
     :param num_bases: basis decomposition size (``None``: one weight matrix per relation type).
     :param dropout: dropout between layers.
-    :param relation_grouping: ``none`` (the dataset's relations) or ``vemp_meta`` (VEMP's meta-relations).
+    :param relation_grouping: ``none`` (the dataset's relations), ``vemp_meta`` (VEMP's published meta-relation
+        table) or ``mmkgc_meta`` (mmkgc's own 31-group table; :mod:`mmkgc.data.relation_groups`).
     :param final_activation: ReLU on the output layer too (as VEMP).
     :param fanouts: neighbour-sampled training, one fan-out per hop (``-1`` = all); ``None`` = full batch.
     :param input_dim: width of the learned input table when ``modalities`` is empty (default: the entity width).
@@ -150,7 +151,7 @@ class GNNConfig(_Strict):
     hidden_dims: list[int] = Field(default_factory=lambda: [256])
     num_bases: int | None = Field(None, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    relation_grouping: Literal["none", "vemp_meta"] = "none"
+    relation_grouping: Literal["none", "vemp_meta", "mmkgc_meta"] = "none"
     final_activation: bool = True
     fanouts: list[int] | None = None
     input_dim: int | None = Field(None, ge=1)
