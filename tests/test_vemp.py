@@ -107,7 +107,14 @@ def test_rgcn_representation_message_graph_is_train_only_and_trains(tmp_path: Pa
     assert graph.num_edges == t.train.shape[0]
     assert not (edges & (supervision - train_pairs))
     metrics = run_experiment(cfg, tmp_path / "run", device="cpu", log=lambda s: None)
-    assert metrics["summary"]["test"]["realistic"]["mrr"] > 0
+    from rank_check import brute_force_mrr
+
+    from mmkgc.pipeline import load_run
+
+    _, loaded, trained = load_run(tmp_path / "run", device="cpu")
+    trained.eval()
+    assert metrics["summary"]["test"]["realistic"]["mrr"] == pytest.approx(
+        brute_force_mrr(trained.score_fn(), loaded.triples), rel=1e-9)
 
 
 def test_gnn_config_errors():
@@ -259,6 +266,30 @@ def _tiny_vemp(tmp_path: Path, num_nodes: int = 40, num_edges: int = 160) -> Pat
     return path
 
 
+@pytest.mark.parametrize("mode", ["binary", "tail"])
+def test_train_linkpred_draws_the_configured_negatives(tmp_path: Path, monkeypatch, mode):
+    import mmkgc.models.vemp as vemp
+    from mmkgc.config_vemp import load_vemp_config
+
+    cfg = load_vemp_config(_tiny_vemp(tmp_path))
+    cfg.linkpred.negatives, cfg.linkpred.epochs, cfg.linkpred.legacy = mode, 1, False
+    inputs = vemp.load_inputs(cfg)
+    drawn = []
+    original = vemp.training_negatives
+
+    def spy(src, num_nodes, how, gen):
+        out = original(src, num_nodes, how, gen)
+        drawn.append((how, src.clone(), *out))
+        return out
+
+    monkeypatch.setattr(vemp, "training_negatives", spy)
+    result = vemp.train_linkpred(cfg, inputs.triples, torch.randn(inputs.triples.num_entities, 6), "x",
+                                 log=lambda s: None)
+    assert drawn and all(how == mode for how, *_ in drawn) and result["protocol"]["negatives"] == mode
+    same_source = torch.cat([(ns == s) for _, s, ns, _ in drawn]).float().mean()
+    assert float(same_source) == 1.0 if mode == "tail" else float(same_source) < 0.2
+
+
 def test_pretrain_uses_training_edges_only(tmp_path: Path):
     from mmkgc.config_vemp import load_vemp_config
     from mmkgc.models.vemp import load_inputs
@@ -301,7 +332,14 @@ def test_cli_compare_writes_table_and_plot(tmp_path: Path):
     dims = {r["mode"]: r["feature_dim"] for r in summary["rows"]}
     assert dims == {"text_only": 12, "image_only": 10, "concat": 22, "fused": 16}
     for r in summary["rows"]:
-        assert 0 < r["vemp_fixed"]["mrr"] <= 1 and r["vemp_legacy"]["queries"] == 2 * r["vemp_fixed"]["queries"]
+        assert r["vemp_legacy"]["queries"] == 2 * r["vemp_fixed"]["queries"]
+        stored = json.loads((run / "linkpred" / f"{r['mode']}.json").read_text())["test"]["fixed"]
+        assert r["vemp_fixed"]["mrr"] == stored["mrr"]  # the table row is the mode's stored test result
+        fixed = r["vemp_fixed"]
+        # MRR >= Hits@1 and every query ranked below 1 contributes at most 1/2: MRR <= (1 + Hits@1) / 2;
+        # with 20 candidates per query every rank is at most 21: MRR >= 1/21
+        assert fixed["hits@1"] <= fixed["mrr"] <= (1 + fixed["hits@1"]) / 2 + 1e-12
+        assert fixed["mrr"] >= 1 / 21 - 1e-12 and fixed["hits@1"] <= fixed["hits@3"] <= fixed["hits@10"]
     table = (run / "compare.md").read_text()
     assert "| fused |" in table and "VEMP sampled (legacy) MRR" in table
     history = json.loads((run / "pretrain" / "history.json").read_text())
@@ -341,7 +379,13 @@ def test_filtered_protocol_on_standard_split(tmp_path: Path):
     feats = node_features(cfg, inputs, None)
     save_feature_table(FeatureTable(feats["concat"], "concat"), run / "features" / "concat.safetensors")
     out = run_filtered(cfg, run, "concat", log=lambda s: None)
-    assert 0 < out["test"]["mrr"] <= 1
+    from rank_check import brute_force_mrr
+
+    from mmkgc.pipeline import load_run
+
+    _, loaded, trained = load_run(run / "filtered" / "concat", device="cpu")
+    trained.eval()
+    assert out["test"]["mrr"] == pytest.approx(brute_force_mrr(trained.score_fn(), loaded.triples), rel=1e-9)
     assert (run / "filtered" / "concat" / "metrics.json").is_file()
 
 
