@@ -1,5 +1,7 @@
 """Tiny Hugging Face models built from configs for offline tests (shared by several test files)."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import torch
@@ -98,12 +100,17 @@ def tiny_t5(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def tiny_causal_lm(directory: Path, seed: int = 0, chat_template: bool = True) -> Path:
+def tiny_causal_lm(directory: Path, seed: int = 0, chat_template: bool = True, context: int | None = None) -> Path:
     """A small Llama-style causal chat model (one layer, hidden 16) with :func:`tiny_word_tokenizer` and, when
-    ``chat_template``, a Jinja chat template with system/user/assistant turns, saved to ``directory``."""
+    ``chat_template``, a Jinja chat template with system/user/assistant turns, saved to ``directory``.
+    ``context`` sets both the model's ``max_position_embeddings`` and the tokenizer's ``model_max_length``
+    (default 512 and 256)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_word_tokenizer(directory)
+    if context is not None:
+        tokenizer.model_max_length = context
+        tokenizer.save_pretrained(directory)
     if chat_template:
         tokenizer.chat_template = (
             "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s>{% endfor %}"
@@ -111,7 +118,7 @@ def tiny_causal_lm(directory: Path, seed: int = 0, chat_template: bool = True) -
         )
         tokenizer.save_pretrained(directory)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=context or 512,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)

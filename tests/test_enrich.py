@@ -161,7 +161,7 @@ def test_caption_resume_after_crash_loses_and_duplicates_nothing(tmp_path, model
 @pytest.mark.parametrize("family", ["blip", "git", "llava"])
 def test_captioner_families_prompts_and_batching(models, family):
     imgs = [Image.fromarray(np.full((30, 40, 3), c, dtype=np.uint8)) for c in COLOURS[:3]]
-    plain = Captioner(models[family], CaptionSettings(max_new_tokens=6))
+    plain = Captioner(models[family], CaptionSettings(prompt=None, max_new_tokens=6))
     assert plain.model_type == family and (plain.text is None) == (family != "llava")
     one_by_one = [plain.caption([im])[0] for im in imgs]
     assert plain.caption(imgs) == one_by_one  # batching does not change captions
@@ -188,12 +188,13 @@ def test_caption_settings_validate():
 
 @pytest.mark.parametrize("kind", ["t5", "lm"])
 def test_fusion_keeps_whole_descriptions_and_resumes(tmp_path, models, kind):
-    budget = {"t5": 30, "lm": 70}[kind]  # the chat prompt carries the system message
-    fuser = LLMFuser(models[kind], FusionSettings(max_input_tokens=budget, max_new_tokens=5,
+    fuser = LLMFuser(models[kind], FusionSettings(max_input_tokens=1000, max_new_tokens=5,
                                                   num_beams=2 if kind == "t5" else 1))
     assert fuser.seq2seq == (kind == "t5")
     descs = ["a red dog near the river", "a small house in the city", "an old man with a flag",
              "a map of the street", "the blue sky and a tree"]
+    budget = fuser._num_tokens(fuser.prompt("Alabama", descs[:3])) + 2  # room for 3 descriptions, not 4
+    fuser.settings.max_input_tokens = budget
     prompt, used, cut = fuser.fit("Alabama", descs)
     assert used == 3 and not cut
     for d in descs[:used]:
@@ -231,6 +232,79 @@ def test_fusion_keeps_whole_descriptions_and_resumes(tmp_path, models, kind):
     assert sorted(keys) == sorted([LABELS[0], LABELS[1], LABELS[3]]) and len(keys) == 3
     s1, s2 = read_summaries(tmp_path / "ref.jsonl"), read_summaries(tmp_path / "run.jsonl")
     assert {k: v for k, v in s1.items()} == {k: v for k, v in s2.items()}
+
+
+# The paper's prompts, copied here from pengyu-zhang/Beyond-Images at commit daad1f8584ccb35a0b395332129b2d8ed58c4194:
+# configs/paper.yaml (captioning.prompt, fusion.max_new_tokens) and src/beyond_images/fusion/fusers.py
+# (CHAT_SYSTEM_PROMPT; CausalFuser.fuse's user message; PAPER_PROMPT + Seq2SeqFuser.fuse's list and answer cue).
+REF_CAPTION_PROMPT = "Describe the scene, objects, colors, and other details in detail."
+REF_CHAT_SYSTEM = ("You are an expert in summarizing and synthesizing information. Your task is to integrate a list "
+                   "of visual descriptions about an entity into a single, rich, and detailed paragraph. Capture as "
+                   "many key details as possible and ensure the final output is a coherent paragraph, not a list.")
+REF_CHAT_USER = "Please synthesize the following descriptions for the entity 'Alabama':\n\na red dog\na small house"
+REF_SEQ2SEQ = ("Your task is to integrate the following list of visual descriptions for the entity 'Alabama' into a "
+               "rich, detailed, and coherent summary paragraph. Capture as many key details as possible, such as "
+               "objects, colors, actions, and settings. Your final output must be a single paragraph, not a list."
+               "\n\nList of descriptions to summarize:\na red dog\na small house\n\nDetailed Summary Paragraph:")
+
+
+def test_default_prompts_and_lengths_are_the_papers(models):
+    from mmkgc.cli_enrich import _FUSION_MAX_NEW_TOKENS
+    from mmkgc.features.enrich.fuse import PAPER_MAX_NEW_TOKENS
+
+    assert CaptionSettings().prompt == REF_CAPTION_PROMPT and CaptionSettings().max_new_tokens == 100
+    assert CaptionSettings(prompt="").prompt is None  # '' = unprompted (GIT-coco)
+    s = FusionSettings()
+    assert s.system_prompt == REF_CHAT_SYSTEM and s.max_new_tokens == 512 == PAPER_MAX_NEW_TOKENS
+    assert _FUSION_MAX_NEW_TOKENS == PAPER_MAX_NEW_TOKENS and s.num_beams == 1 and s.max_input_tokens is None
+    two = ["a red dog", "a small house"]
+    assert s.user_template.format(entity="Alabama", descriptions="\n".join(two)) == REF_CHAT_USER
+    t5 = LLMFuser(models["t5"], FusionSettings(max_new_tokens=5))
+    assert t5.prompt("Alabama", two) == REF_SEQ2SEQ and t5.input_budget == 1024  # the paper's Flan-T5 truncation
+    lm = LLMFuser(models["lm"], FusionSettings(max_new_tokens=6))
+    assert lm.prompt("Alabama", two) == (f"<s> system {REF_CHAT_SYSTEM} </s><s> user {REF_CHAT_USER} </s>"
+                                         "<s> assistant")
+
+
+def test_cli_sets_fusion_prompts_and_defaults_to_the_papers(tmp_path, monkeypatch):
+    import mmkgc.features.enrich.fuse as fuse_module
+    import mmkgc.features.enrich.stages as stages
+
+    seen = []
+    monkeypatch.setattr(fuse_module, "LLMFuser", lambda model, settings, device=None: seen.append(settings))
+    monkeypatch.setattr(stages, "run_fuse", lambda wd, fuser, progress=None: {"fused": 0})
+    (tmp_path / "descriptions.json").write_text("{}")
+    _invoke("fuse", "--workdir", str(tmp_path), "--model", "m")
+    _invoke("fuse", "--workdir", str(tmp_path), "--model", "m", "--fusion-system-prompt", "S",
+            "--fusion-prompt", "U {entity}: {descriptions}", "--seq2seq-prompt", "Q {entity} {descriptions}",
+            "--max-input-tokens", "77", "--max-new-tokens", "9")
+    default, custom = seen
+    assert (default.system_prompt, default.max_new_tokens, default.max_input_tokens) == (REF_CHAT_SYSTEM, 512, None)
+    assert default.user_template.format(entity="Alabama", descriptions="a red dog\na small house") == REF_CHAT_USER
+    assert (custom.system_prompt, custom.user_template, custom.seq2seq_template) == (
+        "S", "U {entity}: {descriptions}", "Q {entity} {descriptions}")
+    assert (custom.max_input_tokens, custom.max_new_tokens) == (77, 9)
+
+
+def test_chat_models_get_every_description_up_to_their_context(tmp_path):
+    from model_builders import tiny_causal_lm
+
+    fuser = LLMFuser(tiny_causal_lm(tmp_path / "lm4k", context=4096), FusionSettings(max_new_tokens=4))
+    assert fuser.context_length == 4096 and fuser.input_budget == 4092
+    descs = [f"a red dog number {i} near the old river with a small house and a tree" for i in range(100)]
+    prompt, used, cut = fuser.fit("Alabama", descs)
+    tokens = fuser._num_tokens(prompt)
+    assert used == 100 and not cut and 1024 < tokens <= 4092  # longer than the old 1,024-token cut
+    summary, info = fuser.summarise("Alabama", descs)
+    assert info["used"] == info["total"] == 100 and info["input_tokens"] == tokens
+    # beyond the context (minus the summary's room) whole descriptions are dropped, never a cut mid-text
+    prompt, used, cut = fuser.fit("Alabama", descs * 4)
+    assert 100 < used < 400 and not cut and fuser._num_tokens(prompt) <= 4092
+    with pytest.raises(ConfigError, match="context"):
+        _ = LLMFuser(tmp_path / "lm4k", FusionSettings(max_new_tokens=4096)).input_budget
+    # an explicit budget still applies to chat models
+    assert LLMFuser(tmp_path / "lm4k", FusionSettings(max_input_tokens=300, max_new_tokens=4)).fit(
+        "Alabama", descs)[1] < 100
 
 
 # ------------------------------------------------------------------------------------------------ import / encode
@@ -438,3 +512,23 @@ def test_cli_all_stages_then_resume_and_errors(tmp_path, models, monkeypatch):
     bad = _cli(tmp_path, "fuse", "--workdir", str(tmp_path / "nowhere"), "--model", str(models["t5"]))
     assert bad.returncode != 0 and "run `mmkgc enrich merge` first" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------ presets
+@pytest.mark.parametrize("name, backbone", [("paper_native_db15k", "native/db15k"),
+                                            ("paper_adamf_db15k", "adamf_mat/db15k_released")])
+def test_paper_presets_are_the_backbone_plus_bert_base_generated_text(name, backbone):
+    from mmkgc.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "beyond_images" / f"{name}.yaml")
+    ref = load_config(root / f"{backbone}.yaml")
+    model, base = cfg.model.model_dump(), ref.model.model_dump()
+    enrichment = model.pop("enrichment")
+    base.pop("enrichment")
+    assert model == base and cfg.training.model_dump() == ref.training.model_dump()
+    assert cfg.evaluation.model_dump() == ref.evaluation.model_dump()
+    assert enrichment["encoder"] == "bert-base-uncased"  # the paper's encoder (BERT-base, mean pooling, 768-d)
+    assert enrichment["policy"] == "extra_modality" and enrichment["text"] == "auto"
+    assert [p.name for p in enrichment["source"]] == ["DB15K_img_original_summary_blip.json",
+                                                      "DB15K_img_new_summary_blip.json"]

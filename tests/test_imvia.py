@@ -71,6 +71,20 @@ def test_moe_relation_temperature_only_for_queries():
         MoEAdapter(6, 5, 3, num_relations=0).gates(x, r)
 
 
+def test_moe_shared_relation_gate_values():
+    torch.manual_seed(0)
+    moe = MoEAdapter(6, 5, num_experts=3).eval()
+    with torch.no_grad():
+        moe.gate.normal_()
+    x = torch.randn(4, 6)
+    g = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    expected = torch.softmax((x @ moe.gate) / torch.sigmoid(g).unsqueeze(1), -1)
+    torch.testing.assert_close(moe.gates(x, relation_gate=g), expected)
+    torch.testing.assert_close(moe(x, relation_gate=g.unsqueeze(1))[2], expected)
+    with pytest.raises(ValueError, match="not both"):
+        MoEAdapter(6, 5, 3, num_relations=4).gates(x, torch.zeros(4, dtype=torch.long), g)
+
+
 # ------------------------------------------------------------------------------------------------ TuckER
 def _tucker(dim=6, rdim=4, seed=0):
     torch.manual_seed(seed)
@@ -217,6 +231,112 @@ def test_imvia_loss_terms_and_estimator_step_own_group():
     assert _model(mi_weight=0.0).auxiliary_steps(None) == []
 
 
+def _three_branch_model(**options):
+    torch.manual_seed(0)
+    n = 20
+    feats = [ModalityFeatures("visual", torch.randn(n, 12), torch.ones(n, dtype=torch.bool)),
+             ModalityFeatures("text", torch.randn(n, 10), torch.ones(n, dtype=torch.bool))]
+    return IMVIAModel(n, 3, 8, feats, ImviaConfig(relation_dim=4, **options))
+
+
+def test_imvia_relation_temperature_table_shared_as_published_or_per_branch():
+    shared = _three_branch_model().eval()
+    assert shared.relation_gate.weight.shape == (6, 1)
+    assert all(a.relation_gate is None for a in shared.adapters)
+    e, r = torch.tensor([1, 2, 3]), torch.tensor([0, 4, 5])
+    x = shared.branch(1)[0](e)
+    with torch.no_grad():
+        shared.adapters[1].gate.normal_()
+    expected = torch.softmax((x @ shared.adapters[1].gate) / torch.sigmoid(shared.relation_gate.weight[r]), -1)
+    torch.testing.assert_close(shared._query(1, x, r)[2], expected)
+    # one table: changing it changes every branch's query gates
+    with torch.no_grad():
+        for a in shared.adapters:
+            a.gate.normal_()
+        before = [shared._query(i, shared.branch(i)[0](e), r)[2] for i in range(3)]
+        shared.relation_gate.weight.add_(3.0)
+    after = [shared._query(i, shared.branch(i)[0](e), r)[2] for i in range(3)]
+    assert all(not torch.allclose(b, a) for b, a in zip(before, after))
+    per = _three_branch_model(relation_temperature_table="per_branch")
+    assert per.relation_gate is None and all(a.relation_gate.weight.shape == (6, 1) for a in per.adapters)
+    assert _three_branch_model(relation_temperature=False).relation_gate is None
+
+
+def test_imvia_club_pair_shared_by_the_branches_or_drawn_per_branch():
+    # view k of every branch is the constant k, so a pair (x, y) reveals the expert indices it was drawn from
+    views = [torch.arange(3.0).view(1, 3, 1).expand(4, 3, 8) for _ in range(3)]
+    shared = _three_branch_model()
+    per = _three_branch_model(club_pair="per_branch")
+    differs = False
+    for seed in range(20):
+        torch.manual_seed(seed)
+        pairs = [(int(x[0, 0]), int(y[0, 0])) for x, y in shared.club_pairs(views)]
+        torch.manual_seed(seed)
+        a, b = torch.randperm(3)[:2].tolist()
+        assert pairs == [(a, b)] * 3
+        pairs = {(int(x[0, 0]), int(y[0, 0])) for x, y in per.club_pairs(views)}
+        differs |= len(pairs) > 1
+    assert differs
+
+
+def test_imvia_loss_composition_and_weights_by_hand():
+    # Σ_m BCE_m + align_weight Σ_{m<m'} InfoNCE(u_m, u_m') + mi_weight mean_m CLUB_m (published: 0.01 and mu),
+    # recomputed from the branch outputs with explicit formulas; eval mode makes everything but CLUB deterministic
+    # and the CLUB draws (one shared expert pair, then one batch permutation per branch) are replayed by seed.
+    model = _three_branch_model(align_weight=0.37, mi_weight=0.5).eval()
+    with torch.no_grad():  # experts of unit scale, so the CLUB term is not negligible
+        for adapter in model.adapters:
+            adapter.expert_weight.normal_()
+    n = 20
+    q = torch.tensor([[0, 1, 0], [3, 4, 0], [5, 2, 0], [6, 0, 0], [9, 1, 0]])
+    tail = torch.tensor([True, True, False, True, False])
+    labels = (torch.rand(5, n, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    torch.manual_seed(12)
+    loss, terms, _ = model.one_to_n_loss(q, tail, labels, None)
+
+    e = torch.where(tail, q[:, 0], q[:, 2])
+    r = torch.where(tail, q[:, 1], q[:, 1] + 3)
+    smooth = 0.9 * labels + 1.0 / n
+    with torch.no_grad():
+        outs = [model.branch_logits(i, e, r) for i in range(3)]
+        bce = []
+        for logits, _, _ in outs:
+            p = torch.sigmoid(logits.double())
+            bce.append(float(-(smooth * p.log() + (1 - smooth) * (1 - p).log()).mean()))
+        u = [model.align_heads[i](outs[i][2]).double() for i in range(3)]
+
+        def info_nce(a, b):
+            s = a @ b.T / 0.07
+            diag = s.diagonal()
+            return float(0.5 * ((s.logsumexp(1) - diag).mean() + (s.logsumexp(0) - diag).mean()))
+
+        align = info_nce(u[0], u[1]) + info_nce(u[0], u[2]) + info_nce(u[1], u[2])
+        torch.manual_seed(12)
+        ia, ib = torch.randperm(3)[:2].tolist()
+        club = []
+        for est, (_, views, _) in zip(model.estimators, outs):
+            x, y = views[:, ia], views[:, ib]
+            perm = torch.randperm(5)
+            mu, inv = est.mu(x), torch.exp(-est.logvar(x))
+            club.append(float(0.5 * ((-((mu - y) ** 2) * inv).sum(1) + ((mu - y[perm]) ** 2 * inv).sum(1)).mean()))
+    for name, value in zip(("structure", "visual", "text"), bce):
+        assert float(terms[f"bce_{name}"]) == pytest.approx(value, rel=1e-5)
+    assert float(terms["align"]) == pytest.approx(align, rel=1e-5)
+    assert float(terms["mi"]) == pytest.approx(sum(club) / 3, rel=1e-4, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(sum(bce) + 0.37 * align + 0.5 * sum(club) / 3, rel=1e-5)
+    assert set(terms) == {"bce_structure", "bce_visual", "bce_text", "align", "mi"}
+    assert abs(sum(club)) > 0.05 and align > 1.0
+
+
+def test_imvia_published_temperature_options_reach_the_loss():
+    model = _three_branch_model(align_temperature_parameterization="raw", align_min_temperature=None)
+    assert model.align_loss.parameterization == "raw" and model.align_loss.max_temperature is None
+    assert model.align_loss.min_temperature is None
+    assert float(model.align_loss.raw_temperature) == pytest.approx(0.07)
+    default = _three_branch_model()
+    assert default.align_loss.parameterization == "log" and default.align_loss.min_temperature == 0.01
+
+
 def test_imvia_table_input_needs_matching_width():
     with pytest.raises(ValueError, match="width"):
         _model(modality_input="table")
@@ -280,7 +400,17 @@ def test_synthetic_run_trains_resumes_and_writes_decoder_metrics(tmp_path):
     assert "random" in metrics["summary"]["test"] and "(random)" in metrics["training"]["selection"]
     decoders = metrics["diagnostics"]["imvia_decoders"]
     assert set(decoders) == {"structure", "text", "visual", "fused"}
-    assert 0 < decoders["fused"]["random"]["mrr"] <= 1
+    from rank_check import brute_force_mrr
+
+    from mmkgc.pipeline import load_run
+
+    _, loaded, trained = load_run(run, device="cpu")
+    trained.eval()
+    for i, name in enumerate(trained.branch_names):  # each decoder's realistic MRR, recomputed by loops
+        assert decoders[name]["realistic"]["mrr"] == pytest.approx(
+            brute_force_mrr(trained.branch_score_fn(i, probabilities=False), loaded.triples), rel=1e-9)
+    assert decoders["fused"]["realistic"]["mrr"] == pytest.approx(
+        brute_force_mrr(trained.score_fn(), loaded.triples), rel=1e-9)
     # the fused decoder metrics are the run's test metrics under the same random policy and seed
     assert decoders["fused"]["random"]["mrr"] == pytest.approx(metrics["summary"]["test"]["random"]["mrr"])
     assert set(json.loads((run / "imvia_decoders.json").read_text())["branches"]) == set(decoders)

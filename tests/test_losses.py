@@ -179,3 +179,31 @@ def test_symmetric_infonce_learnable_temperature_is_clamped():
     assert float(loss.temperature.detach()) == pytest.approx(0.05)
     with pytest.raises(Exception, match="temperature"):
         SymmetricInfoNCE(temperature=0.0)
+
+
+def test_symmetric_infonce_raw_temperature_is_the_published_cliploss_parameter():
+    # IMVIA's ClipLoss learns tau itself: Adam's first step moves it by exactly lr (sign of the gradient), with no
+    # upper clamp; the log parameterisation moves it by a factor exp(-lr) instead.
+    from mmkgc.training.losses import SymmetricInfoNCE
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 5), torch.randn(6, 5)
+    raw = SymmetricInfoNCE(0.07, learnable=True, min_temperature=None, max_temperature=None, normalize=False,
+                           parameterization="raw")
+    assert [n for n, _ in raw.named_parameters()] == ["raw_temperature"]
+    logp = SymmetricInfoNCE(0.07, learnable=True, min_temperature=None, normalize=False)
+    torch.testing.assert_close(raw(a, b), logp(a, b))
+    for module in (raw, logp):
+        opt = torch.optim.Adam(module.parameters(), lr=0.01)
+        module(a, b).backward()
+        grad_sign = float(next(module.parameters()).grad.sign())
+        opt.step()
+    assert float(raw.temperature.detach()) == pytest.approx(0.07 - 0.01 * grad_sign, abs=1e-7)
+    assert float(logp.temperature.detach()) == pytest.approx(0.07 * math.exp(-0.01 * grad_sign), rel=1e-6)
+    with torch.no_grad():
+        raw.raw_temperature.fill_(150.0)
+        logp.log_temperature.fill_(math.log(150.0))
+    assert float(raw.temperature.detach()) == 150.0  # no upper clamp
+    assert float(logp.temperature.detach()) == pytest.approx(100.0)  # the log form keeps its clamp at 100
+    with pytest.raises(Exception, match="parameterization"):
+        SymmetricInfoNCE(learnable=True, parameterization="softplus")

@@ -164,7 +164,8 @@ def test_evaluate_matches_pykeen_rank_based_evaluator():
 # ---------------------------------------------------------------------------------------------- EvaluationResult
 @pytest.fixture(scope="module")
 def toy_result():
-    triples = toy_tripleset(0)
+    # 40 entities: the OpenKE categories (train + valid + test) then cover 1-1, N-1 and N-N among the test rows
+    triples = toy_tripleset(0, num_entities=40)
     scorer = EmbeddingScorer(triples.num_entities, triples.num_relations, seed=0)
     modality = ["image" if e % 3 else "none" for e in range(triples.num_entities)]
     groups = {

@@ -107,7 +107,14 @@ def test_rgcn_representation_message_graph_is_train_only_and_trains(tmp_path: Pa
     assert graph.num_edges == t.train.shape[0]
     assert not (edges & (supervision - train_pairs))
     metrics = run_experiment(cfg, tmp_path / "run", device="cpu", log=lambda s: None)
-    assert metrics["summary"]["test"]["realistic"]["mrr"] > 0
+    from rank_check import brute_force_mrr
+
+    from mmkgc.pipeline import load_run
+
+    _, loaded, trained = load_run(tmp_path / "run", device="cpu")
+    trained.eval()
+    assert metrics["summary"]["test"]["realistic"]["mrr"] == pytest.approx(
+        brute_force_mrr(trained.score_fn(), loaded.triples), rel=1e-9)
 
 
 def test_gnn_config_errors():
@@ -117,28 +124,84 @@ def test_gnn_config_errors():
 
 
 # ------------------------------------------------------------------ relation grouping
-def test_vemp_meta_relations_cover_db15k(db15k):
+# VEMP's table (DvirSela/Lab_Project at 73ee2d33d621bcea78273c433178f83d5505248a, utils/util.py relation_to_meta):
+# the SHA-256 of its 279 meta names joined by newlines in relation-id order, the group sizes and a few entries.
+VEMP_META_SHA256 = "682e3eb3851d335c93a486f45d9235fbca66b8cd3bc5df30e66a33ba3e653b04"
+VEMP_META_SIZES = {
+    "CULTURE_LANGUAGE": 6, "CULTURE_SOCIETY": 7, "GEO_ADMINISTRATIVE": 13, "GEO_HYDROLOGY": 19, "GEO_OTHER": 3,
+    "GEO_PHYSICAL": 6, "GEO_POLITICAL": 15, "LOC_EVENT": 8, "LOC_GENERAL": 12, "LOC_STRUCTURE": 10,
+    "MEDIA_CREATOR": 14, "MEDIA_INDUSTRY": 12, "MEDIA_PERFORMER": 11, "MEDIA_WORK": 21, "MILITARY_PERSON": 4,
+    "MILITARY_UNIT_EVENT": 7, "ONTOLOGY_METADATA": 10, "ORG_PRODUCT": 7, "ORG_STRUCTURE": 18,
+    "PERSON_ACHIEVEMENT": 7, "PERSON_ASSOCIATES": 8, "PERSON_BIO": 6, "PERSON_CAREER": 3, "PERSON_EDUCATION": 4,
+    "PERSON_FAMILY": 4, "POLITICS_GROUP": 13, "POLITICS_ROLE": 13, "POLITICS_SUCCESSION": 2,
+    "SPORTS_PERSON_TEAM": 6, "SPORTS_STRUCTURE": 7, "TECH_SPEC": 3,
+}
+
+
+def test_vemp_meta_table_is_the_published_relation_to_meta():
+    import hashlib
+    import json
+    from collections import Counter
+    from importlib import resources
+
     from mmkgc.data.relation_groups import load_vemp_meta_relations, vemp_relation_map
+
+    names, table = load_vemp_meta_relations()
+    assert names == sorted(VEMP_META_SIZES) and dict(Counter(table.values())) == VEMP_META_SIZES
+    data = json.loads(resources.files("mmkgc.data").joinpath("vemp_relation_to_meta.json").read_text())
+    assert data["source"]["commit"] == "73ee2d33d621bcea78273c433178f83d5505248a"
+    ordered = list(table.values())  # file order = VEMP relation ids (data/raw/relations.csv)
+    assert hashlib.sha256("\n".join(ordered).encode()).hexdigest() == VEMP_META_SHA256
+    ids, _ = vemp_relation_map(["<http://dbpedia.org/ontology/language>", "http://dbpedia.org/ontology/deathPlace",
+                                "http://dbpedia.org/ontology/party", "http://dbpedia.org/ontology/presenter"])
+    # CULTURE_LANGUAGE, LOC_EVENT, POLITICS_GROUP, MEDIA_PERFORMER at their alphabetical positions
+    assert ids.tolist() == [0, 7, 25, 12]
+    own_ids, own_names = vemp_relation_map(["http://dbpedia.org/ontology/language"], "mmkgc_meta")
+    assert own_names[own_ids[0]] == "LANGUAGE" and len(own_names) == 31
+
+
+def test_vemp_meta_relations_cover_db15k(db15k):
+    from mmkgc.data.relation_groups import vemp_relation_map
 
     labels = db15k.relation_labels
     assert len(labels) == 279
+    for grouping in ("vemp_meta", "mmkgc_meta"):
+        ids, names = vemp_relation_map(labels, grouping)
+        assert len(names) == 31 and names == sorted(names) and ids.unique().numel() == 31
     ids, names = vemp_relation_map(labels)
-    assert len(names) == 31 and names == sorted(names)
-    assert ids.unique().numel() == 31
-    assert {"GEO_POLITICAL", "MEDIA_CREATOR", "ONTOLOGY_METADATA"} <= set(names)
-    _, table = load_vemp_meta_relations()
-    assert len(table) == 279
+    assert [names[i] for i in ids[:3].tolist()] == ["ONTOLOGY_METADATA", "GEO_POLITICAL", "CULTURE_LANGUAGE"]
+    assert {n: int((ids == i).sum()) for i, n in enumerate(names)} == VEMP_META_SIZES
 
 
 def test_vemp_meta_relations_unknown_relation_is_an_error():
     from mmkgc.data.relation_groups import vemp_relation_map
-    from mmkgc.errors import DataFormatError
+    from mmkgc.errors import DataFormatError, UnknownNameError
 
-    with pytest.raises(DataFormatError, match="no VEMP meta-relation"):
+    with pytest.raises(DataFormatError, match="no meta-relation"):
         vemp_relation_map(["http://example.org/notARelation"])
+    with pytest.raises(UnknownNameError, match="relation grouping"):
+        vemp_relation_map(["http://dbpedia.org/ontology/language"], "freebase")
 
 
-# ------------------------------------------------------------------ sampled protocol
+def test_training_negatives_binary_corrupts_both_endpoints_as_pyg():
+    from mmkgc.models.vemp import training_negatives
+
+    src = torch.tensor([3, 3, 5, 7])
+    neg_src, neg_dst = training_negatives(src, 50, "binary", torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    expected_src = torch.randint(50, (4,), generator=g)  # PyG: src_neg, then dst_neg, both torch.randint
+    assert neg_src.tolist() == expected_src.tolist()
+    assert neg_dst.tolist() == torch.randint(50, (4,), generator=g).tolist()
+    tail_src, tail_dst = training_negatives(src, 50, "tail", torch.Generator().manual_seed(4))
+    assert tail_src.tolist() == [3, 3, 5, 7] and tail_dst.tolist() == expected_src.tolist()
+    # over many draws a binary negative keeps the positive's source only by chance (1/50), the tail form always
+    many = torch.zeros(20000, dtype=torch.long)
+    kept = (training_negatives(many, 50, "binary", torch.Generator().manual_seed(0))[0] == 0).float().mean()
+    assert abs(float(kept) - 1 / 50) < 0.005
+    with pytest.raises(ValueError, match="binary"):
+        training_negatives(src, 50, "head", torch.Generator())
+
+
 def test_vemp_sampled_fixed_vs_legacy():
     from mmkgc.evaluation.sampled import vemp_link_ranks
 
@@ -203,6 +266,30 @@ def _tiny_vemp(tmp_path: Path, num_nodes: int = 40, num_edges: int = 160) -> Pat
     return path
 
 
+@pytest.mark.parametrize("mode", ["binary", "tail"])
+def test_train_linkpred_draws_the_configured_negatives(tmp_path: Path, monkeypatch, mode):
+    import mmkgc.models.vemp as vemp
+    from mmkgc.config_vemp import load_vemp_config
+
+    cfg = load_vemp_config(_tiny_vemp(tmp_path))
+    cfg.linkpred.negatives, cfg.linkpred.epochs, cfg.linkpred.legacy = mode, 1, False
+    inputs = vemp.load_inputs(cfg)
+    drawn = []
+    original = vemp.training_negatives
+
+    def spy(src, num_nodes, how, gen):
+        out = original(src, num_nodes, how, gen)
+        drawn.append((how, src.clone(), *out))
+        return out
+
+    monkeypatch.setattr(vemp, "training_negatives", spy)
+    result = vemp.train_linkpred(cfg, inputs.triples, torch.randn(inputs.triples.num_entities, 6), "x",
+                                 log=lambda s: None)
+    assert drawn and all(how == mode for how, *_ in drawn) and result["protocol"]["negatives"] == mode
+    same_source = torch.cat([(ns == s) for _, s, ns, _ in drawn]).float().mean()
+    assert float(same_source) == 1.0 if mode == "tail" else float(same_source) < 0.2
+
+
 def test_pretrain_uses_training_edges_only(tmp_path: Path):
     from mmkgc.config_vemp import load_vemp_config
     from mmkgc.models.vemp import load_inputs
@@ -245,7 +332,14 @@ def test_cli_compare_writes_table_and_plot(tmp_path: Path):
     dims = {r["mode"]: r["feature_dim"] for r in summary["rows"]}
     assert dims == {"text_only": 12, "image_only": 10, "concat": 22, "fused": 16}
     for r in summary["rows"]:
-        assert 0 < r["vemp_fixed"]["mrr"] <= 1 and r["vemp_legacy"]["queries"] == 2 * r["vemp_fixed"]["queries"]
+        assert r["vemp_legacy"]["queries"] == 2 * r["vemp_fixed"]["queries"]
+        stored = json.loads((run / "linkpred" / f"{r['mode']}.json").read_text())["test"]["fixed"]
+        assert r["vemp_fixed"]["mrr"] == stored["mrr"]  # the table row is the mode's stored test result
+        fixed = r["vemp_fixed"]
+        # MRR >= Hits@1 and every query ranked below 1 contributes at most 1/2: MRR <= (1 + Hits@1) / 2;
+        # with 20 candidates per query every rank is at most 21: MRR >= 1/21
+        assert fixed["hits@1"] <= fixed["mrr"] <= (1 + fixed["hits@1"]) / 2 + 1e-12
+        assert fixed["mrr"] >= 1 / 21 - 1e-12 and fixed["hits@1"] <= fixed["hits@3"] <= fixed["hits@10"]
     table = (run / "compare.md").read_text()
     assert "| fused |" in table and "VEMP sampled (legacy) MRR" in table
     history = json.loads((run / "pretrain" / "history.json").read_text())
@@ -285,7 +379,13 @@ def test_filtered_protocol_on_standard_split(tmp_path: Path):
     feats = node_features(cfg, inputs, None)
     save_feature_table(FeatureTable(feats["concat"], "concat"), run / "features" / "concat.safetensors")
     out = run_filtered(cfg, run, "concat", log=lambda s: None)
-    assert 0 < out["test"]["mrr"] <= 1
+    from rank_check import brute_force_mrr
+
+    from mmkgc.pipeline import load_run
+
+    _, loaded, trained = load_run(run / "filtered" / "concat", device="cpu")
+    trained.eval()
+    assert out["test"]["mrr"] == pytest.approx(brute_force_mrr(trained.score_fn(), loaded.triples), rel=1e-9)
     assert (run / "filtered" / "concat" / "metrics.json").is_file()
 
 

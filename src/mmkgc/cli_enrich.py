@@ -27,6 +27,15 @@ enrich_app = typer.Typer(no_args_is_help=True,
                          help="Image captions -> cleaned descriptions -> LLM summary -> text features (Beyond Images).")
 
 _WORKDIR = typer.Option(..., "--workdir", help="Working directory of the pipeline (journals, JSON, reports).")
+# Prompt defaults (None) are the Beyond Images paper's, resolved where the settings are built (the constants live
+# in mmkgc.features.enrich.caption / .fuse, which import torch: the CLI stays fast to start).
+_FUSION_MAX_NEW_TOKENS = 512  # the paper configuration's; equals mmkgc.features.enrich.fuse.PAPER_MAX_NEW_TOKENS
+_HELP_CAPTION_PROMPT = "Captioning prompt (default: the paper's); '' for unprompted captioning (GIT-coco)."
+_HELP_SYSTEM = "System message of chat fusion models (default: the paper's)."
+_HELP_USER = "User message of chat fusion models, with {entity} and {descriptions} (default: the paper's)."
+_HELP_SEQ2SEQ = "Prompt of seq2seq fusion models (Flan-T5), with {entity} and {descriptions} (default: the paper's)."
+_HELP_INPUT = ("Prompt token budget; default: all descriptions up to a chat model's context length, 1024 tokens for "
+               "seq2seq models (as the paper).")
 
 
 def _workdir(path: Path):
@@ -51,7 +60,7 @@ def _sample(n_entities: int, sample: Optional[int], seed: int) -> Optional[list[
 def _caption(triples, images: Path, model: str, workdir: Path, source: str, prompt: Optional[str],
              prompt_template: Optional[str], batch_size: int, dtype: str, max_new_tokens: int, num_beams: int,
              device: Optional[str], layout: str, names: Optional[Path], entities: Optional[Path]) -> dict:
-    from mmkgc.features.enrich.caption import CaptionSettings, Captioner
+    from mmkgc.features.enrich.caption import PAPER_PROMPT, CaptionSettings, Captioner
     from mmkgc.features.enrich.stages import run_caption
     from mmkgc.features.vision import find_entity_images
 
@@ -65,7 +74,8 @@ def _caption(triples, images: Path, model: str, workdir: Path, source: str, prom
             raise ConfigError(f"--entities {entities}: {len(missing)} names are not entities of {triples.name} "
                               f"(e.g. {missing[0]!r})")
         limit = [triples.entity_to_id[w] for w in wanted]
-    settings = CaptionSettings(prompt=prompt, prompt_template=prompt_template, max_new_tokens=max_new_tokens,
+    settings = CaptionSettings(prompt=PAPER_PROMPT if prompt is None else (prompt or None),
+                               prompt_template=prompt_template, max_new_tokens=max_new_tokens,
                                num_beams=num_beams, dtype=dtype, batch_size=batch_size)
     captioner = Captioner(model, settings, device=device)
     report = run_caption(_workdir(workdir), collection, triples.entity_labels, captioner, source=source,
@@ -81,13 +91,17 @@ def _rules(min_words: int, max_per_entity: int, unique_ratio: float, repetitive_
                          repetitive_min_words=repetitive_min_words)
 
 
-def _fuse(workdir: Path, model: str, max_input_tokens: int, max_new_tokens: int, num_beams: int, dtype: str,
-          device: Optional[str]) -> dict:
-    from mmkgc.features.enrich.fuse import FusionSettings, LLMFuser
+def _fuse(workdir: Path, model: str, max_input_tokens: Optional[int], max_new_tokens: int, num_beams: int,
+          dtype: str, device: Optional[str], system_prompt: Optional[str] = None,
+          user_prompt: Optional[str] = None, seq2seq_prompt: Optional[str] = None) -> dict:
+    from mmkgc.features.enrich.fuse import SEQ2SEQ_TEMPLATE, SYSTEM_PROMPT, USER_TEMPLATE, FusionSettings, LLMFuser
     from mmkgc.features.enrich.stages import run_fuse
 
     settings = FusionSettings(max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens,
-                              num_beams=num_beams, dtype=dtype)
+                              num_beams=num_beams, dtype=dtype,
+                              system_prompt=SYSTEM_PROMPT if system_prompt is None else system_prompt,
+                              user_template=USER_TEMPLATE if user_prompt is None else user_prompt,
+                              seq2seq_template=SEQ2SEQ_TEMPLATE if seq2seq_prompt is None else seq2seq_prompt)
     wd = _workdir(workdir)
     wd.require(wd.descriptions, "merge")  # before loading a large model
     report = run_fuse(wd, LLMFuser(model, settings, device=device), progress=_progress())
@@ -129,7 +143,7 @@ def caption(
     model: str = typer.Option(..., "--model", help="Image-to-text model: directory or Hugging Face name."),
     workdir: Path = _WORKDIR,
     source: str = typer.Option("original", "--source", help="original or new (source priority when merging)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (none: unprompted captioning)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "--caption-prompt", help=_HELP_CAPTION_PROMPT),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template",
                                                   help="Chat wrapper with {prompt}, e.g. 'USER: <image>\\n{prompt} ASSISTANT:'."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
@@ -167,14 +181,19 @@ def merge(
 def fuse(
     workdir: Path = _WORKDIR,
     model: str = typer.Option(..., "--model", help="Flan-T5 (seq2seq) or a causal chat model: directory or name."),
-    max_input_tokens: int = typer.Option(1024, "--max-input-tokens", min=1),
-    max_new_tokens: int = typer.Option(384, "--max-new-tokens", min=1),
+    max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", min=1, help=_HELP_INPUT),
+    max_new_tokens: int = typer.Option(_FUSION_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
     num_beams: int = typer.Option(1, "--num-beams", min=1),
     dtype: str = typer.Option("float32", "--dtype"),
     device: Optional[str] = typer.Option(None, "--device"),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "--fusion-system-prompt", help=_HELP_SYSTEM),
+    user_prompt: Optional[str] = typer.Option(None, "--prompt", "--fusion-prompt", help=_HELP_USER),
+    seq2seq_prompt: Optional[str] = typer.Option(None, "--seq2seq-prompt", "--fusion-seq2seq-prompt",
+                                       help=_HELP_SEQ2SEQ),
 ) -> None:
     """One LLM summary per entity (journaled, resumable) -> enriched.json."""
-    _fuse(workdir, model, max_input_tokens, max_new_tokens, num_beams, dtype, device)
+    _fuse(workdir, model, max_input_tokens, max_new_tokens, num_beams, dtype, device, system_prompt, user_prompt,
+          seq2seq_prompt)
 
 
 @enrich_app.command("encode")
@@ -218,12 +237,15 @@ def run_all(
     encoder: str = typer.Option("all-MiniLM-L6-v2", "--encoder"),
     output: Optional[str] = typer.Option(None, "--output"),
     new_images: Optional[Path] = typer.Option(None, "--new-images", help="Second image set (source 'new')."),
-    prompt: Optional[str] = typer.Option(None, "--prompt"),
+    prompt: Optional[str] = typer.Option(None, "--caption-prompt", "--prompt", help=_HELP_CAPTION_PROMPT),
+    fusion_system_prompt: Optional[str] = typer.Option(None, "--fusion-system-prompt", help=_HELP_SYSTEM),
+    fusion_prompt: Optional[str] = typer.Option(None, "--fusion-prompt", help=_HELP_USER),
+    fusion_seq2seq_prompt: Optional[str] = typer.Option(None, "--fusion-seq2seq-prompt", help=_HELP_SEQ2SEQ),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     dtype: str = typer.Option("float32", "--dtype"),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", min=1),
-    fusion_max_new_tokens: int = typer.Option(384, "--fusion-max-new-tokens", min=1),
-    max_input_tokens: int = typer.Option(1024, "--max-input-tokens", min=1),
+    fusion_max_new_tokens: int = typer.Option(_FUSION_MAX_NEW_TOKENS, "--fusion-max-new-tokens", min=1),
+    max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", min=1, help=_HELP_INPUT),
     num_beams: int = typer.Option(1, "--num-beams", min=1),
     min_words: int = typer.Option(3, "--min-words", min=0),
     entities: Optional[Path] = typer.Option(None, "--entities"),
@@ -241,7 +263,8 @@ def run_all(
                      num_beams, device, layout, None, entities)
     _show("merge", run_merge(_workdir(workdir), _rules(min_words, 500, 0.5, 5)))
     if fusion_model is not None:
-        _fuse(workdir, fusion_model, max_input_tokens, fusion_max_new_tokens, num_beams, dtype, device)
+        _fuse(workdir, fusion_model, max_input_tokens, fusion_max_new_tokens, num_beams, dtype, device,
+              fusion_system_prompt, fusion_prompt, fusion_seq2seq_prompt)
     _encode(triples, workdir, None, encoder, output, "auto", False, None, 64, device)
     console.print(f"wrote {run_audit(_workdir(workdir))}")
     console.print(json.dumps({"workdir": str(workdir)}))

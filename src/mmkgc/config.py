@@ -141,7 +141,8 @@ class GNNConfig(_Strict):
     :param hidden_dims: output width of each layer but the last (the last layer outputs the scorer's entity width).
     :param num_bases: basis decomposition size (``None``: one weight matrix per relation type).
     :param dropout: dropout between layers.
-    :param relation_grouping: ``none`` (the dataset's relations) or ``vemp_meta`` (VEMP's meta-relations).
+    :param relation_grouping: ``none`` (the dataset's relations), ``vemp_meta`` (VEMP's published meta-relation
+        table) or ``mmkgc_meta`` (mmkgc's own 31-group table; :mod:`mmkgc.data.relation_groups`).
     :param final_activation: ReLU on the output layer too (as VEMP).
     :param fanouts: neighbour-sampled training, one fan-out per hop (``-1`` = all); ``None`` = full batch.
     :param input_dim: width of the learned input table when ``modalities`` is empty (default: the entity width).
@@ -150,7 +151,7 @@ class GNNConfig(_Strict):
     hidden_dims: list[int] = Field(default_factory=lambda: [256])
     num_bases: int | None = Field(None, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    relation_grouping: Literal["none", "vemp_meta"] = "none"
+    relation_grouping: Literal["none", "vemp_meta", "mmkgc_meta"] = "none"
     final_activation: bool = True
     fanouts: list[int] | None = None
     input_dim: int | None = Field(None, ge=1)
@@ -177,16 +178,23 @@ class ImviaConfig(_Strict):
     :param l2_normalize_features: L2-normalise feature rows before pooling (published: yes).
     :param input_dropout, hidden_dropout1, hidden_dropout2, batch_norm: TuckER decoder (published 0.3/0.4/0.5, BN).
     :param noisy_gating, relation_temperature: MoE gating options (published: both on).
+    :param relation_temperature_table: ``shared`` (one ``2R x 1`` temperature table used by every branch's MoE, as
+        published: ``rel_gate`` in ``models/RelMoE.py``) or ``per_branch`` (one table per branch).
     :param decision_fusion: ``mean`` (published), ``learned`` or ``relation`` (trained with a BCE term on the fused
         probabilities).
     :param align_weight: weight of the summed pairwise symmetric InfoNCE (published 0.01; 0 disables).
     :param align_temperature, align_learnable, align_min_temperature, align_normalize: InfoNCE temperature
         (published 0.07, learnable, unclamped, unnormalised; the library clamps at 0.01 by default).
+    :param align_temperature_parameterization: ``log`` (learn ``log τ``, with the library's upper clamp at 100) or
+        ``raw`` (learn ``τ`` itself with no upper clamp, as the published ``ClipLoss``; with
+        ``align_min_temperature: null`` this is the published temperature exactly).
     :param align_dim: width of the per-modality alignment projections (default ``model.dim``).
     :param align_mask_duplicates: mask pairs of the same query entity as false negatives (published: no).
     :param mi_weight: weight ``mu`` of the CLUB disentanglement term (published 1e-4; 0 disables the estimator).
     :param club_legacy_indexing: reproduce the published batch-element indexing of the expert views.
     :param club_include_logvar: include the log-variance term in the estimator's likelihood (published: no).
+    :param club_pair: ``shared`` (one pair of expert indices drawn per step and used by every branch, as published:
+        ``MIEstimator`` in ``models/modules.py``) or ``per_branch`` (each branch draws its own pair).
     :param label_smoothing, label_smoothing_variant: 1-N BCE targets; ``imvia`` is ``(1 - eps) y + 1/N``
         (published eps 0.1: ``0.9 y + 1/N``), ``standard`` is ``(1 - eps) y + eps/N``.
     """
@@ -203,17 +211,20 @@ class ImviaConfig(_Strict):
     batch_norm: bool = True
     noisy_gating: bool = True
     relation_temperature: bool = True
+    relation_temperature_table: Literal["shared", "per_branch"] = "shared"
     decision_fusion: Literal["mean", "learned", "relation"] = "mean"
     align_weight: float = Field(0.01, ge=0.0)
     align_temperature: float = Field(0.07, gt=0.0)
     align_learnable: bool = True
     align_min_temperature: float | None = Field(0.01, gt=0.0)
     align_normalize: bool = False
+    align_temperature_parameterization: Literal["log", "raw"] = "log"
     align_dim: int | None = Field(None, ge=1)
     align_mask_duplicates: bool = False
     mi_weight: float = Field(1e-4, ge=0.0)
     club_legacy_indexing: bool = False
     club_include_logvar: bool = True
+    club_pair: Literal["shared", "per_branch"] = "shared"
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     label_smoothing_variant: Literal["imvia", "standard"] = "imvia"
 

@@ -87,8 +87,13 @@ class LinkPredConfig(_Strict):
     """Stage 2 under VEMP's protocol: R-GCN + relation-agnostic MLP decoder, binary link BCE (1 random negative per
     positive), sampled tail ranking against ``num_candidates`` nodes.
 
-    :param relation_grouping: ``vemp_meta`` (31 meta-relations) or ``none`` (the raw relations).
+    :param relation_grouping: ``vemp_meta`` (VEMP's published 31 meta-relations, ``utils/util.py``
+        ``relation_to_meta``), ``mmkgc_meta`` (mmkgc's own 31-group table) or ``none`` (the raw relations).
     :param fanouts: neighbour sampling per hop (VEMP ``[10, 5]``); ``None`` = full batch.
+    :param negatives: training negatives, one per positive: ``binary`` (both endpoints drawn uniformly at random,
+        unfiltered, as VEMP's ``LinkNeighborLoader(neg_sampling_ratio=1.0)``: PyG's binary negative sampling,
+        ``torch_geometric/sampler/neighbor_sampler.py`` ``edge_sample``) or ``tail`` (the positive's source with a
+        random destination; mmkgc's earlier form).
     :param disjoint_supervision: fraction of the training edges drawn each epoch as supervision edges and
         removed from that epoch's message-passing graph (fix of bug 2.7.3); ``0`` reproduces the public code
         (supervision edges are message edges).
@@ -103,8 +108,9 @@ class LinkPredConfig(_Strict):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     decoder_hidden: int = Field(128, ge=1)
     decoder_dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    relation_grouping: Literal["none", "vemp_meta"] = "vemp_meta"
+    relation_grouping: Literal["none", "vemp_meta", "mmkgc_meta"] = "vemp_meta"
     fanouts: list[int] | None = Field(default_factory=lambda: [10, 5])
+    negatives: Literal["binary", "tail"] = "binary"
     disjoint_supervision: float = Field(0.3, ge=0.0, lt=1.0)
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(10, ge=1)

@@ -24,12 +24,13 @@ import io
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mmkgc.data.triples import SPLITS, TripleSet
+from mmkgc.data.triples import CATEGORY_NAMES, SPLITS, TripleSet
 from mmkgc.fileio import atomic_write_text  # noqa: F401 - re-exported
 from mmkgc.errors import DataFormatError
 
@@ -37,10 +38,13 @@ __all__ = [
     "OPENKE_FILES",
     "OPENKE_SPLIT_FILES",
     "TSV_SPLIT_FILES",
+    "CategoryComparison",
     "atomic_write_text",
+    "compare_openke_categories",
     "read_id_map",
     "read_labeled_tsv",
     "read_openke",
+    "read_openke_categories",
     "read_openke_triples",
     "write_id_map",
     "write_labeled_tsv",
@@ -306,6 +310,90 @@ def write_openke(triples: TripleSet, directory: str | Path) -> Path:
     for split, filename in OPENKE_SPLIT_FILES.items():
         write_openke_triples(triples.split(split), directory / filename)
     return directory
+
+
+# ---------------------------------------------------------------------------------------------- categories
+def read_openke_categories(path: str | Path, num_entities: int, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read OpenKE's ``test2id_all.txt``: the test triples with the category ``n-n.py`` gave each.
+
+    Layout (written by OpenKE ``benchmarks/*/n-n.py``): first line the number of triples ``n``; then ``n``
+    lines ``<code><TAB>head tail relation`` with ``code`` 0 = 1-1, 1 = 1-N, 2 = N-1, 3 = N-N
+    (:data:`mmkgc.data.triples.CATEGORY_NAMES`), in the order of ``test2id.txt``.
+
+    :returns: int64 (h, r, t) triples ``[n, 3]`` and int64 codes ``[n]``.
+    :raises DataFormatError: missing/empty file, a bad count line, a line without four integer fields, a code
+        outside 0-3 or an id out of range (naming the file and line).
+    """
+    path = Path(path)
+    lines = _read_text(path).splitlines()
+    expected = _header_count(path, lines[0], "triples")
+    rows: list[tuple[int, int, int, int]] = []
+    for i, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 4 or not all(_INT.fullmatch(f) for f in fields):
+            raise DataFormatError(path, i, f"expected 'code<TAB>head tail relation' (4 integers), found "
+                                           f"{line.strip()[:80]!r}")
+        code, h, t, r = (int(f) for f in fields)
+        if not 0 <= code <= 3:
+            raise DataFormatError(path, i, f"category code {code} is not 0 (1-1), 1 (1-N), 2 (N-1) or 3 (N-N)")
+        for value, what, limit in ((h, "head", num_entities), (t, "tail", num_entities),
+                                   (r, "relation", num_relations)):
+            if not 0 <= value < limit:
+                raise DataFormatError(path, i, f"{what} id {value} out of range [0, {limit})")
+        rows.append((h, r, t, code))
+    if len(rows) != expected:
+        raise DataFormatError(path, 1, f"the first line says {expected} triples but the file has {len(rows)} "
+                                       "triple lines")
+    data = torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
+    return data[:, :3].contiguous(), data[:, 3].contiguous()
+
+
+@dataclass
+class CategoryComparison:
+    """Relation categories of mmkgc (:attr:`TripleSet.relation_categories`) against an OpenKE file.
+
+    :param rows: number of triples in the reference file.
+    :param mismatches: rows whose reference code differs from mmkgc's category of the row's relation.
+    :param ours: mmkgc's count of reference rows per category name (``"1-1"`` ... ``"N-N"``).
+    :param reference: the file's count per category name.
+    :param mismatched_relations: relation ids with at least one disagreeing row, sorted.
+    :param same_triples: whether the file's triples equal the TripleSet's test split row by row.
+    """
+
+    rows: int
+    mismatches: int
+    ours: dict[str, int]
+    reference: dict[str, int]
+    mismatched_relations: list[int]
+    same_triples: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_openke_categories(triples: TripleSet, path: str | Path) -> CategoryComparison:
+    """Compare mmkgc's relation categories with a reference ``test2id_all.txt`` (OpenKE ``n-n.py`` output).
+
+    For a parity check against a reference checkout, e.g. NativE's ``benchmarks/DB15K/test2id_all.txt``
+    (0 mismatches on DB15K and MKG-W).  Each row of the file is categorised by its relation with
+    ``triples.relation_categories``; the file's rows need not be the TripleSet's test split (``same_triples``
+    says whether they are).
+
+    :raises DataFormatError: see :func:`read_openke_categories`.
+    """
+    ref_triples, ref_codes = read_openke_categories(path, triples.num_entities, triples.num_relations)
+    ours = triples.relation_categories[ref_triples[:, 1]]
+    differ = ours != ref_codes
+    return CategoryComparison(
+        rows=int(ref_codes.numel()),
+        mismatches=int(differ.sum()),
+        ours=dict(zip(CATEGORY_NAMES, torch.bincount(ours, minlength=4).tolist())),
+        reference=dict(zip(CATEGORY_NAMES, torch.bincount(ref_codes, minlength=4).tolist())),
+        mismatched_relations=sorted(set(ref_triples[differ, 1].tolist())),
+        same_triples=bool(ref_triples.shape == triples.test.shape and torch.equal(ref_triples, triples.test)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- labeled TSV

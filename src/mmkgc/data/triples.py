@@ -156,13 +156,21 @@ class FilterIndex:
         return self._tails.contains(self.tail_key(triples[:, 0], triples[:, 1]), triples[:, 2])
 
 
-def relation_statistics(triples: torch.Tensor, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
+def relation_statistics(
+    triples: torch.Tensor, num_relations: int, count_duplicates: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tails per head (tph) and heads per tail (hpt) of every relation.
 
-    ``tph(r)`` is the mean number of distinct tails over the distinct (h, r) pairs, ``hpt(r)`` the mean number
-    of distinct heads over the distinct (r, t) pairs (Wang et al., 2014, TransH; OpenKE ``n-n.py``).
-    Duplicate triples are counted once.  Relations absent from ``triples`` get ``tph = hpt = 1``.
+    ``tph(r)`` is the number of triples of ``r`` divided by the number of distinct (h, r) pairs, ``hpt(r)`` the
+    number of triples of ``r`` divided by the number of distinct (r, t) pairs (Wang et al., 2014, TransH).
+    Relations absent from ``triples`` get ``tph = hpt = 1``.
 
+    :param triples: int64 ``[n, 3]`` (h, r, t).
+    :param num_relations: ``R``; relation ids must lie in ``[0, R)``.
+    :param count_duplicates: ``False`` counts a repeated row once (the mean number of distinct tails per head);
+        ``True`` counts every row in the numerator, as OpenKE's ``benchmarks/*/n-n.py`` does (it appends each
+        row's tail to the list of its (h, r) pair, repeats included, and divides the summed list lengths by the
+        number of pairs).  The denominators are distinct pairs in both cases.
     :returns: two float64 tensors ``[R]``.
     """
     triples = _as_triples(triples, "statistics")
@@ -174,11 +182,14 @@ def relation_statistics(triples: torch.Tensor, num_relations: int) -> tuple[torc
     n_ent = int(torch.maximum(h.max(), t.max())) + 1
     key_hr = r * n_ent + h
     key_rt = r * n_ent + t
-    if (int(r.max()) + 1) * n_ent * n_ent < 2**62:
-        distinct_r = torch.div(torch.unique(key_hr * n_ent + t), n_ent * n_ent, rounding_mode="floor")
-    else:  # the combined key would overflow int64
-        distinct_r = torch.unique(triples, dim=0)[:, 1]
-    n_triples = torch.bincount(distinct_r, minlength=num_relations)
+    if count_duplicates:
+        n_triples = torch.bincount(r, minlength=num_relations)
+    else:
+        if (int(r.max()) + 1) * n_ent * n_ent < 2**62:
+            distinct_r = torch.div(torch.unique(key_hr * n_ent + t), n_ent * n_ent, rounding_mode="floor")
+        else:  # the combined key would overflow int64
+            distinct_r = torch.unique(triples, dim=0)[:, 1]
+        n_triples = torch.bincount(distinct_r, minlength=num_relations)
     n_hr = torch.bincount(torch.div(torch.unique(key_hr), n_ent, rounding_mode="floor"), minlength=num_relations)
     n_rt = torch.bincount(torch.div(torch.unique(key_rt), n_ent, rounding_mode="floor"), minlength=num_relations)
     n_triples, n_hr, n_rt = n_triples.double(), n_hr.double(), n_rt.double()
@@ -187,15 +198,21 @@ def relation_statistics(triples: torch.Tensor, num_relations: int) -> tuple[torc
     return tph, hpt
 
 
-def relation_categories(triples: torch.Tensor, num_relations: int, threshold: float = 1.5) -> torch.Tensor:
+def relation_categories(
+    triples: torch.Tensor, num_relations: int, threshold: float = 1.5, count_duplicates: bool = True
+) -> torch.Tensor:
     """Category of each relation: 0 = 1-1, 1 = 1-N, 2 = N-1, 3 = N-N (Bordes et al., 2013).
 
-    Rule of OpenKE's ``n-n.py``: 1-1 if tph < 1.5 and hpt < 1.5; 1-N if tph >= 1.5 and hpt < 1.5;
-    N-1 if tph < 1.5 and hpt >= 1.5; N-N otherwise.
+    Rule of OpenKE's ``benchmarks/*/n-n.py``: 1-1 if tph < 1.5 and hpt < 1.5; 1-N if tph >= 1.5 and hpt < 1.5;
+    N-1 if tph < 1.5 and hpt >= 1.5; N-N otherwise, with tph/hpt from :func:`relation_statistics`.  OpenKE
+    computes them over train + valid + test with repeated rows counted (``count_duplicates=True``, the default
+    here); pass those triples (:attr:`TripleSet.all_triples`) to reproduce its ``test2id_all.txt`` codes.
 
-    :returns: int64 ``[R]``; names in :data:`CATEGORY_NAMES`.
+    :param triples: int64 ``[n, 3]`` (h, r, t) the statistics are taken from.
+    :param count_duplicates: see :func:`relation_statistics`.
+    :returns: int64 ``[R]``; names in :data:`CATEGORY_NAMES`.  Relations absent from ``triples`` are 1-1.
     """
-    tph, hpt = relation_statistics(triples, num_relations)
+    tph, hpt = relation_statistics(triples, num_relations, count_duplicates=count_duplicates)
     many_tails = tph >= threshold
     many_heads = hpt >= threshold
     return many_tails.long() + 2 * many_heads.long()
@@ -294,8 +311,13 @@ class TripleSet:
 
     @cached_property
     def relation_categories(self) -> torch.Tensor:
-        """1-1/1-N/N-1/N-N code of each relation, computed from train (int64 ``[R]``)."""
-        return relation_categories(self.train, self.num_relations)
+        """1-1/1-N/N-1/N-N code of each relation (int64 ``[R]``), by OpenKE's ``n-n.py`` rule.
+
+        Statistics over train + valid + test with repeated rows counted, as OpenKE computes the categories of its
+        ``1-1.txt`` ... ``n-n.txt`` and ``test2id_all.txt`` files, so per-category tables compare with
+        OpenKE-based papers (on DB15K and MKG-W the codes equal NativE's shipped ``test2id_all.txt``).
+        """
+        return relation_categories(self.all_triples, self.num_relations, count_duplicates=True)
 
     @cached_property
     def tail_corruption_probability(self) -> torch.Tensor:

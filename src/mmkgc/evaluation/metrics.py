@@ -501,7 +501,8 @@ def evaluate(
 
     Queries are the split's triples (``"test"``, ``"valid"``, ``"valid_clean"`` for model selection, or
     ``"train"``); the filter is ``triples.filter_index`` (train + valid + test, OpenKE ``Test.h``) unless
-    ``filtered=False``; categories are ``triples.relation_categories``.  The headline is the realistic rank
+    ``filtered=False``; categories are ``triples.relation_categories`` (OpenKE ``n-n.py``: tph/hpt over train +
+    valid + test, repeated rows counted, threshold 1.5).  The headline is the realistic rank
     (expected rank under random tie-breaking), with optimistic (OpenKE) and pessimistic alongside.
 
     :param score_fn: see :func:`mmkgc.evaluation.ranking.compute_ranks`.

@@ -8,11 +8,13 @@ Composition of shared parts:
   either frozen features + a learned linear projection (:class:`~mmkgc.models.kge.ModalityInput`; any feature
   width, so MKG-W/Y, TIVA and Kuai16K run) or the published trainable table initialised from the (optionally
   :func:`~mmkgc.features.pooling.imvia_pool_256`-pooled) features;
-* :class:`~mmkgc.nn.adapters.MoEAdapter` per branch (relation temperature for query entities only);
+* :class:`~mmkgc.nn.adapters.MoEAdapter` per branch (relation temperature for query entities only, from one table
+  shared by the branches as published, or one table per branch);
 * :class:`~mmkgc.nn.scorers.TuckER` per branch with its own relation table (``2R`` rows, reciprocal relations);
 * per-branch alignment projections ``Linear + BatchNorm1d`` (replacing the 256-only shared Conv1x1 head) under
   :class:`~mmkgc.training.losses.SymmetricInfoNCE`;
-* :class:`~mmkgc.nn.mutual_information.CLUBEstimator` per branch, trained by :class:`CLUBEstimatorStep`;
+* :class:`~mmkgc.nn.mutual_information.CLUBEstimator` per branch, trained by :class:`CLUBEstimatorStep`; the two
+  expert views it compares are one pair per step shared by the branches (published) or one pair per branch;
 * :class:`~mmkgc.nn.fusion.DecisionFusion` of per-branch probabilities.
 """
 
@@ -37,7 +39,7 @@ from mmkgc.models.kge import (
 )
 from mmkgc.nn.adapters import MoEAdapter
 from mmkgc.nn.fusion import DecisionFusion
-from mmkgc.nn.mutual_information import CLUBEstimator
+from mmkgc.nn.mutual_information import CLUBEstimator, draw_expert_pair
 from mmkgc.nn.scorers import TuckER
 from mmkgc.training.losses import BCEWithLabelSmoothing, SymmetricInfoNCE
 from mmkgc.training.steps import AuxiliaryStep
@@ -142,16 +144,23 @@ class IMVIAModel(KGEModel):
         for emb, dec in zip(self.extra_relations, self.extra_decoders):
             dec.init_relation_(emb.weight)
         m = len(names)
-        rel_rows = 2 * num_relations if options.relation_temperature else 0
+        per_branch = options.relation_temperature and options.relation_temperature_table == "per_branch"
+        rel_rows = 2 * num_relations if per_branch else 0
         self.adapters = nn.ModuleList(MoEAdapter(dim, dim, options.num_experts, rel_rows, options.noisy_gating)
                                       for _ in range(m))
+        # The published single rel_gate (2R x 1, nn.Embedding's N(0, 1) init) shared by all branches.
+        self.relation_gate = (nn.Embedding(2 * num_relations, 1)
+                              if options.relation_temperature and not per_branch else None)
         adim = options.align_dim or dim
         self.align_heads = nn.ModuleList(nn.Sequential(nn.Linear(dim, adim, bias=False), nn.BatchNorm1d(adim))
                                          for _ in range(m))
+        raw = options.align_temperature_parameterization == "raw"
         self.align_loss = SymmetricInfoNCE(options.align_temperature, learnable=options.align_learnable,
                                            min_temperature=options.align_min_temperature if options.align_learnable
                                            else None,
-                                           normalize=options.align_normalize)
+                                           max_temperature=None if raw else 100.0,
+                                           normalize=options.align_normalize,
+                                           parameterization="raw" if raw else "log")
         self.estimators = nn.ModuleList(
             CLUBEstimator(dim, options.club_legacy_indexing, options.club_include_logvar) for _ in range(m)
         ) if options.mi_weight > 0 and options.num_experts >= 2 else None
@@ -174,8 +183,19 @@ class IMVIAModel(KGEModel):
 
     def _query(self, i: int, x: torch.Tensor, relations: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rel = relations if self.options.relation_temperature else None
-        return self.adapters[i](x, rel)
+        if not self.options.relation_temperature:
+            return self.adapters[i](x)
+        if self.relation_gate is not None:
+            return self.adapters[i](x, relation_gate=self.relation_gate(relations))
+        return self.adapters[i](x, relations)
+
+    def club_pairs(self, views: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The two expert views compared by each branch's CLUB estimator: one pair of expert indices drawn and
+        shared by every branch (``club_pair: shared``, published ``MIEstimator``), or one draw per branch."""
+        if self.options.club_pair == "shared":
+            indices = draw_expert_pair(views[0].shape[1])
+            return [est.pair(v, indices=indices) for est, v in zip(self.estimators, views)]
+        return [est.pair(v) for est, v in zip(self.estimators, views)]
 
     def candidates(self, i: int) -> torch.Tensor:
         """MoE-adapted table of all entities of branch ``i`` (no relation temperature): ``[N, D]``."""
@@ -239,7 +259,8 @@ class IMVIAModel(KGEModel):
         if self.estimators is not None:
             for est in self.estimators:
                 est.eval()
-            mi = sum(est.upper_bound(*est.pair(v.float())) for est, v in zip(self.estimators, views)) / len(views)
+            pairs = self.club_pairs([v.float() for v in views])
+            mi = sum(est.upper_bound(x, y) for est, (x, y) in zip(self.estimators, pairs)) / len(views)
             terms["mi"] = mi.detach()
             total = total + opts.mi_weight * mi
         return total, terms, self.entities(None)
@@ -360,6 +381,6 @@ class CLUBEstimatorStep(AuxiliaryStep):
             views = model.query_views(e, r)
         for est in model.estimators:
             est.train()
-        losses = [est.learning_loss(*(v.detach().float() for v in est.pair(vw)))
-                  for est, vw in zip(model.estimators, views)]
+        pairs = model.club_pairs([v.detach().float() for v in views])
+        losses = [est.learning_loss(x, y) for est, (x, y) in zip(model.estimators, pairs)]
         return sum(losses) / len(losses)

@@ -98,16 +98,16 @@ def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[Mod
 
     :param gnn_cfg: :class:`~mmkgc.config.GNNConfig` (``None``: defaults).
     :param triples: the :class:`~mmkgc.data.triples.TripleSet`; only its train split becomes message edges.
-    :raises DataFormatError: ``relation_grouping: vemp_meta`` on a dataset whose relations are not DB15K's.
+    :raises DataFormatError: ``relation_grouping: vemp_meta``/``mmkgc_meta`` on a dataset whose relations are not DB15K's.
     """
     from mmkgc.config import GNNConfig
 
     gnn_cfg = gnn_cfg or GNNConfig()
     relation_map, num_types = None, triples.num_relations
-    if gnn_cfg.relation_grouping == "vemp_meta":
+    if gnn_cfg.relation_grouping != "none":
         from mmkgc.data.relation_groups import vemp_relation_map
 
-        relation_map, names = vemp_relation_map(triples.relation_labels)
+        relation_map, names = vemp_relation_map(triples.relation_labels, gnn_cfg.relation_grouping)
         num_types = len(names)
     graph = MessageGraph.from_triples(triples.train, triples.num_entities, num_types, relation_map)
     return RGCNRepresentation(graph, dim, features, gnn_cfg.hidden_dims, gnn_cfg.num_bases, gnn_cfg.dropout,

@@ -10,7 +10,7 @@ Stage 2, two protocols:
 
 * :func:`train_linkpred` (``vemp_sampled``): R-GCN (:class:`~mmkgc.nn.gnn.RGCNEncoder`, 31 meta-relations, 31
   bases) + relation-agnostic :class:`~mmkgc.nn.gnn.MLPLinkPredictor`, binary link BCE with one random negative per
-  positive; supervision edges are removed from each epoch's message-passing graph; evaluation by
+  positive (both endpoints random, as PyG's binary sampling; :func:`training_negatives`); supervision edges are removed from each epoch's message-passing graph; evaluation by
   :func:`~mmkgc.evaluation.sampled.vemp_link_ranks` (positives only, filtered candidates; optionally also the
   legacy protocol).  Message passing uses train edges for validation and train + valid edges for test (as VEMP).
 * :func:`run_filtered` (``filtered``): the ordinary Trainer with ``representation: rgcn`` over an exported table
@@ -273,10 +273,10 @@ class VempLinkModel(nn.Module):
 
 
 def _relation_types(cfg: VempConfig, triples: TripleSet) -> tuple[torch.Tensor | None, int]:
-    if cfg.linkpred.relation_grouping == "vemp_meta":
+    if cfg.linkpred.relation_grouping != "none":
         from mmkgc.data.relation_groups import vemp_relation_map
 
-        m, names = vemp_relation_map(triples.relation_labels)
+        m, names = vemp_relation_map(triples.relation_labels, cfg.linkpred.relation_grouping)
         return m, len(names)
     return None, triples.num_relations
 
@@ -290,6 +290,29 @@ def _random_negatives(pos: torch.Tensor, num_nodes: int, known: torch.Tensor, ge
         cand = cand[~torch.isin(cand[:, 0] * num_nodes + cand[:, 1], keys)]
         out = torch.cat([out, cand])
     return out[:pos.shape[0]]
+
+
+def training_negatives(src: torch.Tensor, num_nodes: int, mode: str, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One negative ``(source, destination)`` pair per positive edge for the binary link loss.
+
+    * ``binary``: both endpoints uniform over the ``num_nodes`` nodes, drawn independently (sources first) and not
+      checked against known edges -- PyG's binary negative sampling, which VEMP's ``LinkNeighborLoader(...,
+      neg_sampling_ratio=1.0)`` uses (PyG 2.8 ``sampler/neighbor_sampler.py``, ``edge_sample``: ``src_neg`` and
+      ``dst_neg`` from ``torch.randint``);
+    * ``tail``: the positive's source and a uniform destination.
+
+    :param src: int64 ``[B]`` sources of the positive edges.
+    :returns: int64 ``[B]`` negative sources and ``[B]`` negative destinations.
+    :raises ValueError: unknown ``mode``.
+    """
+    b = src.shape[0]
+    if mode == "binary":
+        neg_src = torch.randint(num_nodes, (b,), generator=gen)
+        return neg_src, torch.randint(num_nodes, (b,), generator=gen)
+    if mode == "tail":
+        return src, torch.randint(num_nodes, (b,), generator=gen)
+    raise ValueError(f"negatives must be 'binary' or 'tail', got {mode!r}")
 
 
 def evaluate_sampled(model: VempLinkModel, graph: MessageGraph, positives: torch.Tensor, known: torch.Tensor,
@@ -368,8 +391,8 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
         for s in range(0, sup.shape[0], lp.batch_size):
             batch = sup[s:s + lp.batch_size]
             src, dst = batch[:, 0], batch[:, 2]
-            neg = torch.randint(n, (batch.shape[0],), generator=gen)
-            seeds = torch.cat([src, dst, neg])
+            neg_src, neg_dst = training_negatives(src, n, lp.negatives, gen)
+            seeds = torch.cat([src, dst, neg_dst] if lp.negatives == "tail" else [src, dst, neg_src, neg_dst])
             if lp.fanouts is not None:
                 sub = sample_subgraph(graph, seeds, lp.fanouts, gen)
                 z = model.encoder(model.x[sub.nodes.to(device)], sub.edge_index.to(device), sub.edge_type.to(device))
@@ -379,7 +402,8 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
             else:
                 zs = model.encode(graph)[seeds.to(device)]
             b = batch.shape[0]
-            logits = torch.cat([model.decoder(zs[:b], zs[b:2 * b]), model.decoder(zs[:b], zs[2 * b:])])
+            neg_src_z = zs[:b] if lp.negatives == "tail" else zs[2 * b:3 * b]
+            logits = torch.cat([model.decoder(zs[:b], zs[b:2 * b]), model.decoder(neg_src_z, zs[-b:])])
             labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(device)
             loss = bce(logits, labels)
             opt.zero_grad(set_to_none=True)
@@ -413,7 +437,8 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
                                            cfg.seed)},
         "protocol": {"num_candidates": lp.num_candidates, "tie_policy": "realistic", "sides": "tail",
                      "relation_grouping": lp.relation_grouping, "num_edge_types": num_types,
-                     "disjoint_supervision": lp.disjoint_supervision, "fanouts": lp.fanouts},
+                     "disjoint_supervision": lp.disjoint_supervision, "fanouts": lp.fanouts,
+                     "negatives": lp.negatives},
     }
     if lp.legacy:
         result["valid"]["legacy"] = evaluate_sampled(model, valid_graph, valid_q, known, lp.num_candidates, True,

@@ -83,14 +83,21 @@ class MoEAdapter(nn.Module):
     ``softmax(l / sigmoid(g_r))`` (a per-relation temperature ``g``, ``N(0, 1)`` init); without a relation (the
     all-entity candidate pass) ``softmax(l)``.  Output ``sum_k pi_k v_k``.
 
+    The temperature table ``g`` is either the adapter's own (``num_relations > 0``, pass ``relation`` ids) or a
+    table the caller shares between several adapters (pass the looked-up values ``g_r`` as ``relation_gate``):
+    the published IMVIA model has one ``rel_gate`` embedding (``2R x 1``) used by the structure, visual and text
+    MoEs alike (``models/RelMoE.py``, ``RelMoE.forward``).
+
     :param in_dim: input width.
     :param out_dim: expert output width ``D``.
     :param num_experts: ``n`` (published 3).
-    :param num_relations: rows of ``g`` (``2R`` with reciprocal relations); 0 disables the relation temperature.
+    :param num_relations: rows of the adapter's own ``g`` (``2R`` with reciprocal relations); 0: no own table.
     :param noisy_gating: add the gate noise in training mode.
 
-    Shapes: ``forward(x [B, in_dim], relation [B] int64 | None) -> (mixed [B, D], views [B, n, D], gates [B, n])``.
-    :raises ValueError: bad sizes, or a relation given to an adapter built with ``num_relations=0``.
+    Shapes: ``forward(x [B, in_dim], relation [B] int64 | None, relation_gate [B] or [B, 1] | None)
+    -> (mixed [B, D], views [B, n, D], gates [B, n])``.
+    :raises ValueError: bad sizes, a relation given to an adapter built with ``num_relations=0``, or both
+        ``relation`` and ``relation_gate``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, num_experts: int = 3, num_relations: int = 0,
@@ -109,25 +116,31 @@ class MoEAdapter(nn.Module):
         if self.relation_gate is not None:
             nn.init.normal_(self.relation_gate.weight)
 
-    def gates(self, x: torch.Tensor, relation: torch.Tensor | None = None) -> torch.Tensor:
-        """Gate probabilities ``[B, n]`` (noisy in training mode only)."""
+    def gates(self, x: torch.Tensor, relation: torch.Tensor | None = None,
+              relation_gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate probabilities ``[B, n]`` (noisy in training mode only); see the class for the two temperature
+        sources (``relation`` ids into the own table, or shared values ``relation_gate`` ``[B]`` / ``[B, 1]``)."""
         logits = x @ self.gate
         if self.training and self.noisy_gating:
             std = nn.functional.softplus(x @ self.noise) + 0.01
             logits = logits + torch.randn_like(logits) * std
+        if relation is not None and relation_gate is not None:
+            raise ValueError("MoEAdapter: give relation ids or shared relation_gate values, not both")
         if relation is not None:
             if self.relation_gate is None:
                 raise ValueError("MoEAdapter built with num_relations=0 got a relation")
-            logits = logits / torch.sigmoid(self.relation_gate(relation))
+            relation_gate = self.relation_gate(relation)
+        if relation_gate is not None:
+            logits = logits / torch.sigmoid(relation_gate.reshape(-1, 1))
         return torch.softmax(logits, dim=-1)
 
-    def forward(self, x: torch.Tensor, relation: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, relation: torch.Tensor | None = None,
+                relation_gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"MoEAdapter: expected x [B, {self.in_dim}], got {tuple(x.shape)}")
         centred = x.unsqueeze(1) - self.expert_bias  # [B, n, in]
         views = torch.einsum("bki,kio->bko", centred, self.expert_weight)  # [B, n, D]
-        pi = self.gates(x, relation)
+        pi = self.gates(x, relation, relation_gate)
         return (pi.unsqueeze(-1) * views).sum(1), views, pi
 
     def extra_repr(self) -> str:

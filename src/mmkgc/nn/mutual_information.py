@@ -12,6 +12,18 @@ import torch
 from torch import nn
 
 
+def draw_expert_pair(num_experts: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Two distinct expert indices ``(a, b)``, an ordered pair drawn uniformly (``randperm(n)[:2]``; the
+    published ``random.sample(range(n), k=2)`` in IMVIA's ``MIEstimator``, same distribution).
+
+    :raises ValueError: ``num_experts < 2``.
+    """
+    if num_experts < 2:
+        raise ValueError(f"CLUB needs at least 2 experts, got {num_experts}")
+    a, b = torch.randperm(num_experts, generator=generator)[:2].tolist()
+    return a, b
+
+
 class CLUBEstimator(nn.Module):
     """Gaussian variational network and the CLUB bound between two expert views.
 
@@ -43,16 +55,23 @@ class CLUBEstimator(nn.Module):
         self.legacy_indexing = legacy_indexing
         self.include_logvar = include_logvar
 
-    def pair(self, views: torch.Tensor, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two distinct indices ``a != b`` drawn uniformly from ``{0..n-1}``; returns the two views (see class).
+    def pair(self, views: torch.Tensor, generator: torch.Generator | None = None,
+             indices: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views of experts ``(a, b)`` (see class): ``indices`` when given (e.g. one pair drawn by
+        :func:`draw_expert_pair` and shared by every modality, as published), else a fresh draw.
 
-        :raises ValueError: ``views`` is not ``[B, n, D]`` with ``n >= 2`` (and ``B >= n`` in legacy mode).
+        :raises ValueError: ``views`` is not ``[B, n, D]`` with ``n >= 2`` (and ``B >= n`` in legacy mode), or
+            ``indices`` are not two distinct experts of ``{0..n-1}``.
         """
         if views.ndim != 3 or views.shape[1] < 2:
             raise ValueError(f"CLUB needs views [B, n >= 2, D], got {tuple(views.shape)}")
         n = views.shape[1]
-        a, b = torch.randperm(n, generator=generator)[:2].tolist()
+        if indices is None:
+            a, b = draw_expert_pair(n, generator)
+        else:
+            a, b = (int(i) for i in indices)
+            if a == b or not (0 <= a < n and 0 <= b < n):
+                raise ValueError(f"CLUB expert pair {indices} is not two distinct experts of 0..{n - 1}")
         if self.legacy_indexing:
             if views.shape[0] < n:
                 raise ValueError(f"legacy CLUB indexing needs a batch of at least {n} rows")

@@ -282,10 +282,15 @@ class SymmetricInfoNCE(nn.Module):
     learnable ``τ`` initialised at 0.07, unnormalised in the public code; section 4.4).
 
     :param temperature: initial ``τ`` > 0.
-    :param learnable: make ``τ`` a parameter (stored as ``log τ``).
+    :param learnable: make ``τ`` a parameter.
+    :param parameterization: how a learnable ``τ`` is stored: ``"log"`` (the parameter is ``log τ``, so ``τ`` stays
+        positive and Adam's steps are relative) or ``"raw"`` (the parameter is ``τ`` itself, as the published IMVIA
+        ``ClipLoss``, ``self.temp = nn.Parameter(torch.ones([]) * config.temp)`` in ``models/RelMoE.py``; it can
+        reach 0 or go negative unless clamped).
     :param min_temperature: lower clamp of a learnable ``τ`` (the IMVIA code leaves it unclamped, so it can collapse
-        towards 0; ``None`` reproduces that).
-    :param max_temperature: upper clamp of a learnable ``τ`` (``None``: none).
+        towards 0).
+    :param max_temperature: upper clamp of a learnable ``τ`` (``None``: none).  The published ``ClipLoss`` is
+        reproduced by ``learnable=True, parameterization="raw", min_temperature=None, max_temperature=None``.
     :param normalize: L2-normalise the rows of ``a`` and ``b`` first (cosine similarities).
 
     ``forward(a, b, ids=None)``: optional ``ids [B]`` mark rows of the same item (e.g. the same entity twice in a
@@ -296,17 +301,22 @@ class SymmetricInfoNCE(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.07, learnable: bool = False, min_temperature: float | None = 0.01,
-                 max_temperature: float | None = 100.0, normalize: bool = True):
+                 max_temperature: float | None = 100.0, normalize: bool = True,
+                 parameterization: str = "log"):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"InfoNCE temperature must be > 0, got {temperature}")
         if min_temperature is not None and max_temperature is not None and min_temperature > max_temperature:
             raise ConfigError(f"InfoNCE min_temperature {min_temperature} > max_temperature {max_temperature}")
-        log_t = torch.tensor(float(temperature)).log()
-        if learnable:
-            self.log_temperature = nn.Parameter(log_t)
+        if parameterization not in ("log", "raw"):
+            raise ConfigError(f"InfoNCE parameterization must be 'log' or 'raw', got {parameterization!r}")
+        self.parameterization = parameterization if learnable else "log"
+        if learnable and parameterization == "raw":
+            self.raw_temperature = nn.Parameter(torch.tensor(float(temperature)))
+        elif learnable:
+            self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
         else:
-            self.register_buffer("log_temperature", log_t, persistent=False)
+            self.register_buffer("log_temperature", torch.tensor(float(temperature)).log(), persistent=False)
         self.learnable = learnable
         self.min_temperature = min_temperature
         self.max_temperature = max_temperature
@@ -314,8 +324,8 @@ class SymmetricInfoNCE(nn.Module):
 
     @property
     def temperature(self) -> torch.Tensor:
-        """The current ``τ`` (clamped when learnable)."""
-        t = self.log_temperature.exp()
+        """The current ``τ`` (clamped when learnable and a clamp is set)."""
+        t = self.raw_temperature if self.parameterization == "raw" else self.log_temperature.exp()
         if self.learnable and (self.min_temperature is not None or self.max_temperature is not None):
             t = t.clamp(self.min_temperature, self.max_temperature)
         return t
@@ -334,7 +344,7 @@ class SymmetricInfoNCE(nn.Module):
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
     def extra_repr(self) -> str:
-        return f"learnable={self.learnable}, normalize={self.normalize}"
+        return f"learnable={self.learnable}, parameterization={self.parameterization}, normalize={self.normalize}"
 
 
 LOSSES: dict[str, type[nn.Module]] = {

@@ -28,7 +28,8 @@ from mmkgc.features.enrich.journal import Journal
 
 log = logging.getLogger(__name__)
 
-#: The paper's captioning prompt (Beyond Images, ``configs/paper.yaml``).
+#: The paper's captioning prompt (pengyu-zhang/Beyond-Images at daad1f8, ``configs/paper.yaml``,
+#: ``captioning.prompt``; used with BLIP-2 Flan-T5-XXL), the default of :class:`CaptionSettings`.
 PAPER_PROMPT = "Describe the scene, objects, colors, and other details in detail."
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -65,7 +66,8 @@ def strip_prompt(text: str, prompt: str | None) -> str:
 class CaptionSettings:
     """Everything that changes a caption (stored in the journal header; a resumed run must match it).
 
-    :param prompt: text prompt (``None``: unprompted captioning, e.g. GIT-coco or BLIP).
+    :param prompt: text prompt; default the paper's :data:`PAPER_PROMPT`.  ``None`` (or ``""``): unprompted
+        captioning (the paper's GIT-large-coco alternative).
     :param prompt_template: template with ``{prompt}`` for chat models without a processor chat template,
         e.g. ``"USER: <image>\\n{prompt} ASSISTANT:"`` (LLaVA-1.5).  ``None``: use the processor's chat template
         when it has one, else the bare prompt.
@@ -75,7 +77,7 @@ class CaptionSettings:
     :param batch_size: images per ``generate`` call (does not change captions up to floating-point noise).
     """
 
-    prompt: str | None = None
+    prompt: str | None = PAPER_PROMPT
     prompt_template: str | None = None
     max_new_tokens: int = 100
     num_beams: int = 1
@@ -86,6 +88,8 @@ class CaptionSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.num_beams < 1 or self.batch_size < 1:
             raise ConfigError("max_new_tokens, num_beams and batch_size must be >= 1")
+        if self.prompt is not None and not self.prompt.strip():
+            self.prompt = None
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain '{{prompt}}', got {self.prompt_template!r}")
         resolve_dtype(self.dtype)

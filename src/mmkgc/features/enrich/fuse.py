@@ -6,12 +6,21 @@
   expert summariser asked for one rich, coherent paragraph, not a list) and a user message naming the entity and
   listing its descriptions one per line, formatted with the tokenizer's chat template (a model whose template
   refuses the system role gets the system text prepended to the user message; a tokenizer without a template gets
-  a plain ``System:/User:/Assistant:`` transcript).  Only the new tokens are decoded.
-* **seq2seq models** (Flan-T5): one instruction prompt, input truncated to ``max_input_tokens`` (1024 in the paper).
+  a plain ``System:/User:/Assistant:`` transcript).  Only the new tokens are decoded.  By default the chat model
+  gets **every** description (the paper's code does not truncate its input): the only limit is the model's context
+  length minus ``max_new_tokens``.
+* **seq2seq models** (Flan-T5): one instruction prompt, input limited to 1,024 tokens by default (the paper's
+  Flan-T5 truncation).
 
-Decoding is deterministic (greedy or beam search; never sampling).  Truncation keeps **whole descriptions**: the
-prompt is built with as many leading descriptions (in the cleaned priority order) as fit the token budget; a single
-description longer than the budget is the only case cut mid-text (recorded as ``truncated_description``).
+The default prompts are the paper's (pengyu-zhang/Beyond-Images, ``src/beyond_images/fusion/fusers.py``:
+``CHAT_SYSTEM_PROMPT``, the user message of ``CausalFuser.fuse`` and ``PAPER_PROMPT`` with the list and answer cue
+of ``Seq2SeqFuser.fuse``); they are the method's inputs, reproduced as such.  ``max_new_tokens`` defaults to the
+paper configuration's 512 (``configs/paper.yaml``, ``fusion.max_new_tokens``).
+
+Decoding is deterministic (greedy or beam search; never sampling).  When a token budget applies, truncation keeps
+**whole descriptions**: the prompt is built with as many leading descriptions (in the cleaned priority order) as fit
+the budget; a single description longer than the budget is the only case cut mid-text (recorded as
+``truncated_description``).
 
 :func:`fuse_entities` journals one record per entity (``{"entity", "summary", "used", "total", ...}``) so that an
 interrupted run resumes without redoing finished entities.
@@ -33,20 +42,36 @@ from mmkgc.features.enrich.journal import Journal
 
 log = logging.getLogger(__name__)
 
+# The paper's fusion prompts (pengyu-zhang/Beyond-Images at daad1f8, src/beyond_images/fusion/fusers.py):
+# CHAT_SYSTEM_PROMPT, the user message of CausalFuser.fuse and Seq2SeqFuser.fuse's PAPER_PROMPT + list + cue.
 SYSTEM_PROMPT = (
-    "You are an expert summariser of visual descriptions. Given several descriptions of images of one entity, "
-    "write one rich, coherent paragraph that describes the entity. Do not write a list."
+    "You are an expert in summarizing and synthesizing information. Your task is "
+    "to integrate a list of visual descriptions about an entity into a single, "
+    "rich, and detailed paragraph. Capture as many key details as possible and "
+    "ensure the final output is a coherent paragraph, not a list."
 )
-USER_TEMPLATE = "Entity: {entity}\nDescriptions:\n{descriptions}\nSummary:"
-SEQ2SEQ_TEMPLATE = "Summarize the following descriptions of {entity} into one paragraph.\n{descriptions}"
+USER_TEMPLATE = "Please synthesize the following descriptions for the entity '{entity}':\n\n{descriptions}"
+SEQ2SEQ_TEMPLATE = (
+    "Your task is to integrate the following list of visual descriptions for the "
+    "entity '{entity}' into a rich, detailed, and coherent summary paragraph. "
+    "Capture as many key details as possible, such as objects, colors, actions, "
+    "and settings. Your final output must be a single paragraph, not a list."
+    "\n\nList of descriptions to summarize:\n{descriptions}\n\nDetailed Summary Paragraph:"
+)
+#: Input token budget of seq2seq models when ``max_input_tokens`` is not set (the paper's Flan-T5 truncation).
+SEQ2SEQ_MAX_INPUT_TOKENS = 1024
+#: Summary length limit of the paper configuration (``configs/paper.yaml``: ``fusion.max_new_tokens: 512``).
+PAPER_MAX_NEW_TOKENS = 512
 
 
 @dataclass
 class FusionSettings:
     """Prompting and decoding of the fusion model (stored in the journal header).
 
-    :param max_input_tokens: token budget of the whole prompt (paper: 1024 for Flan-T5).
-    :param max_new_tokens: summary length limit (paper: 512 causal, 384 Flan-T5).
+    :param max_input_tokens: token budget of the whole prompt, for either family.  ``None`` (default): seq2seq
+        models get :data:`SEQ2SEQ_MAX_INPUT_TOKENS` (1,024, the paper's Flan-T5 truncation); chat models get every
+        description, up to their context length minus ``max_new_tokens`` (the paper does not truncate them).
+    :param max_new_tokens: summary length limit (paper configuration: 512).
     :param num_beams: 1 = greedy (paper config), > 1 = beam search (paper's Flan-T5: 4).
     :param system_prompt: system message of chat models.
     :param user_template: user message with ``{entity}`` and ``{descriptions}`` (one per line).
@@ -55,8 +80,8 @@ class FusionSettings:
     :raises ConfigError: a template without its fields or a non-positive limit.
     """
 
-    max_input_tokens: int = 1024
-    max_new_tokens: int = 384
+    max_input_tokens: int | None = None
+    max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     num_beams: int = 1
     system_prompt: str = SYSTEM_PROMPT
     user_template: str = USER_TEMPLATE
@@ -64,7 +89,8 @@ class FusionSettings:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if min(self.max_input_tokens, self.max_new_tokens, self.num_beams) < 1:
+        if (self.max_input_tokens is not None and self.max_input_tokens < 1) or min(self.max_new_tokens,
+                                                                                    self.num_beams) < 1:
             raise ConfigError("max_input_tokens, max_new_tokens and num_beams must be >= 1")
         for name in ("user_template", "seq2seq_template"):
             t = getattr(self, name)
@@ -111,9 +137,44 @@ class LLMFuser:
         s = self.settings
         return {"model": self.resolved.canonical, "model_type": self.model_type,
                 "family": "seq2seq" if self.seq2seq else "causal", **self._weights,
-                "max_input_tokens": s.max_input_tokens, "max_new_tokens": s.max_new_tokens,
+                "max_input_tokens": s.max_input_tokens, "input_budget": self.input_budget,
+                "max_new_tokens": s.max_new_tokens,
                 "num_beams": s.num_beams, "dtype": s.dtype, "system_prompt": s.system_prompt,
                 "user_template": s.user_template, "seq2seq_template": s.seq2seq_template}
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's maximum sequence length in tokens (config ``max_position_embeddings`` / ``n_positions`` and
+        the tokenizer's ``model_max_length`` when set), or ``None`` when neither says."""
+        limits = []
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.model.config, attr, None)
+            if isinstance(value, int) and value > 0:
+                limits.append(value)
+                break
+        tok = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok, int) and 0 < tok < 10**7:  # transformers uses ~1e30 for "not set"
+            limits.append(tok)
+        return min(limits) if limits else None
+
+    @property
+    def input_budget(self) -> int | None:
+        """Token budget of the prompt (see :class:`FusionSettings`); ``None``: no limit.
+
+        :raises ConfigError: ``max_new_tokens`` leaves no room in a chat model's context.
+        """
+        s = self.settings
+        if s.max_input_tokens is not None:
+            return s.max_input_tokens
+        if self.seq2seq:
+            return SEQ2SEQ_MAX_INPUT_TOKENS
+        context = self.context_length
+        if context is None:
+            return None
+        if context - s.max_new_tokens < 1:
+            raise ConfigError(f"fusion max_new_tokens={s.max_new_tokens} fills the model's whole context of "
+                              f"{context} tokens; lower it")
+        return context - s.max_new_tokens
 
     # ------------------------------------------------------------------------------------------- prompting
     def prompt(self, entity: str, descriptions: Sequence[str]) -> str:
@@ -136,11 +197,17 @@ class LLMFuser:
         return len(self.tokenizer(text, add_special_tokens=self.seq2seq)["input_ids"])
 
     def fit(self, entity: str, descriptions: Sequence[str]) -> tuple[str, int, bool]:
-        """The prompt with the longest prefix of ``descriptions`` whose token count fits ``max_input_tokens``.
+        """The prompt with the longest prefix of ``descriptions`` whose token count fits :attr:`input_budget`
+        (all of them when there is no budget or they fit).
 
         :returns: ``(prompt, number of descriptions used, whether a single description had to be cut)``.
         """
-        budget = self.settings.max_input_tokens
+        budget = self.input_budget
+        if budget is None:
+            return self.prompt(entity, descriptions), len(descriptions), False
+        full = self.prompt(entity, descriptions)
+        if self._num_tokens(full) <= budget:
+            return full, len(descriptions), False
         lo, hi = 0, len(descriptions)
         # the token count grows with the number of descriptions: binary search the largest fitting prefix
         while lo < hi:
@@ -154,7 +221,7 @@ class LLMFuser:
         # not even the first description fits: cut it to the tokens left after the empty prompt
         room = budget - self._num_tokens(self.prompt(entity, []))
         if room <= 0:
-            raise ConfigError(f"max_input_tokens={budget} is smaller than the prompt template alone")
+            raise ConfigError(f"the input budget of {budget} tokens is smaller than the prompt template alone")
         ids = self.tokenizer(descriptions[0], add_special_tokens=False)["input_ids"]
         while room > 0:
             cut = self.tokenizer.decode(ids[:room], skip_special_tokens=True)
@@ -162,7 +229,7 @@ class LLMFuser:
             if self._num_tokens(text) <= budget:
                 return text, 1, True
             room -= max(1, (self._num_tokens(text) - budget))
-        raise ConfigError(f"max_input_tokens={budget} leaves no room for a description")
+        raise ConfigError(f"the input budget of {budget} tokens leaves no room for a description")
 
     # ------------------------------------------------------------------------------------------- decoding
     def summarise(self, entity: str, descriptions: Sequence[str]) -> tuple[str, dict[str, Any]]:
