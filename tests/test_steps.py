@@ -74,3 +74,36 @@ def test_auxiliary_step_owns_its_group_and_resumes(tmp_path):
     _trainer(tmp_path, resumed, triples, epochs=3).train(resume=True)
     assert torch.allclose(straight.side.weight, resumed.side.weight, atol=1e-6)
     assert torch.allclose(straight.entities.embedding.weight, resumed.entities.embedding.weight, atol=1e-6)
+
+
+def test_losses_read_in_groups_give_the_same_log_and_name_the_failing_step(tmp_path):
+    """On a GPU the step losses are read every few steps (no host synchronisation per step): the epoch losses and
+    terms must equal those read every step, and a non-finite loss must still name its step."""
+    syn = make_synthetic_mmkg(num_entities=120, num_relations=3, seed=0)
+    logs = []
+    for every in (1, 3):
+        torch.manual_seed(0)
+        model = _ModelWithSide(syn.triples.num_entities, syn.triples.num_relations)
+        trainer = _trainer(tmp_path / str(every), model, syn.triples, epochs=2)
+        trainer.sync_every = every
+        trainer.train()
+        logs.append([(h["loss"], h["terms"]["side"]) for h in trainer.history])
+    assert logs[0] == logs[1]
+    torch.manual_seed(0)
+    model = _ModelWithSide(syn.triples.num_entities, syn.triples.num_relations)
+    trainer = _trainer(tmp_path / "nan", model, syn.triples, epochs=1)
+    trainer.sync_every = 4
+    calls = {"n": 0}
+    step_loss = trainer._step_loss
+
+    def poisoned(*tensors):
+        calls["n"] += 1
+        loss = step_loss(*tensors)
+        # the 6th step (index 5) reports an infinite loss (a constant: the parameters stay finite)
+        return loss + float("inf") if calls["n"] == 6 else loss
+
+    trainer._step_loss = poisoned
+    import pytest
+
+    with pytest.raises(FloatingPointError, match=r"loss became inf at epoch 1, step 5;"):
+        trainer.train()

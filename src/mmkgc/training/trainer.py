@@ -178,6 +178,8 @@ class Trainer:
         self.world_size = dist_helpers.get_world_size()
         main = self.rank == 0
         self.progress = progress and main
+        #: read the step losses every this many steps (``None``: every step on the CPU, every 25 on a GPU)
+        self.sync_every: int | None = None
         self.log = (log or (lambda line: None)) if main else (lambda line: None)
         #: extra per-batch steps over their own parameter groups (generator, estimator; mmkgc.training.steps)
         self.aux_steps = list(self.model.auxiliary_steps(training))
@@ -342,6 +344,36 @@ class Trainer:
         self.model.train()
         total, count, out_of_time = 0.0, 0, False
         term_sums: dict[str, float] = {}
+        # On an accelerator the loss and the logged terms stay on the device and are read every
+        # ``sync_every`` steps (and at the end of the epoch): reading them every step would wait for the GPU
+        # to finish the step before the next one is queued.  On the CPU reading is free: every step.
+        sync_every = self.sync_every or (1 if self.device.type == "cpu" else 25)
+        pending_losses: list[torch.Tensor] = []
+        pending_weights: list[float] = []
+        pending_terms: dict[str, list[torch.Tensor]] = {}
+
+        def settle() -> float:
+            """Read the pending losses and terms (one host synchronisation); raises on a non-finite loss."""
+            if not pending_losses:
+                return 0.0
+            values = torch.stack([v.float() for v in pending_losses]).tolist()
+            first_step = self.step - len(values)
+            for i, value in enumerate(values):
+                if not np.isfinite(value):
+                    raise FloatingPointError(
+                        f"training loss became {value} at epoch {self.epoch + 1}, step {first_step + i}; "
+                        "lower the learning rate or check the features"
+                    )
+            settled = 0.0
+            for value, weight in zip(values, pending_weights):
+                settled += value * weight
+            pending_losses.clear()
+            pending_weights.clear()
+            for key, vals in pending_terms.items():
+                for value in torch.stack([v.float() for v in vals]).tolist():
+                    term_sums[key] = term_sums.get(key, 0.0) + value
+            pending_terms.clear()
+            return settled
         if self.world_size > 1:
             state = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(2, dtype=np.uint32)
             self.rank_generator.manual_seed(int(state[0]) << 32 | int(state[1]))
@@ -362,7 +394,7 @@ class Trainer:
                     loss = self.ddp(*tensors)
                 else:
                     loss = self._step_loss(*tensors)
-                if not torch.isfinite(loss):
+                if sync_every == 1 and not torch.isfinite(loss):  # CPU: stop before the step is applied
                     raise FloatingPointError(
                         f"training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
                         "lower the learning rate or check the features"
@@ -384,18 +416,23 @@ class Trainer:
                     for key, value in aux.step(*tensors).items():
                         term_sums[key] = term_sums.get(key, 0.0) + value
                 for key, value in self._terms.items():
-                    term_sums[key] = term_sums.get(key, 0.0) + float(value.detach())
+                    pending_terms.setdefault(key, []).append(value.detach())
                 self._terms = {}
                 self.step += 1
                 # sum over ranks of loss * factor / world = the mean loss over the global batch
-                total += float(loss.detach()) * factor / self.world_size
+                pending_losses.append(loss.detach())
+                pending_weights.append(factor / self.world_size)
                 count += 1
+                if len(pending_losses) >= sync_every:
+                    total += settle()
                 if bar is not None:
-                    bar.update(task, advance=1, loss=f"loss {total / count:.4f}")
+                    settled = count - len(pending_losses)
+                    bar.update(task, advance=1, loss=f"loss {total / max(settled, 1):.4f}" if settled else "")
                 if deadline is not None:
                     out_of_time = dist_helpers.broadcast_flag(time.perf_counter() >= deadline)
                     if out_of_time:
                         break
+            total += settle()
         finally:
             if bar is not None:
                 bar.stop()
