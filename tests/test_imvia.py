@@ -439,3 +439,33 @@ def test_imvia_pointwise_scores_match_one_to_n():
     torch.testing.assert_close(model.score_hrt(q), full[torch.arange(3), q[:, 2]])
     with pytest.raises(TypeError, match="one_to_n"):
         model.negative_sampling_loss(q, q[:, :1], torch.ones(3, 1, dtype=torch.bool), None)
+
+
+def test_imvia_softmax_ce_budget_variant_loss_and_probabilities_by_hand():
+    # branch_loss: softmax_ce: each decoder's loss is -Σ_n y'_n log softmax(s)_n with y' = (1 - ε) y/|y| + ε/N,
+    # and the decision fusion averages softmax (not sigmoid) probabilities
+    model = _three_branch_model(branch_loss="softmax_ce", align_weight=0.0, mi_weight=0.0,
+                                label_smoothing=0.2).eval()
+    n = 20
+    q = torch.tensor([[0, 1, 0], [0, 2, 3], [5, 2, 0]])
+    tail = torch.tensor([True, False, True])
+    labels = torch.zeros(3, n)
+    labels[0, [2, 7]] = 1.0
+    labels[1, 4] = 1.0
+    labels[2, [0, 1, 19]] = 1.0
+    loss, terms, _ = model.one_to_n_loss(q, tail, labels, None)
+    e = torch.where(tail, q[:, 0], q[:, 2])
+    r = torch.where(tail, q[:, 1], q[:, 1] + 3)
+    target = 0.8 * labels / labels.sum(1, keepdim=True) + 0.2 / n
+    expected = []
+    with torch.no_grad():
+        for i in range(3):
+            logits = model.branch_logits(i, e, r)[0].double()
+            expected.append(float(-(target * torch.log_softmax(logits, 1)).sum(1).mean()))
+        for name, value in zip(("structure", "visual", "text"), expected):
+            assert float(terms[f"bce_{name}"]) == pytest.approx(value, rel=1e-5)
+        assert float(loss) == pytest.approx(sum(expected), rel=1e-5)
+        fused = model.score_fn()(torch.tensor([[0, 1, 0]]), "tail")
+        probs = [torch.softmax(model.branch_logits(i, e[:1], r[:1])[0], 1) for i in range(3)]
+        torch.testing.assert_close(fused, sum(probs) / 3)
+        torch.testing.assert_close(fused.sum(), torch.tensor(1.0))  # a distribution over the N entities

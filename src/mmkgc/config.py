@@ -197,6 +197,11 @@ class ImviaConfig(_Strict):
         ``MIEstimator`` in ``models/modules.py``) or ``per_branch`` (each branch draws its own pair).
     :param label_smoothing, label_smoothing_variant: 1-N BCE targets; ``imvia`` is ``(1 - eps) y + 1/N``
         (published eps 0.1: ``0.9 y + 1/N``), ``standard`` is ``(1 - eps) y + eps/N``.
+    :param branch_loss: ``bce`` (published: 1-N BCE per decoder, sigmoid probabilities averaged by the decision
+        fusion) or ``softmax_ce`` (the budget variant: softmax cross-entropy over all entities per decoder, with
+        ``label_smoothing`` as ``(1 - eps) y / |y| + eps / N``, and softmax probabilities averaged).  Under BCE
+        every logit is first pushed towards ``1/N`` and a decoder stays near chance for its first epochs; softmax
+        cross-entropy only moves the answers' logits relative to the others (Lacroix et al., 2018).
     """
 
     num_experts: int = Field(3, ge=1, le=64)
@@ -227,6 +232,7 @@ class ImviaConfig(_Strict):
     club_pair: Literal["shared", "per_branch"] = "shared"
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     label_smoothing_variant: Literal["imvia", "standard"] = "imvia"
+    branch_loss: Literal["bce", "softmax_ce"] = "bce"
 
     @model_validator(mode="after")
     def _experts(self) -> "ImviaConfig":

@@ -41,7 +41,7 @@ from mmkgc.nn.adapters import MoEAdapter
 from mmkgc.nn.fusion import DecisionFusion
 from mmkgc.nn.mutual_information import CLUBEstimator, draw_expert_pair
 from mmkgc.nn.scorers import TuckER
-from mmkgc.training.losses import BCEWithLabelSmoothing, SymmetricInfoNCE
+from mmkgc.training.losses import BCEWithLabelSmoothing, SoftmaxCrossEntropyLoss, SymmetricInfoNCE
 from mmkgc.training.steps import AuxiliaryStep
 
 
@@ -165,8 +165,11 @@ class IMVIAModel(KGEModel):
             CLUBEstimator(dim, options.club_legacy_indexing, options.club_include_logvar) for _ in range(m)
         ) if options.mi_weight > 0 and options.num_experts >= 2 else None
         self.decision_fusion = DecisionFusion(m, options.decision_fusion, num_relations=2 * num_relations)
-        self.bce = BCEWithLabelSmoothing(options.label_smoothing, variant=options.label_smoothing_variant,
-                                         from_logits=True)
+        if options.branch_loss == "softmax_ce":
+            self.bce = SoftmaxCrossEntropyLoss(options.label_smoothing)
+        else:
+            self.bce = BCEWithLabelSmoothing(options.label_smoothing, variant=options.label_smoothing_variant,
+                                             from_logits=True)
         self.fused_bce = BCEWithLabelSmoothing(options.label_smoothing, variant=options.label_smoothing_variant,
                                                from_logits=False)
 
@@ -216,6 +219,13 @@ class IMVIAModel(KGEModel):
         """Expert views ``[B, n, D]`` of the query entities in every branch."""
         return [self._query(i, self.branch(i)[0](entities), relations)[1] for i in range(self.num_branches)]
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """A decoder's probabilities over the ``N`` entities from its logits ``[B, N]``: sigmoid under the
+        published BCE, softmax under ``branch_loss: softmax_ce`` (what each decoder was trained to output)."""
+        if self.options.branch_loss == "softmax_ce":
+            return torch.softmax(logits, dim=-1)
+        return torch.sigmoid(logits)
+
     @staticmethod
     def _as_tail_queries(queries: torch.Tensor, predict_tail: torch.Tensor, num_relations: int
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +256,7 @@ class IMVIAModel(KGEModel):
             aligned.append(self.align_heads[i](q))
         opts = self.options
         if opts.decision_fusion != "mean":
-            fused, _ = self.decision_fusion(torch.stack([torch.sigmoid(x) for x in logits], 1), r)
+            fused, _ = self.decision_fusion(torch.stack([self.probabilities(x) for x in logits], 1), r)
             fused_bce = self.fused_bce(fused.clamp(0.0, 1.0), labels)
             terms["bce_fused"] = fused_bce.detach()
             total = total + fused_bce
@@ -293,8 +303,8 @@ class IMVIAModel(KGEModel):
                     raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
                 if i is not None:
                     lg = self.branch_logits(i, e, r, cands[i])[0].float()
-                    return torch.sigmoid(lg) if probabilities else lg
-                probs = torch.stack([torch.sigmoid(self.branch_logits(j, e, r, cands[j])[0].float())
+                    return self.probabilities(lg) if probabilities else lg
+                probs = torch.stack([self.probabilities(self.branch_logits(j, e, r, cands[j])[0].float())
                                      for j in range(self.num_branches)], 1)
                 return self.decision_fusion(probs, r)[0]
 
