@@ -1,0 +1,122 @@
+"""The DB15K method table: every method config under the same 10-minute CPU training budget, side by side.
+
+Runs ``mmkgc train configs/db15k/<config>.yaml`` for each method (one torch thread each, ``--parallel`` runs at a
+time), then writes ``docs/results/db15k_methods.json``: a list of objects with ``config``, ``method``, ``epochs``
+(completed epochs; a budget-cut last epoch counts, see ``partial_last_epoch``), ``training_seconds``,
+``test_mrr``, ``test_hits1``, ``test_hits10`` (fractions, realistic ties, the checkpoint selected on the cleaned
+validation split) and a few more fields (seconds per full epoch, the machine's load average while it ran).
+
+Usage::
+
+    MMKGC_DATA_DIR=../shared/datasets python benchmarks/db15k_methods.py --runs /tmp/db15k-runs \
+        [--parallel 2] [--only rotate native_text] [--json docs/results/db15k_methods.json]
+
+With ``--collect`` the runs are not started again: finished run directories are read as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METHODS = {
+    "rotate": "RotatE, structure only",
+    "rotate_text": "RotatE + name text, concat",
+    "adamf_text": "AdaMF (tanh attention)",
+    "adamf_mat_text": "AdaMF-MAT (mu 0.1)",
+    "native_text": "NativE-style (relation temperature + WGAN-GP)",
+    "afme_text": "AFME (gate + confidence + MoIEn)",
+    "imvia_text": "IMVIA (published 1-N BCE)",
+    "imvia_text_budget": "IMVIA budget variant (softmax cross-entropy)",
+}
+
+
+def _row(config: str, run_dir: Path, load: list[float]) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    test = metrics["summary"]["test"]["realistic"]
+    training = metrics["training"]
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r for r in log if "seconds" in r]
+    full = [r["seconds"] for r in epochs if not r.get("partial")]
+    return {
+        "config": f"configs/db15k/{config}.yaml",
+        "method": METHODS.get(config, config),
+        "epochs": training["epochs"],
+        "partial_last_epoch": bool(epochs and epochs[-1].get("partial")),
+        "best_epoch": training["best_epoch"],
+        "training_seconds": training["training_seconds"],
+        "seconds_per_full_epoch": sum(full) / len(full) if full else None,
+        "valid_clean_mrr": training["best_valid_metric"],
+        "test_mrr": test["mrr"],
+        "test_mr": test["mr"],
+        "test_hits1": test["hits@1"],
+        "test_hits3": test["hits@3"],
+        "test_hits10": test["hits@10"],
+        "test_mrr_optimistic": metrics["summary"]["test"].get("optimistic", {}).get("mrr"),
+        "test_seconds": metrics.get("test_seconds"),
+        "load_average_1min": {"median": sorted(load)[len(load) // 2], "max": max(load)} if load else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=Path, required=True, help="directory for the run directories")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=list(METHODS))
+    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "db15k_methods.json")
+    ap.add_argument("--collect", action="store_true", help="only read finished runs")
+    args = ap.parse_args()
+    unknown = [c for c in args.only if c not in METHODS]
+    if unknown:
+        print(f"error: unknown config(s) {unknown}; known: {list(METHODS)}", file=sys.stderr)
+        return 2
+    args.runs.mkdir(parents=True, exist_ok=True)
+    loads: dict[str, list[float]] = {c: [] for c in args.only}
+    if not args.collect:
+        pending, running = list(args.only), {}
+        while pending or running:
+            while pending and len(running) < args.parallel:
+                config = pending.pop(0)
+                run_dir = args.runs / config
+                cmd = [sys.executable, "-m", "mmkgc", "train", str(ROOT / "configs" / "db15k" / f"{config}.yaml"),
+                       "--run-dir", str(run_dir), "--set", "training.num_threads=1"]
+                log = open(args.runs / f"{config}.log", "w")
+                running[config] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log)
+                print(f"started {config}", flush=True)
+            time.sleep(30)
+            for config in list(running):
+                loads[config].append(os.getloadavg()[0])
+                proc, log = running[config]
+                if proc.poll() is not None:
+                    log.close()
+                    del running[config]
+                    print(f"finished {config}: exit {proc.returncode}", flush=True)
+        (args.runs / "load.json").write_text(json.dumps(loads))
+    elif (args.runs / "load.json").is_file():
+        loads.update(json.loads((args.runs / "load.json").read_text()))
+    rows = []
+    for config in args.only:
+        if not (args.runs / config / "metrics.json").is_file():
+            print(f"warning: {config}: no metrics.json, left out", file=sys.stderr)
+            continue
+        rows.append(_row(config, args.runs / config, loads.get(config, [])))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print("| method | config | epochs | s/epoch | test MRR | H@1 | H@10 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        spe = f"{r['seconds_per_full_epoch']:.0f}" if r["seconds_per_full_epoch"] else "-"
+        print(f"| {r['method']} | `{Path(r['config']).name}` | {r['epochs']}{'*' if r['partial_last_epoch'] else ''}"
+              f" | {spe} | {100 * r['test_mrr']:.2f} | {100 * r['test_hits1']:.2f} | {100 * r['test_hits10']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
