@@ -108,6 +108,7 @@ def time_epochs(args, common: list[str], text_file: Path) -> dict:
     from mmkgc.training.trainer import Trainer
 
     device = torch.device(args.device)
+    started = time.perf_counter()
     out: dict = {}
     for name in args.timed:
         path = ROOT / "configs" / "db15k" / f"{name}.yaml"
@@ -126,7 +127,7 @@ def time_epochs(args, common: list[str], text_file: Path) -> dict:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds.append(time.perf_counter() - t0)
-                if seconds[0] >= 30:
+                if seconds[0] >= 30 or time.perf_counter() - started > 90:
                     break
             out[name] = {"epoch_seconds": seconds, "batches": len(trainer.batcher)}
             if device.type == "cuda":
@@ -149,6 +150,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=3, help="torch CPU threads per run")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds from the start after which unfinished runs are stopped (SIGTERM) and the results "
+                         "written as they are")
     ap.add_argument("--only", nargs="*", help="subset of the preset and convergence run names")
     ap.add_argument("--timed", nargs="*", default=TIMED, help="subset of the configs whose epochs are timed")
     args = ap.parse_args()
@@ -156,6 +160,7 @@ def main() -> int:
         if not p.exists():
             print(f"error: {p} does not exist", file=sys.stderr)
             return 2
+    started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "mmkgc-gpu-runs"
     work.mkdir(parents=True, exist_ok=True)
@@ -184,7 +189,17 @@ def main() -> int:
         procs[name] = (subprocess.Popen(_command(cfg, work / f"preset-{name}", sets, args.device), stdout=log,
                                         stderr=subprocess.STDOUT, env=env, cwd=ROOT), log, time.perf_counter())
     for name, (proc, log, t0) in procs.items():
-        rc = proc.wait()
+        try:
+            left = None if args.deadline is None else max(1.0, args.deadline - (time.perf_counter() - started))
+            rc = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                rc = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            print(name, "stopped at the deadline", flush=True)
         log.close()
         summary["presets"][name] = {"rc": rc, "wall_seconds": time.perf_counter() - t0,
                                     **_read_run(work / f"preset-{name}")}
