@@ -283,3 +283,19 @@ def test_real_benchmarks_parse_and_round_trip_byte_identical(shared_dataset_dir,
     for file in OPENKE_FILES:
         original = hashlib.sha256((source / file).read_bytes()).hexdigest()
         assert hashlib.sha256((out / file).read_bytes()).hexdigest() == original, file
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    import os
+
+    from mmkgc.fileio import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        path = atomic_write_text(tmp_path / "a.json", "{}")
+        assert path.stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600
+        os.chmod(path, 0o604)
+        atomic_write_text(path, "{ }")  # a replaced file keeps its permissions
+        assert path.stat().st_mode & 0o777 == 0o604 and path.read_text() == "{ }"
+    finally:
+        os.umask(old)

@@ -22,12 +22,20 @@ def cache_home() -> Path:
     return Path(platformdirs.user_cache_dir("mmkgc"))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically.
 
     ``write(tmp)`` must write the complete file to ``tmp``, a fresh path in the same directory; it is then
     moved over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).  On any error the temporary
-    file is removed and ``path`` is left as it was.  Parent directories are created.
+    file is removed and ``path`` is left as it was.  Parent directories are created.  The file gets the
+    permissions a plain ``open(path, "w")`` would give it (``0666`` less the umask), or keeps those of the file
+    it replaces.
 
     :returns: ``Path(path)``.
     """
@@ -38,6 +46,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp creates the file readable by its owner only; give it the mode a plain open() would have
+        # (0666 less the umask), or the permissions of the file it replaces
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
