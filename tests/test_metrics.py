@@ -365,3 +365,29 @@ def test_score_fn_runs_without_autograd():
     result = evaluate(score_fn, triples, policies=("optimistic",))
     assert seen and not any(seen)
     assert result.get("count") == 2 * triples.test.shape[0]
+
+
+def test_seen_unseen_breakdown_by_hand():
+    # 6 entities; entity 5 is in no training triple, entity 4 only in valid. Scores are fixed per candidate:
+    # score(e) = -e for every query, so with the filter the rank of answer a is 1 + #(non-filtered e < a).
+    train = torch.tensor([[0, 0, 1], [1, 0, 2], [2, 0, 3], [3, 0, 0]])
+    test = torch.tensor([[0, 0, 2], [1, 0, 5], [4, 0, 3]])  # seen, unseen (tail 5), unseen (head 4)
+    triples = TripleSet(train, torch.tensor([[4, 0, 0]]), test, [f"e{i}" for i in range(6)], ["r"], name="t")
+
+    def score_fn(queries, side):
+        return -torch.arange(6, dtype=torch.float32).expand(queries.shape[0], 6).clone()
+
+    result = evaluate(score_fn, triples, "test", per_relation=False, policies=("realistic",))
+    # tail ranks: (0,0,2): filter removes 1 (train (0,0,1)) -> candidates 0 < 2 -> rank 2;
+    #   (1,0,5): filter removes 2 -> 0,1,3,4 < 5 -> rank 5;  (4,0,3): filter removes 0 (valid (4,0,0)) -> 1,2 -> 3
+    # head ranks: (0,0,2): filter removes 1 ((1,0,2)) -> rank 1;  (1,0,5): nothing else has tail 5 -> 0 < 1 -> 2;
+    #   (4,0,3): filter removes 2 ((2,0,3)) -> 0,1,3 < 4 -> rank 4
+    assert result.get("count", seen="seen") == 2 and result.get("count", seen="unseen") == 4
+    assert result.get("mrr", seen="seen") == pytest.approx((1 / 2 + 1 / 1) / 2)
+    assert result.get("mrr", seen="unseen") == pytest.approx((1 / 5 + 1 / 3 + 1 / 2 + 1 / 4) / 4)
+    assert result.get("mrr", side="tail", seen="unseen") == pytest.approx((1 / 5 + 1 / 3) / 2)
+    assert result.to_dict()["by_seen"]["unseen"]["realistic"]["both"]["count"] == 4
+    assert "entities seen in training" in result.to_markdown()
+    # every test entity seen in training: only the "seen" group exists
+    seen_only = TripleSet(train, torch.empty(0, 3, dtype=torch.long), test[:1], [f"e{i}" for i in range(6)], ["r"])
+    assert set(evaluate(score_fn, seen_only, "test", per_relation=False).by_seen) == {"seen"}

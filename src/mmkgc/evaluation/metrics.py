@@ -150,7 +150,11 @@ class EvaluationResult:
       (``"1-1"``, ``"1-N"``, ``"N-1"``, ``"N-N"``; :data:`mmkgc.data.triples.CATEGORY_NAMES`);
     * ``by_relation[str(relation_id)][policy][side][metric]``;
     * ``by_group[label][policy][side][metric]`` -- arbitrary per-query labels (e.g. which modalities the
-      target entity has).
+      target entity has);
+    * ``by_seen["seen" | "unseen"][policy][side][metric]`` -- queries whose triple involves an entity without
+      any training triple (head, tail, and so the answer of either side) against the rest; ``count`` says how
+      many.  Entities unseen in training keep whatever the model gives an untrained entity, so their
+      metrics are reported apart (present when the evaluation knew the training entities).
 
     ``policy`` is one of ``optimistic``, ``pessimistic``, ``realistic``, ``random``; ``side`` one of ``head``,
     ``tail``, ``both`` (see the module docstring for how ``both`` is formed); ``metric`` one of ``count``,
@@ -164,6 +168,7 @@ class EvaluationResult:
     by_category: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     by_relation: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     by_group: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    by_seen: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     primary_policy: str = "realistic"
     ks: tuple[int, ...] = DEFAULT_KS
     filtered: bool = True
@@ -197,6 +202,7 @@ class EvaluationResult:
         seed: int = 0,
         split: str | None = None,
         dataset: str | None = None,
+        seen_entities: torch.Tensor | None = None,
     ) -> "EvaluationResult":
         """Aggregate a :class:`RankResult` into metrics and breakdowns.
 
@@ -211,7 +217,10 @@ class EvaluationResult:
             breakdown.  Labels are converted with ``str``.
         :param per_relation: whether to compute the per-relation breakdown.
         :param seed: seed of the ``random`` tie policy (see :meth:`RankResult.ranks`).
-        :raises ValueError: on an unknown policy, no queries, or labels of the wrong length.
+        :param seen_entities: bool ``[N]``, whether each entity occurs in a training triple; gives the
+            :attr:`by_seen` breakdown (``None``: none).
+        :raises ValueError: on an unknown policy, no queries, labels of the wrong length, or ``seen_entities``
+            shorter than the largest entity id of the queries.
         """
         ks = _check_ks(ks)
         policies = tuple(policies)
@@ -301,11 +310,22 @@ class EvaluationResult:
             }
             by_group = breakdown(coded, names)
 
+        by_seen: dict[str, Any] = {}
+        if seen_entities is not None:
+            seen = torch.as_tensor(seen_entities).bool().reshape(-1).cpu()
+            ents = ranks.queries[:, [0, 2]].long().cpu()
+            if int(ents.max()) >= seen.numel():
+                raise ValueError(f"seen_entities has {seen.numel()} entries but the queries use entity id "
+                                 f"{int(ents.max())}")
+            unseen = (~seen[ents]).any(1).long()  # 1 = the triple involves an entity without training triples
+            by_seen = breakdown({side: unseen for side in sides}, ["seen", "unseen"])
+
         return cls(
             metrics=metrics,
             by_category=by_category,
             by_relation=by_relation,
             by_group=by_group,
+            by_seen=by_seen,
             primary_policy=policies[0],
             ks=ks,
             filtered=ranks.filtered,
@@ -344,6 +364,7 @@ class EvaluationResult:
         category: str | None = None,
         relation: int | str | None = None,
         group: str | None = None,
+        seen: str | None = None,
     ) -> float:
         """One metric value, e.g. ``result.get("mrr", side="both", policy="realistic")``.
 
@@ -354,10 +375,12 @@ class EvaluationResult:
         :param category: restrict to one relation category (``"1-1"``, ``"1-N"``, ``"N-1"``, ``"N-N"``).
         :param relation: restrict to one relation id.
         :param group: restrict to one group label.
+        :param seen: ``"seen"`` or ``"unseen"``: restrict to the queries whose entities all occur in training, or
+            to those with an entity that does not (:attr:`by_seen`).
         :raises KeyError: naming the missing metric, side, policy or breakdown key.
         """
-        if sum(x is not None for x in (category, relation, group)) > 1:
-            raise ValueError("give at most one of category, relation and group")
+        if sum(x is not None for x in (category, relation, group, seen)) > 1:
+            raise ValueError("give at most one of category, relation, group and seen")
         side = side if side is not None else self.default_side
         policy = policy if policy is not None else self.primary_policy
         if category is not None:
@@ -366,6 +389,8 @@ class EvaluationResult:
             table = _lookup(self.by_relation, str(relation), "relation")
         elif group is not None:
             table = _lookup(self.by_group, str(group), "group")
+        elif seen is not None:
+            table = _lookup(self.by_seen, str(seen), "seen/unseen group")
         else:
             table = self.metrics
         per_side = _lookup(table, policy, "policy")
@@ -396,6 +421,7 @@ class EvaluationResult:
             "by_category": clean(self.by_category),
             "by_relation": clean(self.by_relation),
             "by_group": clean(self.by_group),
+            "by_seen": clean(self.by_seen),
             "relation_labels": list(self.relation_labels) if self.relation_labels is not None else None,
         }
 
@@ -438,7 +464,8 @@ class EvaluationResult:
         lines = [f"### Link prediction ({title}){': ' + what if what else ''}", ""]
         lines += _markdown_rows(self.table())
         columns = self._columns()
-        for heading, tree in (("relation category", self.by_category), ("group", self.by_group)):
+        for heading, tree in (("relation category", self.by_category), ("group", self.by_group),
+                              ("entities seen in training", self.by_seen)):
             if not breakdown or not tree:
                 continue
             lines += ["", f"#### By {heading} ({self.primary_policy} ranks)", ""]
@@ -582,4 +609,14 @@ def evaluate(
         seed=seed,
         split=split,
         dataset=triples.name,
+        seen_entities=seen_in_training(triples),
     )
+
+
+def seen_in_training(triples: TripleSet) -> torch.Tensor:
+    """Bool ``[N]``: whether each entity is the head or tail of at least one training triple."""
+    seen = torch.zeros(triples.num_entities, dtype=torch.bool)
+    train = torch.as_tensor(triples.train)
+    if train.numel():
+        seen[train[:, [0, 2]].reshape(-1).long().cpu()] = True
+    return seen
