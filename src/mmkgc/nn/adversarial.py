@@ -24,7 +24,9 @@ from mmkgc.nn.fusion import ModalitySelfAttention
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, out_dim))
+    # LeakyReLU with PyTorch's default slope 0.01: the ``BaseGenerator`` of AdaMF-MAT and NativE uses
+    # ``nn.LeakyReLU()`` (fidelity review A2/N4)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
 
 
 class _Generator(nn.Module):
@@ -47,7 +49,7 @@ class _Generator(nn.Module):
 
 
 class ModalityGenerator(_Generator):
-    """AdaMF-MAT: independent per-modality MLPs on ``[z; e_s]`` (hidden 512, LeakyReLU).
+    """AdaMF-MAT: independent per-modality MLPs on ``[z; e_s]`` (hidden 512, LeakyReLU slope 0.01).
 
     :param dim: ``D``.  :param num_modalities: ``M`` (structure included).  :param noise_dim: width of ``z`` (64).
     :param hidden_dim: hidden width (512).
@@ -93,11 +95,15 @@ class MoIEnGenerator(_Generator):
     head, so every modality gets its own vector in the adapted space (the sigmoid range of ``h^(0)`` is not the
     entity range).
 
-    Target hiding (our choice, methods.md §5 is silent): modality ``m`` is generated with its own vector hidden --
-    ``x_m`` replaced by zeros in ``h_m^(0)`` and its token masked as a key, so only the structure and the entity's
-    *other present* modalities inform it.  Otherwise a generator trained to reconstruct present modalities learns
-    to copy ``x_m``, and at completion time (``x_m`` absent: the fill vector) it has learned nothing it can use.
-    Absent modalities are masked as keys too (methods.md §5.7).  One attention pass per generated modality.
+    Target hiding (our choice, methods.md §5 is silent): modality ``m`` is generated with its own vector hidden,
+    so only the structure, the noise and the entity's *other present* modalities inform it.  Otherwise a generator
+    trained to reconstruct present modalities learns to copy ``x_m``, and at completion time (``x_m`` absent: the
+    fill vector) it has learned nothing it can use.  Hiding replaces ``x_m`` by the neutral element of ``⊙``: the
+    target's token is ``h_m^(0) = σ(W_d e_mod + b_d)`` (the paper's formula with ``x_m = 1``), so the output depends
+    on ``e_s`` and ``z`` through ``W_e`` and ``W_d`` for every entity, also when it has no other modality
+    (``M = 2``, structure + text; zeroing ``x_m`` made ``z``, ``W_e`` and ``W_d`` inert there, fidelity review
+    F1).  The target's token is masked as a key (it is the query whose output is read), and so is every absent
+    modality's token (methods.md §5.7).  One attention pass per generated modality.
 
     Shapes: ``x [B, M, D]``, ``present [B, M]`` (``None``: all present) -> ``[B, M - 1, D]``.
     """
@@ -117,11 +123,12 @@ class MoIEnGenerator(_Generator):
         present[:, 0] = True  # the structural token is always a key
         e_mod = self.condition(torch.cat([x[:, 0], self._z(x, noise)], -1)).unsqueeze(1)
         outputs = []
+        slots = torch.arange(self.num_modalities - 1, device=x.device).view(1, -1, 1)
         for i, head in enumerate(self.heads):
             m = i + 1
-            hidden = torch.ones_like(x[:, 1:, :1])
-            hidden[:, i] = 0.0  # hide the target's own vector
-            h0 = torch.sigmoid(self.modality_in(e_mod * x[:, 1:] * hidden))
+            # the target's own vector is hidden: replaced by 1, so its token is σ(W_d e_mod + b_d)
+            h_in = torch.where(slots == i, torch.ones_like(x[:, 1:]), x[:, 1:])
+            h0 = torch.sigmoid(self.modality_in(e_mod * h_in))
             keys = present.clone()
             keys[:, m] = False
             tokens, _ = self.attention.encode(torch.cat([x[:, :1], h0], 1), keys)
