@@ -77,7 +77,8 @@ def test_mat_released_mu_zero_is_plain_adamf_and_fake_weighting_differs():
     loss, terms = model.negative_sampling_loss(*batch, loss_fn)
     pos, neg = model.score_positives_and_negatives(*batch)
     assert terms == {} and torch.allclose(loss, loss_fn(pos, neg))
-    pos, fakes, _ = model.positive_and_fake_scores(batch[0], generator_grad=False)
+    gen = model.batch_generation(batch[0])
+    pos, fakes, _ = model.positive_and_fake_scores(batch[0], gen.generated[gen.inverse])
     model.adv.fake_weighting = "per_positive"
     per = model._mat_fake_term(pos, fakes[0])
     model.adv.fake_weighting = "across_batch"

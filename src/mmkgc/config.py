@@ -390,6 +390,10 @@ class AdversarialConfig(_Strict):
     :param fake_weighting: ``mat``: ``per_positive`` (each fake score weighs 1 against its positive; the paper's
         intent) or ``across_batch`` (the released code's one softmax over all fakes of the batch, methods §6.7.2).
     :param gp_weight: ``wgan_gp``: gradient-penalty coefficient (NativE 0.1).
+    :param gp_target: ``wgan_gp``: where the gradient penalty is taken: ``entity`` (NativE: interpolates of the fused
+        real and fake head vectors; with a RotatE critic the gradient norm is always ``sqrt(d)``, so the penalty is a
+        constant and ``gp_weight`` has no effect -- a warning says so) or ``modality`` (interpolates of the head's
+        real and generated modality vectors, before the fusion, where the penalty constrains the critic).
     :param layers, heads: ``moien``: self-attention layers and heads of the generator.
     :param discriminator_layers: ``moien``: self-attention layers of the discriminator.
     :param discriminator_lr: ``moien``: learning rate of the discriminator (default ``generator_lr``).
@@ -411,6 +415,7 @@ class AdversarialConfig(_Strict):
                                                               min_length=1)
     fake_weighting: Literal["per_positive", "across_batch"] = "per_positive"
     gp_weight: float = Field(0.1, ge=0.0, le=100.0)
+    gp_target: Literal["entity", "modality"] = "entity"
     layers: int = Field(2, ge=1, le=12)
     heads: int = Field(4, ge=1, le=64)
     discriminator_layers: int = Field(1, ge=1, le=12)

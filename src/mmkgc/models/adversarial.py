@@ -14,21 +14,37 @@ modality vectors of ``h`` and/or ``t`` (structure kept), the fused fake entity `
   ``Σ_fakes L_sig(f_fake, f+)`` (fakes made plausible).
 * ``wgan_gp`` (NativE, §7): the KGC scorer is the critic; main step
   ``L_KGC + μ Σ_fakes (mean f_fake − mean f+) + μ λ_gp GP`` with the gradient penalty on head interpolates
-  ``α h + (1 − α) ĥ``; generator step ``Σ_fakes mean(γ − f_fake) / |fakes|``.
+  ``α h + (1 − α) ĥ`` (``gp_target: entity``; constant with a RotatE critic, see :meth:`gradient_penalty`) or on
+  the head's modality vectors (``gp_target: modality``); generator step ``Σ_fakes mean(γ − f_fake) / |fakes|``.
 * ``moien`` (AFME, §5): MoIEn generator completing absent modalities (noise-free output, detached in the main
   step), a self-attention discriminator (own step, BCE on real vs generated modality vectors of entities that
   have the modality), generator step ``λ_adv BCE(D(fake), real) + λ_rec ||G - x_m||²`` on present modalities
   (+ the WGAN critic terms of the fakes when ``μ > 0`` in the main step, and ``μ Σ mean(γ − f_fake)`` in the
   generator step).
 
-Gradients: in the main step fakes are generated under ``no_grad`` (the generator is not in the main
-optimiser's group, and its graph is not built); the generator and discriminator steps differentiate only their
-own parameters (:class:`~mmkgc.training.steps.AuxiliaryStep` uses ``torch.autograd.grad`` over its group).
+One generator pass per batch: the first step of a batch that needs generated modalities (the main step
+when ``μ > 0``, else the discriminator or generator step) runs the generator once, with noise, on the batch's distinct
+head/tail entities (:class:`_BatchGeneration`: inputs detached, graph over the generator's parameters only, in the
+parameters' precision, outside autocast). The main step and the discriminator step use the output detached, the
+generator step differentiates through it; the critic's and discriminator's scores of the fakes are recomputed with
+their parameters as updated by their own steps (the fused entities, the relation embeddings, ``D``), while the
+generator's inputs are those the main step saw (see docs/methods.md "One generator pass per batch"). The cache is
+keyed on the batch positives (value equality), dropped at the start of every main step and after every generator
+step, and never copied or checkpointed. The noise-free completion of absent modalities (AFME) is a separate,
+detached pass on the rows that have an absent modality only.
+
+Gradients: the main (critic) step sees the generated vectors detached: the fake scores train the KGC model
+(structure, adapters, fusion, relations), never the generator -- a deliberate difference from the released
+AdaMF-MAT/NativE code, whose D step back-propagates the fake scores through the generator into the embeddings
+(docs/methods.md).  The generator and discriminator steps differentiate only their own parameters
+(:class:`~mmkgc.training.steps.AuxiliaryStep` uses ``torch.autograd.grad`` over its group).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +58,44 @@ from mmkgc.nn.adversarial import (
     SelfAttentionDiscriminator,
     SharedModalityGenerator,
 )
+from mmkgc.nn.scorers import RotatE
 from mmkgc.training.losses import SelfAdversarialSigmoidLoss
 from mmkgc.training.steps import AuxiliaryStep
+
+
+@dataclass
+class _BatchGeneration:
+    """One batch's generated modality vectors (see the module docstring).
+
+    ``positives [B, 3]`` (the key, a copy); ``inverse [2B]``: row in the distinct entities of each head, then each
+    tail; ``x [U, M, D]``: the distinct entities' real (uncompleted) components, detached, in the parameters'
+    dtype (computed outside autocast); ``present [U, M]``: their true presence; ``generated [U, M - 1, D]``: the
+    generator's noisy output, with a graph over the generator's parameters only (none when generated under ``no_grad``).
+    """
+
+    positives: torch.Tensor
+    inverse: torch.Tensor
+    x: torch.Tensor
+    present: torch.Tensor
+    generated: torch.Tensor
+
+    def matches(self, positives: torch.Tensor) -> bool:
+        return (self.positives.shape == positives.shape and self.positives.device == positives.device
+                and bool(torch.equal(self.positives, positives)))
+
+
+class _GenerationCache:
+    """Holder of the current batch's :class:`_BatchGeneration`; a copy (``deepcopy``, pickling) is empty, so a
+    model copied mid-batch never carries a foreign autograd graph."""
+
+    def __init__(self) -> None:
+        self.value: _BatchGeneration | None = None
+
+    def __deepcopy__(self, memo) -> "_GenerationCache":
+        return _GenerationCache()
+
+    def __getstate__(self) -> dict:
+        return {"value": None}
 
 
 class AdversarialFusedModel(FusedKGEModel):
@@ -52,6 +104,9 @@ class AdversarialFusedModel(FusedKGEModel):
     :param adversarial: the ``training.adversarial`` section.
     :param adversarial_temperature: ``α`` of the self-adversarial sigmoid loss (for the ``mat`` fake terms with
         ``fake_weighting: across_batch``).
+
+    Warns (``UserWarning``) when the gradient penalty is on (``wgan_gp``, ``gp_weight > 0``) on interpolated
+    entity vectors with a RotatE critic: it is then a constant (see :meth:`gradient_penalty`).
     """
 
     def __init__(self, num_entities: int, num_relations: int, scorer: nn.Module,
@@ -75,8 +130,16 @@ class AdversarialFusedModel(FusedKGEModel):
         #: other configuration keep the weights they always had
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long)
                              if adversarial.complete_after_steps > 0 else None)
+        self._generation = _GenerationCache()
         if adversarial.kind == "moien" and adversarial.complete_missing:
             representation.completer = self._complete
+        if (adversarial.kind == "wgan_gp" and adversarial.gp_weight > 0 and adversarial.gp_target == "entity"
+                and isinstance(scorer, RotatE)):
+            warnings.warn(
+                "training.adversarial.gp_weight has no effect with a RotatE critic and gp_target: entity: the "
+                "gradient norm of a RotatE score with respect to the head entity is sqrt(d) for every input, so the "
+                "penalty is the constant (sqrt(d) - 1)^2; use gp_target: modality to constrain the critic on the "
+                "generated modality features (docs/methods.md, NativE)", UserWarning, stacklevel=2)
 
     # -------------------------------------------------------------------------------- generation
     @property
@@ -89,39 +152,56 @@ class AdversarialFusedModel(FusedKGEModel):
 
     def _complete(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Absent modality slots of ``x [B, M, D]`` replaced by the noise-free generator output (detached:
-        the generator learns in its own step only); returns ``(x', all-True mask)``.  Before the warm-up
-        (``complete_after_steps``) is over, ``(x, present)`` unchanged: absent slots stay masked."""
+        the generator learns in its own step only); returns ``(x', all-True mask)``.  Only the rows with an absent
+        modality are generated (the generator is row-wise).  Before the warm-up (``complete_after_steps``) is
+        over, ``(x, present)`` unchanged: absent slots stay masked."""
         if bool(present.all()) or not self.completing:
             return x, present
-        with torch.no_grad():
-            gen = self.generator(x.detach(), present, noise=False)
-        filled = torch.where(present[:, 1:].unsqueeze(-1), x[:, 1:], gen.to(x.dtype))
-        return torch.cat([x[:, :1], filled], 1), torch.ones_like(present)
+        rows = (~present[:, 1:]).any(-1).nonzero(as_tuple=True)[0]
+        xr, pr = x[rows], present[rows]
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            gen = self.generator(xr.detach().float(), pr, noise=False)
+        filled = torch.where(pr[:, 1:].unsqueeze(-1), xr[:, 1:], gen.to(x.dtype))
+        x = x.index_put((rows,), torch.cat([xr[:, :1], filled], 1))
+        return x, torch.ones_like(present)
 
-    def fake_components(self, x: torch.Tensor, present: torch.Tensor, generator_grad: bool = True
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, M, D]`` with every non-structural slot generated (noise on; the structural slot keeps its
-        graph) and the all-present mask.  ``generator_grad=False`` generates under ``no_grad`` from detached
-        inputs (main step: the generator is not trained there)."""
-        with torch.set_grad_enabled(generator_grad and torch.is_grad_enabled()):
-            gen = self.generator(x if generator_grad else x.detach(), present, noise=True)
-        return torch.cat([x[:, :1], gen.to(x.dtype)], 1), torch.ones_like(present)
+    def _generate(self, positives: torch.Tensor) -> _BatchGeneration:
+        """Run the generator once for the batch (noise on) and cache the result (see the module docstring)."""
+        ids, inverse = torch.unique(torch.cat([positives[:, 0], positives[:, 2]]), return_inverse=True)
+        with torch.autocast(positives.device.type, enabled=False):
+            with torch.no_grad():  # the generator's inputs are detached: no graph through the adapters
+                x, present = self.entities.raw_components(ids)
+            generated = self.generator(x, present, noise=True)
+        self._generation.value = _BatchGeneration(positives.detach().clone(), inverse, x, present, generated)
+        return self._generation.value
 
-    def positive_and_fake_scores(self, positives: torch.Tensor, generator_grad: bool
+    def batch_generation(self, positives: torch.Tensor, need_graph: bool = False) -> _BatchGeneration:
+        """This batch's generation: the cached one when it was made for these positives (and has a graph when
+        ``need_graph``), else a new one."""
+        cached = self._generation.value
+        if cached is not None and cached.matches(positives) and (cached.generated.requires_grad or not need_graph):
+            return cached
+        with torch.enable_grad() if need_graph else torch.no_grad():
+            return self._generate(positives)
+
+    def positive_and_fake_scores(self, positives: torch.Tensor, generated: torch.Tensor, critic_grad: bool = True
                                  ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Scores of the positives ``[B]`` and of each fake type ``[B]`` (``fake_types`` order), plus the fused
-        real and fake head/tail vectors (for the gradient penalty).
+        """Scores of the positives ``[B]`` and of each fake type ``[B]`` (``fake_types`` order), plus the tensors
+        the gradient penalty needs.
 
-        :param generator_grad: build the generator's graph (generator step) or generate under ``no_grad``.
+        :param generated: ``[2B, M - 1, D]`` generated modality vectors of the heads, then the tails.
+        :param critic_grad: build the graph of the real entities (main step); ``False`` (generator step) computes
+            them under ``no_grad`` -- the fakes keep their graph through ``generated``.
         """
         b = positives.shape[0]
         rel = positives[:, 1]
         ids = torch.cat([positives[:, 0], positives[:, 2]])
-        x, present = self.entities.components(ids)
         relation = rel.repeat(2) if self.relation_aware else None
-        real, _ = self.entities.fuse(x, present, relation)
-        fx, fp = self.fake_components(x, present, generator_grad)
-        fake, _ = self.entities.fuse(fx, fp, relation)
+        with torch.set_grad_enabled(critic_grad and torch.is_grad_enabled()):
+            x, present = self.entities.components(ids)
+            real, _ = self.entities.fuse(x, present, relation)
+        fx = torch.cat([x[:, :1], generated.to(x.dtype)], 1)
+        fake, _ = self.entities.fuse(fx, torch.ones_like(present), relation)
         h, t, fh, ft = real[:b], real[b:], fake[:b], fake[b:]
         r = self.relations(rel)
         score = self.scorer.score_hrt
@@ -133,7 +213,9 @@ class AdversarialFusedModel(FusedKGEModel):
                 fakes.append(score(h, r, ft))
             else:
                 fakes.append(score(fh, r, ft))
-        return score(h, r, t), fakes, {"h": h, "t": t, "fake_h": fh, "r": r}
+        vecs = {"h": h, "t": t, "fake_h": fh, "r": r, "x_h": x[:b], "generated_h": generated[:b],
+                "relation_h": rel if relation is not None else None}
+        return score(h, r, t), fakes, vecs
 
     # -------------------------------------------------------------------------------- main (D / critic) step
     def _mat_fake_term(self, positive: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -143,11 +225,13 @@ class AdversarialFusedModel(FusedKGEModel):
         return self.fake_loss(positive, neg)
 
     def negative_sampling_loss(self, positives, negative_entities, tail_corrupted, loss_fn):
+        self._generation.value = None  # a new batch: never reuse a previous one's generation
         loss, terms = super().negative_sampling_loss(positives, negative_entities, tail_corrupted, loss_fn)
         mu = self.adv.mu
         if mu == 0.0:  # AdaMF-MAT as released: the fake term is multiplied by zero, skip computing it
             return loss, terms
-        pos, fakes, vecs = self.positive_and_fake_scores(positives, generator_grad=False)
+        gen = self.batch_generation(positives, need_graph=torch.is_grad_enabled())
+        pos, fakes, vecs = self.positive_and_fake_scores(positives, gen.generated.detach()[gen.inverse])
         pos, fakes = pos.float(), [f.float() for f in fakes]
         if self.adv.kind == "mat":
             adv = sum(self._mat_fake_term(pos, f) for f in fakes)
@@ -160,32 +244,62 @@ class AdversarialFusedModel(FusedKGEModel):
         terms["adversarial"] = adv.detach()
         return loss + mu * adv, terms
 
-    def gradient_penalty(self, vecs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """NativE's penalty ``mean((‖∂f(ĩ, r, t)/∂ĩ‖₂ − 1)²)`` on head interpolates
-        ``ĩ = α h + (1 − α) ĥ`` (``α ~ U(0, 1)`` per positive; real and fake are different tensors)."""
-        h, fh = vecs["h"], vecs["fake_h"].detach()
-        alpha = torch.rand(h.shape[0], 1, device=h.device, dtype=h.dtype)
-        inter = (alpha * h.detach() + (1 - alpha) * fh).requires_grad_(True)
-        f = self.scorer.score_hrt(inter, vecs["r"], vecs["t"])
-        (grad,) = torch.autograd.grad(f.sum(), inter, create_graph=True)
-        return ((grad.float().norm(dim=-1) - 1.0) ** 2).mean()
+    def gradient_penalty(self, vecs: dict[str, torch.Tensor], alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """WGAN-GP penalty ``mean_b((‖∂f(ĩ_b, r_b, t_b)/∂ĩ_b‖₂ − 1)²)`` (Gulrajani et al. 2017; NativE §7).
+
+        * ``gp_target: entity`` (NativE): ``ĩ = α h + (1 − α) ĥ``, the fused real and fake head vectors ``[B, D]``.
+          With RotatE, ``f = γ − Σ_k |h_k ∘ r_k − t_k|`` and each complex coordinate contributes a unit vector to
+          ``∂f/∂h``, so ``‖∂f/∂ĩ‖₂ = √d`` for every input: the penalty is the constant ``(√d − 1)²`` and carries no
+          gradient (a warning is raised at construction).
+        * ``gp_target: modality``: ``ĩ = α x_m + (1 − α) G_m`` for the head's non-structural modality vectors
+          ``[B, M − 1, D]`` (real as the fusion sees them vs generated), fused with the head's structural vector
+          and scored; the norm is over all modality coordinates of a positive.  The gradient passes through the
+          fusion weights, so the penalty depends on the critic's parameters.
+
+        ``α ~ U(0, 1)`` per positive (``alpha [B]`` to fix it).  The interpolates are detached inputs; the penalty
+        is differentiable with respect to the critic (``create_graph``).
+        """
+        h = vecs["h"]
+        if alpha is None:
+            alpha = torch.rand(h.shape[0], device=h.device, dtype=torch.float32)
+        if self.adv.gp_target == "entity":
+            a = alpha.to(h.dtype).unsqueeze(-1)
+            inter = (a * h.detach() + (1 - a) * vecs["fake_h"].detach()).requires_grad_(True)
+            head = inter
+        else:
+            x = vecs["x_h"]
+            a = alpha.to(x.dtype).view(-1, 1, 1)
+            inter = (a * x[:, 1:].detach() + (1 - a) * vecs["generated_h"].detach().to(x.dtype)).requires_grad_(True)
+            tokens = torch.cat([x[:, :1].detach(), inter], 1)
+            present = torch.ones(tokens.shape[:-1], dtype=torch.bool, device=tokens.device)
+            head, _ = self.entities.fuse(tokens, present, vecs["relation_h"])
+        with torch.enable_grad():
+            f = self.scorer.score_hrt(head, vecs["r"], vecs["t"])
+            (grad,) = torch.autograd.grad(f.sum(), inter, create_graph=True)
+        return ((grad.float().flatten(1).norm(dim=-1) - 1.0) ** 2).mean()
 
     # -------------------------------------------------------------------------------- auxiliary steps
     def generator_loss(self, positives: torch.Tensor) -> torch.Tensor:
-        """The generator step's objective on the batch positives ``[B, 3]`` (see the module docstring)."""
-        kind = self.adv.kind
-        loss = positives.new_zeros((), dtype=torch.float32)
-        if kind in ("mat", "wgan_gp") or self.adv.mu > 0:
-            pos, fakes, _ = self.positive_and_fake_scores(positives, generator_grad=True)
-            if kind == "mat":
-                loss = loss + sum(self.fake_loss(f.float(), pos.float().detach().reshape(-1, 1)) for f in fakes)
-            else:
-                weight = 1.0 if kind == "wgan_gp" else self.adv.mu
-                margin = float(getattr(self.scorer, "margin", 0.0))
-                loss = loss + weight * sum((margin - f.float()).mean() for f in fakes) / len(fakes)
-        if kind == "moien":
-            loss = loss + self._moien_generator_terms(positives)
-        return loss
+        """The generator step's objective on the batch positives ``[B, 3]`` (see the module docstring); uses the
+        batch's generation (made here when the main step made none) and drops it afterwards."""
+        try:
+            gen = self.batch_generation(positives, need_graph=True)
+            kind = self.adv.kind
+            loss = positives.new_zeros((), dtype=torch.float32)
+            if kind in ("mat", "wgan_gp") or self.adv.mu > 0:
+                pos, fakes, _ = self.positive_and_fake_scores(positives, gen.generated[gen.inverse],
+                                                              critic_grad=False)
+                if kind == "mat":
+                    loss = loss + sum(self.fake_loss(f.float(), pos.float().detach().reshape(-1, 1)) for f in fakes)
+                else:
+                    weight = 1.0 if kind == "wgan_gp" else self.adv.mu
+                    margin = float(getattr(self.scorer, "margin", 0.0))
+                    loss = loss + weight * sum((margin - f.float()).mean() for f in fakes) / len(fakes)
+            if kind == "moien":
+                loss = loss + self._moien_generator_terms(gen)
+            return loss
+        finally:
+            self._generation.value = None
 
     def _counted_generator_loss(self, positives: torch.Tensor) -> torch.Tensor:
         """:meth:`generator_loss`, counting the update in :attr:`generator_updates` (the completion schedule)."""
@@ -193,39 +307,35 @@ class AdversarialFusedModel(FusedKGEModel):
             self.generator_updates += 1
         return self.generator_loss(positives)
 
-    def _entity_batch(self, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.unique(torch.cat([positives[:, 0], positives[:, 2]]))
-        x, present = self.entities.raw_components(ids)
-        return x.detach(), present
-
-    def _moien_generator_terms(self, positives: torch.Tensor) -> torch.Tensor:
-        x, present = self._entity_batch(positives)
-        gen = self.generator(x, present, noise=True)
-        loss = gen.new_zeros(())
-        for j in range(gen.shape[1]):
+    def _moien_generator_terms(self, gen: _BatchGeneration) -> torch.Tensor:
+        """``Σ_m [λ_rec mean ‖G_m − x_m‖² + λ_adv mean(−log σ(D(G_m, e_s)))]`` over the batch's distinct entities
+        that have modality ``m`` (the discriminator's logits recomputed with its current parameters)."""
+        x, present, generated = gen.x, gen.present, gen.generated
+        loss = generated.new_zeros(())
+        for j in range(generated.shape[1]):
             have = present[:, j + 1]
             if not bool(have.any()):
                 continue
-            g, real = gen[have, j], x[have, j + 1]
+            g, real = generated[have, j], x[have, j + 1]
             loss = loss + self.adv.reconstruction_weight * ((g - real) ** 2).sum(-1).mean()
             logits = self.discriminator(g, x[have, 0], j)
             loss = loss + self.adv.adversarial_weight * F.softplus(-logits).mean()  # -log σ(D(fake))
         return loss
 
     def discriminator_loss(self, positives: torch.Tensor) -> torch.Tensor:
-        """AFME discriminator: BCE, real modality vectors (label 1) vs generated ones (label 0), per modality,
-        on the batch's entities that have the modality."""
-        x, present = self._entity_batch(positives)
-        with torch.no_grad():
-            gen = self.generator(x, present, noise=True)
+        """AFME discriminator: ``Σ_m [mean(−log σ(D(x_m, e_s))) + mean(−log(1 − σ(D(G_m, e_s))))]``, real modality
+        vectors (label 1) vs the batch's generated ones (label 0, detached), per modality, on the batch's distinct
+        entities that have the modality."""
+        gen = self.batch_generation(positives, need_graph=True)  # with its graph: the generator step reuses it
+        x, present, generated = gen.x, gen.present, gen.generated.detach()
         loss = x.new_zeros(())
-        for j in range(gen.shape[1]):
+        for j in range(generated.shape[1]):
             have = present[:, j + 1]
             if not bool(have.any()):
                 continue
             s = x[have, 0]
             loss = loss + F.softplus(-self.discriminator(x[have, j + 1], s, j)).mean() \
-                + F.softplus(self.discriminator(gen[have, j], s, j)).mean()
+                + F.softplus(self.discriminator(generated[have, j], s, j)).mean()
         return loss
 
     def auxiliary_steps(self, training) -> list[AuxiliaryStep]:
