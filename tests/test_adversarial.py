@@ -90,11 +90,18 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+# Regression values of the 3-epoch synthetic runs below (CPU, float32, seed of BASE), recorded when the one-pass
+# generation and the MoIEn target-hiding fix landed: test MRR and MR (realistic ties).  A change to the objectives,
+# the schedule or the RNG use moves them; update them only together with an explanation in the commit.
+SHORT_RUN = {"mat": (0.0643165, 45.6875), "wgan_gp": (0.0537315, 65.75), "moien": (0.0379011, 65.0)}
+
+
 @pytest.mark.parametrize("kind", ["mat", "wgan_gp", "moien"])
 def test_short_run_trains_resumes_and_writes_diagnostics(tmp_path, kind):
     full = parse_config(adversarial_raw(kind, epochs=3))
     metrics = run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
-    assert metrics["summary"]["test"]["realistic"]["mrr"] > 0
+    test = metrics["summary"]["test"]["realistic"]
+    assert (test["mrr"], test["mr"]) == pytest.approx(SHORT_RUN[kind], rel=1e-4)
     diag = metrics["diagnostics"]
     assert set(diag["modality_weights"]["mean"]) == {"structure", "text", "visual"}
     assert pytest.approx(sum(diag["modality_weights"]["mean"].values()), abs=1e-4) == 1.0
@@ -202,8 +209,9 @@ def test_presets_exist_and_validate():
         cfg = load_config(path)
         assert cfg.model.representation == "fused" and cfg.training.adversarial is not None, path
         assert cfg.model.scorer == "rotate", path
-        if cfg.dataset.name in ("DB15K", "MKG-W", "MKG-Y"):  # known widths are declared (TIVA/Kuai: read from file)
-            assert all(m.dim for m in cfg.model.modalities), path
+        if cfg.dataset.name in ("DB15K", "MKG-W", "MKG-Y"):  # known widths are declared (TIVA/Kuai: read from file;
+            # encoder-computed text: the encoder's width)
+            assert all(m.dim for m in cfg.model.modalities if m.encoder is None), path
     released = load_config(CONFIGS / "adamf_mat" / "db15k_released.yaml")
     paper = load_config(CONFIGS / "adamf_mat" / "db15k_paper.yaml")
     assert released.training.adversarial.mu == 0 and paper.training.adversarial.mu > 0

@@ -88,7 +88,7 @@ def test_mat_main_step_fake_term_and_generator_loss(weighting):
     # mmkgc/module/strategy/NegativeSampling.py:17)
     expected_g = sum(-0.5 * (sum(_log_sigmoid(v) for v in f) / 2 + sum(_log_sigmoid(-p) for p in POS) / 2)
                      for f in FAKES)
-    assert float(model.generator_loss(_batch(data, b=2)[0])) == pytest.approx(expected_g, rel=1e-6)
+    assert model.generator_loss(_batch(data, b=2)[0]).item() == pytest.approx(expected_g, rel=1e-6)
 
 
 def test_wgan_critic_terms_and_generator_loss():
@@ -99,7 +99,7 @@ def test_wgan_critic_terms_and_generator_loss():
     assert _adversarial_term(model, data) == pytest.approx(expected, rel=1e-6)
     gamma = model.scorer.margin
     expected_g = sum(sum(gamma - v for v in f) / 2 for f in FAKES) / 3  # Σ mean(γ − f_fake) / |fakes|
-    assert float(model.generator_loss(_batch(data, b=2)[0])) == pytest.approx(expected_g, rel=1e-6)
+    assert model.generator_loss(_batch(data, b=2)[0]).item() == pytest.approx(expected_g, rel=1e-6)
 
 
 def test_moien_generator_step_adds_mu_times_the_critic_term():
@@ -108,7 +108,7 @@ def test_moien_generator_step_adds_mu_times_the_critic_term():
     model._moien_generator_terms = lambda gen: torch.tensor(0.0)
     gamma = model.scorer.margin
     expected = 0.25 * sum(sum(gamma - v for v in f) / 2 for f in FAKES) / 3
-    assert float(model.generator_loss(_batch(data, b=2)[0])) == pytest.approx(expected, rel=1e-6)
+    assert model.generator_loss(_batch(data, b=2)[0]).item() == pytest.approx(expected, rel=1e-6)
 
 
 class _LinearCritic(nn.Module):
@@ -150,9 +150,9 @@ def test_moien_reconstruction_bce_and_discriminator_values():
         exp_d += sum(_softplus(-v) for v in real_logits) / len(rows) + sum(_softplus(v) for v in fake_logits) \
             / len(rows)
     model._generation.value = gen
-    assert float(model.discriminator_loss(positives)) == pytest.approx(exp_d, rel=1e-6)
+    assert model.discriminator_loss(positives).item() == pytest.approx(exp_d, rel=1e-6)
     assert model._generation.value is gen  # the discriminator step reuses the batch's generation ...
-    assert float(model.generator_loss(positives)) == pytest.approx(exp_g, rel=1e-6)
+    assert model.generator_loss(positives).item() == pytest.approx(exp_g, rel=1e-6)
     assert model._generation.value is None  # ... and the generator step drops it
 
 
@@ -311,7 +311,7 @@ def test_generator_step_reuses_the_main_step_inputs_and_rescoring_uses_updated_p
         b, score = positives.shape[0], model.scorer.score_hrt
         fakes = [score(fake[:b], r, real[b:]), score(real[:b], r, fake[b:]), score(fake[:b], r, fake[b:])]
         expected = sum((model.scorer.margin - f).mean() for f in fakes) / 3
-    assert float(model.generator_loss(positives)) == pytest.approx(float(expected), rel=1e-5)
+    assert model.generator_loss(positives).item() == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_generation_cache_is_keyed_on_the_batch_and_never_copied():
