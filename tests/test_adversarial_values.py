@@ -396,3 +396,16 @@ def test_released_presets_import_every_row_as_present_and_masking_presets_do_not
         assert "nonzero" not in path.read_text(), path
     for path in sorted((CONFIGS / "adamf_mat").glob("*_paper.yaml")) + sorted((CONFIGS / "afme").glob("*")):
         assert _import_presence(path) <= {"nonzero"}, path
+
+
+@pytest.mark.parametrize("kind", ["mat", "wgan_gp", "moien"])
+def test_generation_under_bf16_autocast_stays_in_the_parameters_precision(kind):
+    model, data = _model(kind, mu=0.1)
+    steps = model.auxiliary_steps(parse_config(adversarial_raw(kind)).training)
+    batch = _batch(data, b=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.negative_sampling_loss(*batch, SelfAdversarialSigmoidLoss(1.0))
+    assert model._generation.value.generated.dtype == torch.float32
+    loss.backward()
+    for step in steps:  # the trainer runs the auxiliary steps outside autocast
+        assert math.isfinite(step.step(*batch)[step.name])

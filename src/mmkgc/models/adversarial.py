@@ -3,7 +3,7 @@
 One model class, three objectives chosen by ``training.adversarial.kind``; all share the fused representation
 (:class:`~mmkgc.models.fused.FusedRepresentation`), the RotatE scorer, the fake-triple construction and the
 alternating schedule (main/critic step, then the generator step over the generator's parameters only, see
-:class:`~mmkgc.training.steps.GeneratorStep`).
+:class:`~mmkgc.training.steps.AuxiliaryStep`).
 
 Fake triples (all three methods): for a positive ``(h, r, t)`` the generator replaces the non-structural
 modality vectors of ``h`` and/or ``t`` (structure kept), the fused fake entity ``ĥ`` / ``t̂`` is scored under
@@ -19,7 +19,7 @@ modality vectors of ``h`` and/or ``t`` (structure kept), the fused fake entity `
 * ``moien`` (AFME, §5): MoIEn generator completing absent modalities (noise-free output, detached in the main
   step), a self-attention discriminator (own step, BCE on real vs generated modality vectors of entities that
   have the modality), generator step ``λ_adv BCE(D(fake), real) + λ_rec ||G - x_m||²`` on present modalities
-  (+ the WGAN critic terms of the fakes when ``μ > 0`` in the main step, and ``μ Σ mean(γ − f_fake)`` in the
+  (+ the WGAN critic terms of the fakes when ``μ > 0`` in the main step, and ``μ Σ mean(γ − f_fake) / |fakes|`` in the
   generator step).
 
 One generator pass per batch: the first step of a batch that needs generated modalities (the main step
