@@ -409,3 +409,19 @@ def test_generation_under_bf16_autocast_stays_in_the_parameters_precision(kind):
     loss.backward()
     for step in steps:  # the trainer runs the auxiliary steps outside autocast
         assert math.isfinite(step.step(*batch)[step.name])
+
+
+def test_completion_generates_only_rows_with_an_absent_modality_and_fills_the_noise_free_output():
+    model, data = _model("moien")
+    ids = torch.arange(data.triples.num_entities)
+    raw, present = model.entities.raw_components(ids)
+    calls = []
+    model.generator.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].shape[0]),
+                                              with_kwargs=True)
+    x, mask = model.entities.components(ids)
+    incomplete = (~present[:, 1:]).any(-1)
+    assert calls == [int(incomplete.sum())] and bool(mask.all())
+    with torch.no_grad():
+        expected = torch.cat([raw[:, :1], model.generator(raw, present, noise=False)], 1)  # every row at once
+    assert torch.allclose(x[~present], expected[~present], atol=1e-5)
+    assert torch.equal(x[present], raw[present])
