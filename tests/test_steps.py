@@ -87,7 +87,7 @@ def test_losses_read_in_groups_give_the_same_log_and_name_the_failing_step(tmp_p
         trainer = _trainer(tmp_path / str(every), model, syn.triples, epochs=2)
         trainer.sync_every = every
         trainer.train()
-        logs.append([(h["loss"], h["terms"]["side"]) for h in trainer.history])
+        logs.append([(h["loss"], h["terms"]["side"], h["terms"]["probe"]) for h in trainer.history])
     assert logs[0] == logs[1]
     torch.manual_seed(0)
     model = _ModelWithSide(syn.triples.num_entities, syn.triples.num_relations)

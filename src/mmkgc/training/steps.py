@@ -47,15 +47,18 @@ class AuxiliaryStep(ABC):
     def loss(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The step's loss on the batch tensors the main step received (see ``Trainer._step_loss``)."""
 
-    def step(self, *tensors: torch.Tensor) -> dict[str, float]:
+    def step(self, *tensors: torch.Tensor, check_finite: bool = True) -> dict[str, float | torch.Tensor]:
         """Run one update of this step's group; returns ``{name: loss value}`` for the epoch log.
 
-        :raises FloatingPointError: the loss is not finite.
+        :param check_finite: read the loss now (a float; raises if it is not finite).  ``False`` returns the
+            detached loss tensor unread, so that a GPU is not waited for; the caller then checks it later
+            (the trainer does, every few steps).
+        :raises FloatingPointError: the loss is not finite (only with ``check_finite``).
         """
         for p in self.params:
             p.grad = None
         loss = self.loss(*tensors)
-        if not torch.isfinite(loss):
+        if check_finite and not torch.isfinite(loss):
             raise FloatingPointError(f"auxiliary step {self.name!r}: loss became {loss.item()}")
         # only this group is differentiated: no gradient is deposited on the main model's parameters
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -66,7 +69,7 @@ class AuxiliaryStep(ABC):
         self.optimizer.step()
         for p in self.params:  # gradients of this group never leak into the next main step
             p.grad = None
-        return {self.name: float(loss.detach())}
+        return {self.name: float(loss.detach()) if check_finite else loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

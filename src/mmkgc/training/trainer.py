@@ -351,6 +351,7 @@ class Trainer:
         pending_losses: list[torch.Tensor] = []
         pending_weights: list[float] = []
         pending_terms: dict[str, list[torch.Tensor]] = {}
+        aux_keys: set[str] = set()
 
         def settle() -> float:
             """Read the pending losses and terms (one host synchronisation); raises on a non-finite loss."""
@@ -371,6 +372,9 @@ class Trainer:
             pending_weights.clear()
             for key, vals in pending_terms.items():
                 for value in torch.stack([v.float() for v in vals]).tolist():
+                    if key in aux_keys and not np.isfinite(value):
+                        raise FloatingPointError(f"auxiliary step {key!r}: loss became {value} in epoch "
+                                                 f"{self.epoch + 1}")
                     term_sums[key] = term_sums.get(key, 0.0) + value
             pending_terms.clear()
             return settled
@@ -413,8 +417,12 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
                     self.optimizer.step()
                 for aux in self.aux_steps:  # generator / estimator steps on the same batch, own parameter groups
-                    for key, value in aux.step(*tensors).items():
-                        term_sums[key] = term_sums.get(key, 0.0) + value
+                    for key, value in aux.step(*tensors, check_finite=sync_every == 1).items():
+                        if isinstance(value, torch.Tensor):
+                            pending_terms.setdefault(key, []).append(value)
+                            aux_keys.add(key)
+                        else:
+                            term_sums[key] = term_sums.get(key, 0.0) + value
                 for key, value in self._terms.items():
                     pending_terms.setdefault(key, []).append(value.detach())
                 self._terms = {}
