@@ -1,22 +1,32 @@
 """The ``mmkgc`` command line (typer + rich).
 
-User errors (bad files, bad configs, unknown names) are printed as one message without a traceback and exit
-with status 2; ``MMKGC_DEBUG=1`` shows the traceback.
+Exit statuses: 0 success, 1 a check that found a problem (``datasets check``), 2 a usage or user error (bad
+options, files, configs, unknown names, unwritable outputs), 130 interrupted (Ctrl-C, SIGTERM).  A user error is
+printed as one message, never interpreted as rich markup and never hard-wrapped; ``MMKGC_DEBUG=1`` shows the
+traceback.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from pathlib import Path
-from typing import Optional
 
-import typer
-from rich.console import Console
-from rich.table import Table
+# Before torch is imported: idle OpenMP worker threads sleep instead of spinning.  Spinning threads steal the
+# cores of other processes on a shared machine (a RotatE epoch measured 43 s instead of 10 s with one other busy
+# process; docs/usage.md "Threads"); a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mmkgc.errors import MMKGCError
+import errno  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+from mmkgc.errors import ConfigError, MMKGCError, TrainingInterrupted  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-modal knowledge graph completion.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Known benchmark datasets: list, describe, verify.")
@@ -28,8 +38,20 @@ app.add_typer(enrich_app, name="enrich")
 from mmkgc.cli_vemp import vemp_app  # noqa: E402  (the `mmkgc vemp` sub-app)
 app.add_typer(vemp_app, name="vemp")
 
-console = Console()
-err_console = Console(stderr=True)
+# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
+console = Console(markup=False, highlight=False, soft_wrap=True)
+# soft_wrap: messages and log lines are never hard-wrapped at the console width (80 columns without a terminal).
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+
+def log_line(line: str) -> None:
+    """Print a training log line to stderr verbatim (no markup, no wrapping)."""
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr; the message is plain text (a ``[/x]`` in a label prints as it is)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True)
 
 
 def _progress() -> bool:
@@ -107,7 +129,13 @@ def train(
     from mmkgc.pipeline import run_experiment
 
     cfg = load_config(config, overrides)
+    if run_dir is None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
+        raise ConfigError(f"{config}: name: {cfg.name!r} is not a plain name (the run directory is runs/<name>); "
+                          "use letters, digits, '-' and '_', or pass --run-dir")
     out = run_dir or Path("runs") / cfg.name
+    from mmkgc.pipeline import check_device
+
+    check_device(device)
     if nproc > 1 and distributed.env_world_size() == 1:
         argv = ["train", str(config), "--run-dir", str(out), "--device", device]
         argv += [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
@@ -115,8 +143,14 @@ def train(
         return
     created = distributed.init_distributed()
     try:
-        metrics = run_experiment(cfg, out, resume=resume, progress=_progress(), device=device,
-                                 log=lambda line: err_console.print(line, markup=False, highlight=False))
+        metrics = run_experiment(cfg, out, resume=resume, progress=_progress(), device=device, log=log_line)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted (Ctrl-C / SIGTERM in an epoch) or earlier
+        message = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted before training started"
+        if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
+            sets = "".join(f" --set {item!r}" for item in overrides)
+            message += f"; resume with: mmkgc train {config} --run-dir {out} --resume{sets}"
+        print_error(message)
+        raise typer.Exit(130) from None
     finally:
         if created:
             distributed.destroy_distributed()
@@ -139,20 +173,33 @@ def _print_metrics(metrics: dict) -> None:
         console.print(table)
 
 
+SPLITS = ("test", "valid", "valid_clean")
+CHECKPOINTS = ("best", "last")
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
+    return value
+
+
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mmkgc train`."),
     split: str = typer.Option("test", "--split", help="test, valid or valid_clean."),
-    batch_size: int = typer.Option(256, "--batch-size"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Queries per chunk."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("auto", "--device"),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the metrics as JSON here."),
 ) -> None:
     """Evaluate a run's model with filtered ranks (all tie policies, per relation category)."""
+    _choice("--split", split, SPLITS)
+    _choice("--checkpoint", checkpoint, CHECKPOINTS)
     from mmkgc.evaluation.metrics import evaluate as evaluate_fn
-    from mmkgc.pipeline import load_run
     from mmkgc.fileio import atomic_write_text
+    from mmkgc.pipeline import check_device, load_run
 
+    check_device(device)
     _, data, model = load_run(run_dir, device=device, which=checkpoint)
     result = evaluate_fn(model.score_fn(), data.triples, split=split, batch_size=batch_size)
     console.print(result.to_markdown())
@@ -172,9 +219,12 @@ def predict(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Top-k predictions for (head, relation, ?) or (?, relation, tail), printed with entity labels."""
-    from mmkgc.pipeline import load_run
+    from mmkgc.pipeline import check_device, load_run
     from mmkgc.pipeline import predict as predict_fn
 
+    if (head is None) == (tail is None):
+        raise typer.BadParameter("give exactly one of --head and --tail", param_hint="--head / --tail")
+    check_device(device)
     _, data, model = load_run(run_dir, device=device)
     answers = predict_fn(model, data.triples, head, relation, tail, top_k=top_k, filtered=exclude_known)
     query = f"({head}, {relation}, ?)" if head is not None else f"(?, {relation}, {tail})"
@@ -197,7 +247,7 @@ def demo(
     from mmkgc.demo import run_demo
 
     rows = run_demo(output, seed=seed, progress=_progress(),
-                    log=lambda line: err_console.print(line, markup=False, highlight=False))
+                    log=log_line)
     table = Table(title="mmkgc demo: synthetic multimodal KG, filtered test metrics (realistic ties)")
     for col in ("model", "MRR", "Hits@1", "Hits@3", "Hits@10", "train s"):
         table.add_column(col, justify="right" if col != "model" else "left")
@@ -211,31 +261,72 @@ def demo(
     console.print(f"multimodal ({best_multimodal:.4f} MRR) {verdict} structure-only ({best_structure:.4f} MRR)")
 
 
+def _os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: the file, what failed, and what to do for the usual causes."""
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "no space left on device; free some space (a half-written file was removed and the last "
+                      "good checkpoint is kept), then rerun (train: --resume)",
+        errno.EDQUOT: "disk quota exceeded; free some space, then rerun (train: --resume)",
+        errno.EROFS: "the location is on a read-only file system; choose another output location",
+        errno.EACCES: "permission denied; choose a location you can write (or read)",
+        errno.EPERM: "operation not permitted; choose another location",
+    }.get(exc.errno or -1)
+    text = f"{where}: {what}" if where else what
+    return f"{text} ({hint})" if hint else text
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit status instead of exiting (the tests call this).
+
+    :returns: 0 success, 1 a check found a problem, 2 usage or user error, 130 interrupted.
+    """
+    debug = bool(os.environ.get("MMKGC_DEBUG"))
+    try:
+        rv = app(args=argv, prog_name="mmkgc", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except typer.TyperException as exc:  # typer's bundled click: usage errors, bad option values, no command
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print_error(str(exc))
+        return int(getattr(exc, "exit_code", 2) or 2)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        print_error("aborted")
+        return 130
+    except KeyboardInterrupt as exc:
+        print_error(str(exc) or "interrupted")
+        return 130
+    except MMKGCError as err:
+        if debug:
+            raise
+        print_error(str(err))
+        return 2
+    except OSError as exc:  # unwritable output, full disk, missing or unreadable input outside the readers
+        if debug:
+            raise
+        print_error(_os_error_message(exc))
+        return 2
+    except UnicodeDecodeError as exc:
+        if debug:
+            raise
+        print_error(f"a file is not UTF-8 text ({exc})")
+        return 2
+
+
 def main() -> None:
-    """Console-script entry point: run the app, turning user errors into one clean message."""
+    """Console-script entry point (``mmkgc``): run the app and exit with its status."""
+    # --- process-wide tuning set by the entry point, before any work ---
     from mmkgc.allocator import keep_freed_memory
 
     keep_freed_memory()  # large per-batch temporaries stay in the heap instead of page-faulting back each step
-    try:
-        app(standalone_mode=False)
-    except MMKGCError as err:
-        if os.environ.get("MMKGC_DEBUG"):
-            raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    sys.exit(run())
 
 
 if __name__ == "__main__":

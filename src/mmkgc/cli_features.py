@@ -26,8 +26,9 @@ from rich.table import Table
 from mmkgc.errors import ConfigError, DataFormatError
 
 features_app = typer.Typer(no_args_is_help=True, help="Modality feature tables: extract, import, inspect.")
-console = Console()
-err_console = Console(stderr=True)
+# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
+console = Console(markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def _progress() -> bool:

@@ -18,8 +18,9 @@ import typer
 from rich.console import Console
 
 vemp_app = typer.Typer(no_args_is_help=True, help="VEMP: contrastive token fusion + R-GCN link prediction.")
-console = Console()
-err_console = Console(stderr=True)
+# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
+console = Console(markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def _setup(config: Path, overrides: list[str], run_dir: Optional[Path], device: Optional[str]):

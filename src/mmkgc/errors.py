@@ -38,3 +38,19 @@ class UnknownNameError(MMKGCError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM.  The unfinished epoch is discarded; ``checkpoint`` (the last complete
+    epoch, ``None`` when no epoch finished) is kept.  The CLI prints the message and how to resume, exit 130.
+
+    :param epoch: epochs completed and saved in ``checkpoint``.
+    """
+
+    def __init__(self, message: str, checkpoint=None, epoch: int = 0):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "interrupted"

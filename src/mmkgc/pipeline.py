@@ -15,8 +15,10 @@ A run directory holds::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,10 +195,154 @@ def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     return {"config": hashlib.sha256(payload.encode()).hexdigest()[:16], "features": features}
 
 
+def check_device(name: str | None) -> None:
+    """Refuse a device name torch does not know, or one this machine / torch build cannot use.
+
+    :raises ConfigError: e.g. ``--device gpu``, ``--device cuda`` on a CPU-only torch, ``cuda:3`` with 2 GPUs.
+    """
+    if name in (None, "auto"):
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r}: not a device name (use cpu, cuda, cuda:N, mps or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {name}: {build} (torch {torch.__version__}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {name}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, mps or auto)")
+
+
 def _device(name: str | None) -> torch.device:
     from mmkgc.distributed import device_for_rank
 
+    check_device(name)
     return device_for_rank(name)
+
+
+# ------------------------------------------------------------------------------------------------ run directories
+#: Written first into every run directory mmkgc creates; a non-empty directory without it is not ours to write.
+RUN_MARKER = ".mmkgc-run"
+#: Held (``flock``) by the process training into the directory.
+LOCK_FILE = ".lock"
+#: What ``run_experiment`` (and the model diagnostics) write into a run directory; the only names it replaces.
+RUN_FILES = frozenset({RUN_MARKER, LOCK_FILE, "config.yaml", "health.json", "health.md", "metrics.jsonl",
+                       "metrics.json", "training_curve.png", "checkpoints", "modality_weights_entities.csv",
+                       "modality_weights_relations.csv", "modality_weights.png", "modality_diagnostics.json",
+                       "imvia_decoders.json"})
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a ``last`` checkpoint to resume from."""
+    last = Path(run_dir) / "checkpoints" / "last"
+    return last.exists() or last.with_name("last.old").exists()
+
+
+def _is_run_file(name: str) -> bool:
+    # the files above and the temporaries of their atomic writes (".<name>.<random>.tmp")
+    return name in RUN_FILES or (name.startswith(".") and name.endswith(".tmp")
+                                 and name[1:].split(".", 1)[0] in {n.split(".")[0] for n in RUN_FILES})
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse a run directory that training would damage.
+
+    Without ``resume`` the directory must be new, empty, or a run directory of mmkgc (marker file) that stopped
+    before its first checkpoint and holds only files mmkgc writes; with ``resume`` it must hold a checkpoint.
+
+    :raises ConfigError: naming the directory and what is wrong.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: the run directory is a file")
+    if resume:
+        if not has_checkpoint(run_dir):
+            raise ConfigError(f"{run_dir}: --resume: no checkpoint to resume from (no checkpoints/last); "
+                              "run without --resume to start training")
+        return
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not entries:
+        return
+    if has_checkpoint(run_dir) or (run_dir / "metrics.json").exists():
+        raise ConfigError(f"{run_dir}: the run directory already holds a run; pass --resume to continue it or "
+                          "choose another --run-dir")
+    if RUN_MARKER not in entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(f"{run_dir}: the run directory is not empty and is not an mmkgc run directory "
+                          f"(holds {shown}); choose a new or empty --run-dir")
+    foreign = [name for name in entries if not _is_run_file(name)]
+    if foreign:
+        raise ConfigError(f"{run_dir}: the run directory holds files mmkgc did not write ({', '.join(foreign[:5])}); "
+                          "choose a new or empty --run-dir")
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``run_dir/.lock`` for the duration of a run (released on exit,
+    also when the process dies).  A no-op where ``fcntl`` does not exist.
+
+    :raises ConfigError: another process holds the lock (its pid is named).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "unknown"
+            fh.close()
+            raise ConfigError(f"{self.path.parent}: the run directory is in use by another mmkgc process "
+                              f"(pid {owner}); wait for it or choose another --run-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock
+            self._fh = None
+
+
+def _prepare_log(run_dir: Path, resume: bool) -> None:
+    """Make ``metrics.jsonl`` agree with the checkpoint training continues from: a fresh run starts it empty; a
+    resume drops the lines of epochs after the checkpoint (written before a kill interrupted the checkpoint), so
+    no epoch appears twice.  Also removes temporaries that a killed checkpoint write left behind."""
+    from mmkgc.training.checkpoint import read_checkpoint_state, remove_orphan_temporaries
+
+    remove_orphan_temporaries(run_dir / "checkpoints")
+    log = run_dir / "metrics.jsonl"
+    if not log.exists():
+        return
+    if not resume:
+        log.unlink()
+        return
+    saved = int(read_checkpoint_state(run_dir / "checkpoints" / "last").get("epoch", 0))
+    kept = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("epoch", 0)) <= saved:
+                kept.append(line)
+        except (ValueError, AttributeError):  # a torn last line
+            continue
+    _atomic_write_text(log, "".join(f"{line}\n" for line in kept))
 
 
 def run_experiment(
@@ -215,17 +361,31 @@ def run_experiment(
     :returns: the content of ``metrics.json``.
     """
     from mmkgc.distributed import barrier, is_main_process
+
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume)
+    _device(device)  # a bad --device fails before anything is written
+    main = is_main_process()
+    lock = contextlib.nullcontext()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_MARKER).touch()  # the directory is new, empty or ours (checked above)
+        lock = RunLock(run_dir)
+    with lock:
+        if main:
+            check_run_dir(run_dir, resume)  # again under the lock: another process may have finished a run here
+            _prepare_log(run_dir, resume)
+        barrier()  # every rank has checked the run directory before rank 0 writes into it
+        return _run_locked(cfg, run_dir, resume, progress, device, log, main)
+
+
+def _run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bool, device: str | None,
+                log: Callable[[str], None], main: bool) -> dict[str, Any]:
     from mmkgc.data.health import health_report
     from mmkgc.evaluation.metrics import evaluate
     from mmkgc.plotting import plot_training_curve
     from mmkgc.training.trainer import Trainer, evaluation_policies
 
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(f"{run_dir}: run directory already holds a run; pass --resume or choose another one")
-    main = is_main_process()
-    barrier()  # every rank has checked the run directory before rank 0 writes into it
     if not main:
         log, progress = (lambda line: None), False
 
@@ -233,7 +393,6 @@ def run_experiment(
         if main:
             _atomic_write_text(path, text)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
     data = load_data(cfg)
@@ -308,7 +467,8 @@ def headline(result: Any) -> dict[str, dict[str, float]]:
 def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "best") -> tuple[ExperimentConfig, LoadedData, KGEModel]:
     """Rebuild the model of a finished (or interrupted) run and load its ``best`` (or ``last``) weights.
 
-    :raises MMKGCError: no config in the directory, or the checkpoint is missing, corrupt or mismatched.
+    :raises MMKGCError: no config in the directory, the checkpoint is missing, corrupt or mismatched, or a
+        modality feature table changed since training (its fingerprint differs from the one the run recorded).
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -320,8 +480,20 @@ def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "bes
     ckpt = run_dir / "checkpoints" / which
     if which == "best" and not (ckpt.exists() or ckpt.with_name("best.old").exists()):
         ckpt = run_dir / "checkpoints" / "last"
-    load_checkpoint(ckpt, model)
     dev = _device(device)
+    from mmkgc.errors import CheckpointError
+    from mmkgc.training.checkpoint import read_checkpoint_state
+
+    saved = read_checkpoint_state(ckpt).get("fingerprint")
+    now = run_fingerprint(cfg, model)
+    if saved is not None and saved.get("features", {}) != now["features"]:
+        changed = sorted(name for name in set(saved.get("features", {})) | set(now["features"])
+                         if saved.get("features", {}).get(name) != now["features"].get(name))
+        raise CheckpointError(
+            f"{run_dir}: the feature table(s) {', '.join(changed)} changed since this run was trained (fingerprints "
+            "differ); the model would be evaluated on other inputs than it learned from. Restore the tables or "
+            "train a new run")
+    load_checkpoint(ckpt, model)
     model.to(dev).eval()
     return cfg, data, model
 

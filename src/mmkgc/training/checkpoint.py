@@ -163,3 +163,18 @@ def read_auxiliary_state(directory: str | Path, map_location: str | torch.device
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
         raise CheckpointError(f"{path}: corrupt or unsafe training state ({type(err).__name__}: {err})") from None
     return extra.get("auxiliary") or {}
+
+
+def remove_orphan_temporaries(checkpoints: str | Path) -> list[Path]:
+    """Remove the temporary directories (``.<name>.tmp-*``) that a checkpoint write killed before its rename left
+    in ``checkpoints``; a clean exit or exception never leaves one (see :func:`save_checkpoint`).
+
+    :returns: the removed paths.
+    """
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        return []
+    removed = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith(".") and ".tmp-" in p.name]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

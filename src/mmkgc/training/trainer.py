@@ -38,7 +38,7 @@ import torch
 
 from mmkgc import distributed as dist_helpers
 from mmkgc.config import EvaluationConfig, TrainingConfig
-from mmkgc.errors import ConfigError
+from mmkgc.errors import ConfigError, TrainingInterrupted
 from mmkgc.data.triples import TripleSet
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
 from mmkgc.models.kge import KGEModel
@@ -76,6 +76,26 @@ class TrainingSummary:
     best_metric: float | None
     training_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`KeyboardInterrupt` like Ctrl-C (main thread only; restored after)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def evaluation_policies(cfg: EvaluationConfig) -> tuple[str, ...]:
@@ -568,6 +588,25 @@ class Trainer:
         """
         if resume:
             self.resume()
+        with _sigterm_as_interrupt():
+            try:
+                return self._train_loop()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the unfinished epoch is discarded, checkpoints kept
+                raise self._interrupted() from None
+
+    def _interrupted(self) -> TrainingInterrupted:
+        last = self._checkpoint_dir("last")
+        saved = 0
+        if last is not None and (last.exists() or last.with_name("last.old").exists()):
+            saved = int(read_checkpoint_state(last).get("epoch", 0))
+        if last is None or saved == 0:
+            kept = "no epoch finished, nothing was saved"
+        else:
+            kept = f"the last checkpoint (epoch {saved}) is kept in {last}"
+        return TrainingInterrupted(f"training interrupted during epoch {saved + 1}; that epoch is discarded "
+                                   f"and {kept}", checkpoint=last if saved else None, epoch=saved)
+
+    def _train_loop(self) -> TrainingSummary:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         budget = self.cfg.time_budget_minutes * 60.0 if self.cfg.time_budget_minutes else None
