@@ -83,6 +83,19 @@ def tiny_set() -> TripleSet:
                      test=torch.tensor([[0, 0, 2]]), entity_labels=["a b", "c", "d"], relation_labels=["r"])
 
 
+TINY_COUNTS = {"entities": 3, "relations": 1, "train": 2, "valid": 1, "test": 1}
+
+
+def registered_as_tiny(monkeypatch, name: str) -> None:
+    """Make the registry expect the sizes of :func:`tiny_set` for ``name`` (a copy must match the counts)."""
+    import dataclasses
+    from types import MappingProxyType
+
+    table = dict(registry.DATASETS)
+    table[name] = dataclasses.replace(table[name], counts=MappingProxyType(TINY_COUNTS))
+    monkeypatch.setattr(registry, "DATASETS", MappingProxyType(table))
+
+
 # ---------------------------------------------------------------------------------------------- lookup
 def test_known_names_aliases_and_unknown_name():
     assert list_datasets() == ["DB15K", "MKG-W", "MKG-Y", "TIVA", "Kuai16K"]
@@ -143,6 +156,10 @@ def test_find_local_copy_layouts(tmp_path, monkeypatch):
     assert find_local_copy("MKG-Y") is None
     monkeypatch.setenv("MMKGC_DATA_DIR", str(tmp_path / "data"))
     assert find_local_copy("MKG-Y") == tmp_path / "data" / "MKG-Y"
+    # a copy whose sizes are not those of the registered dataset is refused, naming every difference
+    with pytest.raises(DataFormatError, match="not MKG-Y as registered .*entities: registry 15,000, copy 3"):
+        load_dataset("MKG-Y")
+    registered_as_tiny(monkeypatch, "MKG-Y")
     loaded = load_dataset("MKG-Y")  # from $MMKGC_DATA_DIR; no download, unpinned files need no permission
     assert loaded.name == "MKG-Y" and loaded.metadata["source"] == "local"
     assert loaded.entity_labels == ts.entity_labels
@@ -222,6 +239,7 @@ def test_download_db15k_through_pooch_and_reject_tampered_file(shared_dataset_di
 def test_corrupted_cache_file_is_replaced_from_the_mirror(mirror, monkeypatch):
     root, base_url = mirror
     write_openke(tiny_set(), root / "TIVA")
+    registered_as_tiny(monkeypatch, "TIVA")
     download_dataset("TIVA", base_url=base_url, allow_unpinned=True)
     cached = dataset_dir("TIVA") / "valid2id.txt"
     good = cached.read_bytes()
@@ -239,6 +257,12 @@ def test_unpinned_files_need_permission_then_trust_on_first_use(mirror, monkeypa
         load_dataset("MKG-Y")
     assert not dataset_dir("MKG-Y").exists()  # refused before anything was downloaded
 
+    # trust on first use trusts bytes of the registered size only: a copy of another size records nothing
+    with pytest.raises(DataFormatError, match="not MKG-Y as registered .*hashes were not recorded"):
+        load_dataset("MKG-Y", allow_unpinned=True)
+    assert not (dataset_dir("MKG-Y") / LOCK_FILE).exists()
+
+    registered_as_tiny(monkeypatch, "MKG-Y")
     ts = load_dataset("MKG-Y", allow_unpinned=True)
     assert ts.entity_labels == ["a b", "c", "d"] and ts.train.tolist() == [[0, 0, 1], [1, 0, 2]]
     lock = json.loads((dataset_dir("MKG-Y") / LOCK_FILE).read_text())
@@ -249,8 +273,7 @@ def test_unpinned_files_need_permission_then_trust_on_first_use(mirror, monkeypa
     # Later calls verify against the record and need no permission.
     assert load_dataset("MKG-Y").train.tolist() == [[0, 0, 1], [1, 0, 2]]
     report = check_dataset("MKG-Y")
-    assert [f.status for f in report.files] == ["ok-lock"] * 5
-    assert any("entities: expected 15,000, found 3" in p for p in report.problems)  # not the real MKG-Y
+    assert [f.status for f in report.files] == ["ok-lock"] * 5 and report.ok
 
     # The mirror changes the file and the cached copy is gone: the new version is rejected.
     (dataset_dir("MKG-Y") / "test2id.txt").unlink()
@@ -263,8 +286,12 @@ def test_unpinned_files_need_permission_then_trust_on_first_use(mirror, monkeypa
 def test_no_download_and_unreachable_mirror(tmp_path):
     with pytest.raises(DataFormatError, match="downloading is disabled"):
         load_dataset("DB15K", download=False)
-    with pytest.raises(DownloadError, match="cannot download"):
+    with pytest.raises(DownloadError) as failure:
         download_dataset("DB15K", base_url="http://127.0.0.1:9/nothing")
+    # a short reason and where to put a local copy, not the network library's text
+    message = str(failure.value)
+    assert message.startswith("cannot download DB15K/") and "unreachable" in message
+    assert "--data-dir" in message and "MMKGC_DATA_DIR" in message and "HTTPConnectionPool" not in message
 
 
 def test_malformed_lock_file(tmp_path):

@@ -635,8 +635,15 @@ def read_yaml_mapping(path: str | Path, overrides: list[str] | None = None) -> A
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); save the config as UTF-8") \
+            from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -665,12 +672,19 @@ def apply_override(data: dict, item: str, source: str = "<config>") -> None:
         raise ConfigError(f"override {item!r}: expected dotted.key=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: the key must be dotted.names, e.g. training.epochs=5")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)}); quote "
+                          "it, e.g. --set 'name=\"[x\"'") from None
     node = data
     for p in parts[:-1]:
         if not isinstance(node.setdefault(p, {}), dict):
             raise ConfigError(f"{source}: override {item!r}: {p} is not a mapping")
         node = node[p]
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = value
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

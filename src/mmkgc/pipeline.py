@@ -55,7 +55,10 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
         from mmkgc.data.synthetic import make_synthetic_mmkg
 
         options = ds.synthetic.model_dump()
-        syn = make_synthetic_mmkg(**options)
+        try:
+            syn = make_synthetic_mmkg(**options)
+        except ValueError as err:  # a combination of values the generator refuses
+            raise ConfigError(f"dataset.synthetic: {err}") from None
         feats = {
             name: (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(syn.present[name], dtype=torch.bool))
             for name, values in syn.features.items()

@@ -386,14 +386,49 @@ def download_dataset(
                     _mismatch(spec, file, want, None, directory, pinned=bool(spec.sha256[file]))
                     + f" (download from {url} rejected and deleted; pooch: {exc})",
                 ) from None
-            except requests.exceptions.RequestException as exc:
-                raise DownloadError(f"cannot download {url}: {exc}") from None
+            except (requests.exceptions.RequestException, OSError) as exc:
+                raise DownloadError(_download_failure(spec, file, url, exc)) from None
         if want is None:
             recorded[file] = sha256_file(target)
             changed = True
     if changed:
+        # trust on first use trusts the bytes, never a copy of another size: the registry's counts must agree
+        # before the hashes are recorded
+        mismatch = count_mismatches(spec, read_openke(directory, name=spec.name))
+        if mismatch:
+            raise DataFormatError(directory, None, f"the downloaded files are not {spec.name} as registered "
+                                  f"({'; '.join(mismatch)}); their hashes were not recorded")
         _write_lock(directory, spec, recorded, base)
     return directory
+
+
+def _download_failure(spec: DatasetSpec, file: str, url: str, exc: BaseException) -> str:
+    """One line for a failed download: what, the reason in a few words (not the network library's text), and
+    how to use a local copy instead."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
+        reason = f"HTTP {exc.response.status_code}"
+    elif isinstance(exc, requests.exceptions.Timeout):
+        reason = "timed out"
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        reason = "no network connection or the host is unreachable"
+    else:
+        reason = type(exc).__name__
+    return (f"cannot download {spec.name}/{file} ({reason}; {url}); to use a local copy pass --data-dir DIR or "
+            f"set {ENV_DATA_DIR}=DIR (a directory holding {spec.name}/entity2id.txt ...)")
+
+
+def count_mismatches(spec: DatasetSpec, triples: TripleSet) -> list[str]:
+    """How a copy's sizes differ from the registry's counts (``[]`` when they agree).
+
+    :returns: e.g. ``["entities: registry 12,842, copy 240"]``.
+    """
+    observed = {"entities": triples.num_entities, "relations": triples.num_relations,
+                "train": int(triples.train.shape[0]), "valid": int(triples.valid.shape[0]),
+                "test": int(triples.test.shape[0])}
+    return [f"{key}: registry {spec.counts[key]:,}, copy {value:,}" for key, value in observed.items()
+            if spec.counts.get(key) is not None and value != spec.counts[key]]
 
 
 def _mismatch(spec: DatasetSpec, file: str, want: str | None, got: str | None, directory: Path,
@@ -462,6 +497,10 @@ def load_dataset(
                                      progress=progress, download=download)
         source = "cache"
     triples = read_openke(directory, name=spec.name)
+    mismatch = count_mismatches(spec, triples)
+    if mismatch:  # a copy of another dataset (or a truncated one) under this name would train silently wrong
+        raise DataFormatError(directory, None, f"this copy is not {spec.name} as registered ({'; '.join(mismatch)}); "
+                              f"point --data-dir / {ENV_DATA_DIR} at a copy of {spec.name}")
     triples.metadata.update({"source": source, "path": str(directory), "dataset": spec.name})
     if hashes is not None:
         triples.metadata["sha256"] = hashes
