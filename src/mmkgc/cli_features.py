@@ -172,6 +172,9 @@ def import_(
     key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a dict .pth / multi-tensor file."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME or path; default: the modality name."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
+    min_coverage: float = typer.Option(0.5, "--min-coverage", min=0.0, max=1.0,
+                                       help="Fail (writing nothing) when the file gives rows to fewer than this "
+                                            "fraction of the dataset's entities (a wrong name map or dataset)."),
 ) -> None:
     """Align a community feature file to the dataset's entity ids, print the coverage report, write a table."""
     from mmkgc.features.io import import_feature_file, import_h5_features
@@ -206,6 +209,13 @@ def import_(
         report["missing_rows"] = options.get("missing_rows", 0)
     if map_report:
         report["name_map"] = map_report
+    matched = int(alignment["matched"]) if alignment else table.num_entities - int(options.get("missing_rows", 0))
+    if matched == 0 or matched < min_coverage * table.num_entities:
+        console.print(_coverage_table(f"{triples.name}: import {file.name} as {modality!r} (not written)", report))
+        hint = ("none of its names matched an entity; check --names and the dataset" if matched == 0 else
+                f"below --min-coverage {min_coverage:g}; check --names and the dataset, or lower --min-coverage")
+        raise DataFormatError(file, None, f"gives rows to {matched:,} of {table.num_entities:,} {triples.name} "
+                              f"entities ({matched / max(table.num_entities, 1):.1%}): {hint}; nothing was written")
     _save(table, out)
     report["written"] = str(out)
     console.print(_coverage_table(f"{triples.name}: import {file.name} as {modality!r}", report))

@@ -507,7 +507,8 @@ def predict(model: KGEModel, triples: TripleSet, head: str | None, relation: str
 
     :param filtered: drop answers already known in train/valid/test (marked ``True`` in the third field when kept).
     :returns: ``(entity label, score, known)`` best first.
-    :raises ConfigError: unknown labels (the message suggests close matches), or neither/both of head and tail.
+    :raises ConfigError: unknown labels (the message suggests close matches), a label several entities (or
+        relations) share (the message lists their ids), or neither/both of head and tail.
     """
     import difflib
 
@@ -516,6 +517,12 @@ def predict(model: KGEModel, triples: TripleSet, head: str | None, relation: str
 
     def lookup(label: str, mapping: dict[str, int], what: str) -> int:
         if label in mapping:
+            labels = triples.entity_labels if what == "entity" else triples.relation_labels
+            ids = [i for i, name in enumerate(labels) if name == label] if labels.count(label) > 1 else []
+            if ids:
+                raise ConfigError(f"the {what} label {label!r} is shared by {len(ids)} {what}s (ids "
+                                  f"{', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''}); the query is "
+                                  "ambiguous: give the labels unique names in the dataset")
             return mapping[label]
         close = difflib.get_close_matches(label, list(mapping), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -397,6 +397,20 @@ def compare_openke_categories(triples: TripleSet, path: str | Path) -> CategoryC
 
 
 # ---------------------------------------------------------------------------------------------- labeled TSV
+#: Column names of triple tables; a first row made only of these is a header (see :func:`_looks_like_header`).
+HEADER_WORDS = frozenset({
+    "head", "relation", "tail", "h", "r", "t", "subject", "predicate", "object", "s", "p", "o", "source", "target",
+    "src", "dst", "rel", "head_entity", "tail_entity", "entity1", "entity2", "e1", "e2", "from", "to", "edge",
+    "type", "label", "relation_type", "head_id", "relation_id", "tail_id", "sub", "obj", "pred",
+})
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    """Whether a first row is a column header such as ``head relation tail`` or ``#subject predicate object``:
+    every field, lower-cased and stripped of ``#`` and spaces, is a column name of :data:`HEADER_WORDS`."""
+    return all(f.strip().lstrip("#").strip().lower() in HEADER_WORDS for f in fields)
+
+
 def _read_named_lines(path: Path, delimiter: str | None) -> tuple[list[int], list[str], list[str], list[str]]:
     text = _read_text(path)
     linenos: list[int] = []
@@ -413,6 +427,9 @@ def _read_named_lines(path: Path, delimiter: str | None) -> tuple[list[int], lis
         for field, what in zip(fields, ("head", "relation", "tail")):
             if not field.strip():
                 raise DataFormatError(path, i, f"empty {what} name")
+        if not linenos and _looks_like_header(fields):
+            raise DataFormatError(path, i, f"the first row {line[:80]!r} looks like a column header, not a triple; "
+                                  "remove it (labeled TSV files have no header)")
         linenos.append(i)
         heads.append(fields[0])
         rels.append(fields[1])
@@ -453,7 +470,7 @@ def read_labeled_tsv(
         ``train.txt``, whose names contain no spaces).
     :returns: a TripleSet with (h, r, t) int64 splits; ``metadata["format"] = "labeled_tsv"``.
     :raises DataFormatError: missing or empty file, a line without exactly three non-empty fields, a name
-        absent from a given map (file and line named).
+        absent from a given map, a first row that is a column header (file and line named).
     :raises ValueError: a given map with a repeated label.
     """
     base = Path(directory) if directory is not None else None
