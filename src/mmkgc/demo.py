@@ -37,16 +37,14 @@ def demo_configs(seed: int = 0) -> list[tuple[str, str, dict[str, Any]]]:
 def run_demo(output: str | Path, seed: int = 0, progress: bool = False,
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train and test every demo experiment; returns one row of test metrics (realistic ties) per experiment."""
-    from mmkgc.pipeline import run_experiment
+    from mmkgc.pipeline import clear_run_dir, run_experiment
 
     rows = []
-    for label, kind, raw in demo_configs(seed):
-        cfg = parse_config(raw, source=f"demo:{label}")
+    experiments = [(label, kind, parse_config(raw, source=f"demo:{label}")) for label, kind, raw in demo_configs(seed)]
+    for _, _, cfg in experiments:  # previous demo runs: only mmkgc's own files, anything else refused up front
+        clear_run_dir(Path(output) / cfg.name)
+    for label, kind, cfg in experiments:
         run_dir = Path(output) / cfg.name
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
         log(f"training {label} ...")
         metrics = run_experiment(cfg, run_dir, progress=progress, log=lambda line: None)
         test = metrics["summary"]["test"]["realistic"]

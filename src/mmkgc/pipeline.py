@@ -286,6 +286,34 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
                           "choose a new or empty --run-dir")
 
 
+def clear_run_dir(run_dir: str | Path) -> None:
+    """Remove a previous run from ``run_dir`` so a new one can start there (``mmkgc demo`` re-runs): only the
+    files mmkgc writes, only in a directory marked as an mmkgc run, and only when it holds nothing else.
+
+    :raises ConfigError: the directory is not an mmkgc run directory or holds other files (nothing is removed).
+    """
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else [run_dir.name]
+    foreign = [name for name in entries if not _is_run_file(name)]
+    if not run_dir.is_dir() or (entries and RUN_MARKER not in entries) or foreign:
+        shown = ", ".join((foreign or entries)[:5])
+        raise ConfigError(f"{run_dir}: exists and is not an mmkgc run directory holding only mmkgc's files "
+                          f"({shown}); nothing was removed: choose another output location")
+    with RunLock(run_dir):
+        for name in entries:
+            path = run_dir / name
+            if name in (LOCK_FILE, RUN_MARKER):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 class RunLock:
     """An exclusive, non-blocking ``flock`` on ``run_dir/.lock`` for the duration of a run (released on exit,
     also when the process dies).  A no-op where ``fcntl`` does not exist.
