@@ -117,6 +117,9 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output directory (default runs/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: dotted.key=value."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Local dataset copies (a directory holding DB15K/, ...) instead of "
+                                                 "the download cache; same as --set dataset.data_dir=DIR."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="Train with DDP in this many local processes (one per GPU; gloo on CPU), "
@@ -128,6 +131,8 @@ def train(
     from mmkgc.config import load_config
     from mmkgc.pipeline import run_experiment
 
+    if data_dir is not None:  # resolved against the working directory, like every path given on the command line
+        overrides = [*overrides, f"dataset.data_dir={json.dumps(str(data_dir.expanduser().resolve()))}"]
     cfg = load_config(config, overrides)
     if run_dir is None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
         raise ConfigError(f"{config}: name: {cfg.name!r} is not a plain name (the run directory is runs/<name>); "
@@ -274,6 +279,8 @@ def _os_error_message(exc: OSError) -> str:
         errno.EROFS: "the location is on a read-only file system; choose another output location",
         errno.EACCES: "permission denied; choose a location you can write (or read)",
         errno.EPERM: "operation not permitted; choose another location",
+        errno.EEXIST: "a file is in the way of a directory of that path",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
     }.get(exc.errno or -1)
     text = f"{where}: {what}" if where else what
     return f"{text} ({hint})" if hint else text

@@ -37,6 +37,19 @@ class SyntheticConfig(_Strict):
     model_config = ConfigDict(extra="allow")
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _known_options(self) -> "SyntheticConfig":
+        import inspect
+
+        from mmkgc.data.synthetic import make_synthetic_mmkg
+
+        known = set(inspect.signature(make_synthetic_mmkg).parameters)
+        unknown = sorted(set(self.model_extra or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} of the synthetic KG (valid: "
+                             f"{', '.join(sorted(known))})")
+        return self
+
 
 class DatasetConfig(_Strict):
     """Where the triples come from: a registered dataset, a directory, or the built-in synthetic KG.
@@ -562,6 +575,7 @@ class ExperimentConfig(_Strict):
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration ({err.error_count()} problem(s))"]
+    problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -571,8 +585,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = "required key is missing"
         value = e.get("input")
         shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  - {loc}: {msg}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {msg}{shown}")
+    if len(problems) == 1:  # one problem, one line
+        return f"{source}: invalid configuration: {problems[0]}"
+    return "\n".join(lines + [f"  - {p}" for p in problems])
 
 
 def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:

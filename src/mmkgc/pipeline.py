@@ -57,7 +57,7 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
         options = ds.synthetic.model_dump()
         try:
             syn = make_synthetic_mmkg(**options)
-        except ValueError as err:  # a combination of values the generator refuses
+        except (ValueError, TypeError) as err:  # a value or combination of values the generator refuses
             raise ConfigError(f"dataset.synthetic: {err}") from None
         feats = {
             name: (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(syn.present[name], dtype=torch.bool))
@@ -396,6 +396,7 @@ def run_experiment(
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     _device(device)  # a bad --device fails before anything is written
+    data = load_data(cfg)  # as does a dataset that cannot be read
     main = is_main_process()
     lock = contextlib.nullcontext()
     if main:
@@ -407,11 +408,11 @@ def run_experiment(
             check_run_dir(run_dir, resume)  # again under the lock: another process may have finished a run here
             _prepare_log(run_dir, resume)
         barrier()  # every rank has checked the run directory before rank 0 writes into it
-        return _run_locked(cfg, run_dir, resume, progress, device, log, main)
+        return _run_locked(cfg, data, run_dir, resume, progress, device, log, main)
 
 
-def _run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bool, device: str | None,
-                log: Callable[[str], None], main: bool) -> dict[str, Any]:
+def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: bool, progress: bool,
+                device: str | None, log: Callable[[str], None], main: bool) -> dict[str, Any]:
     from mmkgc.data.health import health_report
     from mmkgc.evaluation.metrics import evaluate
     from mmkgc.plotting import plot_training_curve
@@ -426,7 +427,6 @@ def _run_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bo
 
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
-    data = load_data(cfg)
     triples = data.triples
     report = health_report(triples)
     atomic_write_text(run_dir / "health.json", json.dumps(report.to_dict(), indent=2))
@@ -548,7 +548,8 @@ def predict(model: KGEModel, triples: TripleSet, head: str | None, relation: str
             labels = triples.entity_labels if what == "entity" else triples.relation_labels
             ids = [i for i, name in enumerate(labels) if name == label] if labels.count(label) > 1 else []
             if ids:
-                raise ConfigError(f"the {what} label {label!r} is shared by {len(ids)} {what}s (ids "
+                plural = "entities" if what == "entity" else "relations"
+                raise ConfigError(f"the {what} label {label!r} is shared by {len(ids)} {plural} (ids "
                                   f"{', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''}); the query is "
                                   "ambiguous: give the labels unique names in the dataset")
             return mapping[label]
