@@ -31,9 +31,12 @@ def _config(tmp_path: Path, **changes) -> dict:
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    # no terminal (stdin /dev/null, pipes), the source tree under test first on the path
+    src = str(Path(__file__).resolve().parents[1] / "src")
     return subprocess.run([sys.executable, "-m", "mmkgc", *args], capture_output=True, text=True, cwd=cwd,
+                          stdin=subprocess.DEVNULL,
                           env={"CI": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd or Path.home()),
-                               "MMKGC_HOME": str((cwd or Path.home()) / "mmkgc-home")})
+                               "MMKGC_HOME": str((cwd or Path.home()) / "mmkgc-home"), "PYTHONPATH": src})
 
 
 def _losses(run_dir: Path) -> list[float]:
