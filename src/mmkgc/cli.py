@@ -155,6 +155,7 @@ def train(
             sets = "".join(f" --set {item!r}" for item in overrides)
             message += f"; resume with: mmkgc train {config} --run-dir {out} --resume{sets}"
         print_error(message)
+        _REPORTED.add("interrupt")
         raise typer.Exit(130) from None
     finally:
         if created:
@@ -266,6 +267,10 @@ def demo(
     console.print(f"multimodal ({best_multimodal:.4f} MRR) {verdict} structure-only ({best_structure:.4f} MRR)")
 
 
+#: What a command has already reported itself (so :func:`run` does not print it again).
+_REPORTED: set[str] = set()
+
+
 def _os_error_message(exc: OSError) -> str:
     """One line for a failed file operation: the file, what failed, and what to do for the usual causes."""
     where = exc.filename if exc.filename is not None else ""
@@ -292,8 +297,11 @@ def run(argv: list[str] | None = None) -> int:
     :returns: 0 success, 1 a check found a problem, 2 usage or user error, 130 interrupted.
     """
     debug = bool(os.environ.get("MMKGC_DEBUG"))
+    _REPORTED.clear()
     try:
         rv = app(args=argv, prog_name="mmkgc", standalone_mode=False)
+        if rv == 130 and "interrupt" not in _REPORTED:  # typer turns Ctrl-C in a command into a bare Exit(130)
+            print_error("interrupted")
         return rv if isinstance(rv, int) else 0
     except typer.TyperException as exc:  # typer's bundled click: usage errors, bad option values, no command
         show = getattr(exc, "show", None)
@@ -319,6 +327,22 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print_error(_os_error_message(exc))
+        return 2
+    except FloatingPointError as exc:  # the trainer's "training loss became nan" (learning rate, features)
+        if debug:
+            raise
+        print_error(str(exc))
+        return 2
+    except MemoryError as exc:
+        if debug:
+            raise
+        print_error(f"out of memory ({exc or 'host memory'}); lower training.batch_size / evaluation.batch_size")
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError" or debug:  # torch.cuda.OutOfMemoryError; other bugs show
+            raise
+        print_error(f"out of GPU memory; lower training.batch_size / evaluation.batch_size "
+                    f"({str(exc).splitlines()[0]})")
         return 2
     except UnicodeDecodeError as exc:
         if debug:

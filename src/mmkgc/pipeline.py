@@ -389,7 +389,14 @@ def run_experiment(
     Under ``torchrun`` (an initialised process group, see :mod:`mmkgc.distributed`) every rank calls this: training
     runs with DDP, evaluation is sharded, and only rank 0 logs and writes files.
 
+    The run directory is checked first (:func:`check_run_dir`: never another program's or person's files, a
+    resume needs a checkpoint), the device and the dataset next, and only then is anything written; rank 0
+    holds :class:`RunLock` for the whole run.
+
     :returns: the content of ``metrics.json``.
+    :raises ConfigError: a run directory that is not free (see :func:`check_run_dir`) or in use by another
+        process, a device that does not exist, and the config errors of :func:`load_data` / :func:`build_model`.
+    :raises TrainingInterrupted: Ctrl-C or SIGTERM during training (the last checkpoint is kept).
     """
     from mmkgc.distributed import barrier, is_main_process
 
