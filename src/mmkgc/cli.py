@@ -12,8 +12,12 @@ import os
 
 # Before torch is imported: idle OpenMP worker threads sleep instead of spinning.  Spinning threads steal the
 # cores of other processes on a shared machine (a RotatE epoch measured 43 s instead of 10 s with one other busy
-# process; docs/usage.md "Threads"); a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# process; docs/usage.md "Threads"); a value the user set is kept, and an empty value means the OpenMP runtime's
+# own default (spin a little, then sleep).
+if os.environ.get("OMP_WAIT_POLICY") == "":
+    del os.environ["OMP_WAIT_POLICY"]
+else:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import errno  # noqa: E402
 import json  # noqa: E402
