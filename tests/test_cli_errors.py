@@ -282,6 +282,7 @@ def test_resume_after_a_kill_during_a_checkpoint_write(mmkgc, tmp_path):
     # a kill between appending epoch 3's log line and renaming its checkpoint into place
     (run / "checkpoints" / ".last.tmp-killed").mkdir()
     (run / "checkpoints" / ".last.tmp-killed" / "model.safetensors").write_bytes(b"partial")
+    (run / ".metrics.json.k1ll3d.tmp").write_text("{")  # and an atomic write of a file
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"epoch": 3, "loss": 0.5}) + "\n" + '{"epoch": 4, "lo')
     code, _, err = mmkgc("train", _config(tmp_path, training={"epochs": 3}), "--run-dir", run, "--resume",
@@ -289,6 +290,7 @@ def test_resume_after_a_kill_during_a_checkpoint_write(mmkgc, tmp_path):
     assert code == 0, err
     assert _epochs(run) == [1, 2, 3]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "last"]
+    assert not list(run.glob("*.tmp"))
 
 
 def test_demo_output_keeps_unrelated_files(mmkgc, tmp_path):

@@ -251,7 +251,7 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 def _is_run_file(name: str) -> bool:
     # the files above and the temporaries of their atomic writes (".<name>.<random>.tmp")
     return name in RUN_FILES or (name.startswith(".") and name.endswith(".tmp")
-                                 and name[1:].split(".", 1)[0] in {n.split(".")[0] for n in RUN_FILES})
+                                 and name[1:].split(".", 1)[0] in {n.split(".")[0] for n in RUN_FILES} - {""})
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
@@ -359,6 +359,9 @@ def _prepare_log(run_dir: Path, resume: bool) -> None:
     from mmkgc.training.checkpoint import read_checkpoint_state, remove_orphan_temporaries
 
     remove_orphan_temporaries(run_dir / "checkpoints")
+    for path in run_dir.iterdir():  # ".<file>.<random>.tmp" of an atomic write that a kill interrupted
+        if path.is_file() and path.name.endswith(".tmp") and path.name not in RUN_FILES and _is_run_file(path.name):
+            path.unlink()
     log = run_dir / "metrics.jsonl"
     if not log.exists():
         return
