@@ -156,8 +156,11 @@ def train(
     except KeyboardInterrupt as exc:  # TrainingInterrupted (Ctrl-C / SIGTERM in an epoch) or earlier
         message = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted before training started"
         if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
-            sets = "".join(f" --set {item!r}" for item in overrides)
-            message += f"; resume with: mmkgc train {config} --run-dir {out} --resume{sets}"
+            import shlex
+
+            sets = "".join(f" --set {shlex.quote(item)}" for item in overrides)
+            message += (f"; resume with: mmkgc train {shlex.quote(str(config))} --run-dir {shlex.quote(str(out))} "
+                        f"--resume{sets}")
         print_error(message)
         _REPORTED.add("interrupt")
         raise typer.Exit(130) from None
