@@ -649,6 +649,8 @@ def read_yaml_mapping(path: str | Path, overrides: list[str] | None = None) -> A
     :raises ConfigError: file missing, not YAML (with the line of the problem), or empty.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give the config file (YAML)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     raw = path.read_bytes()
