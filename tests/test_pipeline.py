@@ -58,6 +58,11 @@ def test_cli_train_evaluate_predict(tmp_path: Path):
     assert set(test) >= {"realistic", "optimistic", "pessimistic"}
     assert test["optimistic"]["mrr"] >= test["realistic"]["mrr"] >= test["pessimistic"]["mrr"]
     assert "MRR" in done.stdout
+    # the seen/unseen breakdown covers every test task (head and tail of each test triple) exactly once
+    by_seen = metrics["summary"]["test_by_seen"]
+    assert sum(g["count"] for g in by_seen.values()) == 2 * metrics["test"]["num_queries"]
+    weighted = sum(g["count"] * g["mrr"] for g in by_seen.values()) / (2 * metrics["test"]["num_queries"])
+    assert weighted == pytest.approx(test["realistic"]["mrr"], rel=1e-9)
 
     ev = _cli("evaluate", str(run_dir), "--output", str(tmp_path / "ev.json"), cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr

@@ -480,6 +480,7 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
         metrics["test"] = result.to_dict()
         metrics["test_seconds"] = time.perf_counter() - t0
         metrics.setdefault("summary", {})["test"] = headline(result)
+        metrics["summary"]["test_by_seen"] = seen_headline(result)
         log(result.to_markdown())
     if diagnostics:
         metrics["diagnostics"] = diagnostics
@@ -503,6 +504,13 @@ def headline(result: Any) -> dict[str, dict[str, float]]:
     """Head-and-tail averaged metrics per tie policy: ``{policy: {"mrr": ..., "hits@10": ...}}``."""
     return {policy: {m: result.get(m, side=result.default_side, policy=policy) for m in HEADLINE_METRICS}
             for policy in result.policies}
+
+
+def seen_headline(result: Any) -> dict[str, dict[str, float]]:
+    """Primary-policy, head-and-tail averaged metrics of the queries whose entities all occur in training
+    (``seen``) and of the others (``unseen``), with their task counts: ``{group: {"count": ..., "mrr": ...}}``."""
+    return {group: {m: result.get(m, side=result.default_side, seen=group) for m in ("count", *HEADLINE_METRICS)}
+            for group in result.by_seen}
 
 
 def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "best") -> tuple[ExperimentConfig, LoadedData, KGEModel]:
