@@ -254,25 +254,35 @@ def _copy_checkout(reference: Path, dest: Path) -> None:
 
 
 def prepare_reference(method: str, reference: Path, workdir: Path, triples: Any,
-                      tables: dict[str, torch.Tensor]) -> Path:
+                      tables: dict[str, torch.Tensor], sampler_library: Path | None = None) -> Path:
     """Copy the checkout to ``workdir/reference``, build OpenKE's ``Base.so`` there and write the inputs.
 
+    :param sampler_library: a ``Base.so`` already built from the same ``mmkgc/base/Base.cpp`` to use instead of
+        building one (for machines without ``g++``).
     :returns: the directory to run the official entry point in.
-    :raises ParityError: no ``g++`` on the PATH, or the build fails (its output is in the message).
+    :raises ParityError: no ``g++`` on the PATH and no ``sampler_library``, or the build fails (its output is in
+        the message).
     """
     dest = workdir / "reference"
     if dest.exists():
         shutil.rmtree(dest)
     _copy_checkout(reference, dest)
-    if METHODS[method].openke:
+    if METHODS[method].openke and sampler_library is not None:
+        if not Path(sampler_library).is_file():
+            raise ParityError(f"--sampler-library: {sampler_library} does not exist")
+        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
+        shutil.copy(sampler_library, dest / "mmkgc" / "release" / "Base.so")
+    elif METHODS[method].openke:
         gxx = shutil.which("g++")
         if gxx is None:
-            raise ParityError("g++ is not on the PATH: it is needed to build OpenKE's sampler (mmkgc/base/Base.cpp)")
+            raise ParityError("g++ is not on the PATH: it is needed to build OpenKE's sampler (mmkgc/base/Base.cpp); "
+                              "install it or pass --sampler-library")
         (dest / "mmkgc" / "release").mkdir(exist_ok=True)
         build = subprocess.run([gxx, "./base/Base.cpp", "-fPIC", "-shared", "-o", "./release/Base.so", "-pthread",
                                 "-O3"], cwd=dest / "mmkgc", capture_output=True, text=True)
         if build.returncode != 0:
             raise ParityError(f"building OpenKE's Base.so failed:\n{build.stderr[-2000:]}")
+    if METHODS[method].openke:
         write_openke_feature_pth(tables["visual"], dest / "embeddings" / "DB15K-visual.pth")
         write_openke_feature_pth(tables["textual"], dest / "embeddings" / "DB15K-textual.pth")
     else:
@@ -407,9 +417,9 @@ def run_mmkgc(method: str, cfg_map: dict, data_dir: Path, run_dir: Path, device:
     (run_dir / "parity.log").write_text("\n".join(lines) + "\n")
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     policy = cfg.evaluation.tie_policy
+    test = metrics.get("summary", {}).get("test")
     return {"losses": [h["loss"] for h in history], "terms": [h.get("terms") for h in history],
-            "test": metrics["summary"]["test"][policy], "test_all_policies": metrics["summary"]["test"],
-            "seconds": seconds}
+            "test": test[policy] if test else None, "test_all_policies": test, "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------------------------ categories
@@ -454,6 +464,27 @@ def mmkgc_relation_categories(triples: Any) -> torch.Tensor:
     return relation_categories(everything, triples.num_relations)
 
 
+def compare_categories(categories: Sequence[int], rows: Sequence[tuple[int, int, int, int]]) -> dict[str, Any]:
+    """Compare per-relation categories (0 = 1-1, 1 = 1-N, 2 = N-1, 3 = N-N) with official category rows
+    ``(category, h, t, r)`` (:func:`read_category_file`).
+
+    :returns: ``{"test_triples", "mismatched_triples", "mismatched_relations": [{"relation", "official",
+        "mmkgc"}], "official_counts", "mmkgc_counts"}`` (counts of test triples per category label).
+    """
+    bad_triples = sum(1 for c, _, _, r in rows if categories[r] != c)
+    official_by_rel: dict[int, int] = {}
+    for c, _, _, r in rows:
+        official_by_rel.setdefault(r, c)
+    bad_rels = [{"relation": r, "official": CATEGORY_LABELS[c], "mmkgc": CATEGORY_LABELS[categories[r]]}
+                for r, c in sorted(official_by_rel.items()) if categories[r] != c]
+
+    def count(cs: Sequence[int]) -> dict[str, int]:
+        return {CATEGORY_LABELS[k]: sum(1 for x in cs if x == k) for k in range(4)}
+
+    return {"test_triples": len(rows), "mismatched_triples": bad_triples, "mismatched_relations": bad_rels,
+            "official_counts": count([c for c, *_ in rows]), "mmkgc_counts": count([categories[r] for *_, r in rows])}
+
+
 def check_categories(reference: Path, data_dir: Path, datasets: Sequence[str] | None = None) -> dict[str, Any]:
     """Compare mmkgc's relation categories with the official ``benchmarks/<D>/test2id_all.txt`` of each dataset
     present both in the checkout and in ``data_dir``.
@@ -484,18 +515,7 @@ def check_categories(reference: Path, data_dir: Path, datasets: Sequence[str] | 
         if [(h, t, r) for _, h, t, r in rows] != [(h, t, r) for h, r, t in test]:
             raise ParityError(f"{bench / name / 'test2id_all.txt'} does not list {data_dir}/{name}/test2id.txt's "
                               "triples in order: the splits differ")
-        cats = mmkgc_relation_categories(triples).tolist()
-        bad_triples = sum(1 for c, _, _, r in rows if cats[r] != c)
-        official_by_rel: dict[int, int] = {}
-        for c, _, _, r in rows:
-            official_by_rel.setdefault(r, c)
-        bad_rels = [{"relation": r, "official": CATEGORY_LABELS[c], "mmkgc": CATEGORY_LABELS[cats[r]]}
-                    for r, c in sorted(official_by_rel.items()) if cats[r] != c]
-        count = lambda cs: {CATEGORY_LABELS[k]: sum(1 for x in cs if x == k) for k in range(4)}  # noqa: E731
-        report[name] = {"test_triples": len(rows), "mismatched_triples": bad_triples,
-                        "mismatched_relations": bad_rels,
-                        "official_counts": count([c for c, *_ in rows]),
-                        "mmkgc_counts": count([cats[r] for *_, r in rows])}
+        report[name] = compare_categories(mmkgc_relation_categories(triples).tolist(), rows)
     return report
 
 
@@ -531,13 +551,84 @@ def load_text_table(data_dir: Path, text_table: Path | None = None):
     return triples, table.values.to(torch.float32)
 
 
-def update_results(path: Path, method: str, entry: dict[str, Any]) -> None:
-    """Merge ``{method: entry}`` into the JSON file ``path`` (created if absent), written atomically."""
+PER_SEED_FIELDS = ("seeds", "mmkgc", "reference", "loss_curves", "test_metrics", "seconds")
+
+
+def merge_entries(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Combine two ``parity.json`` entries of one method.
+
+    When ``old`` has the same settings, visual stand-in and device as ``new`` and none of ``new``'s seeds, the
+    per-seed lists are concatenated (seeds run in separate invocations add up) and the means and gap recomputed;
+    ``command`` becomes the list of both invocations.  Otherwise ``new`` replaces ``old``.  A seed whose
+    ``mmkgc`` or ``reference`` side is missing leaves that list shorter than ``seeds``.
+    """
+    same = (old is not None and all(old.get(k) == new.get(k) for k in ("settings", "visual_stand_in", "device"))
+            and not set(old.get("seeds", [])) & set(new.get("seeds", [])))
+    if not same:
+        return new
+    merged = dict(new)
+    for key in PER_SEED_FIELDS:
+        merged[key] = list(old.get(key, [])) + list(new.get(key, []))
+    commands = old.get("command")
+    commands = commands if isinstance(commands, list) else [commands]
+    merged["command"] = commands + [new["command"]]
+    merged.pop("mmkgc_mean", None), merged.pop("reference_mean", None), merged.pop("mean_abs_gap_points", None)
+    if merged["mmkgc"] and merged["reference"]:
+        merged["mmkgc_mean"] = sum(merged["mmkgc"]) / len(merged["mmkgc"])
+        merged["reference_mean"] = sum(merged["reference"]) / len(merged["reference"])
+        merged["mean_abs_gap_points"] = 100 * abs(merged["mmkgc_mean"] - merged["reference_mean"])
+    return merged
+
+
+def update_results(path: Path, method: str, entry: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+    """Merge ``{method: entry}`` into the JSON file ``path`` (created if absent; see :func:`merge_entries`, or
+    plain replacement with ``replace``), written atomically.  Returns the stored entry.
+
+    :raises ParityError: ``path`` exists but is not a JSON object.
+    """
     from mmkgc.fileio import atomic_write_text
 
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[method] = entry
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ParityError(f"--json: {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ParityError(f"--json: {path} does not hold a JSON object")
+    data[method] = entry if replace else merge_entries(data.get(method), entry)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return data[method]
+
+
+def results_entry(method: str, settings: dict[str, Any], visual: str, runs: list[dict[str, Any]], device: str,
+                  threads: int, command: str, reference_commit: str | None) -> dict[str, Any]:
+    """The ``parity.json`` entry of one method: settings, per-seed test MRR of both sides (fractions), per-epoch
+    loss curves, the other test metrics, run times and the command."""
+    mm = [r["mmkgc"]["test"]["mrr"] for r in runs if r.get("mmkgc", {}).get("test")]
+    ref = [r["reference"]["test"]["mrr"] for r in runs if "reference" in r]
+    entry: dict[str, Any] = {
+        "epochs": settings["epochs"], "settings": settings, "visual_stand_in": visual,
+        "text_table": "mmkgc name-text table: all-MiniLM-L6-v2 over the cleaned DB15K entity names (384-d)",
+        "tie_policy": "random" if method == "imvia" else "optimistic (OpenKE)",
+        "seeds": [r["seed"] for r in runs], "mmkgc": mm, "reference": ref,
+        "loss_curves": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("losses"),
+                         "mmkgc_terms": r.get("mmkgc", {}).get("terms"),
+                         "reference": r.get("reference", {}).get("losses"),
+                         "reference_generator": r.get("reference", {}).get("generator_losses")} for r in runs],
+        "test_metrics": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("test"),
+                          "mmkgc_all_tie_policies": r.get("mmkgc", {}).get("test_all_policies"),
+                          "reference": r.get("reference", {}).get("test")} for r in runs],
+        "seconds": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("seconds"),
+                     "reference": r.get("reference", {}).get("seconds")} for r in runs],
+        "device": device, "threads": threads, "machine": _machine(), "command": command,
+        "reference_commit": reference_commit,
+    }
+    if mm and ref:
+        entry["mmkgc_mean"] = sum(mm) / len(mm)
+        entry["reference_mean"] = sum(ref) / len(ref)
+        entry["mean_abs_gap_points"] = 100 * abs(entry["mmkgc_mean"] - entry["reference_mean"])
+    return entry
 
 
 def run_parity(args: argparse.Namespace) -> int:
@@ -561,7 +652,7 @@ def run_parity(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     triples, text = load_text_table(data_dir, args.text_table)
     tables = stand_in_tables(method, text, visual)
-    run_dir = prepare_reference(method, reference, out, triples, tables) if args.side in ("both", "reference") \
+    run_dir = prepare_reference(method, reference, out, triples, tables, args.sampler_library) if args.side in ("both", "reference") \
         else out / "reference"
     feature_dir = run_dir / ("embeddings" if METHODS[method].openke else "datasets/DB15K")
     vis_file = feature_dir / ("DB15K-visual.pth" if METHODS[method].openke else "img_features.pth")
@@ -569,49 +660,47 @@ def run_parity(args: argparse.Namespace) -> int:
     if args.side == "mmkgc" and not vis_file.is_file():
         write_openke_feature_pth(tables["visual"], vis_file)
         write_openke_feature_pth(tables["textual"], txt_file)
-    results: dict[str, Any] = {"mmkgc": [], "reference": [], "seeds": [], "runs": []}
+    runs: list[dict[str, Any]] = []
+    command = "python benchmarks/parity.py " + " ".join(sys.argv[1:])
+
+    previous = None
+    if args.json and Path(args.json).is_file():
+        try:
+            previous = json.loads(Path(args.json).read_text()).get(method)
+        except (json.JSONDecodeError, AttributeError):
+            raise ParityError(f"--json: {args.json} is not a JSON object") from None
+
+    def record() -> dict[str, Any]:
+        # written after every side of every seed, so an interrupted benchmark keeps what it measured; runs of
+        # this invocation are merged with the file's earlier entry as it was before the invocation started
+        entry = results_entry(method, settings, visual, runs, device, args.threads, command, _git_commit(reference))
+        if args.json:
+            update_results(Path(args.json), method, merge_entries(previous, entry), replace=True)
+        (out / "parity.json").write_text(json.dumps(entry, indent=2) + "\n")
+        return entry
+
     for seed in args.seeds:
         run: dict[str, Any] = {"seed": seed}
+        runs.append(run)
         if args.side in ("both", "reference"):
             print(f"[{method} seed {seed}] official code ({METHODS[method].repository}) ...", flush=True)
             ref = run_reference(method, run_dir, settings, seed, device, args.threads, out / f"reference_seed{seed}.log")
             run["reference"] = ref
-            results["reference"].append(ref["test"]["mrr"])
             print(f"  official test MRR {ref['test']['mrr']:.4f} ({ref['seconds']:.0f} s)", flush=True)
+            record()
         if args.side in ("both", "mmkgc"):
             print(f"[{method} seed {seed}] mmkgc ...", flush=True)
             cfg = mmkgc_config(method, settings, seed, vis_file, txt_file)
             mine = run_mmkgc(method, cfg, data_dir, out / f"mmkgc_seed{seed}", device, args.threads)
             run["mmkgc"] = mine
-            results["mmkgc"].append(mine["test"]["mrr"])
             print(f"  mmkgc test MRR {mine['test']['mrr']:.4f} ({mine['seconds']:.0f} s)", flush=True)
-        results["seeds"].append(seed)
-        results["runs"].append(run)
-    entry = {"epochs": settings["epochs"], "settings": settings, "visual_stand_in": visual,
-             "text_table": "mmkgc name-text table, all-MiniLM-L6-v2 over the cleaned DB15K entity names (384-d)",
-             "tie_policy": "random" if method == "imvia" else "optimistic (OpenKE)",
-             "mmkgc": results["mmkgc"], "reference": results["reference"], "seeds": results["seeds"],
-             "loss_curves": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("losses"),
-                              "reference": r.get("reference", {}).get("losses")} for r in results["runs"]],
-             "test_metrics": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("test"),
-                               "reference": r.get("reference", {}).get("test")} for r in results["runs"]],
-             "seconds": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("seconds"),
-                          "reference": r.get("reference", {}).get("seconds")} for r in results["runs"]],
-             "device": device, "threads": args.threads, "machine": _machine(),
-             "command": "python benchmarks/parity.py " + " ".join(sys.argv[1:]),
-             "reference_commit": _git_commit(reference)}
+            record()
+    entry = record()
     verdict = 0
-    if results["mmkgc"] and results["reference"]:
-        gap = abs(sum(results["mmkgc"]) / len(results["mmkgc"]) - sum(results["reference"]) / len(results["reference"]))
-        entry["mean_abs_gap_points"] = 100 * gap
-        entry["within_tolerance"] = 100 * gap <= args.tolerance
-        print(f"{method}: mean test MRR mmkgc {sum(results['mmkgc']) / len(results['mmkgc']):.4f} vs official "
-              f"{sum(results['reference']) / len(results['reference']):.4f}: gap {100 * gap:.2f} points "
-              f"(tolerance {args.tolerance})")
-        verdict = 0 if 100 * gap <= args.tolerance else 1
-    if args.json:
-        update_results(Path(args.json), method, entry)
-    (out / "parity.json").write_text(json.dumps(entry, indent=2) + "\n")
+    if "mean_abs_gap_points" in entry:
+        print(f"{method}: mean test MRR mmkgc {entry['mmkgc_mean']:.4f} vs official {entry['reference_mean']:.4f}: "
+              f"gap {entry['mean_abs_gap_points']:.2f} points (tolerance {args.tolerance})")
+        verdict = 0 if entry["mean_abs_gap_points"] <= args.tolerance else 1
     return verdict
 
 
@@ -638,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--text-table", type=Path, help="the name-text table as an mmkgc feature-table file "
                     "(default: mmkgc's feature cache)")
+    ap.add_argument("--sampler-library", type=Path, help="a prebuilt OpenKE Base.so to use instead of g++")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--visual", choices=["text", "zeros"], help="what stands in for the visual table")
     ap.add_argument("--side", choices=["both", "reference", "mmkgc"], default="both")
@@ -662,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  relation {item['relation']}: official {item['official']}, mmkgc {item['mmkgc']}")
                 bad = bad or rep["mismatched_triples"] > 0
             if args.json:
-                update_results(Path(args.json), "categories", report)
+                update_results(Path(args.json), "categories", report, replace=True)
             return 1 if bad else 0
         if args.method is None:
             raise ParityError("--method is required (adamf_mat, native or imvia) unless --check-categories is given")
