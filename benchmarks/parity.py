@@ -712,6 +712,50 @@ def _git_commit(path: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def check_sampler(method: str, reference: Path, out: Path, data_dir: Path, sampler_library: Path | None = None,
+                  batches: int = 20, negatives: int = 16) -> dict[str, Any]:
+    """Run ``benchmarks/parity_sampler_check.py`` on a prepared copy of an OpenKE-based checkout: how often the
+    gap index of a corrupting entity has the parity of its positive's train-list index (see that script).
+
+    :returns: its JSON report plus ``coupled_share`` (share of "modulus even" negatives with the same parity; 0.5
+        for an unbiased sampler) and ``affected_share`` (share of all negatives drawn under an even modulus).
+    :raises ParityError: not an OpenKE-based method.
+    :raises RuntimeError: the script failed.
+    """
+    if not METHODS[method].openke:
+        raise ParityError(f"--check-sampler: {method} does not use OpenKE's sampler (use adamf_mat or native)")
+    run_dir = out / method / "reference"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    dest = run_dir
+    _copy_checkout(reference, dest)
+    check_split(reference, data_dir)
+    if sampler_library is not None:
+        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
+        shutil.copy(sampler_library, dest / "mmkgc" / "release" / "Base.so")
+    else:
+        gxx = shutil.which("g++")
+        if gxx is None:
+            raise ParityError("g++ is not on the PATH (needed to build OpenKE's sampler); pass --sampler-library")
+        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
+        build = subprocess.run([gxx, "./base/Base.cpp", "-fPIC", "-shared", "-o", "./release/Base.so", "-pthread",
+                                "-O3"], cwd=dest / "mmkgc", capture_output=True, text=True)
+        if build.returncode != 0:
+            raise ParityError(f"building OpenKE's Base.so failed:\n{build.stderr[-2000:]}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(HERE / "parity_sampler_check.py"), str(batches), str(negatives)],
+                          cwd=dest, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the sampler check failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    c = report["counts"]
+    even = c.get("modulus_even/same_parity", 0) + c.get("modulus_even/other_parity", 0)
+    total = sum(c.values())
+    report["coupled_share"] = c.get("modulus_even/same_parity", 0) / even if even else None
+    report["affected_share"] = even / total if total else None
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="parity.py", description=__doc__.splitlines()[0])
     ap.add_argument("--method", choices=sorted(METHODS), help="which official implementation to compare with")
@@ -720,6 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory holding DB15K/ (OpenKE files); default ../shared/datasets")
     ap.add_argument("--check-categories", action="store_true",
                     help="compare mmkgc's relation categories with the official test2id_all.txt files and exit")
+    ap.add_argument("--check-sampler", action="store_true",
+                    help="measure the parity coupling of OpenKE's negative sampler (AdaMF-MAT, NativE) and exit")
     ap.add_argument("--epochs", type=int, help="epochs on both sides (default: the published count)")
     ap.add_argument("--lr", type=float, help="learning rate on both sides (default: the published one)")
     ap.add_argument("--dim", type=int, help="embedding rank on both sides (default: the published one)")
@@ -754,6 +800,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 update_results(Path(args.json), "categories", report, replace=True)
             return 1 if bad else 0
+        if args.check_sampler:
+            if args.method is None:
+                raise ParityError("--check-sampler needs --method adamf_mat or native")
+            reference = check_reference(args.method, args.reference)
+            report = check_sampler(args.method, reference, Path(args.out).resolve(), Path(args.data_dir).resolve(),
+                                   args.sampler_library)
+            print(json.dumps(report))
+            if args.json:
+                update_results(Path(args.json), f"sampler_{args.method}", report, replace=True)
+            coupled = report["coupled_share"]
+            return 1 if coupled is not None and abs(coupled - 0.5) > 0.05 else 0
         if args.method is None:
             raise ParityError("--method is required (adamf_mat, native or imvia) unless --check-categories is given")
         return run_parity(args)

@@ -210,6 +210,13 @@ def test_reference_errors(tmp_path, capsys):
     assert "--method is required" in capsys.readouterr().err
     assert parity.main(["--check-categories", "--reference", str(tmp_path)]) == 2
     assert "no benchmarks/ directory" in capsys.readouterr().err
+    assert parity.main(["--check-sampler", "--reference", str(tmp_path)]) == 2
+    assert "--check-sampler needs --method" in capsys.readouterr().err
+    for name in parity.METHODS["imvia"].markers:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    assert parity.main(["--check-sampler", "--method", "imvia", "--reference", str(tmp_path)]) == 2
+    assert "does not use OpenKE's sampler" in capsys.readouterr().err
 
 
 def test_split_check_refuses_a_different_split(tmp_path):
