@@ -12,7 +12,11 @@ changes nothing on disk in the reference code; instead it installs, before the e
   epoch's mean discriminator/KGC loss and generator loss are written to ``--log`` as JSON lines
   ``{"epoch": e, "loss": mean_D, "loss_g": mean_G, "steps": n}``;
 * a wrapper around ``Tester.run_link_prediction`` that writes its return value (MRR, MR, Hits@10, Hits@3,
-  Hits@1; OpenKE filtered, head/tail averaged, optimistic ties) as ``{"test": {...}}`` to ``--log``.
+  Hits@1; OpenKE filtered, head/tail averaged, optimistic ties) as ``{"test": {...}}`` to ``--log``
+  (``--skip-test``: the test is replaced by a no-op, for loss-curve experiments);
+* with ``--imvia`` (IMVIA's ``train.py``, which has no trainer class): the epoch's loss from the
+  ``set_postfix(loss="main: <sum> ...")`` call divided by the number of ``ConvECorpus.get_batch`` calls, and the
+  first metrics returned by ``ConvECorpus.get_validation_pred`` (the ensemble; random tie-breaking).
 
 Usage (from parity.py)::
 
@@ -45,6 +49,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trainer", default=None, help="OpenKE trainer class in mmkgc.config whose steps to record")
+    parser.add_argument("--skip-test", action="store_true",
+                        help="OpenKE: replace the final link-prediction test by a no-op (loss-curve experiments)")
     parser.add_argument("--imvia", action="store_true", help="record IMVIA's train.py (MoMoK-style corpus)")
     opts = parser.parse_args(argv[:split])
     entry, entry_args = argv[split + 1], argv[split + 2:]
@@ -108,6 +114,9 @@ def main(argv: list[str]) -> int:
         original_test = tester_cls.run_link_prediction
 
         def recording_test(self, *a, **k):
+            if opts.skip_test:
+                _append(log, {"test": None, "skipped": True})
+                return 0.0, 0.0, 0.0, 0.0, 0.0
             t0 = time.perf_counter()
             out = original_test(self, *a, **k)
             mrr, mr, h10, h3, h1 = (float(x) for x in out)
