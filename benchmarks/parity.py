@@ -454,14 +454,10 @@ def read_category_file(path: Path) -> list[tuple[int, int, int, int]]:
 
 
 def mmkgc_relation_categories(triples: Any) -> torch.Tensor:
-    """mmkgc's category of every relation for the OpenKE comparison, from all splits (what ``n-n.py`` reads).
-
-    Calls :func:`mmkgc.data.triples.relation_categories` on train + valid + test (duplicate rows kept: whether
-    they count is that function's rule, which is what this check tests)."""
-    from mmkgc.data.triples import relation_categories
-
-    everything = torch.cat([triples.train, triples.valid, triples.test], dim=0)
-    return relation_categories(everything, triples.num_relations)
+    """mmkgc's category of every relation (int64 ``[R]``, 0 = 1-1 ... 3 = N-N): the TripleSet's
+    ``relation_categories`` (OpenKE's ``n-n.py`` rule over train + valid + test, repeated rows counted), which is
+    what this check tests against the official files."""
+    return triples.relation_categories
 
 
 def compare_categories(categories: Sequence[int], rows: Sequence[tuple[int, int, int, int]]) -> dict[str, Any]:

@@ -186,13 +186,17 @@ def test_category_file_parsing_and_comparison(tmp_path):
 
 
 def test_mmkgc_categories_follow_the_openke_rule_on_a_hand_computed_graph():
+    from mmkgc.data.triples import TripleSet
+
     # relation 0: 1-1; 1: one head, three tails (tph 3) -> 1-N; 2: three heads, one tail -> N-1;
-    # 3: two heads x two tails (tph = hpt = 2) -> N-N.  Split over train/valid/test: n-n.py reads all three.
-    train = torch.tensor([[0, 0, 1], [0, 1, 2], [0, 1, 3], [5, 2, 9], [6, 2, 9], [1, 3, 2], [1, 3, 3]])
-    valid = torch.tensor([[2, 0, 3], [0, 1, 4], [7, 2, 9]])
-    test = torch.tensor([[4, 0, 5], [2, 3, 2], [2, 3, 3]])
-    triples = SimpleNamespace(train=train, valid=valid, test=test, num_relations=4)
-    assert parity.mmkgc_relation_categories(triples).tolist() == [0, 1, 2, 3]
+    # 3: two heads x two tails (tph = hpt = 2) -> N-N; 4: (0, 4, 1) three times (train, valid, test) + (2, 4, 3):
+    # n-n.py counts the repeated rows, tph = hpt = 4 / 2 = 2 -> N-N (1-1 if repeats were dropped).
+    train = torch.tensor([[0, 0, 1], [0, 1, 2], [0, 1, 3], [5, 2, 9], [6, 2, 9], [1, 3, 2], [1, 3, 3], [0, 4, 1],
+                          [2, 4, 3]])
+    valid = torch.tensor([[2, 0, 3], [0, 1, 4], [7, 2, 9], [0, 4, 1]])
+    test = torch.tensor([[4, 0, 5], [2, 3, 2], [2, 3, 3], [0, 4, 1]])
+    triples = TripleSet(train, valid, test, [f"e{i}" for i in range(10)], [f"r{j}" for j in range(5)])
+    assert parity.mmkgc_relation_categories(triples).tolist() == [0, 1, 2, 3, 3]
 
 
 # ------------------------------------------------------------------------------------------- argument errors
