@@ -30,10 +30,14 @@ Usage::
     python benchmarks/parity.py --check-categories --reference ~/src/NATIVE --data-dir ../shared/datasets
 
 ``--check-categories`` compares mmkgc's 1-1/1-N/N-1/N-N relation categories with the official category file
-``benchmarks/<DATASET>/test2id_all.txt`` of every dataset both have (DB15K, MKG-W, MKG-Y).
+``benchmarks/<DATASET>/test2id_all.txt`` of every dataset both have (DB15K, MKG-W, MKG-Y).  ``--check-sampler``
+runs OpenKE's negative sampler from an AdaMF-MAT/NativE checkout and measures the parity coupling between a
+positive and its corrupting entities (``benchmarks/parity_sampler_check.py``).  ``--text-table`` takes the
+name-text table from a file instead of the feature cache; ``--sampler-library`` a prebuilt ``Base.so`` instead of
+``g++``.
 
-Exit codes: 0 parity reached (or categories identical), 1 a check failed (MRR gap above ``--tolerance`` or a
-category mismatch), 2 a usage error (missing/wrong ``--reference``, no ``g++``, unknown dataset directory), 130
+Exit codes: 0 parity reached (or categories identical, or no sampler coupling), 1 a check failed (MRR gap above
+``--tolerance``, a category mismatch, a coupled sampler, or the official program failed), 2 a usage error (missing/wrong ``--reference``, no ``g++``, unknown dataset directory), 130
 interrupted.
 """
 
@@ -41,16 +45,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -253,36 +255,45 @@ def _copy_checkout(reference: Path, dest: Path) -> None:
     shutil.copytree(reference, dest, ignore=ignore, symlinks=False)
 
 
+def install_sampler(dest: Path, sampler_library: Path | None = None) -> None:
+    """Put OpenKE's ``Base.so`` into ``dest/mmkgc/release``: a copy of ``sampler_library``, or built from
+    ``dest/mmkgc/base/Base.cpp`` with ``g++`` (the flags of the repositories' ``make.sh`` minus ``-march=native``).
+
+    :raises ParityError: ``sampler_library`` missing, no ``g++`` on the PATH, or the build fails (its output is in
+        the message).
+    """
+    release = dest / "mmkgc" / "release"
+    release.mkdir(exist_ok=True)
+    if sampler_library is not None:
+        if not Path(sampler_library).is_file():
+            raise ParityError(f"--sampler-library: {sampler_library} does not exist")
+        shutil.copy(sampler_library, release / "Base.so")
+        return
+    gxx = shutil.which("g++")
+    if gxx is None:
+        raise ParityError("g++ is not on the PATH: it is needed to build OpenKE's sampler (mmkgc/base/Base.cpp); "
+                          "install it or pass --sampler-library")
+    build = subprocess.run([gxx, "./base/Base.cpp", "-fPIC", "-shared", "-o", "./release/Base.so", "-pthread", "-O3"],
+                           cwd=dest / "mmkgc", capture_output=True, text=True)
+    if build.returncode != 0:
+        raise ParityError(f"building OpenKE's Base.so failed:\n{build.stderr[-2000:]}")
+
+
 def prepare_reference(method: str, reference: Path, workdir: Path, triples: Any,
                       tables: dict[str, torch.Tensor], sampler_library: Path | None = None) -> Path:
-    """Copy the checkout to ``workdir/reference``, build OpenKE's ``Base.so`` there and write the inputs.
+    """Copy the checkout to ``workdir/reference``, install OpenKE's ``Base.so`` there (:func:`install_sampler`;
+    AdaMF-MAT, NativE) and write the inputs in the official layout.
 
-    :param sampler_library: a ``Base.so`` already built from the same ``mmkgc/base/Base.cpp`` to use instead of
-        building one (for machines without ``g++``).
+    :param sampler_library: a ``Base.so`` built from the same ``mmkgc/base/Base.cpp`` (for machines without ``g++``).
     :returns: the directory to run the official entry point in.
-    :raises ParityError: no ``g++`` on the PATH and no ``sampler_library``, or the build fails (its output is in
-        the message).
+    :raises ParityError: see :func:`install_sampler`.
     """
     dest = workdir / "reference"
     if dest.exists():
         shutil.rmtree(dest)
     _copy_checkout(reference, dest)
-    if METHODS[method].openke and sampler_library is not None:
-        if not Path(sampler_library).is_file():
-            raise ParityError(f"--sampler-library: {sampler_library} does not exist")
-        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
-        shutil.copy(sampler_library, dest / "mmkgc" / "release" / "Base.so")
-    elif METHODS[method].openke:
-        gxx = shutil.which("g++")
-        if gxx is None:
-            raise ParityError("g++ is not on the PATH: it is needed to build OpenKE's sampler (mmkgc/base/Base.cpp); "
-                              "install it or pass --sampler-library")
-        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
-        build = subprocess.run([gxx, "./base/Base.cpp", "-fPIC", "-shared", "-o", "./release/Base.so", "-pthread",
-                                "-O3"], cwd=dest / "mmkgc", capture_output=True, text=True)
-        if build.returncode != 0:
-            raise ParityError(f"building OpenKE's Base.so failed:\n{build.stderr[-2000:]}")
     if METHODS[method].openke:
+        install_sampler(dest, sampler_library)
         write_openke_feature_pth(tables["visual"], dest / "embeddings" / "DB15K-visual.pth")
         write_openke_feature_pth(tables["textual"], dest / "embeddings" / "DB15K-textual.pth")
     else:
@@ -720,24 +731,12 @@ def check_sampler(method: str, reference: Path, out: Path, data_dir: Path, sampl
     """
     if not METHODS[method].openke:
         raise ParityError(f"--check-sampler: {method} does not use OpenKE's sampler (use adamf_mat or native)")
-    run_dir = out / method / "reference"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    dest = run_dir
-    _copy_checkout(reference, dest)
     check_split(reference, data_dir)
-    if sampler_library is not None:
-        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
-        shutil.copy(sampler_library, dest / "mmkgc" / "release" / "Base.so")
-    else:
-        gxx = shutil.which("g++")
-        if gxx is None:
-            raise ParityError("g++ is not on the PATH (needed to build OpenKE's sampler); pass --sampler-library")
-        (dest / "mmkgc" / "release").mkdir(exist_ok=True)
-        build = subprocess.run([gxx, "./base/Base.cpp", "-fPIC", "-shared", "-o", "./release/Base.so", "-pthread",
-                                "-O3"], cwd=dest / "mmkgc", capture_output=True, text=True)
-        if build.returncode != 0:
-            raise ParityError(f"building OpenKE's Base.so failed:\n{build.stderr[-2000:]}")
+    dest = out / method / "reference"
+    if dest.exists():
+        shutil.rmtree(dest)
+    _copy_checkout(reference, dest)
+    install_sampler(dest, sampler_library)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, str(HERE / "parity_sampler_check.py"), str(batches), str(negatives)],
                           cwd=dest, env=env, capture_output=True, text=True)
