@@ -98,7 +98,8 @@ def main() -> int:
                     log.close()
                     del running[config]
                     print(f"finished {config}: exit {proc.returncode}", flush=True)
-        (args.runs / "load.json").write_text(json.dumps(loads))
+        previous = json.loads((args.runs / "load.json").read_text()) if (args.runs / "load.json").is_file() else {}
+        (args.runs / "load.json").write_text(json.dumps({**previous, **loads}))
     elif (args.runs / "load.json").is_file():
         loads.update(json.loads((args.runs / "load.json").read_text()))
     rows = []
