@@ -24,7 +24,7 @@ from torch import nn
 
 from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
 from mmkgc.nn.adapters import build_adapter
-from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion
+from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, masked_softmax
 
 
 class FusedRepresentation(EntityRepresentation):
@@ -124,6 +124,56 @@ class FusedRepresentation(EntityRepresentation):
     def regularization_tensors(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [self.structure(ids)]
 
+    # ---------------------------------------------------------------- per-occurrence mixtures (training path)
+    def occurrence_weights(self, x: torch.Tensor, present: torch.Tensor, index: torch.Tensor,
+                           relation: torch.Tensor | None) -> torch.Tensor:
+        """Fusion weights ``β [P, M]`` of ``P`` occurrences of distinct entities without a gate.
+
+        ``x [U, M, D]``, ``present [U, M]`` are the components of the distinct entities; occurrence ``p`` is entity
+        ``index[p]`` under ``relation[p]``.  The relation-independent logits ``α_m wᵀtanh(x_m)`` are computed once
+        per distinct entity ``[U, M]``; only the temperature division and the softmax run per occurrence (``[P, M]``).
+        Equal to ``fusion(x[index], present[index], relation)[1]``.
+        """
+        base = self.fusion.base_logits(x)
+        logits = self.fusion.logits(None, relation, base=base.index_select(0, index))
+        return masked_softmax(logits, present.index_select(0, index))
+
+    def mixtures(self, x: torch.Tensor, present: torch.Tensor, index: torch.Tensor, relation: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused vectors of ``P`` occurrences as mixtures, without materialising them:
+        ``fused[p] = Σ_m β[p, m] X[j[p], m]``.
+
+        ``x [U, M, D]``, ``present [U, M]``: components of distinct entities; occurrence ``p`` is entity ``index[p]``
+        under ``relation[p]`` (``None`` for a relation-agnostic fusion).
+
+        * without a gate (AdaMF, NativE): ``X = x``, ``j = index``, ``β`` from :meth:`occurrence_weights`;
+        * with AFME's gate: the gate depends on (entity, relation), so it runs once per *distinct* pair
+          (``torch.unique`` over ``index * R + relation``): ``X [V, M, D]`` are the gated components of the ``V``
+          pairs and ``j`` maps occurrences to pairs.
+
+        :returns: ``(X [V, M, D], β [P, M], j [P])``.
+        """
+        if self.gate is None:
+            return x, self.occurrence_weights(x, present, index, relation), index
+        if relation is None:
+            raise ValueError("this fused representation depends on the relation: pass relation ids")
+        num_relations = self.gate.context.shape[0]
+        pairs, j = torch.unique(index * num_relations + relation, return_inverse=True)
+        ent, rel = pairs // num_relations, pairs % num_relations
+        xg, _ = self.gate(x.index_select(0, ent), None, rel)
+        pp = present.index_select(0, ent)
+        beta = masked_softmax(self.fusion.logits(xg, rel), pp)
+        return xg, beta.index_select(0, j), j
+
+
+def _mix(x: torch.Tensor, beta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``Σ_m beta[p, m] x[index[p], m]`` -> ``[P, D]`` for ``x [V, M, D]``, ``beta [P, M]``, ``index [P]``."""
+    rows = x.index_select(0, index)
+    out = rows[:, 0] * beta[:, :1]
+    for m in range(1, x.shape[1]):
+        out = out.addcmul(rows[:, m], beta[:, m:m + 1])
+    return out
+
 
 class _RelationTables:
     """All-entity fused tables per relation for one scoring session (LRU, bounded memory; 1 GiB by default).
@@ -200,6 +250,13 @@ class FusedKGEModel(KGEModel):
     def score_positives_and_negatives(
         self, positives: torch.Tensor, negative_entities: torch.Tensor, tail_corrupted: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`KGEModel.score_positives_and_negatives`, every entity fused for the relation of its triple.
+
+        The components ``[U, M, D]`` are computed once per distinct entity of the batch and every occurrence is a
+        mixture ``Σ_m β_m X_m`` (:meth:`FusedRepresentation.mixtures`); with a factorising scorer the negatives are
+        scored by :meth:`~mmkgc.nn.scorers.Scorer.match_gathered_mixture`, which never stores their ``[B K, D]``
+        fused vectors (RotatE, TransE-L1: a compiled CPU kernel).
+        """
         if not self.relation_aware:
             return super().score_positives_and_negatives(positives, negative_entities, tail_corrupted)
         b, k = negative_entities.shape
@@ -208,27 +265,20 @@ class FusedKGEModel(KGEModel):
         x, present = self.entities.components(unique)
         rel = positives[:, 1]
         rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
-        rep = self.entities
-        if rep.gate is None:
-            # NativE (temperature only): the tanh logits do not depend on the relation, so they are computed once
-            # per distinct entity; only the softmax temperature and the weighted sum run per occurrence.
-            base = rep.fusion.base_logits(x)
-            reps, _ = rep.fusion(x[inverse], present[inverse], rel_all, base=base[inverse])
-        else:
-            reps, _ = rep.fuse(x[inverse], present[inverse], rel_all)
-        h, t = reps[:b], reps[b:2 * b]
+        mix, beta, j = self.entities.mixtures(x, present, inverse, rel_all)
+        beta = beta.to(mix.dtype)
+        ht = _mix(mix, beta[:2 * b], j[:2 * b])
+        h, t = ht[:b], ht[b:]
         r = self.relations(rel)
         scorer = self.scorer
         if scorer.factorises:
             # every negative of positive b shares its relation: one (h, r) and one (r, t) query per positive,
-            # matched against the negatives' own (relation-fused) vectors
+            # matched against the negatives' own (relation-fused) mixtures
             queries = torch.cat([scorer.tail_query(h, r), scorer.head_query(r, t)])
             which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
-            e = reps[2 * b:]
-            neg = scorer.match_gathered(queries, which.reshape(-1), e,
-                                        torch.arange(e.shape[0], device=e.device))
+            neg = scorer.match_gathered_mixture(queries, which.reshape(-1), mix, beta[2 * b:], j[2 * b:])
             return scorer.match(queries[:b], t), neg.reshape(b, k)
-        e = reps[2 * b:].reshape(b, k, -1)
+        e = _mix(mix, beta[2 * b:], j[2 * b:]).reshape(b, k, -1)
         mask = tail_corrupted.unsqueeze(-1)
         neg_h = torch.where(mask, h.unsqueeze(1), e)
         neg_t = torch.where(mask, e, t.unsqueeze(1))

@@ -51,8 +51,9 @@ class ConcatFusion(nn.Module):
         return self.projection(x.flatten(-2)), None
 
 
-def _masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis restricted to ``present`` entries (absent ones get exactly 0).
+def masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis restricted to ``present`` entries (absent ones get exactly 0); ``logits`` and
+    ``present`` (bool) of the same shape ``[..., M]``.
 
     A row without any present entry (never produced by the representations, which always include structure)
     gets all-zero weights instead of NaN.
@@ -128,7 +129,7 @@ class TanhAttentionFusion(nn.Module):
             raise ValueError(f"TanhAttentionFusion expects {self.num_modalities} modalities, got {tuple(x.shape)}")
         if present is None:
             present = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-        weights = _masked_softmax(self.logits(x, relation, base), present)
+        weights = masked_softmax(self.logits(x, relation, base), present)
         return (weights.unsqueeze(-1) * x).sum(-2), weights
 
 

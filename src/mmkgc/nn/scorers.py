@@ -59,6 +59,7 @@ __all__ = [
     "complex_modulus",
     "complex_l1_distance",
     "gathered_l1_distance",
+    "gathered_mixture_l1_distance",
 ]
 
 Side = Literal["head", "tail"]
@@ -235,6 +236,122 @@ void mmkgc_gather_l1_grad(const float* Q, const int64_t* qi, const float* E, con
     }
   }
 }
+
+/* Gathered distances to mixtures (relation-conditioned fusion, negatives of a training batch):
+ *   out[p] = sum_k |Q[qi[p], k] - sum_m beta[p, m] X[ei[p], m, k]|
+ * with X of shape [U, M, w] (per distinct entity or (entity, relation) pair, M modality vectors) and the mixture
+ * weights beta [P, M] of each occurrence; the fused vector of an occurrence is never stored. */
+static inline void mmkgc_mix(const float* x, const float* b, int64_t M, int64_t w, int64_t k, float* v) {
+  float s = 0.0f;
+  for (int64_t m = 0; m < M; m++) s += b[m] * x[m * w + k];
+  *v = s;
+}
+
+void mmkgc_gather_mix_l1(const float* Q, const int64_t* qi, const float* X, const float* beta, const int64_t* ei,
+                         int64_t P, int64_t M, int64_t d, int cplx, float* out, int nthreads) {
+  const int64_t w = cplx ? 2 * d : d;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t p = 0; p < P; p++) {
+    const float* q = Q + qi[p] * w;
+    const float* x = X + ei[p] * M * w;
+    const float* b = beta + p * M;
+    float acc = 0.0f;
+    if (M == 2) {
+      const float b0 = b[0], b1 = b[1];
+      const float* x0 = x;
+      const float* x1 = x + w;
+      if (cplx) {
+#pragma omp simd reduction(+:acc)
+        for (int64_t k = 0; k < d; k++) {
+          const float dr = q[k] - (b0 * x0[k] + b1 * x1[k]);
+          const float di = q[d + k] - (b0 * x0[d + k] + b1 * x1[d + k]);
+          acc += sqrtf(dr * dr + di * di);
+        }
+      } else {
+#pragma omp simd reduction(+:acc)
+        for (int64_t k = 0; k < d; k++) acc += fabsf(q[k] - (b0 * x0[k] + b1 * x1[k]));
+      }
+    } else if (cplx) {
+      for (int64_t k = 0; k < d; k++) {
+        float er, ej;
+        mmkgc_mix(x, b, M, w, k, &er);
+        mmkgc_mix(x, b, M, w, d + k, &ej);
+        const float dr = q[k] - er, di = q[d + k] - ej;
+        acc += sqrtf(dr * dr + di * di);
+      }
+    } else {
+      for (int64_t k = 0; k < d; k++) {
+        float e;
+        mmkgc_mix(x, b, M, w, k, &e);
+        acc += fabsf(q[k] - e);
+      }
+    }
+    out[p] = acc;
+  }
+}
+
+/* Backward of mmkgc_gather_mix_l1 for upstream gradient g [P]: with s = g[p] * d out[p] / d diff (diff = q - e),
+ *   gQ[qi[p]] += s,   gbeta[p, m] = -<s, X[ei[p], m]>,   gX[ei[p], m] -= beta[p, m] s.
+ * gQ / gX may be NULL (not needed); they are accumulated serially (rows repeat across p), gbeta is written.
+ * s is scratch of 2 w floats. */
+void mmkgc_gather_mix_l1_grad(const float* Q, const int64_t* qi, const float* X, const float* beta,
+                              const int64_t* ei, const float* g, int64_t P, int64_t M, int64_t d, int cplx,
+                              float* gQ, float* gX, float* gbeta, float* s) {
+  const int64_t w = cplx ? 2 * d : d;
+  float* e = s + w;
+  for (int64_t p = 0; p < P; p++) {
+    const float* q = Q + qi[p] * w;
+    const float* x = X + ei[p] * M * w;
+    const float* b = beta + p * M;
+    const float gp = g[p];
+    {
+      const float b0 = b[0];
+#pragma omp simd
+      for (int64_t k = 0; k < w; k++) e[k] = q[k] - b0 * x[k];
+    }
+    for (int64_t m = 1; m < M; m++) {
+      const float bm = b[m];
+      const float* xm = x + m * w;
+#pragma omp simd
+      for (int64_t k = 0; k < w; k++) e[k] -= bm * xm[k];
+    }
+    /* e now holds diff = q - sum_m b_m x_m */
+    if (cplx) {
+#pragma omp simd
+      for (int64_t k = 0; k < d; k++) {
+        const float dr = e[k], di = e[d + k];
+        const float mod = sqrtf(dr * dr + di * di);
+        const float scale = mod > 0.0f ? gp / mod : 0.0f;  /* zero subgradient at the origin */
+        s[k] = scale * dr;
+        s[d + k] = scale * di;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < d; k++) {
+        const float diff = e[k];
+        s[k] = diff > 0.0f ? gp : (diff < 0.0f ? -gp : 0.0f);
+      }
+    }
+    if (gQ) {
+      float* gq = gQ + qi[p] * w;
+#pragma omp simd
+      for (int64_t k = 0; k < w; k++) gq[k] += s[k];
+    }
+    for (int64_t m = 0; m < M; m++) {
+      const float* xm = x + m * w;
+      float dot = 0.0f;
+#pragma omp simd reduction(+:dot)
+      for (int64_t k = 0; k < w; k++) dot += s[k] * xm[k];
+      gbeta[p * M + m] = -dot;
+      if (gX) {
+        float* gx = gX + (ei[p] * M + m) * w;
+        const float bm = b[m];
+#pragma omp simd
+        for (int64_t k = 0; k < w; k++) gx[k] -= bm * s[k];
+      }
+    }
+  }
+}
 """
 
 # Flag sets tried in order; the first that compiles wins.
@@ -339,6 +456,12 @@ def _build_kernels() -> ctypes.CDLL | None:
         lib.mmkgc_gather_l1_grad.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                                                       ctypes.c_void_p, ctypes.c_int]
         lib.mmkgc_gather_l1_grad.restype = None
+        lib.mmkgc_gather_mix_l1.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        lib.mmkgc_gather_mix_l1.restype = None
+        lib.mmkgc_gather_mix_l1_grad.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [
+            ctypes.c_int] + [ctypes.c_void_p] * 4
+        lib.mmkgc_gather_mix_l1_grad.restype = None
         _kernel_state["build_seconds"] = time.perf_counter() - start
         _kernel_state["path"] = str(library)
         return lib
@@ -473,6 +596,78 @@ def gathered_l1_distance(queries: torch.Tensor, query_index: torch.Tensor, entit
         return _GatheredL1.apply(queries, query_index, entities, entity_index, complex_layout)
     q = queries.index_select(0, query_index)
     e = entities.index_select(0, entity_index)
+    if complex_layout:
+        return complex_l1_distance(q, e)
+    return (q - e).abs().sum(-1)
+
+
+class _GatheredMixtureL1(torch.autograd.Function):
+    """``out[p] = sum_k |Q[qi[p]] - sum_m beta[p, m] X[ei[p], m]|_k`` with the compiled kernels (CPU, float32);
+    first-order gradients to ``Q``, ``X`` and ``beta`` (double backward raises)."""
+
+    @staticmethod
+    def forward(ctx, queries, query_index, mixtures, weights, entity_index, complex_layout: bool):
+        q = queries.detach().contiguous()
+        x = mixtures.detach().contiguous()
+        beta = weights.detach().contiguous()
+        qi = query_index.contiguous()
+        ei = entity_index.contiguous()
+        width = q.shape[1]
+        d = width // 2 if complex_layout else width
+        out = torch.empty(qi.shape[0], dtype=torch.float32)
+        _kernels().mmkgc_gather_mix_l1(q.data_ptr(), qi.data_ptr(), x.data_ptr(), beta.data_ptr(), ei.data_ptr(),
+                                       qi.shape[0], x.shape[1], d, int(complex_layout), out.data_ptr(),
+                                       torch.get_num_threads())
+        ctx.save_for_backward(q, qi, x, beta, ei)
+        ctx.complex_layout = complex_layout
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, qi, x, beta, ei = ctx.saved_tensors
+        width = q.shape[1]
+        d = width // 2 if ctx.complex_layout else width
+        g = grad.contiguous().to(torch.float32)
+        grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[2] else None
+        grad_beta = torch.empty_like(beta)
+        scratch = torch.empty(2 * width, dtype=torch.float32)
+        _kernels().mmkgc_gather_mix_l1_grad(
+            q.data_ptr(), qi.data_ptr(), x.data_ptr(), beta.data_ptr(), ei.data_ptr(), g.data_ptr(), qi.shape[0],
+            x.shape[1], d, int(ctx.complex_layout), 0 if grad_q is None else grad_q.data_ptr(),
+            0 if grad_x is None else grad_x.data_ptr(), grad_beta.data_ptr(), scratch.data_ptr())
+        return grad_q, None, grad_x, (grad_beta if ctx.needs_input_grad[3] else None), None, None
+
+
+def gathered_mixture_l1_distance(queries: torch.Tensor, query_index: torch.Tensor, mixtures: torch.Tensor,
+                                 weights: torch.Tensor, entity_index: torch.Tensor,
+                                 complex_layout: bool) -> torch.Tensor:
+    """``sum_k |queries[query_index[p]] - sum_m weights[p, m] mixtures[entity_index[p], m]|_k`` -> ``[P]``.
+
+    :func:`gathered_l1_distance` for entity vectors that are per-occurrence mixtures of ``M`` component vectors
+    (the relation-conditioned fusion of NativE / AFME, ``e = sum_m beta_m x_m``): only the components of each
+    distinct entity (``[U, M, D]``) and the weights of each occurrence (``[P, M]``) are stored, never the ``[P, D]``
+    fused vectors.  Compiled CPU kernels (float32, first-order gradients to all three float inputs) when available;
+    otherwise (GPU, float64, ``MMKGC_NO_COMPILE=1``, no compiler) the same value from gathered PyTorch ops.
+
+    :param queries: float ``[Mq, D]``; ``mixtures``: float ``[U, M, D]``; ``weights``: float ``[P, M]``;
+        indices: int64 ``[P]``.
+    :param complex_layout: rows are ``[re | im]`` complex vectors (moduli summed) instead of real vectors.
+    :raises ValueError: inconsistent shapes.
+    """
+    if mixtures.ndim != 3 or weights.ndim != 2 or weights.shape != (entity_index.shape[0], mixtures.shape[1]):
+        raise ValueError(f"gathered_mixture_l1_distance: mixtures [U, M, D] and weights [P, M] expected, got "
+                         f"{tuple(mixtures.shape)}, {tuple(weights.shape)} for {entity_index.shape[0]} indices")
+    kernel = (_kernels() is not None
+              and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (queries, mixtures, weights)))
+    if kernel:
+        return _GatheredMixtureL1.apply(queries, query_index, mixtures, weights, entity_index, complex_layout)
+    q = queries.index_select(0, query_index)
+    x = mixtures.index_select(0, entity_index)
+    e = x[:, 0] * weights[:, :1]
+    for m in range(1, x.shape[1]):
+        e = e.addcmul(x[:, m], weights[:, m:m + 1])
     if complex_layout:
         return complex_l1_distance(q, e)
     return (q - e).abs().sum(-1)
@@ -681,6 +876,15 @@ class Scorer(nn.Module, abc.ABC):
         ``[M, De]``, ``[U, De]`` and int64 indices ``[P]``; distance scorers override it with a fused kernel."""
         return self.match(queries.index_select(0, query_index), entities.index_select(0, entity_index))
 
+    def match_gathered_mixture(self, queries: torch.Tensor, query_index: torch.Tensor, mixtures: torch.Tensor,
+                               weights: torch.Tensor, entity_index: torch.Tensor) -> torch.Tensor:
+        """``match(queries[query_index], e) -> [P]`` with ``e[p] = sum_m weights[p, m] mixtures[entity_index[p], m]``
+        (``mixtures [U, M, De]``, ``weights [P, M]``): scoring the negatives of a relation-conditioned fusion.
+        Distance scorers override it with a kernel that never materialises ``e``."""
+        x = mixtures.index_select(0, entity_index)
+        e = (weights.unsqueeze(-1).to(x.dtype) * x).sum(-2)
+        return self.match(queries.index_select(0, query_index), e)
+
     @property
     def factorises(self) -> bool:
         """Whether :meth:`tail_query` / :meth:`head_query` / :meth:`match` are implemented."""
@@ -801,6 +1005,12 @@ class TransE(Scorer):
             return self._bias() - gathered_l1_distance(queries, query_index, self._norm(entities), entity_index,
                                                        False)
         return super().match_gathered(queries, query_index, entities, entity_index)
+
+    def match_gathered_mixture(self, queries, query_index, mixtures, weights, entity_index):
+        if self.p == 1 and not self.normalize:
+            return self._bias() - gathered_mixture_l1_distance(queries, query_index, mixtures, weights,
+                                                               entity_index, False)
+        return super().match_gathered_mixture(queries, query_index, mixtures, weights, entity_index)
 
     def _score_t(self, h, r, t_all):
         return self._all(self.tail_query(h, r), t_all)
@@ -947,6 +1157,9 @@ class RotatE(Scorer):
 
     def match_gathered(self, queries, query_index, entities, entity_index):
         return self.margin - gathered_l1_distance(queries, query_index, entities, entity_index, True)
+
+    def match_gathered_mixture(self, queries, query_index, mixtures, weights, entity_index):
+        return self.margin - gathered_mixture_l1_distance(queries, query_index, mixtures, weights, entity_index, True)
 
     def _score_t(self, h, r, t_all):
         return pairwise_complex_l1_distance(self.tail_query(h, r), t_all, self.margin, self._cache)
