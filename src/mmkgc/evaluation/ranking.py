@@ -531,7 +531,9 @@ def compute_ranks(
         the module docstring).  It is called under ``torch.no_grad()`` and may return CUDA tensors; ranking
         then runs on that device.  The returned tensor is only read, never modified.  A score function with
         ``query_order = "relation"`` receives the queries sorted by relation (stable); results are reported in
-        the given order.
+        the given order.  A score function with an attribute ``score_sides(queries, sides) -> {side: [B, N]}`` is
+        asked for all sides of a chunk at once (chunks then hold ``len(sides)`` score matrices within the memory
+        bound); it must return what ``score_fn(queries, side)`` returns for each side.
     :param queries: int64 ``[Q, 3]`` (h, r, t) triples whose head/tail are ranked.
     :param filter_index: known answers to remove (usually ``TripleSet.filter_index`` over train+valid+test);
         ``None`` gives raw ranks.
@@ -586,28 +588,42 @@ def compute_ranks(
         bar.start()
     width: int | None = None
     element_size = 4
+    # a score function that scores both sides of a chunk in one pass (``score_sides``, relation-conditioned fusion:
+    # one fused table per relation for both sides) holds the scores of all sides at once: chunks are sized for that
+    score_sides = getattr(score_fn, "score_sides", None) if len(sides) > 1 else None
     try:
-        for side in sides:
-            column = TARGET_COLUMN[side]
-            start = 0
-            while start < num_queries:
-                if batch_size is not None:
-                    size = int(batch_size)
-                elif width is None and num_entities is None:
-                    size = 1
-                else:
-                    size = batch_size_for_memory(
-                        width if width is not None else int(num_entities),
-                        max_memory_bytes if max_memory_bytes is not None else DEFAULT_MAX_MEMORY_BYTES,
-                        element_size,
-                    )
-                stop = min(num_queries, start + size)
-                chunk_cpu = queries_cpu[start:stop]
-                chunk = queries[start:stop]
-                if device is not None:
-                    chunk = chunk.to(device)
+        # chunks outermost, sides innermost: a score function whose cost depends on the chunk (relation-conditioned
+        # fusion builds the fused table of each relation in the chunk) sees each chunk once for both sides
+        start = 0
+        while start < num_queries:
+            if batch_size is not None:
+                size = int(batch_size)
+            elif width is None and num_entities is None:
+                size = 1
+            else:
+                size = batch_size_for_memory(
+                    width if width is not None else int(num_entities),
+                    max_memory_bytes if max_memory_bytes is not None else DEFAULT_MAX_MEMORY_BYTES,
+                    element_size,
+                )
+                if score_sides is not None:
+                    size = max(1, size // len(sides))
+            stop = min(num_queries, start + size)
+            chunk_cpu = queries_cpu[start:stop]
+            chunk = queries[start:stop]
+            if device is not None:
+                chunk = chunk.to(device)
+            both = None
+            if score_sides is not None:
                 with torch.no_grad():
-                    scores = score_fn(chunk, side)
+                    both = score_sides(chunk, sides)
+            for side in sides:
+                column = TARGET_COLUMN[side]
+                if both is not None:
+                    scores = both.pop(side)
+                else:
+                    with torch.no_grad():
+                        scores = score_fn(chunk, side)
                 if not isinstance(scores, torch.Tensor):
                     raise ValueError(f"score_fn must return a torch.Tensor, got {type(scores).__name__}")
                 if scores.ndim != 2 or scores.shape[0] != stop - start:
@@ -648,7 +664,7 @@ def compute_ranks(
                 del scores
                 if bar is not None:
                     bar.advance(task, stop - start)
-                start = stop
+            start = stop
     finally:
         if bar is not None:
             bar.stop()

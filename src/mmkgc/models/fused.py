@@ -124,6 +124,36 @@ class FusedRepresentation(EntityRepresentation):
     def regularization_tensors(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [self.structure(ids)]
 
+    def relation_table(self, x: torch.Tensor, present: torch.Tensor, relation: int,
+                       base: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused vectors of all rows of ``x [N, M, D]`` (mask ``present [N, M]``) under one relation -> ``[N, D]``;
+        equal to ``fuse(x, present, full(relation))[0]`` (the all-entity table of the evaluator).
+
+        The relation's gate context is folded into the gate's first matrix (``W (x ⊙ c_r) = (W diag c_r) x``), so no
+        ``x ⊙ c_r`` copy is made; ``base`` (:meth:`TanhAttentionFusion.base_logits` of ``x``) is reused without a gate.
+        Without autograd the intermediate ``[N, M, D]`` tensors are updated in place.
+        """
+        n = x.shape[0]
+        rel = torch.full((n,), int(relation), dtype=torch.long, device=x.device)
+        inplace = not torch.is_grad_enabled()
+        if self.gate is not None:
+            c = self.gate.context[int(relation)].to(x.dtype)
+            lin = self.gate.linear
+            first, rest = (lin, None) if isinstance(lin, nn.Linear) else (lin[0], lin[1])
+            z = nn.functional.linear(x, first.weight.to(x.dtype) * c,
+                                     None if first.bias is None else first.bias.to(x.dtype))
+            if rest is not None:
+                z = rest(z)
+            x = z.sigmoid_().mul_(x) if inplace else torch.sigmoid(z) * x
+            logits = self.fusion.logits(x, rel)
+        else:
+            logits = self.fusion.logits(x, rel, base=base)
+        beta = masked_softmax(logits, present).to(x.dtype)
+        out = x[:, 0] * beta[:, :1]
+        for m in range(1, x.shape[1]):
+            out = out.addcmul_(x[:, m], beta[:, m:m + 1]) if inplace else out.addcmul(x[:, m], beta[:, m:m + 1])
+        return out
+
     # ---------------------------------------------------------------- per-occurrence mixtures (training path)
     def occurrence_weights(self, x: torch.Tensor, present: torch.Tensor, index: torch.Tensor,
                            relation: torch.Tensor | None) -> torch.Tensor:
@@ -176,12 +206,16 @@ def _mix(x: torch.Tensor, beta: torch.Tensor, index: torch.Tensor) -> torch.Tens
 
 
 class _RelationTables:
-    """All-entity fused tables per relation for one scoring session (LRU, bounded memory; 1 GiB by default).
+    """All-entity fused tables per relation for one scoring session (LRU, bounded memory).
 
-    :param max_bytes: memory for cached ``[N, D]`` tables (at least one is always kept).
+    The evaluator sorts queries by relation and scores both sides of a chunk together
+    (:meth:`FusedKGEModel.score_sides`), so a relation's table is needed again only by the next chunk: two tables
+    are kept by default.
+
+    :param max_bytes: memory for cached ``[N, D]`` tables (at least one is always kept; default: two tables).
     """
 
-    def __init__(self, rep: FusedRepresentation, max_bytes: int = 1024 * 2 ** 20, detach: bool = True):
+    def __init__(self, rep: FusedRepresentation, max_bytes: int | None = None, detach: bool = True):
         self.rep = rep
         x, present = rep.components(None)
         self.x = x.detach().float() if detach else x
@@ -190,18 +224,14 @@ class _RelationTables:
         # without a gate the attention logits only change by the temperature: compute tanh/confidence once
         self.base = rep.fusion.base_logits(self.x) if rep.gate is None else None
         per = self.x.shape[0] * self.x.shape[-1] * 4
-        self.capacity = max(1, max_bytes // max(per, 1)) if detach else 1
+        self.capacity = (2 if max_bytes is None else max(1, max_bytes // max(per, 1))) if detach else 1
         self.cache: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     def table(self, r: int) -> torch.Tensor:
         if r in self.cache:
             self.cache.move_to_end(r)
             return self.cache[r]
-        rel = torch.full((self.x.shape[0],), r, dtype=torch.long, device=self.x.device)
-        if self.base is not None:
-            out = self.rep.fusion(self.x, self.present, rel, base=self.base)[0]
-        else:
-            out = self.rep.fuse(self.x, self.present, rel)[0]
+        out = self.rep.relation_table(self.x, self.present, r, base=self.base)
         if self.detach:
             out = out.detach()
         self.cache[r] = out
@@ -342,20 +372,65 @@ class FusedKGEModel(KGEModel):
     @torch.no_grad()
     def scoring_context(self):
         """With a relation-aware fusion: the per-modality vectors of all entities, computed once, and the fused table
-        of each relation computed once per session (:class:`_RelationTables`, LRU-cached, 1 GiB)."""
+        of each relation computed on demand (:class:`_RelationTables`, the last two kept)."""
         if not self.relation_aware:
             return super().scoring_context()
         tables = _RelationTables(self.entities)
         return tables, tables.x.device
 
+    def score_sides(self, queries: torch.Tensor, sides: Sequence[str], tables: "_RelationTables"
+                    ) -> dict[str, torch.Tensor]:
+        """All-entity scores of ``queries [B, 3]`` for each of ``sides`` (``"head"``, ``"tail"``) -> ``{side: [B, N]}``,
+        building the fused table of each distinct relation of the queries once for all sides (evaluation loops over
+        the relations of the chunk; equal to :meth:`score_t` / :meth:`score_h`).
+
+        :raises ValueError: an unknown side.
+        """
+        for side in sides:
+            if side not in ("head", "tail"):
+                raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+        rels = queries[:, 1]
+        out: dict[str, torch.Tensor] = {}
+        for r in torch.unique(rels).tolist():
+            idx = (rels == r).nonzero(as_tuple=True)[0]
+            q = queries.index_select(0, idx)
+            ents = tables.table(int(r))
+            rv = self.relations(q[:, 1])
+            for side in sides:
+                if side == "tail":
+                    part = self.scorer.score_t(ents.index_select(0, q[:, 0]), rv, ents)
+                else:
+                    part = self.scorer.score_h(ents, rv, ents.index_select(0, q[:, 2]))
+                if side not in out:
+                    out[side] = part.new_empty((queries.shape[0], part.shape[1]))
+                out[side].index_copy_(0, idx, part)
+        return out
+
     @torch.no_grad()
     def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
         """As :meth:`KGEModel.score_fn`; with a relation-aware fusion the evaluator is asked to group queries by
-        relation (``fn.query_order``), so each relation's fused table is built once."""
-        fn = super().score_fn()
-        if self.relation_aware:
-            fn.query_order = "relation"  # type: ignore[attr-defined]
-        return fn
+        relation (``fn.query_order``) and to score both sides of a chunk together (``fn.score_sides``), so each
+        relation's fused table is built once per evaluation."""
+        if not self.relation_aware:
+            return super().score_fn()
+        tables, device = self.scoring_context()
+
+        def score_sides(queries: torch.Tensor, sides: Sequence[str]) -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                return self.score_sides(queries.to(device), tuple(sides), tables)
+
+        def single(queries: torch.Tensor, side: str) -> torch.Tensor:
+            return score_sides(queries, (side,))[side]
+
+        def candidates_fn(queries: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.score_candidates(queries.to(device), side, candidates.to(device), tables)
+
+        single.device = device  # type: ignore[attr-defined]
+        single.score_candidates = candidates_fn  # type: ignore[attr-defined]
+        single.score_sides = score_sides  # type: ignore[attr-defined]
+        single.query_order = "relation"  # type: ignore[attr-defined]
+        return single
 
     def one_to_n_loss(self, queries, predict_tail, labels, loss_fn):
         if not self.relation_aware:

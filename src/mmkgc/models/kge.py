@@ -299,6 +299,33 @@ class KGEModel(nn.Module):
         neg_t = torch.where(mask, e, t.unsqueeze(1))
         return scorer.score_hrt(h, r, t), scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
 
+    def l2_regularization(self, positives: torch.Tensor, negative_entities: torch.Tensor,
+                          tail_corrupted: torch.Tensor) -> torch.Tensor:
+        """OpenKE's / NativE's L2 term of a negative-sampling batch (``RotatE.regularization`` in OpenKE, applied by
+        ``NegativeSampling`` to every row of the batch, positives and negatives):
+        ``(mean(h²) + mean(t²) + mean(r²)) / 3`` where ``h``, ``t``, ``r`` stack the *structural* embeddings
+        (:meth:`EntityRepresentation.regularization_tensors`) of the heads, tails and relations of all ``B (1 + K)``
+        rows.
+
+        Nothing of shape ``[B (1 + K), D]`` is built: each distinct entity's squared norm is weighted by how often it
+        is a head or a tail of a row (a positive's head is also the head of its tail-corrupted negatives), and every
+        row of positive ``b`` has relation ``r_b``, so ``mean(r²)`` is the mean over the positives.
+
+        :param positives: int64 ``[B, 3]``; ``negative_entities``: int64 ``[B, K]``; ``tail_corrupted``: bool ``[B, K]``.
+        :returns: scalar (unweighted; the trainer multiplies by ``training.regularizer_weight``).
+        """
+        b, k = negative_entities.shape
+        ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        rows = torch.cat([t.reshape(unique.shape[0], -1) for t in self.entities.regularization_tensors(unique)], 1)
+        squares = rows.float().pow(2).sum(-1)  # [U]
+        n_tail = tail_corrupted.sum(1).to(squares.dtype)  # negatives of b that keep its head
+        weights = torch.cat([1.0 + n_tail, 1.0 + (k - n_tail), squares.new_ones(b * k)])
+        per_row = squares.new_zeros(unique.shape[0]).index_add_(0, inverse, weights)
+        entity_mean = (per_row * squares).sum() / (b * (1 + k) * rows.shape[1])  # mean(h²) + mean(t²)
+        relation_mean = self.relations(positives[:, 1]).float().pow(2).mean()
+        return (entity_mean + relation_mean) / 3.0
+
     # -------------------------------------------------------------------------------- training hooks
     def negative_sampling_loss(
         self, positives: torch.Tensor, negative_entities: torch.Tensor, tail_corrupted: torch.Tensor,

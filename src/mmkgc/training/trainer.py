@@ -316,7 +316,11 @@ class Trainer:
             loss, terms = self.model.negative_sampling_loss(
                 positives, entities.to(self.device), tail_corrupted.to(self.device), self.loss)
         self._terms = terms
-        if self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
+        if self.cfg.regularizer == "l2" and self.cfg.regularizer_weight > 0:
+            # OpenKE / NativE: structural h, t, r of every row of the batch (positives and negatives)
+            loss = loss + self.cfg.regularizer_weight * self.model.l2_regularization(
+                positives, entities.to(self.device), tail_corrupted.to(self.device))
+        elif self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
             h, r, t = self.model.embed(positives)
             loss = loss + self._regularization([h, t], r)
         return loss
