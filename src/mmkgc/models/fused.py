@@ -24,7 +24,7 @@ from torch import nn
 
 from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
 from mmkgc.nn.adapters import build_adapter
-from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, masked_softmax
+from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, gated_pair_logits, masked_softmax
 
 
 class FusedRepresentation(EntityRepresentation):
@@ -190,9 +190,9 @@ class FusedRepresentation(EntityRepresentation):
         num_relations = self.gate.context.shape[0]
         pairs, j = torch.unique(index * num_relations + relation, return_inverse=True)
         ent, rel = pairs // num_relations, pairs % num_relations
-        xg, _ = self.gate(x.index_select(0, ent), None, rel)
+        xg, base = gated_pair_logits(self.gate, self.fusion, x, ent, rel)
         pp = present.index_select(0, ent)
-        beta = masked_softmax(self.fusion.logits(xg, rel), pp)
+        beta = masked_softmax(self.fusion.logits(None, rel, base=base), pp)
         return xg, beta.index_select(0, j), j
 
 

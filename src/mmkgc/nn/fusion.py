@@ -171,6 +171,94 @@ class RelationGate(nn.Module):
         return gate * x, gate.mean(-1)
 
 
+class _GatedPairs(torch.autograd.Function):
+    """Forward/backward of AFME's gate and the relation-independent attention logits for distinct (entity, relation)
+    pairs, from the components of distinct entities, in a handful of passes over ``[V, M, D]``.
+
+    Inputs: ``x [U, M, D]``, ``ent [V]``, ``rel [V]``, ``context [R, D]``, ``first [k, D]`` (the gate's first matrix),
+    ``second [D, k]`` or ``None`` (low rank), ``bias [D]``, ``w [D]``, ``l2`` (bool).
+    Outputs: gated components ``x̃ [V, M, D]`` and ``logits [V, M] = α_m wᵀtanh(x̃_m)`` (``α = ‖x̃_m‖₂`` with ``l2``).
+    Saved for the backward: the gate values ``γ [V, M, D]``, ``x̃``, the low-rank activations and small tensors; the
+    gathered ``x[ent]`` and ``x[ent] ⊙ c_r`` are recomputed.  First-order gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ent, rel, context, first, second, bias, w, l2: bool):
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        c = context.index_select(0, rel).unsqueeze(1)  # [V, 1, D]
+        xe = x.index_select(0, ent)
+        a = (xe * c).view(v * m, d)
+        h = a @ first.t()  # [T, k] (k = D for the full gate)
+        del a
+        z = torch.addmm(bias, h, second.t()) if second is not None else h.add_(bias)
+        gamma = z.sigmoid_().view(v, m, d)
+        xt = gamma * xe
+        del xe
+        th = torch.tanh(xt)
+        t = (th.view(v * m, d) @ w).view(v, m)
+        norm = torch.linalg.vector_norm(xt, dim=-1) if l2 else None
+        logits = t * norm if l2 else t
+        ctx.save_for_backward(x, ent, rel, context, first, second, w, gamma, xt, th,
+                              h if second is not None else None, t, norm)
+        ctx.l2 = l2
+        return xt, logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_xt, g_logits):
+        x, ent, rel, context, first, second, w, gamma, xt, th, h, t, norm = ctx.saved_tensors
+        v, m, d = gamma.shape
+        g = torch.zeros_like(xt) if g_xt is None else g_xt.clone()
+        g_w = None
+        if g_logits is not None:
+            g_t = g_logits * norm if ctx.l2 else g_logits  # [V, M]
+            # d logits / d x̃ = α w ⊙ (1 - tanh²)  (+ t x̃ / ‖x̃‖ with l2)
+            g_w = th.view(v * m, d).t() @ g_t.reshape(-1)  # dL/dw = Σ g_t tanh(x̃)
+            g.addcmul_((1.0 - th * th).mul_(w), g_t.unsqueeze(-1))
+            if ctx.l2:
+                scale = torch.where(norm > 0, g_logits * t / norm.clamp_min(torch.finfo(norm.dtype).tiny),
+                                    torch.zeros_like(norm))
+                g.addcmul_(xt, scale.unsqueeze(-1))
+        xe = x.index_select(0, ent)
+        c = context.index_select(0, rel).unsqueeze(1)
+        g_xe = g * gamma  # through x̃ = γ ⊙ x
+        g_z = g.mul_(xe).mul_(gamma).mul_(1.0 - gamma).view(v * m, d)  # σ' = γ (1 - γ)
+        g_bias = g_z.sum(0)
+        if second is not None:
+            g_second = g_z.t() @ h  # [D, k]
+            g_h = g_z @ second  # [T, k]
+        else:
+            g_second, g_h = None, g_z
+        a = (xe * c).view(v * m, d)
+        g_first = g_h.t() @ a
+        g_a = (g_h @ first).view(v, m, d)
+        g_xe.addcmul_(g_a, c)
+        g_context = torch.zeros_like(context).index_add_(0, rel, (g_a * xe).sum(1))
+        g_x = torch.zeros_like(x).index_add_(0, ent, g_xe)
+        return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
+
+
+def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
+                      relation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AFME's gate and the relation-independent attention logits of distinct (entity, relation) pairs.
+
+    Equal to ``x̃ = gate(x[entity], None, relation)[0]`` and ``fusion.base_logits(x̃)`` (methods.md §5.2), computed
+    by one autograd node that keeps the gate values and ``x̃`` but none of the other ``[V, M, D]`` intermediates
+    (the training path of :meth:`mmkgc.models.fused.FusedRepresentation.mixtures`).
+
+    :param x: components of distinct entities ``[U, M, D]``; ``entity``, ``relation``: int64 ``[V]`` (pair ``v`` is
+        entity ``x[entity[v]]`` under ``relation[v]``).
+    :returns: ``(x̃ [V, M, D], logits [V, M])``.
+    """
+    lin = gate.linear
+    first, second = (lin, None) if isinstance(lin, nn.Linear) else (lin[0], lin[1])
+    dt = x.dtype
+    bias = (first if second is None else second).bias.to(dt)
+    return _GatedPairs.apply(x, entity, relation, gate.context.to(dt), first.weight.to(dt),
+                             None if second is None else second.weight.to(dt), bias, fusion.w.to(dt),
+                             fusion.confidence == "l2")
+
+
 class ModalitySelfAttention(nn.Module):
     """Multi-layer multi-head self-attention over the sequence of modality tokens of each entity (AFME MoIEn,
     methods.md §5.2; the seed sample's length-1 "attention" is not reproduced): per layer
