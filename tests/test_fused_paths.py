@@ -266,3 +266,18 @@ def test_l2_regularizer_is_openke_over_all_rows_of_structural_embeddings(variant
         total = trainer._negative_sampling_step(positives, negatives, tail)
         main, _ = model.negative_sampling_loss(positives, negatives, tail, trainer.loss)
         assert torch.allclose(total, main + 0.5 * reference_l2(model, positives, negatives, tail), rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["afme_full", "afme_low_rank"])
+def test_gate_backward_in_chunks_equals_one_chunk(variant, monkeypatch):
+    from mmkgc.nn.fusion import _GatedPairs
+
+    _, data, model = build(variant)
+    positives, negatives, tail = batch(data, b=12, k=6)
+    results = []
+    for chunk in (1 << 20, 5):
+        monkeypatch.setattr(_GatedPairs, "CHUNK", chunk)
+        pos, neg = model.score_positives_and_negatives(positives, negatives, tail)
+        results.append(grads(model, pos, neg, torch.ones(12), torch.linspace(-1, 1, 72).reshape(12, 6)))
+    for name, grad in results[0].items():
+        assert torch.allclose(results[1][name], grad, atol=1e-6), name

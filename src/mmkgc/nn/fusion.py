@@ -178,9 +178,12 @@ class _GatedPairs(torch.autograd.Function):
     Inputs: ``x [U, M, D]``, ``ent [V]``, ``rel [V]``, ``context [R, D]``, ``first [k, D]`` (the gate's first matrix),
     ``second [D, k]`` or ``None`` (low rank), ``bias [D]``, ``w [D]``, ``l2`` (bool).
     Outputs: gated components ``x̃ [V, M, D]`` and ``logits [V, M] = α_m wᵀtanh(x̃_m)`` (``α = ‖x̃_m‖₂`` with ``l2``).
-    Saved for the backward: the gate values ``γ [V, M, D]``, ``x̃``, the low-rank activations and small tensors; the
-    gathered ``x[ent]`` and ``x[ent] ⊙ c_r`` are recomputed.  First-order gradients only.
+    Saved for the backward: the gate values ``γ [V, M, D]``, ``x̃``, the low-rank activations and small tensors;
+    ``tanh(x̃)``, ``x[ent]`` and ``x[ent] ⊙ c_r`` are recomputed in the backward, which runs over chunks of
+    :attr:`CHUNK` pairs so that its temporaries stay small.  First-order gradients only.
     """
+
+    CHUNK = 4096
 
     @staticmethod
     def forward(ctx, x, ent, rel, context, first, second, bias, w, l2: bool):
@@ -189,52 +192,61 @@ class _GatedPairs(torch.autograd.Function):
         xe = x.index_select(0, ent)
         a = (xe * c).view(v * m, d)
         h = a @ first.t()  # [T, k] (k = D for the full gate)
-        del a
+        del a, c
         z = torch.addmm(bias, h, second.t()) if second is not None else h.add_(bias)
         gamma = z.sigmoid_().view(v, m, d)
-        xt = gamma * xe
-        del xe
-        th = torch.tanh(xt)
-        t = (th.view(v * m, d) @ w).view(v, m)
+        xt = xe.mul_(gamma)  # xe is not needed any more: reuse its memory
+        t = (torch.tanh(xt).view(v * m, d) @ w).view(v, m)
         norm = torch.linalg.vector_norm(xt, dim=-1) if l2 else None
         logits = t * norm if l2 else t
-        ctx.save_for_backward(x, ent, rel, context, first, second, w, gamma, xt, th,
-                              h if second is not None else None, t, norm)
+        ctx.save_for_backward(x, ent, rel, context, first, second, w, gamma, xt,
+                              h.view(v, m, -1) if second is not None else None, t, norm)
         ctx.l2 = l2
         return xt, logits
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_xt, g_logits):
-        x, ent, rel, context, first, second, w, gamma, xt, th, h, t, norm = ctx.saved_tensors
+        x, ent, rel, context, first, second, w, gamma, xt, h, t, norm = ctx.saved_tensors
         v, m, d = gamma.shape
-        g = torch.zeros_like(xt) if g_xt is None else g_xt.clone()
-        g_w = None
-        if g_logits is not None:
-            g_t = g_logits * norm if ctx.l2 else g_logits  # [V, M]
-            # d logits / d x̃ = α w ⊙ (1 - tanh²)  (+ t x̃ / ‖x̃‖ with l2)
-            g_w = th.view(v * m, d).t() @ g_t.reshape(-1)  # dL/dw = Σ g_t tanh(x̃)
-            g.addcmul_((1.0 - th * th).mul_(w), g_t.unsqueeze(-1))
-            if ctx.l2:
-                scale = torch.where(norm > 0, g_logits * t / norm.clamp_min(torch.finfo(norm.dtype).tiny),
-                                    torch.zeros_like(norm))
-                g.addcmul_(xt, scale.unsqueeze(-1))
-        xe = x.index_select(0, ent)
-        c = context.index_select(0, rel).unsqueeze(1)
-        g_xe = g * gamma  # through x̃ = γ ⊙ x
-        g_z = g.mul_(xe).mul_(gamma).mul_(1.0 - gamma).view(v * m, d)  # σ' = γ (1 - γ)
-        g_bias = g_z.sum(0)
-        if second is not None:
-            g_second = g_z.t() @ h  # [D, k]
-            g_h = g_z @ second  # [T, k]
-        else:
-            g_second, g_h = None, g_z
-        a = (xe * c).view(v * m, d)
-        g_first = g_h.t() @ a
-        g_a = (g_h @ first).view(v, m, d)
-        g_xe.addcmul_(g_a, c)
-        g_context = torch.zeros_like(context).index_add_(0, rel, (g_a * xe).sum(1))
-        g_x = torch.zeros_like(x).index_add_(0, ent, g_xe)
+        g_x = torch.zeros_like(x)
+        g_context = torch.zeros_like(context)
+        g_first = torch.zeros_like(first)
+        g_second = torch.zeros_like(second) if second is not None else None
+        g_bias = torch.zeros(d, dtype=x.dtype, device=x.device)
+        g_w = torch.zeros_like(w)
+        for s0 in range(0, v, _GatedPairs.CHUNK):
+            sl = slice(s0, min(v, s0 + _GatedPairs.CHUNK))
+            n = sl.stop - sl.start
+            ga, xs = gamma[sl], xt[sl]
+            g = torch.zeros_like(xs) if g_xt is None else g_xt[sl].clone()
+            if g_logits is not None:
+                gl = g_logits[sl]
+                g_t = gl * norm[sl] if ctx.l2 else gl  # [n, M]
+                th = torch.tanh(xs)
+                g_w.addmv_(th.view(n * m, d).t(), g_t.reshape(-1))  # dL/dw = Σ g_t tanh(x̃)
+                g.addcmul_(th.mul_(th).neg_().add_(1.0).mul_(w), g_t.unsqueeze(-1))  # α w ⊙ (1 - tanh²)
+                if ctx.l2:  # + t x̃ / ‖x̃‖
+                    ns = norm[sl]
+                    scale = torch.where(ns > 0, gl * t[sl] / ns.clamp_min(torch.finfo(ns.dtype).tiny),
+                                        torch.zeros_like(ns))
+                    g.addcmul_(xs, scale.unsqueeze(-1))
+            es, rs = ent[sl], rel[sl]
+            xe = x.index_select(0, es)
+            c = context.index_select(0, rs).unsqueeze(1)
+            g_xe = g * ga  # through x̃ = γ ⊙ x
+            g_z = g.mul_(xe).mul_(ga).mul_(1.0 - ga).view(n * m, d)  # σ' = γ (1 - γ)
+            g_bias += g_z.sum(0)
+            if second is not None:
+                g_second.addmm_(g_z.t(), h[sl].reshape(n * m, -1))
+                g_h = g_z @ second
+            else:
+                g_h = g_z
+            g_first.addmm_(g_h.t(), (xe * c).view(n * m, d))
+            g_a = (g_h @ first).view(n, m, d)
+            g_xe.addcmul_(g_a, c)
+            g_context.index_add_(0, rs, g_a.mul_(xe).sum(1))
+            g_x.index_add_(0, es, g_xe)
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
 
