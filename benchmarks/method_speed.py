@@ -9,8 +9,8 @@ the auxiliary generator/estimator steps), with ``--threads`` torch threads (defa
 * ``s_per_batch``: median wall seconds of the timed steps (and min / max);
 * ``s_per_epoch``: ``s_per_batch`` x batches per epoch;
 * ``peak_rss_gib``: ``ru_maxrss`` of the subprocess (data + features + model + training);
-* ``test_eval_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every config): seconds of the filtered test evaluation
-  (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) of the untrained model.
+* ``test_eval_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every config): seconds of the
+  filtered test evaluation (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) after the timed steps.
 
 ``--baseline-commit C`` checks out commit ``C`` in a git worktree under ``/tmp`` (reused if present) and runs the
 same worker there (this file, with ``PYTHONPATH=<worktree>/src``, the current tree's configs), interleaved
