@@ -55,9 +55,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-seconds", type=float, default=60.0, help="training seconds per run")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--policies", nargs="+", default=["default", "ACTIVE", "PASSIVE"],
+                        choices=["default", "ACTIVE", "PASSIVE"], help="settings to compare (alternating)")
     args = parser.parse_args()
     args.data_dir = args.data_dir.resolve()
-    seconds: dict[str, list[float]] = {"default": [], "ACTIVE": [], "PASSIVE": []}
+    seconds: dict[str, list[float]] = {policy: [] for policy in args.policies}
     with tempfile.TemporaryDirectory(prefix="omp-wait-") as tmp:
         for i in range(args.repeats):
             for policy in seconds:
