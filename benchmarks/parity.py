@@ -184,7 +184,7 @@ def check_split(reference: Path, data_dir: Path, dataset: str = "DB15K") -> None
 
 def write_openke_feature_pth(values: torch.Tensor, path: Path) -> Path:
     """Write a feature table in the AdaMF-MAT/NativE/IMVIA ``.pth`` layout: ``torch.save`` of one contiguous float32
-    CPU tensor ``[N, d]``, row ``i`` = entity id ``i`` (what ``torch.load('<DATASET>-visual.pth')`` returns there).
+    CPU tensor ``[N, d]``, row ``i`` = entity id ``i`` (what the official code reads from ``<DATASET>-visual.pth``).
 
     The file is written to a temporary name in the same directory and moved into place, so a reader never sees a
     partial file.
