@@ -8,8 +8,9 @@ policy is read once, when the OpenMP runtime starts).  The speed is the number o
 the training seconds, both read from the run's last checkpoint, and is reported as seconds per full epoch
 (``ceil(79,222 / batch_size)`` steps), so that a busy machine, where one epoch can take minutes, still gives a
 number in a bounded time.  The three settings alternate ``--repeats`` times, so a change in the machine's load
-affects all alike.  ``mmkgc`` sets ``PASSIVE`` itself unless the variable is set; an empty value gives the
-runtime's default.
+affects all alike.  ``mmkgc`` sets ``GOMP_SPINCOUNT=10000`` itself unless ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT`` is set (give ``GOMP_SPINCOUNT`` in the environment to compare spin counts); an empty
+``OMP_WAIT_POLICY`` gives the runtime's default.
 
 Usage::
 

@@ -56,3 +56,20 @@ def test_threshold_range():
         keep_freed_memory(2 ** 31)
     with pytest.raises(ValueError, match="trim_threshold_bytes"):
         keep_freed_memory(0)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "10000 None"),                              # default: a short spin, then sleep
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"),  # the user's policy is kept, no spin count added
+    ({"GOMP_SPINCOUNT": "5"}, "5 None"),             # the user's spin count is kept
+    ({"OMP_WAIT_POLICY": ""}, "None None"),          # empty: the OpenMP runtime's own default
+])
+def test_command_line_openmp_wait_settings(env, expected):
+    import os
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, mmkgc.cli; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env},
+                         check=True)
+    assert out.stdout.strip() == expected
