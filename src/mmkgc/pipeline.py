@@ -46,6 +46,8 @@ class LoadedData:
     #: The modality inputs of the model once loaded (set by :func:`build_model`, or given by a saved model so
     #: nothing is read from a feature cache or re-encoded; see :mod:`mmkgc.saved_model`).
     model_features: list[ModalityFeatures] | None = None
+    #: The config part ``model_features`` were built from (``None``: given, valid for any config).
+    model_features_key: str | None = None
 
 
 def load_data(cfg: ExperimentConfig) -> LoadedData:
@@ -145,15 +147,19 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
 def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
     """The modality inputs of a model: one per ``model.modalities`` entry, then ``model.enrichment``'s policy
     (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2).
-    Computed once per :class:`LoadedData` and kept in ``data.model_features`` (which a saved model fills in)."""
-    if data.model_features is not None:
+    Computed once per :class:`LoadedData` and modality config, and kept in ``data.model_features`` (which a saved
+    model fills in)."""
+    key = json.dumps([[m.model_dump(mode="json") for m in cfg.model.modalities],
+                      None if cfg.model.enrichment is None else cfg.model.enrichment.model_dump(mode="json")],
+                     sort_keys=True)
+    if data.model_features is not None and data.model_features_key in (None, key):
         return data.model_features
     feats = [_modality_features(m, data, progress) for m in cfg.model.modalities]
     if cfg.model.enrichment is not None:
         from mmkgc.features.enrich.policy import apply_enrichment
 
         feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples, progress=progress)
-    data.model_features = feats
+    data.model_features, data.model_features_key = feats, key
     return feats
 
 
