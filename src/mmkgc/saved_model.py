@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,15 +107,10 @@ class TrainedModel:
 def save_model(model: TrainedModel, directory: str | Path, include_features: bool = True) -> Path:
     """Write ``model`` into ``directory`` atomically (a sibling temporary directory renamed into place): the
     directory is either absent or complete.  See :meth:`TrainedModel.save`."""
+    from mmkgc.fileio import write_new_directory
     from mmkgc.training.checkpoint import MODEL_FILE, STATE_FILE
 
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise ConfigError(f"{directory}: exists and is not an empty directory; a saved model goes into a new "
-                          "directory (nothing was overwritten)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    def write(tmp: Path) -> None:
         module = model.module
         weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(weights, str(tmp / MODEL_FILE))
@@ -148,13 +140,8 @@ def save_model(model: TrainedModel, directory: str | Path, include_features: boo
             "features": tables, "features_included": bool(include_features and stored), "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-        if directory.exists():
-            directory.rmdir()  # empty (checked above)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+
+    return write_new_directory(directory, write, what="saved model")
 
 
 def is_saved_model(directory: str | Path) -> bool:
@@ -200,8 +187,6 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _stored_features(directory: Path, manifest: dict[str, Any]) -> list[ModalityFeatures]:
     tables = manifest.get("features", [])
     if not tables:
-        return []
-    if not manifest.get("features_included"):
         return []
     tensors = _load_tensors(_checked_file(directory, manifest, "features"))
     out = []

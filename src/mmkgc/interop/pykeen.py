@@ -26,9 +26,6 @@ the exported vectors.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +168,10 @@ def export_pykeen(model: Any, directory: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
+    from mmkgc.fileio import write_new_directory
+
     cls = check_exportable(model)
     factories = triples_factories(model.triples)
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise ConfigError(f"{directory}: exists and is not an empty directory (nothing was overwritten)")
     ents, rels = pykeen_embeddings(model)
     scorer = model.module.scorer
     kwargs: dict[str, Any] = {"embedding_dim": int(scorer.dim)}
@@ -185,9 +181,8 @@ def export_pykeen(model: Any, directory: str | Path) -> Path:
         # PyKEEN constrains these entities to unit L2 norm after every update *and at construction*, which would
         # rescale the exported vectors (and change the scores)
         kwargs["entity_constrainer"] = None
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         for name, factory in factories.items():
             factory.to_path_binary(tmp / name)
         save_file({"entity": ents, "relation": rels}, str(tmp / EMBEDDINGS_FILE))
@@ -195,13 +190,8 @@ def export_pykeen(model: Any, directory: str | Path) -> Path:
                     "mmkgc_representation": model.config.model.representation, "dataset": model.triples.name,
                     "note": "scores equal mmkgc's score_hrt; load with mmkgc.interop.pykeen.load_pykeen_model"}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if directory.exists():
-            directory.rmdir()
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+
+    return write_new_directory(directory, write, what="PyKEEN export")
 
 
 def read_triples_factory(directory: str | Path) -> Any:
