@@ -248,6 +248,13 @@ def test_local_names_and_suggestions_for_uri_labels():
     assert resolve_label(DBPEDIA[1], DBPEDIA, mapping) == 1
 
 
+def test_db15k_local_names_get_their_uri(db15k):
+    """Issue 17.7: ``--head Alabama`` on DB15K suggests the DBpedia URI (it suggested only YAGO-like names before)."""
+    assert suggest_labels("Alabama", db15k.entity_labels)[0] == "<http://dbpedia.org/resource/Alabama>"
+    assert suggest_labels("Alabma", db15k.entity_labels)[0] == "<http://dbpedia.org/resource/Alabama>"
+    assert suggest_labels("country", db15k.relation_labels)[0] == "<http://dbpedia.org/ontology/country>"
+
+
 # ------------------------------------------------------------------------------------------------ PyKEEN
 def test_a_pykeen_dataset_by_name_has_pykeens_ids_and_labels():
     pytest.importorskip("pykeen")
