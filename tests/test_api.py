@@ -243,7 +243,8 @@ def test_local_names_and_suggestions_for_uri_labels():
     assert suggest_labels("Pariss", DBPEDIA) == ["Paris"]
     assert suggest_labels("zzzzzz", DBPEDIA) == []
     mapping = {label: i for i, label in enumerate(DBPEDIA)}
-    with pytest.raises(ConfigError, match=r"unknown entity 'Alabama'; did you mean '<http://dbpedia.org/resource/Alabama>'"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown entity 'Alabama'; did you mean '<http://dbpedia.org/resource/Alabama>'"):
         resolve_label("Alabama", DBPEDIA, mapping)
     assert resolve_label(DBPEDIA[1], DBPEDIA, mapping) == 1
 

@@ -54,16 +54,15 @@ def resolve_config(config: str | Path | dict | ExperimentConfig, overrides: dict
         path = Path(config)
         data, source, base = read_yaml_mapping(path), str(path), path.parent
     else:
-        raise ConfigError(f"config: expected a YAML path, a mapping or an ExperimentConfig, got {type(config).__name__}")
+        raise ConfigError(f"config: expected a YAML path, a mapping or an ExperimentConfig, got "
+                          f"{type(config).__name__}")
+    if not isinstance(data, dict):
+        return parse_config(data, source=source, base_dir=base)  # raises: a config must be a mapping
     for key, value in items:
         parts = key.split(".")
         if not all(parts):
             raise ConfigError(f"override {key!r}: the key must be dotted.names, e.g. training.epochs")
         set_dotted(data, parts, str(value) if isinstance(value, Path) else value, source=source, item=key)
-    from mmkgc.config import validate_mapping
-
-    if not isinstance(data, dict):
-        validate_mapping(ExperimentConfig, data, source)  # raises the usual "must be a YAML mapping"
     return parse_config(data, source=source, base_dir=base)
 
 
@@ -294,7 +293,8 @@ def pykeen_metrics(metrics: dict[str, Any], split: str = "test") -> dict[str, di
     :raises ConfigError: ``split`` was not evaluated.
     """
     if split not in metrics:
-        raise ConfigError(f"split {split!r}: not in the metrics (have {', '.join(k for k in ('valid', 'test') if k in metrics)})")
+        have = ", ".join(k for k in ("valid", "test") if k in metrics) or "none"
+        raise ConfigError(f"split {split!r}: not in the metrics (have {have})")
     out: dict[str, dict[str, dict[str, float]]] = {}
     for policy, sides in metrics[split]["metrics"].items():
         if policy not in ("optimistic", "realistic", "pessimistic"):

@@ -252,7 +252,7 @@ def predict(
                                        help="Drop answers already in train/valid/test (shown and marked by default)."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Top-k predictions for (head, relation, ?) or (?, relation, tail): entity labels, and the splits that hold each."""
+    """Top-k predictions for (head, relation, ?) or (?, relation, tail): labels, scores, splits that hold each."""
     from mmkgc.api import load, predict_target
     from mmkgc.pipeline import check_device
 

@@ -11,6 +11,8 @@ A run directory holds::
     checkpoints/best     the selected model
 
 :func:`run_experiment` writes it; :func:`load_run` rebuilds the model from it for ``evaluate`` and ``predict``.
+
+The module is callable: ``mmkgc.pipeline(config, **overrides)`` is :func:`mmkgc.api.pipeline`.
 """
 
 from __future__ import annotations
@@ -431,8 +433,9 @@ def run_pipeline(
     :param data: the dataset, when the caller has loaded it already (else :func:`load_data`).
     :returns: ``(metrics, model, data)``: the content of ``metrics.json``, the selected model (eval mode) and the
         dataset with the model's modality inputs (``data.model_features``).
-    :raises ConfigError: ``resume`` without a run directory, a run directory that is not free (see :func:`check_run_dir`) or in use by another
-        process, a device that does not exist, and the config errors of :func:`load_data` / :func:`build_model`.
+    :raises ConfigError: ``resume`` without a run directory, a run directory that is not free (see
+        :func:`check_run_dir`) or in use by another process, a device that does not exist, and the config errors
+        of :func:`load_data` / :func:`build_model`.
     :raises TrainingInterrupted: Ctrl-C or SIGTERM during training (the last checkpoint is kept).
     """
     from mmkgc.distributed import barrier, is_main_process
