@@ -330,6 +330,10 @@ def test_cli_export_then_evaluate_and_predict_a_saved_model(tmp_path, capsys):
     assert cli.run(["evaluate", str(tmp_path / "saved"), "--output", str(tmp_path / "b.json")]) == 0
     a, b = (json.loads((tmp_path / f"{x}.json").read_text())["metrics"] for x in "ab")
     assert a == b
+    assert cli.run(["evaluate", str(run), "--output", str(tmp_path / "p.json"), "--layout", "pykeen"]) == 0
+    pk = json.loads((tmp_path / "p.json").read_text())
+    assert pk["tail"]["realistic"]["inverse_harmonic_mean_rank"] == a["realistic"]["tail"]["mrr"]
+    assert pk["both"]["pessimistic"]["hits_at_1"] == a["pessimistic"]["both"]["hits@1"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert b["realistic"]["both"]["mrr"] == pytest.approx(metrics["summary"]["test"]["realistic"]["mrr"], rel=1e-6)
     saved = load(tmp_path / "saved")

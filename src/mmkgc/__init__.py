@@ -14,7 +14,7 @@ from mmkgc.errors import MMKGCError  # noqa: E402
 
 #: Names served lazily from :mod:`mmkgc.api` (``pipeline`` is the module :mod:`mmkgc.pipeline`, which is callable
 #: and calls :func:`mmkgc.api.pipeline`: a submodule of that name would shadow a function).
-_API = ("load", "predict_target", "predict_triples", "PipelineResult", "TrainedModel", "metric_frame",
+_API = ("load", "predict_target", "predict_triples", "PipelineResult", "TrainedModel", "metric_frame", "pykeen_layout",
         "pykeen_metrics")
 
 __all__ = ["MMKGCError", "__version__", "pipeline", *_API]

@@ -30,8 +30,8 @@ from mmkgc.saved_model import TrainedModel, is_saved_model, load_saved_model
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["PipelineResult", "TrainedModel", "load", "metric_frame", "pipeline", "pykeen_metrics", "predict_target",
-           "predict_triples", "resolve_config"]
+__all__ = ["PipelineResult", "TrainedModel", "load", "metric_frame", "pipeline", "pykeen_layout", "pykeen_metrics",
+           "predict_target", "predict_triples", "resolve_config"]
 
 
 def resolve_config(config: str | Path | dict | ExperimentConfig, overrides: dict[str, Any] | None = None
@@ -285,23 +285,29 @@ PYKEEN_METRIC_NAMES = {"mrr": "inverse_harmonic_mean_rank", "mr": "arithmetic_me
 
 
 def pykeen_metrics(metrics: dict[str, Any], split: str = "test") -> dict[str, dict[str, dict[str, float]]]:
-    """One split's overall metrics in PyKEEN's layout, ``side -> rank type -> metric``: ``{"both": {"realistic":
-    {"inverse_harmonic_mean_rank": ..., "hits_at_10": ...}}}`` (sides ``head``, ``tail``, ``both``; rank types
-    ``optimistic``, ``realistic``, ``pessimistic``; mmkgc's ``random`` policy has no PyKEEN rank type and is left
-    out), so scripts written for PyKEEN's ``to_dict()`` read them.
+    """One split's overall metrics of ``metrics.json`` in PyKEEN's layout (:func:`pykeen_layout`).
 
     :raises ConfigError: ``split`` was not evaluated.
     """
     if split not in metrics:
         have = ", ".join(k for k in ("valid", "test") if k in metrics) or "none"
         raise ConfigError(f"split {split!r}: not in the metrics (have {have})")
+    return pykeen_layout(metrics[split]["metrics"])
+
+
+def pykeen_layout(values: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """mmkgc's ``policy -> side -> metric`` (``EvaluationResult.metrics``) in PyKEEN's layout, ``side -> rank
+    type -> metric``: ``{"both": {"realistic": {"inverse_harmonic_mean_rank": ..., "hits_at_10": ...}}}`` (sides
+    ``head``, ``tail``, ``both``; rank types ``optimistic``, ``realistic``, ``pessimistic``; mmkgc's ``random``
+    policy has no PyKEEN rank type and is left out), so scripts written for PyKEEN's
+    ``RankBasedMetricResults.to_dict()`` read them."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for policy, sides in metrics[split]["metrics"].items():
+    for policy, sides in values.items():
         if policy not in ("optimistic", "realistic", "pessimistic"):
             continue
-        for side, values in sides.items():
+        for side, by_metric in sides.items():
             named = {}
-            for metric, value in values.items():
+            for metric, value in by_metric.items():
                 if metric.startswith("hits@"):
                     named[f"hits_at_{metric[5:]}"] = value
                 elif metric in PYKEEN_METRIC_NAMES:

@@ -223,10 +223,14 @@ def evaluate(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("auto", "--device"),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the metrics as JSON here."),
+    layout: str = typer.Option("mmkgc", "--layout",
+                               help="--output layout: mmkgc (everything) or pykeen (side -> rank type -> metric, "
+                                    "as PyKEEN's RankBasedMetricResults.to_dict())."),
 ) -> None:
     """Evaluate a run's model with filtered ranks (all tie policies, per relation category)."""
     _choice("--split", split, SPLITS)
     _choice("--checkpoint", checkpoint, CHECKPOINTS)
+    _choice("--layout", layout, ("mmkgc", "pykeen"))
     from mmkgc.api import load
     from mmkgc.evaluation.metrics import evaluate as evaluate_fn
     from mmkgc.fileio import atomic_write_text
@@ -237,7 +241,10 @@ def evaluate(
     result = evaluate_fn(trained.module.score_fn(), trained.triples, split=split, batch_size=batch_size)
     console.print(result.to_markdown())
     if output is not None:
-        atomic_write_text(output, json.dumps(result.to_dict(), indent=2))
+        from mmkgc.api import pykeen_layout
+
+        content = result.to_dict() if layout == "mmkgc" else pykeen_layout(result.to_dict()["metrics"])
+        atomic_write_text(output, json.dumps(content, indent=2))
 
 
 @app.command()
