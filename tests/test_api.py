@@ -276,6 +276,37 @@ def test_a_pykeen_dataset_by_name_has_pykeens_ids_and_labels():
         parse_config({"dataset": {"pykeen": "Nations", "name": "DB15K"}})
 
 
+def test_pykeens_own_evaluator_on_the_export_reproduces_our_metrics(tmp_path):
+    """Train on PyKEEN's Nations through ``dataset: {pykeen: Nations}``, export, and let PyKEEN's
+    RankBasedEvaluator rank the test triples (filtered by train + valid + test): every metric of every side and
+    rank type equals mmkgc's, in the layout of :func:`pykeen_metrics`."""
+    pytest.importorskip("pykeen")
+    from pykeen.evaluation import RankBasedEvaluator
+
+    from mmkgc.interop.pykeen import export_pykeen, load_pykeen_model
+
+    raw = _raw(scorer="complex")
+    raw["dataset"] = {"pykeen": "Nations"}
+    result = pipeline(raw, log=None, training__epochs=3)
+    export_pykeen(result.model, tmp_path / "pk")
+    model, factories = load_pykeen_model(tmp_path / "pk")
+    theirs = RankBasedEvaluator().evaluate(
+        model, factories["testing"].mapped_triples, batch_size=64, use_tqdm=False,
+        additional_filter_triples=[factories["training"].mapped_triples, factories["validation"].mapped_triples],
+    ).to_dict()
+    ours = pykeen_metrics(result.metrics, "test")
+    compared = 0
+    for side, by_type in ours.items():
+        for rank_type, values in by_type.items():
+            for metric, value in values.items():
+                if metric in ("count", "adjusted_arithmetic_mean_rank_index"):
+                    continue
+                assert value == pytest.approx(theirs[side][rank_type][metric], rel=1e-6, abs=1e-9), \
+                    (side, rank_type, metric)
+                compared += 1
+    assert compared == 3 * 3 * 5  # sides x rank types x (MRR, MR, Hits@1/3/10)
+
+
 def test_export_refuses_interactions_pykeen_computes_differently(tmp_path):
     pytest.importorskip("pykeen")
     from mmkgc.interop.pykeen import export_pykeen

@@ -220,7 +220,7 @@ def evaluate(
                                              "(`mmkgc export --format model`)."),
     split: str = typer.Option("test", "--split", help="test, valid or valid_clean."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Queries per chunk."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last (a saved model has one)."),
     device: str = typer.Option("auto", "--device"),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the metrics as JSON here."),
     layout: str = typer.Option("mmkgc", "--layout",
