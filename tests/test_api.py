@@ -69,9 +69,7 @@ def test_an_in_memory_run_writes_nothing_and_equals_the_run_directory_run(tmp_pa
     assert result.metrics["summary"] == on_disk["summary"]
     assert result.metrics["training"]["best_epoch"] == on_disk["training"]["best_epoch"]
     # the returned model is the selected one: its test MRR is the reported one
-    from mmkgc.evaluation.metrics import evaluate
-
-    again = evaluate(result.model.module.score_fn(), result.model.triples, split="test")
+    again = mmkgc.evaluate(result.model, split="test")
     assert again.get("mrr", side="both", policy="realistic") == pytest.approx(
         result.metrics["summary"]["test"]["realistic"]["mrr"], rel=1e-6)
 

@@ -4,8 +4,8 @@ The data flows one way: triples + raw modalities -> feature tables -> entity rep
 fusion -> scorer -> losses (training) / ranks (evaluation).  See ``docs/architecture.md``.
 
 The Python API (:mod:`mmkgc.api`) is importable from here; it is loaded on first use so ``import mmkgc`` stays
-light: ``mmkgc.pipeline(config, **overrides)``, ``mmkgc.load(dir)``, ``mmkgc.predict_target(...)``,
-``mmkgc.predict_triples(...)``.
+light: ``mmkgc.pipeline(config, **overrides)``, ``mmkgc.load(dir)``, ``mmkgc.evaluate(model)``,
+``mmkgc.predict_target(...)``, ``mmkgc.predict_triples(...)``.
 """
 
 __version__ = "0.1.0"
@@ -14,8 +14,8 @@ from mmkgc.errors import MMKGCError  # noqa: E402
 
 #: Names served lazily from :mod:`mmkgc.api` (``pipeline`` is the module :mod:`mmkgc.pipeline`, which is callable
 #: and calls :func:`mmkgc.api.pipeline`: a submodule of that name would shadow a function).
-_API = ("load", "predict_target", "predict_triples", "PipelineResult", "TrainedModel", "metric_frame", "pykeen_layout",
-        "pykeen_metrics")
+_API = ("load", "evaluate", "predict_target", "predict_triples", "PipelineResult", "TrainedModel", "metric_frame",
+        "pykeen_layout", "pykeen_metrics")
 
 __all__ = ["MMKGCError", "__version__", "pipeline", *_API]
 

@@ -30,7 +30,7 @@ from mmkgc.saved_model import TrainedModel, is_saved_model, load_saved_model
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["PipelineResult", "TrainedModel", "load", "metric_frame", "pipeline", "pykeen_layout", "pykeen_metrics",
+__all__ = ["PipelineResult", "TrainedModel", "evaluate", "load", "metric_frame", "pipeline", "pykeen_layout", "pykeen_metrics",
            "predict_target", "predict_triples", "resolve_config"]
 
 
@@ -156,6 +156,21 @@ def load(path: str | Path, device: str | None = "auto", which: str = "best") -> 
         ckpt = path / "checkpoints" / "last"
     return TrainedModel(cfg, data.triples, module, list(data.model_features or []),
                         state=read_checkpoint_state(ckpt), source=path)
+
+
+def evaluate(model: TrainedModel, split: str = "test", batch_size: int | str | None = 256, **options: Any) -> Any:
+    """Filtered ranks of a model's split (all tie policies, per side, per relation category):
+    :func:`mmkgc.evaluation.metrics.evaluate` on the model's score function and triples.
+
+    :param split: ``test``, ``valid`` or ``valid_clean``.
+    :param options: further keywords of :func:`mmkgc.evaluation.metrics.evaluate` (``policies``, ``ks``, ...).
+    :returns: an :class:`~mmkgc.evaluation.metrics.EvaluationResult` (``to_dict()``, ``to_markdown()``,
+        ``get("mrr", side="both", policy="realistic")``).
+    """
+    from mmkgc.evaluation.metrics import evaluate as evaluate_fn
+
+    model.module.eval()
+    return evaluate_fn(model.module.score_fn(), model.triples, split=split, batch_size=batch_size, **options)
 
 
 # ------------------------------------------------------------------------------------------------ predictions

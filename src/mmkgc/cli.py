@@ -231,14 +231,13 @@ def evaluate(
     _choice("--split", split, SPLITS)
     _choice("--checkpoint", checkpoint, CHECKPOINTS)
     _choice("--layout", layout, ("mmkgc", "pykeen"))
+    from mmkgc.api import evaluate as evaluate_model
     from mmkgc.api import load
-    from mmkgc.evaluation.metrics import evaluate as evaluate_fn
     from mmkgc.fileio import atomic_write_text
     from mmkgc.pipeline import check_device
 
     check_device(device)
-    trained = load(run_dir, device=device, which=checkpoint)
-    result = evaluate_fn(trained.module.score_fn(), trained.triples, split=split, batch_size=batch_size)
+    result = evaluate_model(load(run_dir, device=device, which=checkpoint), split=split, batch_size=batch_size)
     console.print(result.to_markdown())
     if output is not None:
         from mmkgc.api import pykeen_layout
