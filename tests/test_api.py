@@ -77,6 +77,9 @@ def test_an_in_memory_run_writes_nothing_and_equals_the_run_directory_run(tmp_pa
 def test_mmkgc_pipeline_is_callable_and_the_module_still_works(tmp_path):
     result = mmkgc.pipeline(_raw(), log=None, training__epochs=1)
     assert result.metrics["training"]["epochs"] == 1
+    mrr = result.metrics["summary"]["test"]["realistic"]["mrr"]
+    assert repr(result).startswith(f"PipelineResult(test MRR {mrr:.4f} (realistic ties), run_dir=None, "
+                                   "model=TrainedModel(distmult structure, dim 8, dataset 'synthetic': 120 entities")
     assert mmkgc.pipeline.load_data is not None and mmkgc.load is load
 
 

@@ -79,6 +79,13 @@ class PipelineResult:
     metrics: dict[str, Any]
     run_dir: Path | None = None
 
+    def __repr__(self) -> str:
+        summary = self.metrics.get("summary", {})
+        split = "test" if "test" in summary else "valid"
+        mrr = summary.get(split, {}).get("realistic", {}).get("mrr")
+        shown = f"{split} MRR {mrr:.4f} (realistic ties)" if mrr is not None else "not evaluated"
+        return f"PipelineResult({shown}, run_dir={self.run_dir}, model={self.model!r})"
+
     @property
     def config(self) -> ExperimentConfig:
         return self.model.config

@@ -71,6 +71,13 @@ class TrainedModel:
     state: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
+    def __repr__(self) -> str:  # short: the dataclass repr would print every tensor and config field
+        m, t = self.config.model, self.triples
+        what = m.method if m.method != "kge" else f"{m.scorer} {m.representation}"
+        feats = ", ".join(f.name for f in self.features) or "none"
+        return (f"TrainedModel({what}, dim {m.dim}, dataset {t.name!r}: {t.num_entities} entities, "
+                f"{t.num_relations} relations; modalities: {feats}; source: {self.source})")
+
     @property
     def entity_labels(self) -> list[str]:
         return self.triples.entity_labels
