@@ -225,9 +225,19 @@ def test_a_changed_or_missing_table_is_one_clear_error(concat_result, tmp_path):
         table.write_bytes(original)
 
 
-def test_not_a_model_directory(tmp_path):
+def test_not_a_model_directory(tmp_path, concat_result):
     with pytest.raises(ConfigError, match="not a run directory .* not a saved model"):
         load(tmp_path)
+    saved = concat_result[0].save(tmp_path / "m")
+    manifest = json.loads((saved / "mmkgc_model.json").read_text())
+    manifest["files"]["triples"]["file"] = "../../elsewhere.safetensors"
+    (saved / "mmkgc_model.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="the triples file must be 'triples.safetensors'"):
+        load(saved)
+    manifest["format_version"] = 99
+    (saved / "mmkgc_model.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load(saved)
 
 
 # ------------------------------------------------------------------------------------------------ labels

@@ -173,10 +173,17 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def _checked_file(directory: Path, manifest: dict[str, Any], key: str) -> Path:
+    """The file ``key`` (``weights``, ``triples``, ``features``) of a saved model, after checking its sha256.
+    Its name is fixed by the format; a manifest naming another file (e.g. a path outside the directory) is refused."""
+    from mmkgc.training.checkpoint import MODEL_FILE
+
     entry = manifest.get("files", {}).get(key)
-    if entry is None:
+    if not isinstance(entry, dict) or "sha256" not in entry:
         raise CheckpointError(f"{directory / MANIFEST}: names no {key} file")
-    path = directory / entry["file"]
+    expected = {"weights": MODEL_FILE, "triples": TRIPLES_FILE, "features": FEATURES_FILE}[key]
+    if entry.get("file") != expected:
+        raise CheckpointError(f"{directory / MANIFEST}: the {key} file must be {expected!r}, got {entry.get('file')!r}")
+    path = directory / expected
     if not path.is_file():
         raise CheckpointError(f"{path}: missing from the saved model")
     if _sha256(path) != entry["sha256"]:
