@@ -30,8 +30,8 @@ from mmkgc.saved_model import TrainedModel, is_saved_model, load_saved_model
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["PipelineResult", "TrainedModel", "evaluate", "load", "metric_frame", "pipeline", "pykeen_layout", "pykeen_metrics",
-           "predict_target", "predict_triples", "resolve_config"]
+__all__ = ["PipelineResult", "TrainedModel", "evaluate", "load", "metric_frame", "pipeline", "pykeen_layout",
+           "pykeen_metrics", "predict_target", "predict_triples", "resolve_config"]
 
 
 def resolve_config(config: str | Path | dict | ExperimentConfig, overrides: dict[str, Any] | None = None
