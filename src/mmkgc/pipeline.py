@@ -421,7 +421,8 @@ def run_pipeline(
     data: LoadedData | None = None,
 ) -> tuple[dict[str, Any], KGEModel, LoadedData]:
     """Train, select on the validation split, test, and write the run directory (none with ``run_dir=None``:
-    an in-memory run that writes no file, for notebooks; :func:`mmkgc.api.pipeline`).
+    an in-memory run that writes no file, for notebooks; :func:`mmkgc.api.pipeline`; it also skips the
+    method diagnostics files, so its metrics have no ``diagnostics`` block).
 
     Under ``torchrun`` (an initialised process group, see :mod:`mmkgc.distributed`) every rank calls this: training
     runs with DDP, evaluation is sharded, and only rank 0 logs and writes files.
