@@ -398,3 +398,24 @@ def test_cli_export_then_evaluate_and_predict_a_saved_model(tmp_path, capsys):
     assert cli.run(["predict", str(tmp_path / "saved"), "--head", head + "x", "--relation", rel]) == 2
     err = capsys.readouterr().err
     assert f"did you mean '{head}'" in err and "Traceback" not in err
+
+
+def test_cli_predict_prints_long_labels_whole(tmp_path, capsys):
+    """A label longer than the table's entity column wraps onto more lines instead of being cut to '...'."""
+    long = "<http://dbpedia.org/resource/Primetime_Emmy_Award_for_Outstanding_Music_Composition_for_a_Series>"
+    data = tmp_path / "kg"
+    data.mkdir()
+    (data / "train.tsv").write_text(f"a\tr\t{long}\nb\tr\t{long}\na\ts\tb\nc\tr\ta\n")
+    (data / "valid.tsv").write_text("b\ts\tc\n")
+    (data / "test.tsv").write_text(f"c\tr\t{long}\n")
+    raw = _raw()
+    raw["dataset"] = {"path": str(data), "format": "tsv"}
+    pipeline(raw, log=None, training__epochs=1, training__batch_size=4, evaluation__batch_size=4).save(tmp_path / "m")
+    capsys.readouterr()
+    assert cli.run(["predict", str(tmp_path / "m"), "--head", "a", "--relation", "r"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    cells = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") >= 4)
+    assert long in cells
+    row = next(line for line in out.splitlines() if "Primetime" in line)
+    assert row.split("│")[4].strip() == "train"  # (a, r, long) is a training triple

@@ -271,7 +271,7 @@ def predict(
     query = f"({head}, {relation}, ?)" if head is not None else f"(?, {relation}, {tail})"
     table = Table(title=f"top {top_k} for {query}")
     table.add_column("rank", justify="right")
-    table.add_column("entity")
+    table.add_column("entity", overflow="fold")  # a long URI label wraps, never cut to "..."
     table.add_column("score", justify="right")
     table.add_column("known in")
     for i, row in enumerate(answers.itertuples(index=False), 1):
