@@ -64,6 +64,22 @@ def _progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mmkgc import __version__
+
+        console.print(f"mmkgc {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the mmkgc version and exit."),
+) -> None:
+    """Multi-modal knowledge graph completion."""
+
+
 # ----------------------------------------------------------------------------------------------- datasets
 @datasets_app.command("list")
 def datasets_list() -> None:
@@ -134,8 +150,8 @@ def train(
 ) -> None:
     """Train a model from a config, select on validation, evaluate on test, write a run directory."""
     from mmkgc import distributed
+    from mmkgc.api import pipeline as run_api_pipeline
     from mmkgc.config import load_config
-    from mmkgc.pipeline import run_experiment
 
     if data_dir is not None:  # resolved against the working directory, like every path given on the command line
         overrides = [*overrides, f"dataset.data_dir={json.dumps(str(data_dir.expanduser().resolve()))}"]
@@ -154,7 +170,7 @@ def train(
         return
     created = distributed.init_distributed()
     try:
-        metrics = run_experiment(cfg, out, resume=resume, progress=_progress(), device=device, log=log_line)
+        metrics = run_api_pipeline(cfg, out, resume=resume, progress=_progress(), device=device, log=log_line).metrics
     except KeyboardInterrupt as exc:  # TrainingInterrupted (Ctrl-C / SIGTERM in an epoch) or earlier
         message = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted before training started"
         if isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None:
@@ -200,31 +216,40 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `mmkgc train`."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `mmkgc train`, or a saved model "
+                                             "(`mmkgc export --format model`)."),
     split: str = typer.Option("test", "--split", help="test, valid or valid_clean."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Queries per chunk."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last (a saved model has one)."),
     device: str = typer.Option("auto", "--device"),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the metrics as JSON here."),
+    layout: str = typer.Option("mmkgc", "--layout",
+                               help="--output layout: mmkgc (everything) or pykeen (side -> rank type -> metric, "
+                                    "as PyKEEN's RankBasedMetricResults.to_dict())."),
 ) -> None:
     """Evaluate a run's model with filtered ranks (all tie policies, per relation category)."""
     _choice("--split", split, SPLITS)
     _choice("--checkpoint", checkpoint, CHECKPOINTS)
-    from mmkgc.evaluation.metrics import evaluate as evaluate_fn
+    _choice("--layout", layout, ("mmkgc", "pykeen"))
+    from mmkgc.api import evaluate as evaluate_model
+    from mmkgc.api import load
     from mmkgc.fileio import atomic_write_text
-    from mmkgc.pipeline import check_device, load_run
+    from mmkgc.pipeline import check_device
 
     check_device(device)
-    _, data, model = load_run(run_dir, device=device, which=checkpoint)
-    result = evaluate_fn(model.score_fn(), data.triples, split=split, batch_size=batch_size)
+    result = evaluate_model(load(run_dir, device=device, which=checkpoint), split=split, batch_size=batch_size)
     console.print(result.to_markdown())
     if output is not None:
-        atomic_write_text(output, json.dumps(result.to_dict(), indent=2))
+        from mmkgc.api import pykeen_layout
+
+        content = result.to_dict() if layout == "mmkgc" else pykeen_layout(result.to_dict()["metrics"])
+        atomic_write_text(output, json.dumps(content, indent=2))
 
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `mmkgc train`."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `mmkgc train`, or a saved model "
+                                             "(`mmkgc export --format model`)."),
     relation: str = typer.Option(..., "--relation", help="Relation label as in relation2id.txt."),
     head: Optional[str] = typer.Option(None, "--head", help="Head entity label: predict tails."),
     tail: Optional[str] = typer.Option(None, "--tail", help="Tail entity label: predict heads."),
@@ -233,24 +258,59 @@ def predict(
                                        help="Drop answers already in train/valid/test (shown and marked by default)."),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Top-k predictions for (head, relation, ?) or (?, relation, tail), printed with entity labels."""
-    from mmkgc.pipeline import check_device, load_run
-    from mmkgc.pipeline import predict as predict_fn
+    """Top-k predictions for (head, relation, ?) or (?, relation, tail): labels, scores, splits that hold each."""
+    from mmkgc.api import load, predict_target
+    from mmkgc.pipeline import check_device
 
     if (head is None) == (tail is None):
         raise typer.BadParameter("give exactly one of --head and --tail", param_hint="--head / --tail")
     check_device(device)
-    _, data, model = load_run(run_dir, device=device)
-    answers = predict_fn(model, data.triples, head, relation, tail, top_k=top_k, filtered=exclude_known)
+    trained = load(run_dir, device=device)
+    answers = predict_target(trained, head=head, relation=relation, tail=tail, top_k=top_k,
+                             remove_known=exclude_known)
     query = f"({head}, {relation}, ?)" if head is not None else f"(?, {relation}, {tail})"
     table = Table(title=f"top {top_k} for {query}")
     table.add_column("rank", justify="right")
-    table.add_column("entity")
+    table.add_column("entity", overflow="fold")  # a long URI label wraps, never cut to "..."
     table.add_column("score", justify="right")
-    table.add_column("known")
-    for i, (label, score, known) in enumerate(answers, 1):
-        table.add_row(str(i), label, f"{score:.4f}", "yes" if known else "")
+    table.add_column("known in")
+    for i, row in enumerate(answers.itertuples(index=False), 1):
+        table.add_row(str(i), row.label, f"{row.score:.4f}", row.known_in)
     console.print(table)
+
+
+EXPORT_FORMATS = ("model", "pykeen")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `mmkgc train` (or a saved model)."),
+    output: Path = typer.Option(..., "--output", "-o", help="A new directory to write."),
+    fmt: str = typer.Option("model", "--format",
+                            help="model: a self-contained saved model (weights, labels, feature tables, triples; "
+                                 "`mmkgc evaluate/predict` and mmkgc.load read it without the dataset or the "
+                                 "feature cache). pykeen: PyKEEN TriplesFactory directories + embeddings for "
+                                 "TransE, DistMult, ComplEx."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    without_features: bool = typer.Option(False, "--without-features",
+                                          help="model: store only the feature tables' hashes (loading then needs "
+                                               "the dataset and cache to rebuild them)."),
+) -> None:
+    """Write a run's model as a self-contained saved model or for PyKEEN."""
+    _choice("--format", fmt, EXPORT_FORMATS)
+    _choice("--checkpoint", checkpoint, CHECKPOINTS)
+    from mmkgc.api import load
+
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output}: exists and is not an empty directory (nothing was overwritten)")
+    trained = load(run_dir, device="cpu", which=checkpoint)
+    if fmt == "pykeen":
+        from mmkgc.interop.pykeen import export_pykeen
+
+        export_pykeen(trained, output)
+    else:
+        trained.save(output, include_features=not without_features)
+    console.print(f"wrote {output} ({fmt})")
 
 
 @app.command()

@@ -59,6 +59,8 @@ class DatasetConfig(_Strict):
     :param path: a directory in OpenKE layout (``format: openke``) or with ``train.tsv``/``valid.tsv``/
         ``test.tsv`` labeled triples (``format: tsv``).
     :param synthetic: generate the seeded synthetic multimodal KG instead.
+    :param pykeen: a dataset of PyKEEN by name (``FB15k237``, ``Nations``, ...; ``pykeen.datasets``), loaded through
+        PyKEEN (which downloads and caches it), when PyKEEN is installed (:mod:`mmkgc.interop.pykeen`).
     """
 
     name: str | None = None
@@ -66,13 +68,14 @@ class DatasetConfig(_Strict):
     path: Path | None = None
     format: Literal["openke", "tsv"] = "openke"
     synthetic: SyntheticConfig | None = None
+    pykeen: str | None = None
     allow_unpinned: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetConfig":
-        given = [k for k in ("name", "path", "synthetic") if getattr(self, k) is not None]
+        given = [k for k in ("name", "path", "synthetic", "pykeen") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of name, path or synthetic (got {given or 'none'})")
+            raise ValueError(f"give exactly one of name, path, synthetic or pykeen (got {given or 'none'})")
         return self
 
 
@@ -697,10 +700,19 @@ def apply_override(data: dict, item: str, source: str = "<config>") -> None:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(err, 'problem', err)}); quote "
                           "it, e.g. --set 'name=\"[x\"'") from None
+    set_dotted(data, parts, value, source=source, item=item)
+
+
+def set_dotted(data: dict, parts: list[str], value: Any, source: str = "<config>", item: str | None = None) -> None:
+    """Set ``data[parts[0]][parts[1]]... = value`` in place, creating missing mappings (``--set`` overrides, and
+    the keyword overrides of :func:`mmkgc.api.pipeline`, whose values are Python objects, not YAML text).
+
+    :raises ConfigError: a part of the path holds a value that is not a mapping (named with ``item``).
+    """
     node = data
     for p in parts[:-1]:
         if not isinstance(node.setdefault(p, {}), dict):
-            raise ConfigError(f"{source}: override {item!r}: {p} is not a mapping")
+            raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {p} is not a mapping")
         node = node[p]
     node[parts[-1]] = value
 

@@ -67,3 +67,33 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
             os.fsync(handle.fileno())
 
     return atomic_write(path, write)
+
+
+def write_new_directory(directory: str | Path, write: Callable[[Path], None], what: str = "the output") -> Path:
+    """Create ``directory`` atomically: ``write(tmp)`` fills a fresh sibling directory, which is then renamed to
+    ``directory``; on any error it is removed, so ``directory`` is either absent (or left empty) or complete.
+    The mkdtemp directory (mode ``0700``) gets the mode a plain ``mkdir`` would give (``0777`` less the umask).
+
+    :param what: how messages name the directory (``--output``, ...).
+    :raises ConfigError: ``directory`` exists and is a file or a non-empty directory (nothing is overwritten).
+    :returns: ``Path(directory)``.
+    """
+    import shutil
+
+    from mmkgc.errors import ConfigError
+
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ConfigError(f"{what} {directory}: exists and is not an empty directory (nothing was overwritten)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if directory.exists():
+            directory.rmdir()  # empty (checked above)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

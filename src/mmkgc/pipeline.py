@@ -11,6 +11,8 @@ A run directory holds::
     checkpoints/best     the selected model
 
 :func:`run_experiment` writes it; :func:`load_run` rebuilds the model from it for ``evaluate`` and ``predict``.
+
+The module is callable: ``mmkgc.pipeline(config, **overrides)`` is :func:`mmkgc.api.pipeline`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class LoadedData:
 
     triples: TripleSet
     builtin_features: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    #: The modality inputs of the model once loaded (set by :func:`build_model`, or given by a saved model so
+    #: nothing is read from a feature cache or re-encoded; see :mod:`mmkgc.saved_model`).
+    model_features: list[ModalityFeatures] | None = None
+    #: The config part ``model_features`` were built from (``None``: given, valid for any config).
+    model_features_key: str | None = None
 
 
 def load_data(cfg: ExperimentConfig) -> LoadedData:
@@ -71,6 +78,10 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
             raise ConfigError(f"dataset.path: {ds.path} is not a directory")
         triples = read_openke(ds.path) if ds.format == "openke" else read_labeled_tsv(ds.path)
         return LoadedData(triples, {})
+    if ds.pykeen is not None:
+        from mmkgc.interop.pykeen import load_pykeen_dataset
+
+        return LoadedData(load_pykeen_dataset(ds.pykeen), {})
     from mmkgc.data.registry import load_dataset
 
     return LoadedData(load_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
@@ -137,12 +148,20 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
 
 def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
     """The modality inputs of a model: one per ``model.modalities`` entry, then ``model.enrichment``'s policy
-    (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2)."""
+    (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2).
+    Computed once per :class:`LoadedData` and modality config, and kept in ``data.model_features`` (which a saved
+    model fills in)."""
+    key = json.dumps([[m.model_dump(mode="json") for m in cfg.model.modalities],
+                      None if cfg.model.enrichment is None else cfg.model.enrichment.model_dump(mode="json")],
+                     sort_keys=True)
+    if data.model_features is not None and data.model_features_key in (None, key):
+        return data.model_features
     feats = [_modality_features(m, data, progress) for m in cfg.model.modalities]
     if cfg.model.enrichment is not None:
         from mmkgc.features.enrich.policy import apply_enrichment
 
         feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples, progress=progress)
+    data.model_features, data.model_features_key = feats, key
     return feats
 
 
@@ -387,7 +406,23 @@ def run_experiment(
     device: str | None = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train, select on the validation split, test, and write the run directory.
+    """Train, select on the validation split, test, and write the run directory: :func:`run_pipeline` with a run
+    directory, returning only the content of ``metrics.json``."""
+    return run_pipeline(cfg, run_dir, resume=resume, progress=progress, device=device, log=log)[0]
+
+
+def run_pipeline(
+    cfg: ExperimentConfig,
+    run_dir: str | Path | None,
+    resume: bool = False,
+    progress: bool = False,
+    device: str | None = "auto",
+    log: Callable[[str], None] = print,
+    data: LoadedData | None = None,
+) -> tuple[dict[str, Any], KGEModel, LoadedData]:
+    """Train, select on the validation split, test, and write the run directory (none with ``run_dir=None``:
+    an in-memory run that writes no file, for notebooks; :func:`mmkgc.api.pipeline`; it also skips the
+    method diagnostics files, so its metrics have no ``diagnostics`` block).
 
     Under ``torchrun`` (an initialised process group, see :mod:`mmkgc.distributed`) every rank calls this: training
     runs with DDP, evaluation is sharded, and only rank 0 logs and writes files.
@@ -396,17 +431,26 @@ def run_experiment(
     resume needs a checkpoint), the device and the dataset next, and only then is anything written; rank 0
     holds :class:`RunLock` for the whole run.
 
-    :returns: the content of ``metrics.json``.
-    :raises ConfigError: a run directory that is not free (see :func:`check_run_dir`) or in use by another
-        process, a device that does not exist, and the config errors of :func:`load_data` / :func:`build_model`.
+    :param data: the dataset, when the caller has loaded it already (else :func:`load_data`).
+    :returns: ``(metrics, model, data)``: the content of ``metrics.json``, the selected model (eval mode) and the
+        dataset with the model's modality inputs (``data.model_features``).
+    :raises ConfigError: ``resume`` without a run directory, a run directory that is not free (see
+        :func:`check_run_dir`) or in use by another process, a device that does not exist, and the config errors
+        of :func:`load_data` / :func:`build_model`.
     :raises TrainingInterrupted: Ctrl-C or SIGTERM during training (the last checkpoint is kept).
     """
     from mmkgc.distributed import barrier, is_main_process
 
+    if run_dir is None:
+        if resume:
+            raise ConfigError("resume: an in-memory run (no run directory) has no checkpoint to resume from")
+        _device(device)
+        data = data if data is not None else load_data(cfg)
+        return _run_locked(cfg, data, None, False, progress, device, log, is_main_process())
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     _device(device)  # a bad --device fails before anything is written
-    data = load_data(cfg)  # as does a dataset that cannot be read
+    data = data if data is not None else load_data(cfg)  # as does a dataset that cannot be read
     main = is_main_process()
     lock = contextlib.nullcontext()
     if main:
@@ -421,8 +465,9 @@ def run_experiment(
         return _run_locked(cfg, data, run_dir, resume, progress, device, log, main)
 
 
-def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: bool, progress: bool,
-                device: str | None, log: Callable[[str], None], main: bool) -> dict[str, Any]:
+def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, resume: bool, progress: bool,
+                device: str | None, log: Callable[[str], None], main: bool
+                ) -> tuple[dict[str, Any], KGEModel, LoadedData]:
     from mmkgc.data.health import health_report
     from mmkgc.evaluation.metrics import evaluate
     from mmkgc.plotting import plot_training_curve
@@ -431,16 +476,19 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
     if not main:
         log, progress = (lambda line: None), False
 
+    writes = main and run_dir is not None  # an in-memory run (run_dir None) writes nothing
+    files = run_dir if run_dir is not None else Path(".")
+
     def atomic_write_text(path: Path, text: str) -> None:
-        if main:
+        if writes:
             _atomic_write_text(path, text)
 
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(files / "config.yaml", dump_config(cfg))
 
     triples = data.triples
     report = health_report(triples)
-    atomic_write_text(run_dir / "health.json", json.dumps(report.to_dict(), indent=2))
-    atomic_write_text(run_dir / "health.md", report.to_markdown())
+    atomic_write_text(files / "health.json", json.dumps(report.to_dict(), indent=2))
+    atomic_write_text(files / "health.md", report.to_markdown())
     for warning in getattr(report, "warnings", []):
         log(f"data health: {warning}")
 
@@ -449,11 +497,11 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log)
     summary = trainer.train(resume=resume)
-    if main:
+    if writes:
         plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
 
     model.eval()
-    diagnostics = model.write_diagnostics(run_dir, triples) if main else {}
+    diagnostics = model.write_diagnostics(run_dir, triples) if writes else {}
     metrics: dict[str, Any] = {
         "name": cfg.name,
         "dataset": triples.summary(),
@@ -493,8 +541,8 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
         }
         log("WARNING: evaluation.report legacy_best_test_per_metric reports, for each metric separately, its best "
             "TEST value over epochs (it selects on the test set); use the 'test' block for honest numbers")
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
+    atomic_write_text(files / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics, model, data
 
 
 HEADLINE_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
@@ -556,24 +604,14 @@ def predict(model: KGEModel, triples: TripleSet, head: str | None, relation: str
     :raises ConfigError: unknown labels (the message suggests close matches), a label several entities (or
         relations) share (the message lists their ids), or neither/both of head and tail.
     """
-    import difflib
+    from mmkgc.data.labels import resolve_label
 
     if (head is None) == (tail is None):
         raise ConfigError("give exactly one of --head and --tail")
 
     def lookup(label: str, mapping: dict[str, int], what: str) -> int:
-        if label in mapping:
-            labels = triples.entity_labels if what == "entity" else triples.relation_labels
-            ids = [i for i, name in enumerate(labels) if name == label] if labels.count(label) > 1 else []
-            if ids:
-                plural = "entities" if what == "entity" else "relations"
-                raise ConfigError(f"the {what} label {label!r} is shared by {len(ids)} {plural} (ids "
-                                  f"{', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''}); the query is "
-                                  "ambiguous: give the labels unique names in the dataset")
-            return mapping[label]
-        close = difflib.get_close_matches(label, list(mapping), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"unknown {what} {label!r}{hint}")
+        labels = triples.entity_labels if what == "entity" else triples.relation_labels
+        return resolve_label(label, labels, mapping, what)
 
     r = lookup(relation, triples.relation_to_id, "relation")
     side = "tail" if head is not None else "head"
@@ -588,3 +626,19 @@ def predict(model: KGEModel, triples: TripleSet, head: str | None, relation: str
     k = min(top_k, int(torch.isfinite(scores).sum()))
     values, ids = torch.topk(scores, k)
     return [(triples.entity_labels[i], float(v), bool(known[i])) for v, i in zip(values.tolist(), ids.tolist())]
+
+
+# ------------------------------------------------------------------------------------------------ mmkgc.pipeline(...)
+class _CallablePipelineModule(type(contextlib)):
+    """This module, callable: ``mmkgc.pipeline(config, **overrides)`` is :func:`mmkgc.api.pipeline` (the attribute
+    ``mmkgc.pipeline`` is this module once it is imported, so the function is reached through it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from mmkgc.api import pipeline as api_pipeline
+
+        return api_pipeline(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallablePipelineModule

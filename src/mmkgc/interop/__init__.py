@@ -1,0 +1,1 @@
+"""Interoperability with other knowledge-graph libraries (PyKEEN: :mod:`mmkgc.interop.pykeen`)."""
