@@ -44,36 +44,23 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from mmkgc.evaluation.metrics import evaluate, seen_in_training
+from mmkgc.evaluation.metrics import answer_seen_labels, evaluate
 from mmkgc.fileio import atomic_write_text
 
 SYNTHETIC_VARIANTS = ("structure", "concat", "concat_unseen", "concat_align", "fused_unseen")
 
 
-def answer_groups(triples) -> dict[str, list[str]]:
-    """Per test task, whether the entity to predict / the known entity occurs in train:
-    ``{"head": [...], "tail": [...]}`` with labels ``answer_unseen``, ``query_unseen``, ``seen``."""
-    seen = seen_in_training(triples)
-    test = triples.test
-
-    def label(answer: int, query: int) -> str:
-        if not bool(seen[answer]):
-            return "answer_unseen"
-        return "query_unseen" if not bool(seen[query]) else "seen"
-
-    return {"head": [label(int(h), int(t)) for h, _, t in test.tolist()],
-            "tail": [label(int(t), int(h)) for h, _, t in test.tolist()]}
-
-
 def breakdown(run_dir: Path) -> dict:
-    """Test metrics of a finished run's selected model by :func:`answer_groups` (realistic ties, both sides) and
+    """Test metrics of a finished run's selected model by :func:`~mmkgc.evaluation.metrics.answer_seen_labels`
+    (realistic ties, both sides) and
     its ``summary.test_by_seen``."""
     from mmkgc.pipeline import load_run
 
     _, data, model = load_run(run_dir, device="cpu")
     triples = data.triples
-    result = evaluate(model.score_fn(), triples, split="test", per_relation=False, group_labels=answer_groups(triples))
+    result = evaluate(model.score_fn(), triples, split="test", per_relation=False, group_labels=answer_seen_labels(triples))
     groups = {}
     for label, by_policy in result.to_dict()["by_group"].items():
         both = by_policy["realistic"]["both"]
@@ -87,8 +74,9 @@ def breakdown(run_dir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
-def synthetic_config(variant: str, seed: int, share: float, epochs: int) -> dict:
-    """The config mapping of one synthetic variant (see the module docstring)."""
+def synthetic_config(variant: str, seed: int, share: float, epochs: int, options: dict | None = None) -> dict:
+    """The config mapping of one synthetic variant (see the module docstring); ``options``: extra ``model.unseen``
+    settings of the ``*_unseen`` variants."""
     model: dict = {"scorer": "complex", "dim": 64, "reciprocal": True}
     modalities = [{"name": "text"}, {"name": "visual"}]
     if variant != "structure":
@@ -96,7 +84,7 @@ def synthetic_config(variant: str, seed: int, share: float, epochs: int) -> dict
     if variant == "fused_unseen":
         model.update(representation="fused", fusion={"kind": "attention"})
     if variant in ("concat_unseen", "fused_unseen"):
-        model["unseen"] = {"mode": "modality"}
+        model["unseen"] = {"mode": "modality", **(options or {})}
     elif variant == "concat_align":
         model["unseen"] = {"mode": "modality", "dropout": False, "align_weight": 1.0}
     return {"name": f"unseen-{variant}", "seed": seed,
@@ -113,7 +101,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     rows = {}
     for variant in args.variants:
-        cfg = parse_config(synthetic_config(variant, args.seed, args.share, args.epochs), source=variant)
+        options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.unseen)}
+        cfg = parse_config(synthetic_config(variant, args.seed, args.share, args.epochs, options), source=variant)
         run_dir = out / variant
         t0 = time.perf_counter()
         run_experiment(cfg, run_dir, log=lambda line: None)
@@ -122,7 +111,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         g = rows[variant]["by_answer"]
         print(f"{variant:14s} test MRR {rows[variant]['test']['mrr']:.4f}  "
               + "  ".join(f"{k} {v['mrr']:.4f} ({int(v['count'])})" for k, v in sorted(g.items())), flush=True)
-    return {"experiment": "synthetic", "unseen_entity_share": args.share, "seed": args.seed, "epochs": args.epochs,
+    return {"experiment": "synthetic", "unseen_entity_share": args.share, "unseen_options": list(args.unseen), "seed": args.seed, "epochs": args.epochs,
             "variants": rows}
 
 
@@ -168,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--share", type=float, default=0.15)
     syn.add_argument("--epochs", type=int, default=12)
+    syn.add_argument("--unseen", nargs="*", default=[], metavar="KEY=VALUE",
+                     help="model.unseen settings of the *_unseen variants, e.g. share=0.3 align_weight=1")
     syn.add_argument("--variants", nargs="+", default=list(SYNTHETIC_VARIANTS), choices=SYNTHETIC_VARIANTS)
     db = sub.add_parser("db15k")
     db.add_argument("--out", required=True)

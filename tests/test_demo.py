@@ -8,10 +8,16 @@ from mmkgc.demo import demo_configs, run_demo
 def test_demo_configs_are_valid_and_comparable():
     from mmkgc.config import parse_config
 
+    from mmkgc.demo import INDUCTIVE_SHARE
+
     configs = [parse_config(raw) for _, _, raw in demo_configs(0)]
-    structure, multimodal = configs
-    assert structure.training == multimodal.training  # same budget and optimiser
+    structure, multimodal, inductive = configs
+    assert structure.training == multimodal.training == inductive.training  # same budget and optimiser
     assert structure.model.representation == "structure" and multimodal.model.representation == "concat"
+    # the inductive row: the multimodal model with the option, on the split that keeps entities out of train
+    assert inductive.model.model_copy(update={"unseen": multimodal.model.unseen}) == multimodal.model
+    assert inductive.model.unseen.mode == "modality"
+    assert inductive.dataset.synthetic.model_extra == {"unseen_entity_share": INDUCTIVE_SHARE}
 
 
 def test_demo_multimodal_beats_structure_only(tmp_path: Path):

@@ -29,7 +29,7 @@ def _concat(share: float = 0.5, dropout: bool = True, align_weight: float = 0.0,
     torch.manual_seed(0)
     rep = MultimodalRepresentation(N, D, _features(), with_structure=True)
     structure = attach_modality_structure(rep, SEEN, share=share, dropout=dropout, align_weight=align_weight,
-                                          seed=seed)
+                                          seed=seed, projection="linear")
     with torch.no_grad():
         structure.projection.weight.copy_(torch.arange(D * D, dtype=torch.float32).reshape(D, D) / 10 - 0.7)
         structure.projection.bias.copy_(torch.tensor([0.1, -0.2, 0.3, -0.4]))
@@ -75,11 +75,14 @@ def test_zero_initialised_projection_and_untouched_init():
     s = attach_modality_structure(rep, SEEN)
     assert torch.equal(torch.get_rng_state(), state)  # attaching draws no random numbers
     assert torch.equal(s.embedding.weight, plain.structure.embedding.weight)
-    assert float(s.projection.weight.abs().sum()) == 0.0 and float(s.projection.bias.abs().sum()) == 0.0
+    last = s.projection[2]
+    assert float(last.weight.abs().sum()) == 0.0 and float(last.bias.abs().sum()) == 0.0
+    assert torch.equal(s.eval()(torch.tensor([4])), torch.zeros(1, D))  # an unseen entity starts at zero
     # state-dict keys of the model without the option are kept (the structural table is the same parameter)
     assert set(plain.state_dict()) <= set(rep.state_dict())
     assert set(rep.state_dict()) - set(plain.state_dict()) == {
-        "structure.projection.weight", "structure.projection.bias", "structure.seen", "structure.draws"}
+        "structure.projection.0.weight", "structure.projection.0.bias", "structure.projection.2.weight",
+        "structure.projection.2.bias", "structure.seen", "structure.draws"}
 
 
 def test_sample_share_determinism_and_restriction():
@@ -110,8 +113,8 @@ def test_sample_share_determinism_and_restriction():
         assert int(structure.draws) == draw
         mask = structure.sample_mask(draw) & SEEN & structure.has_modality
         rows = structure(None)
-        for e in range(N):
-            expect = _by_hand(rep, e) if bool(mask[e]) or e == 4 else table[e]
+        for e in range(N):  # in training the unseen entity 4 (only ever a negative there) keeps its row
+            expect = _by_hand(rep, e) if bool(mask[e]) else table[e]
             assert torch.allclose(rows[e], expect, atol=1e-6), (draw, e)
     rep.eval()
     structure(None)
@@ -143,14 +146,35 @@ def test_alignment_value_only_trains_the_projection():
 
 
 def test_gradients_reach_the_projection_through_the_kgc_score():
-    rep, structure = _concat(share=0.0)
+    rep, structure = _concat(share=0.5)
     model = KGEModel(N, 2, build_scorer("distmult", D), rep)
     model.train()
-    score = model.score_hrt(torch.tensor([[0, 1, 4]]))  # tail 4 is unseen: its substitute enters the score
+    dropped = (structure.sample_mask(0) & SEEN & structure.has_modality).nonzero(as_tuple=True)[0].tolist()
+    kept = [e for e in range(4) if e not in dropped]
+    assert dropped and kept
+    e, other = dropped[0], kept[0]
+    score = model.score_hrt(torch.tensor([[other, 1, e]]))  # tail e is dropped: its substitute enters the score
     score.sum().backward()
     assert float(structure.projection.weight.grad.abs().sum()) > 0
     assert float(rep.inputs[0].adapter.linear.weight.grad.abs().sum()) > 0
-    assert float(structure.embedding.weight.grad[4].abs().sum()) == 0.0  # the replaced row gets nothing
+    assert float(structure.embedding.weight.grad[e].abs().sum()) == 0.0  # the replaced row gets nothing
+    assert float(structure.embedding.weight.grad[other].abs().sum()) > 0.0
+
+
+def test_mlp_projection_values():
+    torch.manual_seed(0)
+    rep = MultimodalRepresentation(N, D, _features())
+    structure = attach_modality_structure(rep, SEEN, projection="mlp")
+    first, last = structure.projection[0], structure.projection[2]
+    assert float(last.weight.abs().sum()) == 0.0  # starts at zero
+    with torch.no_grad():
+        last.weight.normal_()
+        last.bias.normal_()
+    rep.eval()
+    m = rep.inputs[0]
+    a = m.adapter.linear.weight @ m.values[4] + m.adapter.linear.bias
+    expected = last.weight @ torch.relu(first.weight @ a + first.bias) + last.bias
+    assert torch.allclose(structure(torch.tensor([4]))[0], expected, atol=1e-5)
 
 
 def test_evaluation_scores_use_the_substitute_automatically():
@@ -178,7 +202,7 @@ def test_fused_representations_take_the_substitute_in_the_structural_slot(gate):
                               relation_gate=gate, confidence="l2" if gate else "none")
     structure = attach_modality_structure(rep, SEEN, share=0.5)
     with torch.no_grad():
-        structure.projection.weight.normal_()
+        structure.projection[2].weight.normal_()
     rep.eval()
     x, _ = rep.raw_components(torch.arange(N))
     assert torch.allclose(x[4, 0], structure.projection(rep.inputs[0](torch.tensor([4]))[0])[0], atol=1e-6)
@@ -201,7 +225,7 @@ def test_checkpoint_round_trip_restores_the_seen_set_and_the_counter(tmp_path: P
     save_checkpoint(tmp_path / "ck", model, {"epoch": 1})
     torch.manual_seed(5)
     other_rep = MultimodalRepresentation(N, D, _features())
-    other = attach_modality_structure(other_rep, torch.ones(N, dtype=torch.bool))  # another seen set
+    other = attach_modality_structure(other_rep, torch.ones(N, dtype=torch.bool), projection="linear")  # other seen
     load_checkpoint(tmp_path / "ck", KGEModel(N, 2, build_scorer("distmult", D), other_rep))
     assert torch.equal(other.seen, SEEN) and int(other.draws) == 2
     rep.eval()

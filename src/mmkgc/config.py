@@ -319,12 +319,15 @@ class UnseenConfig(_Strict):
     :param align_weight: weight of the alignment term, the relative squared error between the drawn entities'
         projection and their (detached) structural rows; it trains only the projection.  ``dropout: false`` with
         ``align_weight > 0`` leaves the training of every other parameter as without the option.
+    :param projection: the map from the entity's adapted modality vectors to its substitute structural row:
+        ``mlp`` (one hidden ReLU layer of the entity width; default) or ``linear``.
     """
 
     mode: Literal["none", "modality"] = "none"
     share: float = Field(0.15, ge=0.0, lt=1.0)
     dropout: bool = True
     align_weight: float = Field(0.0, ge=0.0, le=100.0)
+    projection: Literal["linear", "mlp"] = "mlp"
 
     @model_validator(mode="after")
     def _trained(self) -> "UnseenConfig":

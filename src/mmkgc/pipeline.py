@@ -193,7 +193,8 @@ def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KG
 
     try:
         attach_modality_structure(model.entities, seen_in_training(data.triples), share=options.share,
-                                  dropout=options.dropout, align_weight=options.align_weight, seed=cfg.seed)
+                                  dropout=options.dropout, align_weight=options.align_weight, seed=cfg.seed,
+                                  projection=options.projection)
     except ValueError as err:
         raise ConfigError(f"model.unseen: {err}") from None
     return model

@@ -4,16 +4,17 @@ An entity that never occurs in a training triple keeps an untrained structural e
 ranks it with noise in the structural slot however informative its text or image is.  This module replaces the
 structural row of such entities by a *substitute* computed from the entity's modalities alone::
 
-    s~_e = W [a_1(e); ...; a_M(e)] + b        (a_m: the representation's adapted modality vectors [D], absent = fill)
+    s~_e = g([a_1(e); ...; a_M(e)])        (a_m: the representation's adapted modality vectors [D], absent = fill)
 
-and trains ``W, b`` (zero-initialised, so a substitute starts as "no structural information") in two ways, both
+with ``g`` a one-hidden-layer ReLU MLP (default) or a linear map, whose last layer is zero-initialised (a substitute
+starts as the zero vector: "no structural information"), and trains ``g`` in two ways, both
 on a per-step random sample of the *seen* entities that have at least one modality (share ``share``):
 
 * **structure dropout** (``dropout: true``): the sampled entities' structural rows are replaced by their substitute
   in the training forward pass, so the KGC loss trains the projection *and* teaches the fusion / scorer to work
   with a structural slot computed from modalities (gradients reach the adapters and the fusion too);
 * **alignment** (``align_weight > 0``): the relative squared error
-  ``Σ_e ||W a(e) + b - s_e||² / Σ_e ||s_e||²`` over the sample, with ``a(e)`` and ``s_e`` detached, added to the
+  ``Σ_e ||g(a(e)) - s_e||² / Σ_e ||s_e||²`` over the sample, with ``a(e)`` and ``s_e`` detached, added to the
   loss with that weight; it trains only the projection (a regression into the structural space), so on its own it
   leaves the training of every other parameter unchanged.
 
@@ -65,6 +66,8 @@ class ModalityStructure(EntityRepresentation):
     :param dropout: replace the sampled entities' rows by their substitutes in training (structure dropout).
     :param align_weight: weight of the alignment term on the sample (0: none).
     :param seed: seed of the sample draws.
+    :param projection: ``mlp`` (``W_2 relu(W_1 a + b_1) + b_2``, hidden width ``D``; the first layer keeps
+        PyTorch's default initialisation, drawn from a forked random stream) or ``linear`` (``W a + b``).
 
     Shapes: ``forward(ids [B] | None) -> [B, D]`` (``None``: all ``N`` rows); :meth:`substitute` ``[S] -> [S, D]``.
     :raises ValueError: ``seen`` of the wrong length, a share outside ``[0, 1)``, a negative ``align_weight``, or
@@ -72,7 +75,7 @@ class ModalityStructure(EntityRepresentation):
     """
 
     def __init__(self, base: EmbeddingRepresentation, inputs: nn.ModuleList, seen: torch.Tensor, share: float = 0.15,
-                 dropout: bool = True, align_weight: float = 0.0, seed: int = 0):
+                 dropout: bool = True, align_weight: float = 0.0, seed: int = 0, projection: str = "mlp"):
         super().__init__()
         seen = torch.as_tensor(seen, dtype=torch.bool).reshape(-1)
         if seen.shape[0] != base.num_entities:
@@ -89,11 +92,19 @@ class ModalityStructure(EntityRepresentation):
         self.num_entities, self.dim = base.num_entities, base.dim
         self.embedding = base.embedding
         self._inputs = [inputs]  # a plain list: the modules stay owned (and saved) by the representation
+        width = len(inputs) * base.dim
         with torch.random.fork_rng(devices=[]):  # the global random stream is left as it was
-            self.projection = nn.Linear(len(inputs) * base.dim, base.dim)
+            if projection == "linear":
+                self.projection = nn.Linear(width, base.dim)
+                last = self.projection
+            elif projection == "mlp":
+                self.projection = nn.Sequential(nn.Linear(width, base.dim), nn.ReLU(), nn.Linear(base.dim, base.dim))
+                last = self.projection[2]
+            else:
+                raise ValueError(f"projection must be 'linear' or 'mlp', got {projection!r}")
         with torch.no_grad():  # start at the zero vector: no structural information
-            self.projection.weight.zero_()
-            self.projection.bias.zero_()
+            last.weight.zero_()
+            last.bias.zero_()
         self.share, self.dropout, self.align_weight, self.seed = float(share), bool(dropout), float(align_weight), seed
         self.register_buffer("seen", seen.clone())
         self.register_buffer("draws", torch.zeros(1, dtype=torch.long))
@@ -112,7 +123,7 @@ class ModalityStructure(EntityRepresentation):
         return torch.cat([m(ids)[0] for m in self.inputs], -1)
 
     def substitute(self, ids: torch.Tensor) -> torch.Tensor:
-        """Substitute structural rows of ``ids [S]`` -> ``[S, D]``: ``W [a_1; ...; a_M] + b``."""
+        """Substitute structural rows of ``ids [S]`` -> ``[S, D]``: ``g([a_1; ...; a_M])``."""
         return self.projection(self.modality_vectors(ids))
 
     def sample_mask(self, draw: int) -> torch.Tensor:
@@ -131,8 +142,13 @@ class ModalityStructure(EntityRepresentation):
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         rows = self.embedding.weight if ids is None else self.embedding(ids)
-        replace = self.substituted(ids)
         sample = None
+        if not self.training:
+            replace = self.substituted(ids)
+        else:
+            # in training an entity without training triples only ever occurs as a negative: its substitute would
+            # teach the projection that substitutes score low, so it keeps its (unused) row there
+            replace = torch.zeros_like(rows[:, 0], dtype=torch.bool)
         if self.training and self.share > 0:
             draw = int(self.draws[0])
             with torch.no_grad():
@@ -180,7 +196,8 @@ def alignment_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def attach_modality_structure(representation: nn.Module, seen: torch.Tensor, share: float = 0.15,
-                              dropout: bool = True, align_weight: float = 0.0, seed: int = 0) -> ModalityStructure:
+                              dropout: bool = True, align_weight: float = 0.0, seed: int = 0,
+                              projection: str = "mlp") -> ModalityStructure:
     """Give a multimodal representation modality substitutes for its structural rows (in place).
 
     Works for any representation with ``structure`` (an :class:`~mmkgc.models.kge.EmbeddingRepresentation`) and
@@ -200,7 +217,7 @@ def attach_modality_structure(representation: nn.Module, seen: torch.Tensor, sha
     if not inputs:
         raise ValueError("modality substitutes need at least one modality")
     structure = ModalityStructure(base, inputs, seen, share=share, dropout=dropout, align_weight=align_weight,
-                                  seed=seed)
+                                  seed=seed, projection=projection)
     device = base.embedding.weight.device
     representation.structure = structure.to(device)
     return structure
