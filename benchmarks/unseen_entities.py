@@ -11,13 +11,15 @@ Two experiments, each writing run directories and a JSON summary:
     * ``concat``           -- structure + text + visual by concatenation, without the option;
     * ``concat_unseen``    -- the same with ``model.unseen.mode: modality`` (structure dropout, share 0.15);
     * ``concat_align``     -- the same with alignment only (``dropout: false``, ``align_weight: 1``);
-    * ``fused_unseen``     -- attention fusion (AdaMF-style) with the option.
+    * ``fused_unseen``     -- attention fusion (AdaMF-style) with the option;
+    * ``modality_only``    -- no structural table at all, every entity from its features (a reference: what the
+      features alone give seen and unseen entities alike).
 
 ``db15k``
     A DB15K config with name text (default ``configs/db15k/rotate_text.yaml``, 10-minute training budget) trained
-    twice with the same seed, without and with the option (``--set`` overrides of the option, default
-    ``model.unseen.mode=modality``), as two processes at once with one torch thread each, so both see the same load;
-    the load average is sampled every 30 s.
+    with the same seed without and with the option (``--runs``: each run's name and ``--set`` overrides; default
+    ``without`` and ``with:model.unseen.mode=modality``), all runs as processes at once with one torch thread
+    each, so they see the same load; the load average is sampled every 30 s.
 
 Both report test MRR / Hits@10 (realistic ties, filtered) by ranking task: ``answer_unseen`` (the entity to predict
 has no training triple), ``query_unseen`` (the known entity has none, the answer has), ``seen`` (both have), and
@@ -49,7 +51,7 @@ import yaml
 from mmkgc.evaluation.metrics import answer_seen_labels, evaluate
 from mmkgc.fileio import atomic_write_text
 
-SYNTHETIC_VARIANTS = ("structure", "concat", "concat_unseen", "concat_align", "fused_unseen")
+SYNTHETIC_VARIANTS = ("structure", "concat", "concat_unseen", "concat_align", "fused_unseen", "modality_only")
 
 
 def breakdown(run_dir: Path) -> dict:
@@ -83,6 +85,8 @@ def synthetic_config(variant: str, seed: int, share: float, epochs: int, options
         model.update(representation="concat", modalities=modalities)
     if variant == "fused_unseen":
         model.update(representation="fused", fusion={"kind": "attention"})
+    if variant == "modality_only":
+        model.update(representation="modality_only")
     if variant in ("concat_unseen", "fused_unseen"):
         model["unseen"] = {"mode": "modality", **(options or {})}
     elif variant == "concat_align":
@@ -122,7 +126,10 @@ def run_db15k(args: argparse.Namespace) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    runs = {"without": [], "with": list(args.option)}
+    runs = {}
+    for spec in args.runs:
+        name, _, sets = spec.partition(":")
+        runs[name] = [item for item in sets.split(",") if item]
     procs = {}
     for name, extra in runs.items():
         cmd = [sys.executable, "-m", "mmkgc", "train", args.config, "--run-dir", str(out / name),
@@ -135,7 +142,7 @@ def run_db15k(args: argparse.Namespace) -> dict:
     while any(p.poll() is None for p, _, _ in procs.values()):
         loads.append(os.getloadavg()[0])
         time.sleep(30)
-    result = {"experiment": "db15k", "config": args.config, "minutes": args.minutes, "option": list(args.option),
+    result = {"experiment": "db15k", "config": args.config, "minutes": args.minutes, "runs_requested": runs,
               "load_average_samples": loads,
               "load_average_median": sorted(loads)[len(loads) // 2] if loads else None, "runs": {}}
     for name, (proc, cmd, log) in procs.items():
@@ -165,8 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     db.add_argument("--json")
     db.add_argument("--config", default="configs/db15k/rotate_text.yaml")
     db.add_argument("--minutes", type=float, default=10.0)
-    db.add_argument("--option", nargs="*", default=["model.unseen.mode=modality"],
-                    help="--set overrides of the run with the option")
+    db.add_argument("--runs", nargs="+", default=["without", "with:model.unseen.mode=modality"],
+                    metavar="NAME[:KEY=VALUE,...]",
+                    help="the runs started together, each with its --set overrides (default: without and with the "
+                         "option)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = run_synthetic(args) if args.experiment == "synthetic" else run_db15k(args)

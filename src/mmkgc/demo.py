@@ -38,7 +38,7 @@ def demo_configs(seed: int = 0) -> list[tuple[str, str, dict[str, Any]]]:
          {"name": "demo-multimodal", "seed": seed, "dataset": dataset,
           "model": {**model, "representation": "concat", "modalities": modalities},
           "training": training, "evaluation": evaluation}),
-        (f"ComplEx, concat + unseen: modality, {INDUCTIVE_SHARE:.0%} of entities unseen in train", "inductive",
+        (f"ComplEx, concat + model.unseen, {INDUCTIVE_SHARE:.0%} of entities unseen", "inductive",
          {"name": "demo-inductive", "seed": seed,
           "dataset": {"synthetic": {"seed": seed, "unseen_entity_share": INDUCTIVE_SHARE}},
           "model": {**model, "representation": "concat", "modalities": modalities, "unseen": {"mode": "modality"}},
