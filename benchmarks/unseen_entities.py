@@ -28,10 +28,12 @@ without training triples, both of its tasks).
 
 Usage::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/unseen_entities.py synthetic --out runs/unseen_syn \\
-        --json docs/results/unseen_entities_synthetic.json
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/unseen_entities.py synthetic --seed 0 --epochs 30 \\
+        --out runs/unseen_s0 --json docs/results/unseen_entities_synthetic_seed0.json
     MMKGC_DATA_DIR=../shared/datasets PYTHONPATH=src python benchmarks/unseen_entities.py db15k \\
-        --out runs/unseen_db15k --json docs/results/unseen_entities_db15k.json
+        --out runs/unseen_db15k --json docs/results/unseen_entities_db15k.json --runs without \\
+        dropout:model.unseen.mode=modality \\
+        align:model.unseen.mode=modality,model.unseen.dropout=false,model.unseen.align_weight=1
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation
 __all__ = ["ModalityStructure", "attach_modality_structure", "modality_structures", "pop_auxiliary_losses"]
 
 
+#: alignment values kept between two :meth:`ModalityStructure.pop_losses` calls (a trainer step makes one or two)
+_MAX_PENDING = 16
+
+
 def _draw_seed(seed: int, draw: int) -> int:
     """A 63-bit generator seed for draw ``draw`` of a run seeded ``seed`` (numpy's SeedSequence mixing)."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(draw), 0x5EE4]).generate_state(2, dtype=np.uint32)
@@ -177,6 +181,7 @@ class ModalityStructure(EntityRepresentation):
                 pred = self.projection(vectors[picked].detach()).float()
                 target = rows.index_select(0, idx[picked]).detach().float()
                 self._pending.append(alignment_error(pred, target))
+                del self._pending[:-_MAX_PENDING]  # forward passes outside a trainer step are never popped
         return out
 
     def pop_losses(self) -> list[torch.Tensor]:
