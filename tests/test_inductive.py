@@ -349,3 +349,27 @@ def test_yaml_round_trip_of_the_option(tmp_path: Path):
                             unseen={"mode": "modality", "share": 0.3, "align_weight": 1.5}))
     again = parse_config(yaml.safe_load(dump_config(cfg)))
     assert again.model.unseen == cfg.model.unseen
+
+
+@pytest.mark.parametrize("adversarial", [
+    {"kind": "mat", "mu": 0.1},
+    {"kind": "moien", "heads": 2, "layers": 1, "complete_missing": True},
+])
+def test_adversarial_fused_methods_train_with_the_option(tmp_path: Path, adversarial):
+    import json
+
+    from mmkgc.pipeline import load_run, run_experiment
+
+    model = {"representation": "fused", "modalities": MODS, "adapter": "mlp",
+             "fusion": {"kind": "attention", "relation_temperature": True, "confidence": "l2",
+                        "relation_gate": adversarial["kind"] == "moien"},
+             "unseen": {"mode": "modality", "align_weight": 0.5}}
+    raw = _raw(**model)
+    raw["training"].update(epochs=1, adversarial=adversarial)
+    metrics = run_experiment(parse_config(raw), tmp_path / "r", device="cpu", log=lambda line: None)
+    log = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "unseen_align" in log["terms"] and "generator" in log["terms"]
+    assert metrics["summary"]["test_by_seen"]["unseen"]["count"] > 0
+    _, _, loaded = load_run(tmp_path / "r", device="cpu")
+    structure = loaded.entities.structure
+    assert isinstance(structure, ModalityStructure) and int(structure.draws) > 0
