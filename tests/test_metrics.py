@@ -391,3 +391,25 @@ def test_seen_unseen_breakdown_by_hand():
     # every test entity seen in training: only the "seen" group exists
     seen_only = TripleSet(train, torch.empty(0, 3, dtype=torch.long), test[:1], [f"e{i}" for i in range(6)], ["r"])
     assert set(evaluate(score_fn, seen_only, "test", per_relation=False).by_seen) == {"seen"}
+
+
+def test_answer_seen_labels_by_hand():
+    from mmkgc.evaluation.metrics import answer_seen_labels
+
+    # the triples of the by_seen test: entity 5 is in no training triple, entity 4 only in valid
+    train = torch.tensor([[0, 0, 1], [1, 0, 2], [2, 0, 3], [3, 0, 0]])
+    test = torch.tensor([[0, 0, 2], [1, 0, 5], [4, 0, 3]])
+    triples = TripleSet(train, torch.tensor([[4, 0, 0]]), test, [f"e{i}" for i in range(6)], ["r"], name="t")
+    labels = answer_seen_labels(triples)
+    # head task of (1, 0, 5) predicts 1 from the unseen 5; tail task predicts the unseen 5
+    assert labels == {"head": ["seen", "query_unseen", "answer_unseen"],
+                      "tail": ["seen", "answer_unseen", "query_unseen"]}
+
+    def score_fn(queries, side):
+        return -torch.arange(6, dtype=torch.float32).expand(queries.shape[0], 6).clone()
+
+    result = evaluate(score_fn, triples, "test", per_relation=False, policies=("realistic",), group_labels=labels)
+    # ranks from test_seen_unseen_breakdown_by_hand: answer unseen = tail of (1,0,5) rank 5 and head of (4,0,3) 4
+    assert result.get("mrr", group="answer_unseen") == pytest.approx((1 / 5 + 1 / 4) / 2)
+    assert result.get("mrr", group="query_unseen") == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert answer_seen_labels(triples, "valid") == {"head": ["answer_unseen"], "tail": ["query_unseen"]}

@@ -161,3 +161,60 @@ def test_options_and_argument_checks():
         make_synthetic_mmkg(sparse_fraction=1.0)
     with pytest.raises(ValueError, match="sparse_degree"):
         make_synthetic_mmkg(sparse_degree=(3, 2))
+
+
+@pytest.fixture(scope="module")
+def inductive() -> SyntheticMMKG:
+    return make_synthetic_mmkg(seed=0, unseen_entity_share=0.15)
+
+
+def test_inductive_split_keeps_the_chosen_entities_out_of_train(default, inductive):
+    u = inductive.unseen
+    assert u.dtype == np.bool_ and int(u.sum()) == 300  # round(0.15 * 2000)
+    assert not (u & ~inductive.sparse).any()  # drawn among the sparse entities
+    ts = inductive.triples
+    train = ts.train.numpy()
+    assert not u[train[:, 0]].any() and not u[train[:, 2]].any()  # never in train
+    seen = np.zeros(ts.num_entities, dtype=bool)
+    seen[train[:, 0]] = seen[train[:, 2]] = True
+    held = np.concatenate([ts.valid.numpy(), ts.test.numpy()])
+    ends = u[held[:, 0]].astype(int) + u[held[:, 2]]
+    assert ends.max() == 1  # no held-out triple between two unseen entities
+    # every other entity and every relation of valid/test occurs in train
+    other = np.where(u[held[:, 0]], held[:, 2], held[:, 0])
+    assert seen[other].all() and set(held[:, 1].tolist()) <= set(train[:, 1].tolist())
+    assert (~seen == u).sum() >= ts.num_entities - 10  # besides U, at most a few entities lost every triple
+    # a large share of the held-out triples is about unseen entities, in valid and in test alike
+    for split in ("valid", "test"):
+        x = ts.split(split).numpy()
+        share = (u[x[:, 0]] | u[x[:, 2]]).mean()
+        assert 0.35 < share < 0.75, (split, share)
+    # most unseen entities keep at least one held-out triple
+    touched = np.zeros(ts.num_entities, dtype=bool)
+    touched[held[:, 0]] = touched[held[:, 2]] = True
+    assert (touched & u).sum() >= 0.8 * u.sum()
+    # the rest of the dataset is the default one: same features, train is the default train minus moved facts
+    for m in default.features:
+        assert np.array_equal(default.features[m], inductive.features[m])
+    assert as_set(ts.train) <= as_set(default.triples.train)
+    everything = as_set(default.triples.train) | as_set(default.triples.valid) | as_set(default.triples.test)
+    assert as_set(ts.valid) | as_set(ts.test) <= everything
+    rep = health_report(ts)
+    x = ts.test.numpy()
+    assert rep.unseen["test"].triples_with_unseen_entity == int((u[x[:, 0]] | u[x[:, 2]]).sum())
+    assert rep.overlaps == {"train&valid": 0, "train&test": 0, "valid&test": 0}
+
+
+def test_inductive_split_is_deterministic_and_checked():
+    a = make_synthetic_mmkg(num_entities=480, num_relations=9, num_types=6, seed=3, unseen_entity_share=0.1)
+    b = make_synthetic_mmkg(num_entities=480, num_relations=9, num_types=6, seed=3, unseen_entity_share=0.1)
+    for split in ("train", "valid", "test"):
+        assert torch.equal(a.triples.split(split), b.triples.split(split))
+    assert np.array_equal(a.unseen, b.unseen) and int(a.unseen.sum()) == 48
+    c = make_synthetic_mmkg(num_entities=480, num_relations=9, num_types=6, seed=4, unseen_entity_share=0.1)
+    assert not np.array_equal(a.unseen, c.unseen)
+    assert not make_synthetic_mmkg(num_entities=480, num_relations=9, num_types=6, seed=3).unseen.any()
+    with pytest.raises(ValueError, match="unseen_entity_share"):
+        make_synthetic_mmkg(num_entities=480, num_relations=9, num_types=6, seed=3, unseen_entity_share=0.5)
+    with pytest.raises(ValueError, match="unseen_entity_share"):
+        make_synthetic_mmkg(num_entities=480, num_relations=9, num_types=6, seed=3, unseen_entity_share=-0.1)

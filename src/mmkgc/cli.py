@@ -334,6 +334,11 @@ def demo(
     best_multimodal = max(r["mrr"] for r in rows if r["kind"] == "multimodal")
     verdict = "beats" if best_multimodal > best_structure else "does NOT beat"
     console.print(f"multimodal ({best_multimodal:.4f} MRR) {verdict} structure-only ({best_structure:.4f} MRR)")
+    for row in rows:
+        if "mrr_answer_unseen" in row:
+            console.print(f"{row['model']}: MRR {row['mrr_answer_unseen']:.4f} on the "
+                          f"{int(row['count_answer_unseen'])} test tasks whose answer has no training triple, "
+                          f"{row['mrr_seen']:.4f} on the {int(row['count_seen'])} whose entities both have")
 
 
 #: What a command has already reported itself (so :func:`run` does not print it again).

@@ -309,6 +309,37 @@ class EnrichmentConfig(_Strict):
         return self.target or ("image" if self.policy == "replace_image" else "text")
 
 
+class UnseenConfig(_Strict):
+    """Representations of entities without training triples (``model.unseen``; :mod:`mmkgc.models.inductive`).
+
+    :param mode: ``none`` (an entity without training triples keeps its untrained structural row) or ``modality``
+        (its structural row is replaced by a projection of its modality vectors, trained on seen entities; used
+        automatically for every entity without a training triple that has a modality).  Needs a representation with
+        a structural table and modalities: ``concat`` or ``fused``.
+    :param share: share of the seen entities (with a modality) drawn at every training step for the projection.
+    :param dropout: replace the drawn entities' structural rows by their projection in the training step
+        (structure dropout; trains the fusion and scorer to work from modalities alone).
+    :param align_weight: weight of the alignment term, the relative squared error between the drawn entities'
+        projection and their (detached) structural rows; it trains only the projection.  ``dropout: false`` with
+        ``align_weight > 0`` leaves the training of every other parameter as without the option.
+    :param projection: the map from the entity's adapted modality vectors to its substitute structural row:
+        ``mlp`` (one hidden ReLU layer of the entity width; default) or ``linear``.
+    """
+
+    mode: Literal["none", "modality"] = "none"
+    share: float = Field(0.15, ge=0.0, lt=1.0)
+    dropout: bool = True
+    align_weight: float = Field(0.0, ge=0.0, le=100.0)
+    projection: Literal["linear", "mlp"] = "mlp"
+
+    @model_validator(mode="after")
+    def _trained(self) -> "UnseenConfig":
+        if self.mode == "modality" and not self.dropout and (self.align_weight == 0 or self.share == 0):
+            raise ValueError("nothing would train the modality projection: set dropout: true, or align_weight > 0 "
+                             "with share > 0")
+        return self
+
+
 class ModelConfig(_Strict):
     """Entity representation + scorer.
 
@@ -327,6 +358,7 @@ class ModelConfig(_Strict):
     :param trainable_features: fine-tune the raw feature tables (AdaMF) instead of keeping them frozen (NativE).
     :param method: ``kge`` (one entity representation + one scorer) or ``imvia`` (per-modality decoders with
         decision fusion, options in ``imvia``).
+    :param unseen: representations of entities without training triples (:class:`UnseenConfig`; default off).
     """
 
     scorer: str = "rotate"
@@ -344,6 +376,7 @@ class ModelConfig(_Strict):
     method: Literal["kge", "imvia"] = "kge"
     imvia: ImviaConfig | None = None
     enrichment: EnrichmentConfig | None = None
+    unseen: UnseenConfig = Field(default_factory=UnseenConfig)
 
     @field_validator("scorer")
     @classmethod
@@ -386,7 +419,22 @@ class ModelConfig(_Strict):
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
             raise ValueError(f"modality names must be unique, got {names}")
+        self._unseen_applies()
         return self
+
+    def _unseen_applies(self) -> None:
+        """``unseen.mode: modality`` needs a structural table and modalities (concat or fused, method kge)."""
+        if self.unseen.mode == "none":
+            return
+        why = {
+            "structure": "representation 'structure' has no modalities to compute an unseen entity from",
+            "modality_only": "representation 'modality_only' already computes every entity from its modalities",
+            "rgcn": "representation 'rgcn' computes entities from the training graph, not from a structural table",
+        }.get(self.representation)
+        if self.method != "kge":
+            why = f"method {self.method!r} has its own per-modality branches"
+        if why is not None:
+            raise ValueError(f"unseen.mode 'modality' needs representation 'concat' or 'fused': {why}")
 
 
 class AdversarialConfig(_Strict):

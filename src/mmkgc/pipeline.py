@@ -179,7 +179,7 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
     if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
         from mmkgc.models.methods import build_fused_model
 
-        return build_fused_model(cfg, data, scorer, _model_features(cfg, data, progress))
+        return _with_unseen(cfg, data, build_fused_model(cfg, data, scorer, _model_features(cfg, data, progress)))
     if mc.representation == "structure":
         rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
                                       sparse=cfg.training.sparse)
@@ -198,13 +198,33 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
             init=scorer.init_entity_,
             dropout=mc.projection_dropout,
         )
-    return KGEModel(triples.num_entities, triples.num_relations, scorer, rep, reciprocal=mc.reciprocal)
+    return _with_unseen(cfg, data, KGEModel(triples.num_entities, triples.num_relations, scorer, rep,
+                                            reciprocal=mc.reciprocal))
+
+
+def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KGEModel:
+    """Attach ``model.unseen`` (modality substitutes for entities without training triples) to a built model."""
+    options = cfg.model.unseen
+    if options.mode == "none":
+        return model
+    from mmkgc.evaluation.metrics import seen_in_training
+    from mmkgc.models.inductive import attach_modality_structure
+
+    try:
+        attach_modality_structure(model.entities, seen_in_training(data.triples), share=options.share,
+                                  dropout=options.dropout, align_weight=options.align_weight, seed=cfg.seed,
+                                  projection=options.projection)
+    except ValueError as err:
+        raise ConfigError(f"model.unseen: {err}") from None
+    return model
 
 
 def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     """What must not change between a checkpoint and the run resuming it: data, model, seed, feature tables."""
+    # ``model.unseen`` left at its default is not part of the hash, so runs started before the option existed resume
+    model_part = cfg.model.model_dump(mode="json", exclude={"unseen"} if cfg.model.unseen.mode == "none" else None)
     payload = json.dumps(
-        {"dataset": cfg.dataset.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed},
+        {"dataset": cfg.dataset.model_dump(mode="json"), "model": model_part, "seed": cfg.seed},
         sort_keys=True,
     )
     features = {}

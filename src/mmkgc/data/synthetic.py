@@ -27,11 +27,18 @@ structure-only model cannot:
 4. **Splits.**  A "fact" is a triple together with its reversed partner (symmetric relations, inverse pairs);
    a fact goes to one split as a whole, so the reverse of a test triple is never a training triple.  Held-out
    facts are mostly those of sparse entities plus a small share ``dense_heldout_fraction`` of the other facts,
-   split evenly into valid and test.  Every entity and relation of valid/test occurs in train.
+   split evenly into valid and test.  Every entity and relation of valid/test occurs in train (but see 6).
 5. **Features.**  ``text`` and ``visual`` tables are different random two-layer ``tanh`` maps of the latent
    (the text view also carries a type signal), plus Gaussian noise, standardised per column (float32).
    A random share ``missing_text`` / ``missing_visual`` of the entities lacks each modality: its row is all
    zeros and its presence mask is ``False``.
+6. **Inductive split** (``unseen_entity_share > 0``).  That share of all entities, drawn among the sparse ones from
+   a separate stream, is kept out of train: every fact with one such end moves to valid or test (evenly, by fact),
+   facts between two of them are dropped, and a moved fact whose other end or relation no longer occurs in train is
+   dropped too (an ordinary held-out fact in that situation returns to train).  The remaining train triples and the
+   features are those of the same arguments with share 0, minus the moved facts.  ``SyntheticMMKG.unseen`` marks
+   the entities kept out.  Their features are the same noisy views of the latent as everyone's, so their links can
+   be predicted from modalities alone (the ground truth for ``model.unseen``).
 
 Everything is drawn from one :func:`numpy.random.default_rng` stream, so the output is a deterministic
 function of the arguments.
@@ -83,6 +90,8 @@ class SyntheticMMKG:
     inverse_of: dict[int, int] = field(default_factory=dict)
     compositions: list[tuple[int, int, int]] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    #: bool ``[N]``, entities kept out of train by ``unseen_entity_share`` (their triples are in valid/test only)
+    unseen: np.ndarray | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -190,6 +199,7 @@ def make_synthetic_mmkg(
     visual_noise: float = 0.7,
     missing_text: float = 0.1,
     missing_visual: float = 0.2,
+    unseen_entity_share: float = 0.0,
     name: str = "synthetic",
 ) -> SyntheticMMKG:
     """Generate a synthetic multi-modal knowledge graph (see the module docstring for the model).
@@ -213,6 +223,8 @@ def make_synthetic_mmkg(
     :param text_dim, visual_dim: feature sizes ``d_m``.
     :param text_noise, visual_noise: standard deviation of the Gaussian noise added to the standardised views.
     :param missing_text, missing_visual: share of entities without the modality.
+    :param unseen_entity_share: share of all entities kept out of train (the inductive split, step 6 of the module
+        docstring), drawn among the sparse entities, so at most ``sparse_fraction``.
     :param name: dataset name of the TripleSet.
     :returns: a :class:`SyntheticMMKG`.
     :raises ValueError: an argument outside its range.
@@ -228,6 +240,9 @@ def make_synthetic_mmkg(
                 "missing_text", "missing_visual"):
         if not 0.0 <= params[key] <= 1.0:
             raise ValueError(f"{key} must lie in [0, 1], got {params[key]}")
+    if not 0.0 <= unseen_entity_share <= sparse_fraction:
+        raise ValueError(f"unseen_entity_share must lie in [0, sparse_fraction = {sparse_fraction}] (unseen entities "
+                         f"are drawn among the sparse ones), got {unseen_entity_share}")
     if not 1 <= sparse_degree[0] <= sparse_degree[1]:
         raise ValueError(f"sparse_degree must be (lo, hi) with 1 <= lo <= hi, got {sparse_degree}")
     if neighbours < 1 or latent_dim < 2 or text_dim < 1 or visual_dim < 1:
@@ -380,6 +395,12 @@ def make_synthetic_mmkg(
     is_test = held & test_groups[groups]
     is_valid = held & ~test_groups[groups]
 
+    unseen = np.zeros(N, dtype=bool)
+    if unseen_entity_share > 0:
+        triples, groups, is_valid, is_test, unseen = _inductive_split(
+            triples, groups, is_valid, is_test, sparse, unseen_entity_share, N, R, seed)
+    held = is_valid | is_test
+
     def split(mask: np.ndarray) -> torch.Tensor:
         x = triples[mask]
         x = x[np.lexsort((x[:, 2], x[:, 1], x[:, 0]))]
@@ -420,4 +441,54 @@ def make_synthetic_mmkg(
         inverse_of=inverse_of,
         compositions=compositions,
         params=params,
+        unseen=unseen,
     )
+
+
+def _inductive_split(triples: np.ndarray, groups: np.ndarray, is_valid: np.ndarray, is_test: np.ndarray,
+                     sparse: np.ndarray, share: float, num_entities: int, num_relations: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keep ``round(share * N)`` sparse entities out of train (step 6 of the module docstring).
+
+    Draws from its own stream (seeded by ``(seed, 1)``), so the rest of the dataset (and the features) equals the
+    one generated with ``unseen_entity_share = 0``.
+
+    :returns: ``(triples, groups, is_valid, is_test, unseen [N] bool)`` after the move.
+    :raises ValueError: more unseen entities requested than there are sparse entities.
+    """
+    rng = np.random.default_rng([seed, 1])
+    pool = np.flatnonzero(sparse)
+    count = int(round(share * num_entities))
+    if count > pool.shape[0]:
+        raise ValueError(f"unseen_entity_share {share} needs {count} sparse entities, there are {pool.shape[0]}")
+    unseen = np.zeros(num_entities, dtype=bool)
+    unseen[rng.choice(pool, size=count, replace=False)] = True
+    ends = unseen[triples[:, 0]].astype(np.int64) + unseen[triples[:, 2]]
+    keep = ends < 2  # a fact between two unseen entities has no seen end to ask from: dropped
+    triples, groups, is_valid, is_test, ends = triples[keep], groups[keep], is_valid[keep], is_test[keep], ends[keep]
+    moved = ends == 1
+    held = is_valid | is_test
+    alive = np.ones(triples.shape[0], dtype=bool)
+    for _ in range(10):  # a seen entity or relation may have had all its train triples with unseen entities
+        train = alive & ~held & ~moved
+        seen_e = np.zeros(num_entities, dtype=bool)
+        seen_e[triples[train, 0]] = True
+        seen_e[triples[train, 2]] = True
+        seen_r = np.zeros(num_relations, dtype=bool)
+        seen_r[triples[train, 1]] = True
+        ok = (seen_e[triples[:, 0]] | unseen[triples[:, 0]]) & (seen_e[triples[:, 2]] | unseen[triples[:, 2]]) \
+            & seen_r[triples[:, 1]]
+        bad_moved = alive & moved & ~ok  # the other end (or the relation) is not in train: the fact is dropped
+        bad_held = alive & held & ~moved & ~ok  # an ordinary held-out fact that lost its train support: back to train
+        if not (bad_moved.any() or bad_held.any()):
+            break
+        alive[np.isin(groups, groups[bad_moved])] = False
+        back = np.isin(groups, groups[bad_held])
+        held = held & ~back
+        is_valid, is_test = is_valid & ~back, is_test & ~back
+    # the moved facts: valid or test by fact (a fact and its reverse stay together), evenly
+    moved_groups = rng.permutation(np.unique(groups[alive & moved]))
+    to_test = np.isin(groups, moved_groups[: len(moved_groups) // 2])
+    is_test = (is_test & ~moved) | (moved & to_test)
+    is_valid = (is_valid & ~moved) | (moved & ~to_test)
+    return triples[alive], groups[alive], is_valid[alive], is_test[alive], unseen

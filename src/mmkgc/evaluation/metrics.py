@@ -620,3 +620,22 @@ def seen_in_training(triples: TripleSet) -> torch.Tensor:
     if train.numel():
         seen[train[:, [0, 2]].reshape(-1).long().cpu()] = True
     return seen
+
+
+def answer_seen_labels(triples: TripleSet, split: str = "test") -> dict[str, list[str]]:
+    """Per ranking task of ``split``, whether the entity to *predict* and the known entity occur in training, as
+    ``group_labels`` for :func:`evaluate`: ``{"head": [Q], "tail": [Q]}`` with ``answer_unseen`` (the answer has no
+    training triple), ``query_unseen`` (the known entity has none, the answer has) or ``seen`` (both have).
+
+    Finer than :attr:`EvaluationResult.by_seen`, which puts both tasks of a triple with an unseen entity in one
+    group: the two tasks ask different things of a model (rank an entity it never trained on, or answer from one).
+    """
+    seen = seen_in_training(triples).tolist()
+    rows = triples.split(split).tolist()
+
+    def label(answer: int, query: int) -> str:
+        if not seen[answer]:
+            return "answer_unseen"
+        return "seen" if seen[query] else "query_unseen"
+
+    return {"head": [label(h, t) for h, _, t in rows], "tail": [label(t, h) for h, _, t in rows]}

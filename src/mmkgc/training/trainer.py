@@ -41,6 +41,7 @@ from mmkgc.config import EvaluationConfig, TrainingConfig
 from mmkgc.errors import ConfigError, TrainingInterrupted
 from mmkgc.data.triples import TripleSet
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
+from mmkgc.models.inductive import modality_structures, pop_auxiliary_losses
 from mmkgc.models.kge import KGEModel
 from mmkgc.training.checkpoint import (
     load_checkpoint,
@@ -205,6 +206,8 @@ class Trainer:
         self.aux_steps = list(self.model.auxiliary_steps(training))
         owned = {id(p) for step in self.aux_steps for p in step.params}
         self.optimizer = build_optimizer(self.model, training, exclude=owned)
+        #: modality substitutes of entities without training triples (``model.unseen``): their alignment term
+        self._substitutes = modality_structures(self.model)
         if training.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"training.precision: fp16 needs a CUDA device (this run uses {self.device}); "
                               "use bf16 or fp32 on the CPU")
@@ -302,9 +305,20 @@ class Trainer:
     def _step_loss(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The loss of one (local) batch given as tensors: ``(positives [B, 3], negative entities [B, K],
         tail_corrupted [B, K])`` or ``(entities [B], relations [B], predict_tail [B], labels [B, N])``."""
+        if not self._substitutes:
+            if self.cfg.loop == "negative_sampling":
+                return self._negative_sampling_step(*tensors)
+            return self._one_to_n_step(OneToNBatch(*tensors))
+        pop_auxiliary_losses(self._substitutes)  # anything recorded outside this step (auxiliary steps) is dropped
         if self.cfg.loop == "negative_sampling":
-            return self._negative_sampling_step(*tensors)
-        return self._one_to_n_step(OneToNBatch(*tensors))
+            loss = self._negative_sampling_step(*tensors)
+        else:
+            loss = self._one_to_n_step(OneToNBatch(*tensors))
+        extra, terms = pop_auxiliary_losses(self._substitutes)
+        if extra is not None:
+            loss = loss + extra
+            self._terms = {**self._terms, **terms}
+        return loss
 
     def _negative_sampling_step(self, positives: torch.Tensor, entities: torch.Tensor | None = None,
                                 tail_corrupted: torch.Tensor | None = None) -> torch.Tensor:
