@@ -179,3 +179,16 @@ def test_text_features_from_a_label_table(tmp_path: Path, monkeypatch):
     raw["model"]["modalities"][0]["table_path"] = str(tmp_path / "nope.csv")
     with pytest.raises(Exception, match="does not exist"):
         build_model(parse_config(raw), data)
+
+
+def test_config_fingerprint_is_stable_across_added_options():
+    """A run started before ``dataset.pykeen`` and ``model.unseen`` existed must still resume: the config part of the
+    fingerprint, with both options at their defaults, is the hash the code of commit 4d98654 wrote for this config
+    (computed there with the same ``_config``); setting either option changes it."""
+    from mmkgc.pipeline import build_model, load_data, run_fingerprint
+
+    cfg = parse_config(_config(Path(".")))
+    data = load_data(cfg)
+    assert run_fingerprint(cfg, build_model(cfg, data)) == {"config": "3c1a40726da0b368", "features": {}}
+    changed = parse_config({**_config(Path(".")), "dataset": {"pykeen": "Nations"}})
+    assert run_fingerprint(changed, build_model(cfg, data))["config"] != "3c1a40726da0b368"
