@@ -447,6 +447,45 @@ class AdversarialConfig(_Strict):
         return self
 
 
+#: Schedulers of ``torch.optim.lr_scheduler`` that a config can name (those needing callables or other
+#: schedulers as arguments -- LambdaLR, MultiplicativeLR, SequentialLR, ChainedScheduler -- cannot be written in YAML).
+LR_SCHEDULERS = ("ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR", "ExponentialLR",
+                 "LinearLR", "MultiStepLR", "OneCycleLR", "PolynomialLR", "ReduceLROnPlateau", "StepLR")
+
+
+class SchedulerConfig(_Strict):
+    """A learning-rate scheduler of :mod:`torch.optim.lr_scheduler`, by class name with keyword arguments
+    (``training.scheduler: {name: StepLR, kwargs: {step_size: 10, gamma: 0.5}}``).
+
+    :param name: one of :data:`LR_SCHEDULERS` (the exact class name).
+    :param kwargs: the constructor's keyword arguments except ``optimizer`` and ``last_epoch``; an unknown one is
+        an error naming it.  ``ReduceLROnPlateau`` defaults to ``mode: max`` (the selection metric grows).
+    :param interval: call ``scheduler.step()`` after every ``epoch`` or after every optimisation ``step``
+        (e.g. ``OneCycleLR`` with ``total_steps``); ``ReduceLROnPlateau`` steps after each validation with the
+        selection metric and needs ``epoch``.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    interval: Literal["epoch", "step"] = "epoch"
+
+    @model_validator(mode="after")
+    def _known(self) -> "SchedulerConfig":
+        import inspect
+
+        if self.name not in LR_SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.name!r}; known: {', '.join(LR_SCHEDULERS)}")
+        from torch.optim import lr_scheduler
+
+        params = set(inspect.signature(getattr(lr_scheduler, self.name)).parameters) - {"optimizer", "last_epoch"}
+        unknown = sorted(set(self.kwargs) - params)
+        if unknown:
+            raise ValueError(f"{self.name} has no argument(s) {', '.join(unknown)} (valid: {', '.join(sorted(params))})")
+        if self.name == "ReduceLROnPlateau" and self.interval != "epoch":
+            raise ValueError("ReduceLROnPlateau steps on the validation metric: interval must be 'epoch'")
+        return self
+
+
 class TrainingConfig(_Strict):
     """Optimisation.
 
@@ -471,6 +510,7 @@ class TrainingConfig(_Strict):
         negatives from its own stream seeded by ``(seed, epoch, rank)``; ``replicated`` draws the negatives of the
         whole global batch on every rank from the shared stream and keeps the rank's slice, so the run sees the
         same batches and negatives as a single process (at ``world_size`` times the sampling cost).
+    :param scheduler: an optional learning-rate scheduler (:class:`SchedulerConfig`), checkpointed and resumed.
     """
 
     loop: Literal["negative_sampling", "one_to_n"] = "negative_sampling"
@@ -497,6 +537,7 @@ class TrainingConfig(_Strict):
     sparse: bool = False
     distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
     adversarial: AdversarialConfig | None = None
+    scheduler: SchedulerConfig | None = None
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
@@ -509,6 +550,9 @@ class TrainingConfig(_Strict):
                 raise ValueError("sparse: true needs loop 'negative_sampling' (1-N scoring uses every entity row)")
             if self.weight_decay or self.gradient_clip is not None:
                 raise ValueError("sparse: true supports neither weight_decay nor gradient_clip")
+            if self.scheduler is not None and self.optimizer == "adam":
+                raise ValueError("sparse: true with optimizer 'adam' drives two optimisers; a scheduler needs "
+                                 "optimizer 'adagrad' (or sparse: false)")
         return self
 
 
