@@ -43,6 +43,8 @@ from mmkgc.cli_enrich import enrich_app  # noqa: E402  (the `mmkgc enrich` sub-a
 app.add_typer(enrich_app, name="enrich")
 from mmkgc.cli_vemp import vemp_app  # noqa: E402  (the `mmkgc vemp` sub-app)
 app.add_typer(vemp_app, name="vemp")
+from mmkgc.cli_tune import tune_command  # noqa: E402  (`mmkgc tune`, Optuna)
+app.command("tune")(tune_command)
 
 # markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
 console = Console(markup=False, highlight=False, soft_wrap=True)

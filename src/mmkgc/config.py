@@ -583,8 +583,95 @@ class EvaluationConfig(_Strict):
     report: Literal["selected", "legacy_best_test_per_metric"] = "selected"
 
 
+class TrackingConfig(_Strict):
+    """Result trackers besides the run directory's own files (:mod:`mmkgc.training.tracking`; the packages come
+    with ``pip install "mmkgc[trackers]"``).
+
+    :param trackers: any of ``tensorboard`` (event files in ``<run_dir>/tensorboard``), ``mlflow``, ``wandb``.
+    :param project: the MLflow experiment / W&B project (default: the config's ``name``).
+    :param mlflow_tracking_uri: e.g. ``file:///data/mlruns`` or ``http://host:5000`` (default: MLflow's own,
+        ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
+    :param wandb_mode: ``online``, ``offline`` (files only, no network) or ``disabled``; default ``WANDB_MODE``.
+    """
+
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    project: str | None = None
+    mlflow_tracking_uri: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+
+
+class FloatParam(_Strict):
+    """A float hyper-parameter drawn from ``[low, high]`` (log-uniformly with ``log: true``; on a grid of ``step``)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "FloatParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log: true needs low > 0 and no step")
+        return self
+
+
+class IntParam(_Strict):
+    """An integer hyper-parameter in ``[low, high]`` (every ``step``-th value, or log-uniform with ``log: true``)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "IntParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step != 1):
+            raise ValueError("log: true needs low > 0 and step 1")
+        return self
+
+
+class CategoricalParam(_Strict):
+    """A hyper-parameter taking one of ``choices`` (numbers, strings, booleans or null)."""
+
+    type: Literal["categorical"]
+    choices: list[None | bool | int | float | str] = Field(min_length=1)
+
+
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class TuneConfig(_Strict):
+    """Hyper-parameter search with ``mmkgc tune`` (Optuna; ``pip install "mmkgc[tune]"``); ignored by ``train``.
+
+    :param space: dotted config key -> distribution, e.g. ``training.lr: {type: float, low: 1e-3, high: 0.3,
+        log: true}``, ``model.dim: {type: categorical, choices: [100, 250]}``.
+    :param trials: trials of the study (including those of earlier, resumed invocations); ``--trials`` wins.
+    :param time_budget_minutes: training budget of each trial (``training.time_budget_minutes``); ``--time-budget-
+        minutes`` wins; ``None`` keeps the config's.
+    :param sampler: ``tpe`` (Optuna's default) or ``random``; seeded with the config's ``seed``.
+    :param pruner: stop poor trials early from their per-epoch validation MRR: ``median`` (Optuna's
+        MedianPruner), ``hyperband``, ``threshold`` (ThresholdPruner, e.g. ``pruner_options: {lower: 0.05}``) or
+        ``none``.
+    :param pruner_options: keyword arguments of the pruner (``n_startup_trials``, ``n_warmup_steps``, ...).
+    """
+
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    trials: int = Field(20, ge=1)
+    time_budget_minutes: float | None = Field(None, gt=0.0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
+    pruner_options: dict[str, Any] = Field(default_factory=dict)
+
+
 class ExperimentConfig(_Strict):
-    """A whole experiment: dataset, model, training and evaluation."""
+    """A whole experiment: dataset, model, training and evaluation; optionally result trackers (``tracking``) and
+    the search space of ``mmkgc tune`` (``tune``)."""
 
     name: str = "experiment"
     seed: int = 42
@@ -592,6 +679,8 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tune: TuneConfig | None = None
 
     @model_validator(mode="after")
     def _cross(self) -> "ExperimentConfig":

@@ -239,7 +239,7 @@ LOCK_FILE = ".lock"
 RUN_FILES = frozenset({RUN_MARKER, LOCK_FILE, "config.yaml", "health.json", "health.md", "metrics.jsonl",
                        "metrics.json", "training_curve.png", "checkpoints", "modality_weights_entities.csv",
                        "modality_weights_relations.csv", "modality_weights.png", "modality_diagnostics.json",
-                       "imvia_decoders.json"})
+                       "imvia_decoders.json", "tensorboard"})
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -386,8 +386,12 @@ def run_experiment(
     progress: bool = False,
     device: str | None = "auto",
     log: Callable[[str], None] = print,
+    trackers: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train, select on the validation split, test, and write the run directory.
+
+    Each epoch's record goes to ``metrics.jsonl``, to the trackers the config names (``tracking.trackers``) and
+    to ``trackers`` (:class:`~mmkgc.training.tracking.ResultTracker` objects, e.g. the tuner's pruning hook).
 
     Under ``torchrun`` (an initialised process group, see :mod:`mmkgc.distributed`) every rank calls this: training
     runs with DDP, evaluation is sharded, and only rank 0 logs and writes files.
@@ -418,11 +422,42 @@ def run_experiment(
             check_run_dir(run_dir, resume)  # again under the lock: another process may have finished a run here
             _prepare_log(run_dir, resume)
         barrier()  # every rank has checked the run directory before rank 0 writes into it
-        return _run_locked(cfg, data, run_dir, resume, progress, device, log, main)
+        return _run_tracked(cfg, data, run_dir, resume, progress, device, log, main, trackers or [])
+
+
+def _run_tracked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: bool, progress: bool,
+                 device: str | None, log: Callable[[str], None], main: bool, extra: list[Any]) -> dict[str, Any]:
+    """:func:`_run_locked` between the trackers' ``start_run``/``log_params`` and ``end_run`` (rank 0 only)."""
+    from mmkgc.training.tracking import FileTracker, build_trackers, flatten
+
+    tc = cfg.tracking
+    trackers = [FileTracker(run_dir)] if main else []
+    if main:
+        trackers += build_trackers(list(tc.trackers), project=tc.project or cfg.name,
+                                   mlflow_tracking_uri=tc.mlflow_tracking_uri, wandb_mode=tc.wandb_mode) + list(extra)
+    for tracker in trackers:
+        tracker.start_run(cfg.name, run_dir)
+        tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"tune"}), sep="."))
+    status = "failed"
+    try:
+        metrics = _run_locked(cfg, data, run_dir, resume, progress, device, log, main, trackers)
+        final = {split: values[cfg.evaluation.tie_policy] for split, values in metrics.get("summary", {}).items()
+                 if cfg.evaluation.tie_policy in values}
+        for tracker in trackers[1:]:  # the selected model's valid and test metrics (metrics.json has them already)
+            tracker.log_metrics({"final": final}, step=int(metrics["training"]["epochs"]))
+        status = "finished"
+        return metrics
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        for tracker in trackers:
+            tracker.end_run(status)
 
 
 def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: bool, progress: bool,
-                device: str | None, log: Callable[[str], None], main: bool) -> dict[str, Any]:
+                device: str | None, log: Callable[[str], None], main: bool,
+                trackers: list[Any] | None = None) -> dict[str, Any]:
     from mmkgc.data.health import health_report
     from mmkgc.evaluation.metrics import evaluate
     from mmkgc.plotting import plot_training_curve
@@ -447,7 +482,8 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
     dev = _device(device)
     model = build_model(cfg, data, progress=progress)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
-                      fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log)
+                      fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
+                      trackers=trackers)
     summary = trainer.train(resume=resume)
     if main:
         plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
