@@ -133,6 +133,8 @@ def train(
                               help="Train with DDP in this many local processes (one per GPU; gloo on CPU), "
                                    "started by torchrun's launcher. Same as `torchrun --nproc-per-node N -m mmkgc "
                                    "train CONFIG ...`."),
+    tracker: list[str] = typer.Option([], "--tracker", help="Also report to tensorboard, mlflow or wandb "
+                                                            "(repeatable; same as tracking.trackers in the config)."),
 ) -> None:
     """Train a model from a config, select on validation, evaluate on test, write a run directory."""
     from mmkgc import distributed
@@ -141,6 +143,8 @@ def train(
 
     if data_dir is not None:  # resolved against the working directory, like every path given on the command line
         overrides = [*overrides, f"dataset.data_dir={json.dumps(str(data_dir.expanduser().resolve()))}"]
+    if tracker:
+        overrides = [*overrides, f"tracking.trackers={json.dumps(tracker)}"]
     cfg = load_config(config, overrides)
     if run_dir is None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
         raise ConfigError(f"{config}: name: {cfg.name!r} is not a plain name (the run directory is runs/<name>); "

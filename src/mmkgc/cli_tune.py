@@ -31,6 +31,8 @@ def tune_command(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies; same as --set "
                                                                       "dataset.data_dir=DIR."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
+    tracker: list[str] = typer.Option([], "--tracker", help="Report every trial to tensorboard, mlflow or wandb "
+                                                            "(repeatable; same as tracking.trackers)."),
 ) -> None:
     """Search hyper-parameters: each trial trains like `mmkgc train`, selected on the cleaned validation MRR only."""
     from mmkgc.cli import log_line
@@ -39,6 +41,8 @@ def tune_command(
 
     if data_dir is not None:
         overrides = [*overrides, f"dataset.data_dir={json.dumps(str(data_dir.expanduser().resolve()))}"]
+    if tracker:
+        overrides = [*overrides, f"tracking.trackers={json.dumps(tracker)}"]
     check_device(device)
     result = tune(config, study_dir, trials=trials, overrides=overrides, space_file=space,
                   time_budget_minutes=time_budget_minutes, device=device, log=log_line)

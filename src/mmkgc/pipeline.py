@@ -412,6 +412,7 @@ def run_experiment(
     _device(device)  # a bad --device fails before anything is written
     data = load_data(cfg)  # as does a dataset that cannot be read
     main = is_main_process()
+    trackers = _config_trackers(cfg) + list(trackers or []) if main else []  # as does a missing tracker package
     lock = contextlib.nullcontext()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -422,19 +423,28 @@ def run_experiment(
             check_run_dir(run_dir, resume)  # again under the lock: another process may have finished a run here
             _prepare_log(run_dir, resume)
         barrier()  # every rank has checked the run directory before rank 0 writes into it
-        return _run_tracked(cfg, data, run_dir, resume, progress, device, log, main, trackers or [])
+        return _run_tracked(cfg, data, run_dir, resume, progress, device, log, main, trackers)
+
+
+def _config_trackers(cfg: ExperimentConfig) -> list[Any]:
+    """The trackers ``tracking.trackers`` names (their packages imported now, before anything is written).
+
+    :raises MissingExtraError: a tracker's package is not installed (``pip install "mmkgc[trackers]"``).
+    """
+    from mmkgc.training.tracking import build_trackers
+
+    tc = cfg.tracking
+    return build_trackers(list(tc.trackers), project=tc.project or cfg.name,
+                          mlflow_tracking_uri=tc.mlflow_tracking_uri, wandb_mode=tc.wandb_mode)
 
 
 def _run_tracked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: bool, progress: bool,
                  device: str | None, log: Callable[[str], None], main: bool, extra: list[Any]) -> dict[str, Any]:
-    """:func:`_run_locked` between the trackers' ``start_run``/``log_params`` and ``end_run`` (rank 0 only)."""
-    from mmkgc.training.tracking import FileTracker, build_trackers, flatten
+    """:func:`_run_locked` between the trackers' ``start_run``/``log_params`` and ``end_run`` (rank 0 only): the
+    run directory's :class:`~mmkgc.training.tracking.FileTracker` first, then ``extra``."""
+    from mmkgc.training.tracking import FileTracker, flatten
 
-    tc = cfg.tracking
-    trackers = [FileTracker(run_dir)] if main else []
-    if main:
-        trackers += build_trackers(list(tc.trackers), project=tc.project or cfg.name,
-                                   mlflow_tracking_uri=tc.mlflow_tracking_uri, wandb_mode=tc.wandb_mode) + list(extra)
+    trackers = [FileTracker(run_dir), *extra] if main else []
     for tracker in trackers:
         tracker.start_run(cfg.name, run_dir)
         tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"tune"}), sep="."))
