@@ -3,13 +3,13 @@
 ``pip install mmkgc`` brings what training and evaluation on precomputed features need (torch, numpy, pydantic,
 PyYAML, typer, rich, safetensors, ...).  Everything else is an extra of the package (``pyproject.toml``)::
 
-    text      transformers, sentence-transformers   (text encoders: features extract, encoder: in a config)
-    vision    transformers, pillow                   (image encoders, enrichment captions)
-    gnn       torch-geometric                        (R-GCN, VEMP)
-    plots     matplotlib                             (training_curve.png, modality-weight plots)
-    tables    pandas, pyarrow                        (parquet / label tables)
-    tune      optuna                                 (mmkgc tune)
-    trackers  tensorboard, mlflow, wandb             (result trackers besides the run directory's files)
+    text      transformers, sentence-transformers, pandas, pyarrow   (text encoders, entity text tables)
+    vision    transformers, pillow, pandas, pyarrow                  (image encoders, image tables, captions)
+    gnn       torch-geometric, pandas, pyarrow                       (R-GCN, VEMP and its graph layout)
+    plots     matplotlib                                             (training_curve.png, modality-weight plots)
+    tune      optuna                                                 (mmkgc tune)
+    trackers  tensorboard, mlflow, wandb                             (trackers besides the run directory's files)
+    h5        h5py                                                   (.h5 community feature files)
     all       every one of the above
 
 Every import of such a package goes through :func:`require`, which raises :class:`MissingExtraError` (a user error:
@@ -30,12 +30,13 @@ EXTRA_OF: dict[str, tuple[str, str]] = {
     "PIL": ("vision", "pillow"),
     "torch_geometric": ("gnn", "torch-geometric"),
     "matplotlib": ("plots", "matplotlib"),
-    "pandas": ("tables", "pandas"),
-    "pyarrow": ("tables", "pyarrow"),
+    "pandas": ("text", "pandas"),
+    "pyarrow": ("text", "pyarrow"),
     "optuna": ("tune", "optuna"),
     "tensorboard": ("trackers", "tensorboard"),
     "mlflow": ("trackers", "mlflow"),
     "wandb": ("trackers", "wandb"),
+    "h5py": ("h5", "h5py"),
 }
 
 

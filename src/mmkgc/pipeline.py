@@ -495,8 +495,6 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
                       trackers=trackers)
     summary = trainer.train(resume=resume)
-    if main:
-        plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
 
     model.eval()
     diagnostics = model.write_diagnostics(run_dir, triples) if main else {}
@@ -530,6 +528,16 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
         log(result.to_markdown())
     if diagnostics:
         metrics["diagnostics"] = diagnostics
+    if main:
+        from mmkgc.extras import MissingExtraError
+
+        test_summary = metrics.get("summary", {}).get("test", {}).get(cfg.evaluation.tie_policy)
+        try:
+            plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric,
+                                name=cfg.name, selected_epoch=summary.best_epoch, test=test_summary,
+                                selection=metrics["training"]["selection"])
+        except MissingExtraError as err:  # the light install: everything but the picture
+            log(f"training_curve.png not written: {err}")
     if cfg.evaluation.report == "legacy_best_test_per_metric":
         # The MoMoK/IMVIA reporting: each metric's best *test* value over the validation epochs, separately.
         metrics["legacy_best_test_per_metric"] = {

@@ -285,6 +285,9 @@ class SentenceTransformerEncoder:
     def model(self) -> Any:
         """The ``SentenceTransformer``, loaded on first use (a cached feature table never needs it)."""
         if self._model is None:
+            from mmkgc.extras import require
+
+            require("sentence_transformers", "sentence-transformers text encoders", extra="text")
             from sentence_transformers import SentenceTransformer
 
             _quiet_transformers()
@@ -390,6 +393,9 @@ class HFAutoModelEncoder:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {max_length}")
+        from mmkgc.extras import require
+
+        require("transformers", "Hugging Face text encoders", extra="text")
         from transformers import AutoModel, AutoTokenizer
 
         self.resolved = resolve_text_model(name_or_path)
