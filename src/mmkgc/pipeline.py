@@ -490,7 +490,8 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path, resume: 
         log(f"data health: {warning}")
 
     dev = _device(device)
-    model = build_model(cfg, data, progress=progress)
+    # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
+    model = build_model(cfg, data, progress=progress or main)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
                       trackers=trackers)
