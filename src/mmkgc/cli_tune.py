@@ -14,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(markup=False, highlight=False, soft_wrap=True)
+from mmkgc.progress import is_terminal
+
+# Without a terminal rich assumes 80 columns and would squeeze the parameter columns: allow the table's own width.
+console = Console(markup=False, highlight=False, soft_wrap=True, width=None if is_terminal() else 200)
 
 
 def tune_command(
@@ -48,8 +51,12 @@ def tune_command(
                   time_budget_minutes=time_budget_minutes, device=device, log=log_line)
     keys = sorted({k for r in result.trials for k in r["params"]})
     table = Table(title=f"mmkgc tune: {len(result.trials)} trial(s), selected on valid_clean MRR (best first)")
-    for col in ("trial", "state", "valid MRR", "epochs", *keys):
-        table.add_column(col, justify="left" if col == "state" else "right")
+    for col in ("trial", "state", "valid MRR", "epochs"):
+        table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
+    for key in keys:  # the last part of the dotted key when that is unambiguous (training.lr -> lr)
+        short = key.rsplit(".", 1)[-1]
+        table.add_column(short if sum(k.rsplit(".", 1)[-1] == short for k in keys) == 1 else key, justify="right",
+                         no_wrap=True)
     order = sorted(result.trials, key=lambda r: (r["value"] is None, -(r["value"] or 0.0), r["number"]))
     for r in order[:15]:
         table.add_row(str(r["number"]), r["state"], "" if r["value"] is None else f"{r['value']:.4f}",
