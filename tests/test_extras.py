@@ -27,7 +27,7 @@ def test_require_names_the_extra(monkeypatch):
     assert require("json", "x") is json and available("json")
     with pytest.raises(MissingExtraError, match=r'mmkgc\[text\]'):  # the caller's extra wins over the default
         monkeypatch.setitem(sys.modules, "pandas", None)
-        require("pandas", "entity text tables", extra="text")
+        require("pandas", "an entity text table", extra="text")
 
 
 def _blocked_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

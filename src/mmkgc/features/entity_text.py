@@ -141,7 +141,7 @@ class LabelTable:
         """
         from mmkgc.extras import require
 
-        pd = require("pandas", "entity text tables (text_source: table)", extra="text")
+        pd = require("pandas", "an entity text table (text_source: table)", extra="text")
         path = Path(self.path)
         suffix = path.suffix.lower()
         if suffix == ".parquet":

@@ -287,7 +287,7 @@ class SentenceTransformerEncoder:
         if self._model is None:
             from mmkgc.extras import require
 
-            require("sentence_transformers", "sentence-transformers text encoders", extra="text")
+            require("sentence_transformers", "a sentence-transformers text encoder", extra="text")
             from sentence_transformers import SentenceTransformer
 
             _quiet_transformers()
@@ -395,7 +395,7 @@ class HFAutoModelEncoder:
             raise ConfigError(f"max_length must be >= 1, got {max_length}")
         from mmkgc.extras import require
 
-        require("transformers", "Hugging Face text encoders", extra="text")
+        require("transformers", "a Hugging Face text encoder", extra="text")
         from transformers import AutoModel, AutoTokenizer
 
         self.resolved = resolve_text_model(name_or_path)

@@ -209,7 +209,7 @@ def images_from_flat_folder(
 def _read_table(path: Path):
     from mmkgc.extras import require
 
-    pd = require("pandas", "image tables", extra="vision")
+    pd = require("pandas", "reading an image table", extra="vision")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         require("pyarrow", f"reading {path.name}", extra="vision")
@@ -357,7 +357,7 @@ class ImageEncoder(Protocol):
 def _transformers_at_least(major: int, minor: int) -> bool:
     from mmkgc.extras import require
 
-    require("transformers", "image encoders", extra="vision")
+    require("transformers", "an image encoder", extra="vision")
     import transformers
 
     parts = re.findall(r"\d+", transformers.__version__)[:2]
@@ -417,7 +417,7 @@ class HFImageEncoder:
     def _load_model(self, torch_dtype: torch.dtype):
         from mmkgc.extras import require
 
-        require("transformers", "image encoders", extra="vision")
+        require("transformers", "an image encoder", extra="vision")
         import transformers
         from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
@@ -464,7 +464,7 @@ class HFImageEncoder:
     def _load_processor(self):
         from mmkgc.extras import require
 
-        require("transformers", "image encoders", extra="vision")
+        require("transformers", "an image encoder", extra="vision")
         from transformers import AutoImageProcessor
 
         try:
@@ -484,7 +484,7 @@ class HFImageEncoder:
         if self._token_shape is None:
             from mmkgc.extras import require
 
-            require("PIL", "image encoders", extra="vision")
+            require("PIL", "an image encoder", extra="vision")
             from PIL import Image
 
             probe = self.encode_images([Image.new("RGB", (32, 32))])
