@@ -172,3 +172,32 @@ def test_cli_tune_with_a_separate_space_file(tmp_path: Path):
                    cwd=tmp_path, block="optuna")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert 'pip install "mmkgc[tune]"' in missing.stderr
+
+
+def test_interrupted_study_exits_130_and_continues(tmp_path: Path):
+    import signal
+
+    config = _config(tmp_path)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    argv = [sys.executable, "-m", "mmkgc", "tune", str(config), "--study-dir", str(tmp_path / "st"), "--trials", "2",
+            "--device", "cpu", "--set", "training.epochs=400"]
+    env = {"CI": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    seen = []
+    for line in proc.stderr:  # wait until trial 0 has finished an epoch
+        seen.append(line)
+        if line.startswith("trial 0: epoch 2:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "rerun the same command to continue it" in rest and "Traceback" not in rest
+    rows = _csv(tmp_path / "st")
+    assert [r["state"] for r in rows] == ["fail"]  # the interrupted trial does not count
+    done = subprocess.run([*argv[:-2], "--set", "training.epochs=2"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "another config" in done.stderr  # the --set list is part of the study
+    done = subprocess.run(argv[:-2] + ["--set", "training.epochs=400", "--time-budget-minutes", "0.002"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "trial budget" in done.stderr

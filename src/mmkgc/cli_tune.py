@@ -47,8 +47,15 @@ def tune_command(
     if tracker:
         overrides = [*overrides, f"tracking.trackers={json.dumps(tracker)}"]
     check_device(device)
-    result = tune(config, study_dir, trials=trials, overrides=overrides, space_file=space,
-                  time_budget_minutes=time_budget_minutes, device=device, log=log_line)
+    try:
+        result = tune(config, study_dir, trials=trials, overrides=overrides, space_file=space,
+                      time_budget_minutes=time_budget_minutes, device=device, log=log_line)
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: the running trial is marked failed, the study is kept
+        from mmkgc.cli import _REPORTED, print_error
+
+        print_error(f"{exc or 'interrupted'}; the study is kept in {study_dir}: rerun the same command to continue it")
+        _REPORTED.add("interrupt")
+        raise typer.Exit(130) from None
     keys = sorted({k for r in result.trials for k in r["params"]})
     table = Table(title=f"mmkgc tune: {len(result.trials)} trial(s), selected on valid_clean MRR (best first)")
     for col in ("trial", "state", "valid MRR", "epochs"):

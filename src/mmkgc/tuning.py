@@ -267,8 +267,9 @@ def tune(config_path: str | Path, study_dir: str | Path, trials: int | None = No
     (study_dir / STUDY_MARKER).touch()
     fingerprint = _fingerprint(raw, tune_cfg, budget)
     with RunLock(study_dir):
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(storage=f"sqlite:///{(study_dir / STUDY_DB).resolve()}", study_name=STUDY_NAME,
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by the objective, one line
+        storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / STUDY_DB).resolve()}")
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME,
                                     direction="maximize", load_if_exists=True,
                                     sampler=_sampler(optuna, tune_cfg, base.seed), pruner=_pruner(optuna, tune_cfg))
         saved = study.user_attrs.get("fingerprint")
@@ -278,8 +279,10 @@ def tune(config_path: str | Path, study_dir: str | Path, trials: int | None = No
         elif saved != fingerprint:
             raise ConfigError(f"{study_dir}: the study was started with another config, --set overrides, search space "
                               f"or trial budget ({study.user_attrs.get('config')}); use a new --study-dir")
-        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)  # killed earlier
+        study_id = storage.get_study_id_from_name(STUDY_NAME)
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):  # killed earlier
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, stale.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
             log(f"trial {stale.number}: left running by an interrupted invocation; marked failed")
         # a continued study draws new points: its sampler's seed moves on by the trials already in the study
         study.sampler = _sampler(optuna, tune_cfg, base.seed + len(study.get_trials(deepcopy=False)))
@@ -293,9 +296,13 @@ def tune(config_path: str | Path, study_dir: str | Path, trials: int | None = No
             cfg = trial_config(raw, values, config_path, f"{name}-trial-{trial.number:04d}", budget)
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             log(f"trial {trial.number}: {shown}")
-            metrics = run_experiment(cfg, _trial_dir(study_dir, trial.number), device=device,
-                                     log=lambda line: log(f"trial {trial.number}: {line}"),
-                                     trackers=[PruningTracker(trial, "mrr")])
+            try:
+                metrics = run_experiment(cfg, _trial_dir(study_dir, trial.number), device=device,
+                                         log=lambda line: log(f"trial {trial.number}: {line}"),
+                                         trackers=[PruningTracker(trial, "mrr")])
+            except FloatingPointError as err:  # a diverging trial fails; the study goes on
+                log(f"trial {trial.number}: failed: {err}")
+                raise
             value = metrics["training"]["best_valid_metric"]
             if value is None:
                 raise ConfigError(f"{config_path}: the dataset has no valid_clean triples to select on")
@@ -310,8 +317,13 @@ def tune(config_path: str | Path, study_dir: str | Path, trials: int | None = No
 
         if total > finished:
             log(f"study {study_dir}: {finished} trial(s) finished, running {total - finished} more")
-            study.optimize(objective, n_trials=total - finished, callbacks=[after],
-                           catch=(FloatingPointError,))  # a diverging trial fails; the study goes on
+            try:
+                study.optimize(objective, n_trials=total - finished, callbacks=[after],
+                               catch=(FloatingPointError,))  # a diverging trial fails; the study goes on
+            except KeyboardInterrupt:  # the interrupted trial is marked failed by Optuna; record the study so far
+                _keep_best_checkpoint_only(study, study_dir)
+                _write_outputs(study, study_dir, raw, tune_cfg, config_path, budget, best_test=None)
+                raise
         else:
             log(f"study {study_dir}: {finished} trial(s) finished already (--trials {total})")
         best_test = _best_test(study, study_dir, device)
