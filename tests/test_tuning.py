@@ -64,12 +64,12 @@ def test_study_selects_on_valid_clean_and_best_config_reproduces_it(tmp_path: Pa
     assert [r["state"] for r in rows] == ["complete"] * 3
     values = {}
     for r in rows:
-        metrics = json.loads((tmp_path / "study" / "trials" / f"trial-{int(r['trial']):04d}" / "metrics.json").read_text())
+        trial_dir = tmp_path / "study" / "trials" / f"trial-{int(r['trial']):04d}"
+        metrics = json.loads((trial_dir / "metrics.json").read_text())
         assert "test" not in metrics
         assert metrics["training"]["selection"] == "valid_clean mrr (realistic)"
         # the objective is the run's best valid_clean MRR, the maximum over its per-epoch validations
-        per_epoch = [json.loads(line)["valid"]["mrr"] for line in
-                     (tmp_path / "study" / "trials" / f"trial-{int(r['trial']):04d}" / "metrics.jsonl").open()]
+        per_epoch = [json.loads(line)["valid"]["mrr"] for line in (trial_dir / "metrics.jsonl").open()]
         assert float(r["valid_clean_mrr"]) == pytest.approx(max(per_epoch), abs=1e-6)
         values[int(r["trial"])] = metrics["training"]["best_valid_metric"]
     best = max(values, key=values.get)

@@ -19,8 +19,8 @@ reported to Optuna, whose pruner may stop the trial after that epoch (:class:`Pr
 never computed for a trial during the search, so they cannot influence it.
 
 Rerunning with the same directory continues the study until ``--trials`` trials have completed or been pruned in
-total; trials that a killed process left running are marked failed (and do not count).  The study remembers a hash of the config and search space
-and refuses to continue under different ones.
+total; trials that a killed process left running are marked failed (and do not count).  The study remembers a
+hash of the config, ``--set`` overrides, search space and trial budget and refuses to continue under others.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ def check_study_dir(study_dir: Path) -> None:
                           f"{', '.join(entries[:5])}); choose a new or empty directory")
     foreign = [name for name in entries if name not in STUDY_FILES and not name.startswith(".")]
     if foreign:
-        raise ConfigError(f"{study_dir}: the study directory holds files mmkgc did not write ({', '.join(foreign[:5])})")
+        raise ConfigError(f"{study_dir}: the study directory holds files mmkgc did not write "
+                          f"({', '.join(foreign[:5])}); choose another --study-dir")
 
 
 def _fingerprint(raw: dict, tune_cfg: TuneConfig, budget: float | None) -> str:

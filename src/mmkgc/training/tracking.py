@@ -183,7 +183,8 @@ class WandbTracker(ResultTracker):
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
-def build_trackers(names: list[str], *, tensorboard_dir: str | Path | None = None, mlflow_tracking_uri: str | None = None,
+def build_trackers(names: list[str], *, tensorboard_dir: str | Path | None = None,
+                   mlflow_tracking_uri: str | None = None,
                    project: str | None = None, wandb_mode: str | None = None,
                    wandb_dir: str | Path | None = None) -> list[ResultTracker]:
     """The optional trackers named (in order); the run directory's :class:`FileTracker` is added by the caller.
