@@ -145,36 +145,30 @@ def test_space_and_study_dir_errors(tmp_path: Path):
         tune(no_space, tmp_path / "s3", trials=1, device="cpu", log=_quiet)
 
 
-def _cli(*args: str, cwd: Path, block: str = "") -> subprocess.CompletedProcess:
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    code = (f"import sys; sys.modules[{block!r}] = None; " if block else "import sys; ") + \
-        "from mmkgc.cli import run; sys.exit(run(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
-                          stdin=subprocess.DEVNULL,
-                          env={"CI": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": src,
-                               "MMKGC_HOME": str(cwd / "home"), "OMP_NUM_THREADS": "1"})
+def test_cli_tune_with_a_separate_space_file(tmp_path: Path, capsys, monkeypatch):
+    from mmkgc.cli import run
 
-
-def test_cli_tune_with_a_separate_space_file(tmp_path: Path):
     config = _config(tmp_path)
     raw = yaml.safe_load(config.read_text())
     del raw["tune"]
     config.write_text(yaml.safe_dump(raw))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"training.lr": {"type": "float", "low": 0.005, "high": 0.05}}))
-    done = _cli("tune", str(config), "--space", str(tmp_path / "space.yaml"), "--study-dir", str(tmp_path / "st"),
-                "--trials", "2", "--device", "cpu", "--set", "training.epochs=2", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "best: trial" in done.stdout and "valid MRR" in done.stdout
+    code = run(["tune", str(config), "--space", str(tmp_path / "space.yaml"), "--study-dir", str(tmp_path / "st"),
+                "--trials", "2", "--device", "cpu", "--set", "training.epochs=2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "best: trial" in out and "valid MRR" in out
     rows = _csv(tmp_path / "st")
     assert len(rows) == 2 and all(0.005 <= float(r["training.lr"]) <= 0.05 for r in rows)
     assert all(r["epochs"] == "2" for r in rows)  # the --set override reached every trial
-    missing = _cli("tune", str(config), "--space", str(tmp_path / "space.yaml"), "--study-dir", str(tmp_path / "s4"),
-                   cwd=tmp_path, block="optuna")
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert 'pip install "mmkgc[tune]"' in missing.stderr
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as on an install without the tune extra
+    code = run(["tune", str(config), "--space", str(tmp_path / "space.yaml"), "--study-dir", str(tmp_path / "s4")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("error:") == 1
+    assert 'pip install "mmkgc[tune]"' in err and not (tmp_path / "s4").exists()
 
 
-def test_interrupted_study_exits_130_and_continues(tmp_path: Path):
+def test_interrupted_study_exits_130_and_keeps_the_study(tmp_path: Path):
     import signal
 
     config = _config(tmp_path)
@@ -195,9 +189,9 @@ def test_interrupted_study_exits_130_and_continues(tmp_path: Path):
     assert "rerun the same command to continue it" in rest and "Traceback" not in rest
     rows = _csv(tmp_path / "st")
     assert [r["state"] for r in rows] == ["fail"]  # the interrupted trial does not count
-    done = subprocess.run([*argv[:-2], "--set", "training.epochs=2"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, stdin=subprocess.DEVNULL)
-    assert done.returncode == 2 and "another config" in done.stderr  # the --set list is part of the study
-    done = subprocess.run(argv[:-2] + ["--set", "training.epochs=400", "--time-budget-minutes", "0.002"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
-    assert done.returncode == 2 and "trial budget" in done.stderr
+    # the --set list and the trial budget are part of the study
+    with pytest.raises(ConfigError, match="another config, --set overrides"):
+        tune(config, tmp_path / "st", trials=2, overrides=["training.epochs=2"], device="cpu", log=_quiet)
+    with pytest.raises(ConfigError, match="trial budget"):
+        tune(config, tmp_path / "st", trials=2, overrides=["training.epochs=400"], time_budget_minutes=0.01,
+             device="cpu", log=_quiet)
