@@ -57,3 +57,34 @@ def test_feature_cache_reports_progress_when_piped(tmp_path, monkeypatch, capsys
     with progress(False, 5, "quiet") as advance:
         advance(5)
     assert capsys.readouterr().err == ""
+
+
+def test_download_progress_without_a_terminal_or_tqdm(tmp_path, monkeypatch, capsys):
+    """``datasets check --download`` when piped: pooch drives :class:`DownloadProgress` (tqdm is not needed)."""
+    import functools
+    import http.server
+    import threading
+
+    from mmkgc.data.formats import write_openke
+    from mmkgc.data.registry import download_dataset
+    from test_registry import URL_PREFIX, _QuietHandler, registered_as_tiny, tiny_set
+
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMKGC_PROGRESS_SECONDS", "1000")
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as in the core install
+    served = tmp_path / "served"
+    write_openke(tiny_set(), served / URL_PREFIX / "TIVA")
+    registered_as_tiny(monkeypatch, "TIVA")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        download_dataset("TIVA", base_url=f"http://127.0.0.1:{server.server_address[1]}/{URL_PREFIX}",
+                         allow_unpinned=True, progress=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err.splitlines()
+    size = (served / URL_PREFIX / "TIVA" / "train2id.txt").stat().st_size
+    assert f"TIVA/train2id.txt (bytes): 0/{size:,} to do" in err
+    assert any(line.startswith(f"TIVA/train2id.txt (bytes): {size:,}/{size:,} done in") for line in err)

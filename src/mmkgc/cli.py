@@ -109,7 +109,7 @@ def datasets_check(
     from mmkgc.data.registry import check_dataset, load_dataset
 
     if download and data_dir is None:
-        load_dataset(name, download=True, allow_unpinned=allow_unpinned, progress=_progress())
+        load_dataset(name, download=True, allow_unpinned=allow_unpinned, progress=True)  # bar or lines
     report = check_dataset(name, data_dir=data_dir)
     console.print(report.to_markdown())
     if not report.ok:

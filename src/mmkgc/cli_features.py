@@ -47,7 +47,7 @@ def _load_triples(dataset: str, data_dir: Optional[Path]):
         return read_openke(path, name=path.resolve().name)
     from mmkgc.data.registry import load_dataset
 
-    return load_dataset(dataset, data_dir=data_dir, progress=_progress())
+    return load_dataset(dataset, data_dir=data_dir, progress=True)
 
 
 def _output_path(dataset: str, output: Optional[str], default: str) -> Path:

@@ -103,3 +103,43 @@ def progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[
         yield reporter.advance
     finally:
         reporter.close()
+
+
+class DownloadProgress:
+    """The progress-bar object pooch's ``HTTPDownloader(progressbar=...)`` drives (``total``, ``update``,
+    ``reset``, ``close``, as tqdm), reporting bytes with :class:`IntervalReporter` lines.  Used when stderr is not a
+    terminal or tqdm is not installed (tqdm is not a dependency of mmkgc).
+
+    :param description: what is downloaded (``DB15K/train2id.txt``).
+    """
+
+    def __init__(self, description: str):
+        self.description = description
+        self.total = 0
+        self._reporter: IntervalReporter | None = None
+
+    def update(self, n: int) -> None:
+        if self._reporter is None:
+            self._reporter = IntervalReporter(max(int(self.total or 0), 1), f"{self.description} (bytes)")
+        self._reporter.advance(n)
+
+    def reset(self) -> None:
+        if self._reporter is not None:
+            self._reporter.done = 0
+
+    def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.close()
+            self._reporter = None
+
+
+def download_progressbar(enabled: bool, description: str) -> bool | DownloadProgress:
+    """What to pass as pooch's ``progressbar``: ``False`` (quiet), ``True`` (tqdm's bar, on a terminal with tqdm
+    installed) or a :class:`DownloadProgress` (lines at intervals)."""
+    if not enabled:
+        return False
+    import importlib.util
+
+    if is_terminal() and importlib.util.find_spec("tqdm") is not None:
+        return True
+    return DownloadProgress(description)
