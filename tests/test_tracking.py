@@ -89,7 +89,7 @@ def _fake_mlflow(calls: list) -> types.ModuleType:
 def test_mlflow_tracker_calls(tmp_path: Path, monkeypatch):
     calls: list = []
     monkeypatch.setitem(__import__("sys").modules, "mlflow", _fake_mlflow(calls))
-    uri = (tmp_path / "mlruns").as_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = parse_config(_raw(trackers=["mlflow"], mlflow_tracking_uri=uri, project="proj"))
     run_experiment(cfg, tmp_path / "r", device="cpu", log=lambda line: None)
     names = [c[0] for c in calls]
@@ -104,6 +104,8 @@ def test_mlflow_tracker_calls(tmp_path: Path, monkeypatch):
         assert ("valid/mrr" in values) == ("valid" in record)
         if "valid" in record:
             assert values["valid/mrr"] == record["valid"]["mrr"]
+            assert values["valid/hits_at_10"] == record["valid"]["hits@10"]  # MLflow refuses '@' in names
+        assert not any("@" in key for key in values)
     assert calls[-1] == ("end_run", (), {"status": "FINISHED"})
 
 

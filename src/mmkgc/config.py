@@ -589,7 +589,7 @@ class TrackingConfig(_Strict):
 
     :param trackers: any of ``tensorboard`` (event files in ``<run_dir>/tensorboard``), ``mlflow``, ``wandb``.
     :param project: the MLflow experiment / W&B project (default: the config's ``name``).
-    :param mlflow_tracking_uri: e.g. ``file:///data/mlruns`` or ``http://host:5000`` (default: MLflow's own,
+    :param mlflow_tracking_uri: e.g. ``sqlite:////data/mlflow.db`` or ``http://host:5000`` (default: MLflow's own,
         ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
     :param wandb_mode: ``online``, ``offline`` (files only, no network) or ``disabled``; default ``WANDB_MODE``.
     """

@@ -239,7 +239,7 @@ LOCK_FILE = ".lock"
 RUN_FILES = frozenset({RUN_MARKER, LOCK_FILE, "config.yaml", "health.json", "health.md", "metrics.jsonl",
                        "metrics.json", "training_curve.png", "checkpoints", "modality_weights_entities.csv",
                        "modality_weights_relations.csv", "modality_weights.png", "modality_diagnostics.json",
-                       "imvia_decoders.json", "tensorboard"})
+                       "imvia_decoders.json", "tensorboard", "wandb"})
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:

@@ -112,9 +112,10 @@ class TensorBoardTracker(ResultTracker):
 
 
 class MLflowTracker(ResultTracker):
-    """An MLflow run: parameters, metrics per epoch, status (``mlflow`` package).
+    """An MLflow run: parameters, metrics per epoch (``@`` written ``_at_``: ``valid/hits_at_10``), status
+    (``mlflow`` package).
 
-    :param tracking_uri: e.g. ``file:///path/mlruns`` or ``http://host:5000``; ``None`` keeps MLflow's own
+    :param tracking_uri: e.g. ``sqlite:////path/mlflow.db`` or ``http://host:5000``; ``None`` keeps MLflow's own
         default (``MLFLOW_TRACKING_URI`` or ``./mlruns``).
     :param experiment: MLflow experiment name (default: the run's name).
     """
@@ -139,7 +140,8 @@ class MLflowTracker(ResultTracker):
         self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        self.mlflow.log_metrics(numeric(metrics), step=step)
+        # MLflow names allow letters, digits, _ - . space : / only: hits@10 -> hits_at_10
+        self.mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in numeric(metrics).items()}, step=step)
 
     def end_run(self, status: str = "finished") -> None:
         if self.active:
