@@ -61,17 +61,19 @@ def test_unscheduled_run_is_unchanged_by_the_feature(tmp_path: Path):
 
 
 def test_step_interval_and_plateau(tmp_path: Path):
-    # per-step LinearLR from factor 1 to 0 over 3 optimisation steps: 160-ish train triples / 128 = 2 steps per
-    # epoch, so epoch 2 starts at 0.04 * (1 - 2/3)
-    lin = {"name": "LinearLR", "kwargs": {"start_factor": 1.0, "end_factor": 0.0, "total_iters": 3},
+    # per-step LinearLR from factor 1 to 0 over 12 optimisation steps; ``lr`` is the rate an epoch starts with, so
+    # epoch 2 starts after one epoch of steps: 0.04 * (1 - steps / 12)
+    lin = {"name": "LinearLR", "kwargs": {"start_factor": 1.0, "end_factor": 0.0, "total_iters": 12},
            "interval": "step"}
-    cfg = parse_config(_raw(2, lin))
+    cfg = parse_config(_raw(2, lin, batch_size=256))
     run_experiment(cfg, tmp_path / "lin", device="cpu", log=lambda line: None)
     from mmkgc.pipeline import load_data
 
-    steps = -(-load_data(cfg).triples.train.shape[0] // 128)
-    expected = 0.04 * max(0.0, 1 - min(steps, 3) / 3)
-    assert _records(tmp_path / "lin")[1]["lr"] == pytest.approx(expected, abs=1e-12)
+    steps = -(-load_data(cfg).triples.train.shape[0] // 256)
+    assert 1 < steps < 12  # inside the schedule, so the value below is neither 0.04 nor 0
+    records = _records(tmp_path / "lin")
+    assert records[0]["lr"] == 0.04 and records[1]["lr"] == pytest.approx(0.04 * (1 - steps / 12), abs=1e-12)
+
     # ReduceLROnPlateau steps on the validation MRR (mode max by default): the first validation sets its best;
     # with patience 0 and an impossible threshold (+1000 %) every later one cuts the rate by 10
     plat = {"name": "ReduceLROnPlateau", "kwargs": {"factor": 0.1, "patience": 0, "threshold": 10.0}}

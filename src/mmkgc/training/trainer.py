@@ -663,6 +663,7 @@ class Trainer:
                 break
             start = time.perf_counter()
             deadline = start + (budget - self.training_seconds) if budget is not None else None
+            lr = float(self.optimizer.param_groups[0]["lr"])  # the rate the epoch starts with
             loss, out_of_time = self._epoch(deadline)
             # rank 0's clock decides, so every rank sees the same training time and budget decisions
             seconds = float(dist_helpers.broadcast_object(time.perf_counter() - start))
@@ -671,7 +672,7 @@ class Trainer:
             record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
                                       "training_seconds": self.training_seconds, "partial": out_of_time}
             if self.scheduler is not None:
-                record["lr"] = float(self.optimizer.param_groups[0]["lr"])
+                record["lr"] = lr
             if self.epoch_terms:
                 record["terms"] = dict(self.epoch_terms)
             last = self.epoch >= self.cfg.epochs or out_of_time
