@@ -25,6 +25,7 @@ hash of the config, ``--set`` overrides, search space and trial budget and refus
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -52,6 +53,23 @@ STUDY_FILES = frozenset({STUDY_DB, STUDY_MARKER, ".lock", "trials", "trials.csv"
 SELECTION = {"evaluation.split": "valid_clean", "evaluation.metric": "mrr", "evaluation.test": False}
 
 
+@contextlib.contextmanager
+def _signals_blocked(block: bool):
+    """Block (or unblock) SIGINT and SIGTERM in the block (main thread, POSIX): a signal that arrives while Optuna
+    writes ``study.db`` waits until training code runs again, instead of breaking the SQLite commit."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK if block else signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class PruningTracker(ResultTracker):
     """Reports each validation of a trial to Optuna and stops the trial when the pruner says so.
 
@@ -68,8 +86,10 @@ class PruningTracker(ResultTracker):
         valid = metrics.get("valid")
         if not valid or self.metric not in valid:
             return
-        self.trial.report(float(valid[self.metric]), step)
-        if self.trial.should_prune():
+        with _signals_blocked(True):  # a storage write
+            self.trial.report(float(valid[self.metric]), step)
+            prune = self.trial.should_prune()
+        if prune:
             import optuna
 
             raise optuna.TrialPruned(f"validation {self.metric} {valid[self.metric]:.4f} at epoch {step}")
@@ -298,9 +318,10 @@ def tune(config_path: str | Path, study_dir: str | Path, trials: int | None = No
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             log(f"trial {trial.number}: {shown}")
             try:
-                metrics = run_experiment(cfg, _trial_dir(study_dir, trial.number), device=device,
-                                         log=lambda line: log(f"trial {trial.number}: {line}"),
-                                         trackers=[PruningTracker(trial, "mrr")])
+                with _signals_blocked(False):  # signals are delivered while the trial trains
+                    metrics = run_experiment(cfg, _trial_dir(study_dir, trial.number), device=device,
+                                             log=lambda line: log(f"trial {trial.number}: {line}"),
+                                             trackers=[PruningTracker(trial, "mrr")])
             except FloatingPointError as err:  # a diverging trial fails; the study goes on
                 log(f"trial {trial.number}: failed: {err}")
                 raise
@@ -318,9 +339,12 @@ def tune(config_path: str | Path, study_dir: str | Path, trials: int | None = No
 
         if total > finished:
             log(f"study {study_dir}: {finished} trial(s) finished, running {total - finished} more")
+            from mmkgc.training.trainer import _sigterm_as_interrupt
+
             try:
-                study.optimize(objective, n_trials=total - finished, callbacks=[after],
-                               catch=(FloatingPointError,))  # a diverging trial fails; the study goes on
+                with _sigterm_as_interrupt(), _signals_blocked(True):  # Optuna's storage writes are not interrupted
+                    study.optimize(objective, n_trials=total - finished, callbacks=[after],
+                                   catch=(FloatingPointError,))  # a diverging trial fails; the study goes on
             except KeyboardInterrupt:  # the interrupted trial is marked failed by Optuna; record the study so far
                 _keep_best_checkpoint_only(study, study_dir)
                 _write_outputs(study, study_dir, raw, tune_cfg, config_path, budget, best_test=None)
