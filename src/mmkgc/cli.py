@@ -43,6 +43,8 @@ from mmkgc.cli_enrich import enrich_app  # noqa: E402  (the `mmkgc enrich` sub-a
 app.add_typer(enrich_app, name="enrich")
 from mmkgc.cli_vemp import vemp_app  # noqa: E402  (the `mmkgc vemp` sub-app)
 app.add_typer(vemp_app, name="vemp")
+from mmkgc.cli_tune import tune_command  # noqa: E402  (`mmkgc tune`, Optuna)
+app.command("tune")(tune_command)
 
 # markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
 console = Console(markup=False, highlight=False, soft_wrap=True)
@@ -123,7 +125,7 @@ def datasets_check(
     from mmkgc.data.registry import check_dataset, load_dataset
 
     if download and data_dir is None:
-        load_dataset(name, download=True, allow_unpinned=allow_unpinned, progress=_progress())
+        load_dataset(name, download=True, allow_unpinned=allow_unpinned, progress=True)  # bar or lines
     report = check_dataset(name, data_dir=data_dir)
     console.print(report.to_markdown())
     if not report.ok:
@@ -147,6 +149,8 @@ def train(
                               help="Train with DDP in this many local processes (one per GPU; gloo on CPU), "
                                    "started by torchrun's launcher. Same as `torchrun --nproc-per-node N -m mmkgc "
                                    "train CONFIG ...`."),
+    tracker: list[str] = typer.Option([], "--tracker", help="Also report to tensorboard, mlflow or wandb "
+                                                            "(repeatable; same as tracking.trackers in the config)."),
 ) -> None:
     """Train a model from a config, select on validation, evaluate on test, write a run directory."""
     from mmkgc import distributed
@@ -155,6 +159,8 @@ def train(
 
     if data_dir is not None:  # resolved against the working directory, like every path given on the command line
         overrides = [*overrides, f"dataset.data_dir={json.dumps(str(data_dir.expanduser().resolve()))}"]
+    if tracker:
+        overrides = [*overrides, f"tracking.trackers={json.dumps(tracker)}"]
     cfg = load_config(config, overrides)
     if run_dir is None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
         raise ConfigError(f"{config}: name: {cfg.name!r} is not a plain name (the run directory is runs/<name>); "

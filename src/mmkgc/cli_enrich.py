@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import typer
 
-from mmkgc.cli_features import _coverage_table, _load_triples, _output_path, _progress, _read_map, _save, console
+from mmkgc.cli_features import _coverage_table, _load_triples, _output_path, _read_map, _save, console
 from mmkgc.errors import ConfigError
 
 enrich_app = typer.Typer(no_args_is_help=True,
@@ -79,7 +79,7 @@ def _caption(triples, images: Path, model: str, workdir: Path, source: str, prom
                                num_beams=num_beams, dtype=dtype, batch_size=batch_size)
     captioner = Captioner(model, settings, device=device)
     report = run_caption(_workdir(workdir), collection, triples.entity_labels, captioner, source=source,
-                         limit_entities=limit, progress=_progress())
+                         limit_entities=limit, progress=True)  # a bar on a terminal, lines otherwise
     _show(f"captions ({source})", report)
     return report
 
@@ -104,7 +104,7 @@ def _fuse(workdir: Path, model: str, max_input_tokens: Optional[int], max_new_to
                               seq2seq_template=SEQ2SEQ_TEMPLATE if seq2seq_prompt is None else seq2seq_prompt)
     wd = _workdir(workdir)
     wd.require(wd.descriptions, "merge")  # before loading a large model
-    report = run_fuse(wd, LLMFuser(model, settings, device=device), progress=_progress())
+    report = run_fuse(wd, LLMFuser(model, settings, device=device), progress=True)
     _show("fusion", report)
     return report
 
@@ -125,7 +125,7 @@ def _encode(triples, workdir: Optional[Path], files: Optional[list[Path]], encod
     table, report = run_encode(triples.entity_labels, triples.name, enc,
                                workdir=_workdir(workdir) if workdir is not None else None,
                                files=files or None, text=text, concat_with_label=concat_label, name_map=name_map,
-                               progress=_progress())
+                               progress=True)
     out = _output_path(triples.name, output, "generated_text")
     _save(table, out)
     shown = {k: v for k, v in report.items() if k != "files"}

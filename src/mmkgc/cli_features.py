@@ -47,7 +47,7 @@ def _load_triples(dataset: str, data_dir: Optional[Path]):
         return read_openke(path, name=path.resolve().name)
     from mmkgc.data.registry import load_dataset
 
-    return load_dataset(dataset, data_dir=data_dir, progress=_progress())
+    return load_dataset(dataset, data_dir=data_dir, progress=True)
 
 
 def _output_path(dataset: str, output: Optional[str], default: str) -> Path:
@@ -133,7 +133,7 @@ def extract(
             source = LabelTable(text_table, key_column, text_column)
         enc = build_text_encoder(encoder, batch_size=batch_size, device=device, normalize=normalize)
         table = cached_text_features(triples.name, triples.entity_labels, enc, modality="text", source=source,
-                                     progress=_progress())
+                                     progress=True)  # a bar on a terminal, lines otherwise
     else:
         if images is None:
             raise ConfigError("--modality image needs --images DIR|TABLE")
@@ -148,7 +148,7 @@ def extract(
         )
         enc = build_image_encoder(encoder, output=kind, batch_size=batch_size, device=device, normalize=normalize)
         table = cached_image_features(triples.name, found, enc, modality="image", aggregate=aggregate,
-                                      max_images=max_images, progress=_progress())
+                                      max_images=max_images, progress=True)
     seconds = time.perf_counter() - t0
     _save(table, out)
     console.print(_coverage_table(f"{triples.name} {modality} features", {

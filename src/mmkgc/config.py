@@ -498,6 +498,45 @@ class AdversarialConfig(_Strict):
         return self
 
 
+#: Schedulers of ``torch.optim.lr_scheduler`` that a config can name (those needing callables or other
+#: schedulers as arguments -- LambdaLR, MultiplicativeLR, SequentialLR, ChainedScheduler -- cannot be written in YAML).
+LR_SCHEDULERS = ("ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR", "ExponentialLR",
+                 "LinearLR", "MultiStepLR", "OneCycleLR", "PolynomialLR", "ReduceLROnPlateau", "StepLR")
+
+
+class SchedulerConfig(_Strict):
+    """A learning-rate scheduler of :mod:`torch.optim.lr_scheduler`, by class name with keyword arguments
+    (``training.scheduler: {name: StepLR, kwargs: {step_size: 10, gamma: 0.5}}``).
+
+    :param name: one of :data:`LR_SCHEDULERS` (the exact class name).
+    :param kwargs: the constructor's keyword arguments except ``optimizer`` and ``last_epoch``; an unknown one is
+        an error naming it.  ``ReduceLROnPlateau`` defaults to ``mode: max`` (the selection metric grows).
+    :param interval: call ``scheduler.step()`` after every ``epoch`` or after every optimisation ``step``
+        (e.g. ``OneCycleLR`` with ``total_steps``); ``ReduceLROnPlateau`` steps after each validation with the
+        selection metric and needs ``epoch``.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    interval: Literal["epoch", "step"] = "epoch"
+
+    @model_validator(mode="after")
+    def _known(self) -> "SchedulerConfig":
+        import inspect
+
+        if self.name not in LR_SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.name!r}; known: {', '.join(LR_SCHEDULERS)}")
+        from torch.optim import lr_scheduler
+
+        params = set(inspect.signature(getattr(lr_scheduler, self.name)).parameters) - {"optimizer", "last_epoch"}
+        unknown = sorted(set(self.kwargs) - params)
+        if unknown:
+            raise ValueError(f"{self.name} has no argument(s) {', '.join(unknown)} (valid: {', '.join(sorted(params))})")
+        if self.name == "ReduceLROnPlateau" and self.interval != "epoch":
+            raise ValueError("ReduceLROnPlateau steps on the validation metric: interval must be 'epoch'")
+        return self
+
+
 class TrainingConfig(_Strict):
     """Optimisation.
 
@@ -522,6 +561,7 @@ class TrainingConfig(_Strict):
         negatives from its own stream seeded by ``(seed, epoch, rank)``; ``replicated`` draws the negatives of the
         whole global batch on every rank from the shared stream and keeps the rank's slice, so the run sees the
         same batches and negatives as a single process (at ``world_size`` times the sampling cost).
+    :param scheduler: an optional learning-rate scheduler (:class:`SchedulerConfig`), checkpointed and resumed.
     """
 
     loop: Literal["negative_sampling", "one_to_n"] = "negative_sampling"
@@ -548,6 +588,7 @@ class TrainingConfig(_Strict):
     sparse: bool = False
     distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
     adversarial: AdversarialConfig | None = None
+    scheduler: SchedulerConfig | None = None
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
@@ -560,6 +601,9 @@ class TrainingConfig(_Strict):
                 raise ValueError("sparse: true needs loop 'negative_sampling' (1-N scoring uses every entity row)")
             if self.weight_decay or self.gradient_clip is not None:
                 raise ValueError("sparse: true supports neither weight_decay nor gradient_clip")
+            if self.scheduler is not None and self.optimizer == "adam":
+                raise ValueError("sparse: true with optimizer 'adam' drives two optimisers; a scheduler needs "
+                                 "optimizer 'adagrad' (or sparse: false)")
         return self
 
 
@@ -590,8 +634,95 @@ class EvaluationConfig(_Strict):
     report: Literal["selected", "legacy_best_test_per_metric"] = "selected"
 
 
+class TrackingConfig(_Strict):
+    """Result trackers besides the run directory's own files (:mod:`mmkgc.training.tracking`; the packages come
+    with ``pip install "mmkgc[trackers]"``).
+
+    :param trackers: any of ``tensorboard`` (event files in ``<run_dir>/tensorboard``), ``mlflow``, ``wandb``.
+    :param project: the MLflow experiment / W&B project (default: the config's ``name``).
+    :param mlflow_tracking_uri: e.g. ``sqlite:////data/mlflow.db`` or ``http://host:5000`` (default: MLflow's own,
+        ``MLFLOW_TRACKING_URI`` or ``./mlruns``).
+    :param wandb_mode: ``online``, ``offline`` (files only, no network) or ``disabled``; default ``WANDB_MODE``.
+    """
+
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    project: str | None = None
+    mlflow_tracking_uri: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+
+
+class FloatParam(_Strict):
+    """A float hyper-parameter drawn from ``[low, high]`` (log-uniformly with ``log: true``; on a grid of ``step``)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "FloatParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log: true needs low > 0 and no step")
+        return self
+
+
+class IntParam(_Strict):
+    """An integer hyper-parameter in ``[low, high]`` (every ``step``-th value, or log-uniform with ``log: true``)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "IntParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step != 1):
+            raise ValueError("log: true needs low > 0 and step 1")
+        return self
+
+
+class CategoricalParam(_Strict):
+    """A hyper-parameter taking one of ``choices`` (numbers, strings, booleans or null)."""
+
+    type: Literal["categorical"]
+    choices: list[None | bool | int | float | str] = Field(min_length=1)
+
+
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class TuneConfig(_Strict):
+    """Hyper-parameter search with ``mmkgc tune`` (Optuna; ``pip install "mmkgc[tune]"``); ignored by ``train``.
+
+    :param space: dotted config key -> distribution, e.g. ``training.lr: {type: float, low: 1e-3, high: 0.3,
+        log: true}``, ``model.dim: {type: categorical, choices: [100, 250]}``.
+    :param trials: trials of the study (including those of earlier, resumed invocations); ``--trials`` wins.
+    :param time_budget_minutes: training budget of each trial (``training.time_budget_minutes``); ``--time-budget-
+        minutes`` wins; ``None`` keeps the config's.
+    :param sampler: ``tpe`` (Optuna's default) or ``random``; seeded with the config's ``seed``.
+    :param pruner: stop poor trials early from their per-epoch validation MRR: ``median`` (Optuna's
+        MedianPruner), ``hyperband``, ``threshold`` (ThresholdPruner, e.g. ``pruner_options: {lower: 0.05}``) or
+        ``none``.
+    :param pruner_options: keyword arguments of the pruner (``n_startup_trials``, ``n_warmup_steps``, ...).
+    """
+
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    trials: int = Field(20, ge=1)
+    time_budget_minutes: float | None = Field(None, gt=0.0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
+    pruner_options: dict[str, Any] = Field(default_factory=dict)
+
+
 class ExperimentConfig(_Strict):
-    """A whole experiment: dataset, model, training and evaluation."""
+    """A whole experiment: dataset, model, training and evaluation; optionally result trackers (``tracking``) and
+    the search space of ``mmkgc tune`` (``tune``)."""
 
     name: str = "experiment"
     seed: int = 42
@@ -599,6 +730,8 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tune: TuneConfig | None = None
 
     @model_validator(mode="after")
     def _cross(self) -> "ExperimentConfig":

@@ -277,7 +277,7 @@ LOCK_FILE = ".lock"
 RUN_FILES = frozenset({RUN_MARKER, LOCK_FILE, "config.yaml", "health.json", "health.md", "metrics.jsonl",
                        "metrics.json", "training_curve.png", "checkpoints", "modality_weights_entities.csv",
                        "modality_weights_relations.csv", "modality_weights.png", "modality_diagnostics.json",
-                       "imvia_decoders.json"})
+                       "imvia_decoders.json", "tensorboard", "wandb"})
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -424,10 +424,11 @@ def run_experiment(
     progress: bool = False,
     device: str | None = "auto",
     log: Callable[[str], None] = print,
+    trackers: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train, select on the validation split, test, and write the run directory: :func:`run_pipeline` with a run
     directory, returning only the content of ``metrics.json``."""
-    return run_pipeline(cfg, run_dir, resume=resume, progress=progress, device=device, log=log)[0]
+    return run_pipeline(cfg, run_dir, resume=resume, progress=progress, device=device, log=log, trackers=trackers)[0]
 
 
 def run_pipeline(
@@ -438,10 +439,14 @@ def run_pipeline(
     device: str | None = "auto",
     log: Callable[[str], None] = print,
     data: LoadedData | None = None,
+    trackers: list[Any] | None = None,
 ) -> tuple[dict[str, Any], KGEModel, LoadedData]:
     """Train, select on the validation split, test, and write the run directory (none with ``run_dir=None``:
     an in-memory run that writes no file, for notebooks; :func:`mmkgc.api.pipeline`; it also skips the
     method diagnostics files, so its metrics have no ``diagnostics`` block).
+
+    Each epoch's record goes to ``metrics.jsonl``, to the trackers the config names (``tracking.trackers``) and
+    to ``trackers`` (:class:`~mmkgc.training.tracking.ResultTracker` objects, e.g. the tuner's pruning hook).
 
     Under ``torchrun`` (an initialised process group, see :mod:`mmkgc.distributed`) every rank calls this: training
     runs with DDP, evaluation is sharded, and only rank 0 logs and writes files.
@@ -451,6 +456,9 @@ def run_pipeline(
     holds :class:`RunLock` for the whole run.
 
     :param data: the dataset, when the caller has loaded it already (else :func:`load_data`).
+    :param trackers: extra :class:`~mmkgc.training.tracking.ResultTracker` objects, after the run directory's
+        ``metrics.jsonl`` and the config's ``tracking.trackers``; an in-memory run logs to these and to the
+        config's trackers only.
     :returns: ``(metrics, model, data)``: the content of ``metrics.json``, the selected model (eval mode) and the
         dataset with the model's modality inputs (``data.model_features``).
     :raises ConfigError: ``resume`` without a run directory, a run directory that is not free (see
@@ -465,12 +473,15 @@ def run_pipeline(
             raise ConfigError("resume: an in-memory run (no run directory) has no checkpoint to resume from")
         _device(device)
         data = data if data is not None else load_data(cfg)
-        return _run_locked(cfg, data, None, False, progress, device, log, is_main_process())
+        main = is_main_process()
+        trackers = _config_trackers(cfg) + list(trackers or []) if main else []
+        return _run_tracked(cfg, data, None, False, progress, device, log, main, trackers)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
     _device(device)  # a bad --device fails before anything is written
     data = data if data is not None else load_data(cfg)  # as does a dataset that cannot be read
     main = is_main_process()
+    trackers = _config_trackers(cfg) + list(trackers or []) if main else []  # as does a missing tracker package
     lock = contextlib.nullcontext()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -481,11 +492,55 @@ def run_pipeline(
             check_run_dir(run_dir, resume)  # again under the lock: another process may have finished a run here
             _prepare_log(run_dir, resume)
         barrier()  # every rank has checked the run directory before rank 0 writes into it
-        return _run_locked(cfg, data, run_dir, resume, progress, device, log, main)
+        return _run_tracked(cfg, data, run_dir, resume, progress, device, log, main, trackers)
+
+
+def _config_trackers(cfg: ExperimentConfig) -> list[Any]:
+    """The trackers ``tracking.trackers`` names (their packages imported now, before anything is written).
+
+    :raises MissingExtraError: a tracker's package is not installed (``pip install "mmkgc[trackers]"``).
+    """
+    from mmkgc.training.tracking import build_trackers
+
+    tc = cfg.tracking
+    return build_trackers(list(tc.trackers), project=tc.project or cfg.name,
+                          mlflow_tracking_uri=tc.mlflow_tracking_uri, wandb_mode=tc.wandb_mode)
+
+
+def _run_tracked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, resume: bool, progress: bool,
+                 device: str | None, log: Callable[[str], None], main: bool, extra: list[Any]
+                 ) -> tuple[dict[str, Any], KGEModel, LoadedData]:
+    """:func:`_run_locked` between the trackers' ``start_run``/``log_params`` and ``end_run`` (rank 0 only): the
+    run directory's :class:`~mmkgc.training.tracking.FileTracker` first (none for an in-memory run), then
+    ``extra``."""
+    from mmkgc.training.tracking import FileTracker, flatten
+
+    files = [FileTracker(run_dir)] if main and run_dir is not None else []
+    others = list(extra) if main else []
+    trackers = files + others
+    for tracker in trackers:
+        tracker.start_run(cfg.name, run_dir)
+        tracker.log_params(flatten(cfg.model_dump(mode="json", exclude={"tune"}), sep="."))
+    status = "failed"
+    try:
+        out = _run_locked(cfg, data, run_dir, resume, progress, device, log, main, trackers)
+        metrics = out[0]
+        final = {split: values[cfg.evaluation.tie_policy] for split, values in metrics.get("summary", {}).items()
+                 if cfg.evaluation.tie_policy in values}
+        for tracker in others:  # the selected model's valid and test metrics (metrics.json has them already)
+            tracker.log_metrics({"final": final}, step=int(metrics["training"]["epochs"]))
+        status = "finished"
+        return out
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        for tracker in trackers:
+            tracker.end_run(status)
 
 
 def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, resume: bool, progress: bool,
-                device: str | None, log: Callable[[str], None], main: bool
+                device: str | None, log: Callable[[str], None], main: bool, trackers: list[Any] | None = None
                 ) -> tuple[dict[str, Any], KGEModel, LoadedData]:
     from mmkgc.data.health import health_report
     from mmkgc.evaluation.metrics import evaluate
@@ -512,12 +567,12 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
         log(f"data health: {warning}")
 
     dev = _device(device)
-    model = build_model(cfg, data, progress=progress)
+    # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
+    model = build_model(cfg, data, progress=progress or main)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
-                      fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log)
+                      fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
+                      trackers=trackers)
     summary = trainer.train(resume=resume)
-    if writes:
-        plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric)
 
     model.eval()
     diagnostics = model.write_diagnostics(run_dir, triples) if writes else {}
@@ -551,6 +606,16 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
         log(result.to_markdown())
     if diagnostics:
         metrics["diagnostics"] = diagnostics
+    if writes:
+        from mmkgc.extras import MissingExtraError
+
+        test_summary = metrics.get("summary", {}).get("test", {}).get(cfg.evaluation.tie_policy)
+        try:
+            plot_training_curve(summary.history, run_dir / "training_curve.png", metric=cfg.evaluation.metric,
+                                name=cfg.name, selected_epoch=summary.best_epoch, test=test_summary,
+                                selection=metrics["training"]["selection"])
+        except MissingExtraError as err:  # the light install: everything but the picture
+            log(f"training_curve.png not written: {err}")
     if cfg.evaluation.report == "legacy_best_test_per_metric":
         # The MoMoK/IMVIA reporting: each metric's best *test* value over the validation epochs, separately.
         metrics["legacy_best_test_per_metric"] = {

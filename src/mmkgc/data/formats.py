@@ -574,8 +574,10 @@ def read_vemp_graph(
     :returns: the split :class:`TripleSet` (entity labels = URIs) and the short names ``[N]``.
     :raises DataFormatError: a missing file or column, an id out of range (naming file and row).
     """
-    import pandas as pd
+    from mmkgc.extras import require
 
+    pd = require("pandas", "reading the VEMP graph layout", extra="gnn")
+    require("pyarrow", "reading edge_index.parquet", extra="gnn")
     directory = Path(directory)
     files = {k: directory / v for k, v in
              {"entities": "entities.csv", "relations": "relations.csv", "edges": "edge_index.parquet"}.items()}

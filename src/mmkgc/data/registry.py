@@ -330,7 +330,7 @@ def download_dataset(
     :param allow_unpinned: allow files without a registry pin and without a lock record: the first download
         is trusted and its sha256 recorded in ``sha256.lock.json`` (trust on first use); later calls verify
         against the record.  Without it such files are refused before anything is downloaded.
-    :param progress: show a progress bar (needs tqdm).
+    :param progress: report download progress (tqdm's bar on a terminal if installed, else lines every 30 s).
     :param download: when ``False`` nothing is fetched; a missing file is an error.
     :returns: the cache folder.
     :raises UnknownNameError: unknown dataset.
@@ -364,7 +364,8 @@ def download_dataset(
                                   "downloading is disabled")
 
     directory.mkdir(parents=True, exist_ok=True)
-    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=60)
+    from mmkgc.progress import download_progressbar
+
     recorded = dict(lock)
     changed = False
     for file in OPENKE_FILES:
@@ -377,9 +378,12 @@ def download_dataset(
                 raise DataFormatError(target, None, _mismatch(spec, file, want, observed, directory, pinned=bool(
                     spec.sha256[file])))
         else:
+            # a tqdm bar on a terminal when tqdm is installed, progress lines otherwise (mmkgc.progress)
+            downloader = pooch.HTTPDownloader(progressbar=download_progressbar(progress, f"{spec.name}/{file}"),
+                                              timeout=60)
             try:
                 pooch.retrieve(url, known_hash=f"sha256:{want}" if want else None, fname=file, path=directory,
-                               downloader=downloader, progressbar=progress)
+                               downloader=downloader)
             except ValueError as exc:
                 raise DataFormatError(
                     target, None,

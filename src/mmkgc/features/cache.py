@@ -97,23 +97,11 @@ def _source_identity(source: Literal["label"] | LabelTable) -> Any:
 
 
 def _progress(enabled: bool, total: int, description: str):
-    """A rich progress bar (or a no-op) as a context manager yielding an ``advance(n)`` callable."""
-    from contextlib import contextmanager
+    """A rich progress bar on a terminal, progress lines at intervals otherwise, or a no-op
+    (:func:`mmkgc.progress.progress`), as a context manager yielding an ``advance(n)`` callable."""
+    from mmkgc.progress import progress
 
-    @contextmanager
-    def bar():
-        if not enabled:
-            yield lambda n: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-        ) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda n: progress.advance(task, n)
-
-    return bar()
+    return progress(enabled, total, description)
 
 
 FieldSpec = dict[str, tuple[tuple[int, ...], Any]]
@@ -255,7 +243,7 @@ def cached_text_features(
         their label text; ``"none"``: not present).
     :param shard_size: encoded rows per resumable shard file.
     :param chunk_size: texts per ``encoder.encode`` call (granularity of the progress bar).
-    :param progress: show a rich progress bar.
+    :param progress: report progress (a bar on a terminal, a line every 30 s otherwise).
     :returns: :class:`FeatureTable` float32 ``[N, encoder.dim]`` with presence = informative text;
         provenance holds the encoder identity, the text coverage report and the cache key.
     :raises DataFormatError: a cached file is unreadable or does not belong to this key.

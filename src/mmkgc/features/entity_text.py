@@ -139,10 +139,13 @@ class LabelTable:
         :raises DataFormatError: unreadable file, unknown suffix, missing column, or one name with two
             different texts (the message gives the 1-based data line).
         """
-        import pandas as pd
+        from mmkgc.extras import require
 
+        pd = require("pandas", "an entity text table (text_source: table)", extra="text")
         path = Path(self.path)
         suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            require("pyarrow", f"reading {path.name}", extra="text")
         try:
             if suffix == ".parquet":
                 df = pd.read_parquet(path, columns=[self.key_column, self.text_column])

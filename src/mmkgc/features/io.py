@@ -623,12 +623,9 @@ def import_h5_features(
         dimensions, names and values of different lengths, NaN/inf in an entry kept present (named by key).
     :raises ConfigError: unknown ``layout`` or ``multi``.
     """
-    try:
-        import h5py
-    except ImportError as exc:  # h5py is an optional dependency (extra "h5")
-        from mmkgc.errors import ConfigError
+    from mmkgc.extras import require
 
-        raise ConfigError("reading .h5 feature files needs h5py: pip install 'mmkgc[h5]'") from exc
+    h5py = require("h5py", "reading .h5 feature files", extra="h5")
     from mmkgc.errors import ConfigError
     from mmkgc.features.entity_text import EntityNameIndex
 

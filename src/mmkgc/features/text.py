@@ -273,6 +273,10 @@ class SentenceTransformerEncoder:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {max_length}")
+        from mmkgc.extras import require
+
+        # before resolving the name: without the package, "install the text extra" is the message that helps
+        require("sentence_transformers", "a sentence-transformers text encoder", extra="text")
         self.resolved = resolve_text_model(model_name_or_path)
         self.batch_size = int(batch_size)
         self.device = default_device(device)
@@ -285,6 +289,9 @@ class SentenceTransformerEncoder:
     def model(self) -> Any:
         """The ``SentenceTransformer``, loaded on first use (a cached feature table never needs it)."""
         if self._model is None:
+            from mmkgc.extras import require
+
+            require("sentence_transformers", "a sentence-transformers text encoder", extra="text")
             from sentence_transformers import SentenceTransformer
 
             _quiet_transformers()
@@ -390,6 +397,9 @@ class HFAutoModelEncoder:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {max_length}")
+        from mmkgc.extras import require
+
+        require("transformers", "a Hugging Face text encoder", extra="text")
         from transformers import AutoModel, AutoTokenizer
 
         self.resolved = resolve_text_model(name_or_path)
@@ -513,7 +523,11 @@ def build_text_encoder(
         ``"sentence-transformers"`` (alias ``"st"``) or ``"hf-auto"`` (alias ``"hf"``).
     :param options: keyword arguments of the chosen class.
     :raises UnknownNameError: unknown ``kind`` or unresolvable name.
+    :raises MissingExtraError: transformers is not installed (``pip install "mmkgc[text]"``).
     """
+    from mmkgc.extras import require
+
+    require("transformers", "a text encoder", extra="text")  # every encoder needs it; checked before the name
     if kind == "auto":
         resolved = resolve_text_model(name)
         if resolved.source == "hub":

@@ -207,9 +207,12 @@ def images_from_flat_folder(
 
 
 def _read_table(path: Path):
-    import pandas as pd
+    from mmkgc.extras import require
 
+    pd = require("pandas", "reading an image table", extra="vision")
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        require("pyarrow", f"reading {path.name}", extra="vision")
     try:
         if suffix == ".parquet":
             return pd.read_parquet(path), None
@@ -313,6 +316,9 @@ def load_image(path: Path):
 
     :returns: ``(image, None)`` or ``(None, reason)`` for a missing, unreadable, truncated or oversized file.
     """
+    from mmkgc.extras import require
+
+    require("PIL", "reading images", extra="vision")
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -349,6 +355,9 @@ class ImageEncoder(Protocol):
 
 
 def _transformers_at_least(major: int, minor: int) -> bool:
+    from mmkgc.extras import require
+
+    require("transformers", "an image encoder", extra="vision")
     import transformers
 
     parts = re.findall(r"\d+", transformers.__version__)[:2]
@@ -406,6 +415,9 @@ class HFImageEncoder:
 
     # ---------------------------------------------------------------------------------------- loading
     def _load_model(self, torch_dtype: torch.dtype):
+        from mmkgc.extras import require
+
+        require("transformers", "an image encoder", extra="vision")
         import transformers
         from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
@@ -450,6 +462,9 @@ class HFImageEncoder:
         return model.to(self.device).eval(), cls.__name__
 
     def _load_processor(self):
+        from mmkgc.extras import require
+
+        require("transformers", "an image encoder", extra="vision")
         from transformers import AutoImageProcessor
 
         try:
@@ -467,6 +482,9 @@ class HFImageEncoder:
     def token_shape(self) -> tuple[int, ...]:
         """``(d,)`` for ``pooled``/``projected``; ``(L, d)`` for ``tokens`` (measured on a blank image)."""
         if self._token_shape is None:
+            from mmkgc.extras import require
+
+            require("PIL", "an image encoder", extra="vision")
             from PIL import Image
 
             probe = self.encode_images([Image.new("RGB", (32, 32))])

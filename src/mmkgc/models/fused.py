@@ -520,7 +520,10 @@ class FusedKGEModel(KGEModel):
                 row.append(f"{float(self.entities.fusion.temperature(torch.tensor([i], device=device)).detach()):.6f}")
             out.writerow(row)
         atomic_write_text(run_dir / "modality_weights_relations.csv", buf.getvalue())
-        _plot_weights(flat_w, present.reshape(-1, len(names)), names, run_dir / "modality_weights.png")
+        from mmkgc.extras import available
+
+        if available("matplotlib"):  # the histogram is skipped on an install without the plots extra
+            _plot_weights(flat_w, present.reshape(-1, len(names)), names, run_dir / "modality_weights.png")
 
         summary: dict = {
             "modality_weights": {

@@ -561,8 +561,13 @@ def compare_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_compare(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Grouped bar plot of test MRR per feature mode and protocol (PNG, written atomically)."""
-    import matplotlib
+    """Grouped bar plot of test MRR per feature mode and protocol (PNG, written atomically).
+
+    :raises MissingExtraError: matplotlib is not installed (``pip install "mmkgc[plots]"``).
+    """
+    from mmkgc.extras import require
+
+    matplotlib = require("matplotlib", "the VEMP comparison plot", extra="plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

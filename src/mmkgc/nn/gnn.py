@@ -158,6 +158,9 @@ class RGCNEncoder(nn.Module):
     def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, num_relations: int,
                  num_bases: int | None = None, dropout: float = 0.5, final_activation: bool = True):
         super().__init__()
+        from mmkgc.extras import require
+
+        require("torch_geometric", "the R-GCN encoder (representation: rgcn, VEMP)", extra="gnn")
         from torch_geometric.nn import RGCNConv
 
         if num_bases is not None and num_bases > num_relations:

@@ -5,7 +5,8 @@ the complete new one, never a mixture.
 Layout of a checkpoint directory::
 
     model.safetensors      model.state_dict() (persistent parameters and buffers)
-    training_state.pt      {"optimizer": ..., "rng": {...}}  (tensors, numbers, lists, dicts only)
+    training_state.pt      {"optimizer": ..., "rng": {...}, "auxiliary": {...}, "scheduler": ...}
+                           (tensors, numbers, lists, dicts only)
     state.json             epoch, step, best metric, config fingerprint, feature fingerprints, mmkgc version
 """
 
@@ -38,12 +39,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     rng: dict[str, torch.Tensor] | None = None,
     auxiliary: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (write a sibling temp dir, then swap it in).
 
     :param state: JSON-serialisable training state (epoch, step, metrics, fingerprints).
     :param rng: named RNG states (``torch.Generator.get_state()`` byte tensors).
     :param auxiliary: state dicts of auxiliary optimisation steps (:mod:`mmkgc.training.steps`) by step name.
+    :param scheduler: the learning-rate scheduler's ``state_dict()`` (numbers and lists), when the run has one.
     :returns: the checkpoint directory.
     """
     directory = Path(directory)
@@ -54,7 +57,7 @@ def save_checkpoint(
         save_file(tensors, str(tmp / MODEL_FILE))
         torch.save(
             {"optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": rng or {},
-             "auxiliary": auxiliary or {}},
+             "auxiliary": auxiliary or {}, "scheduler": scheduler},
             tmp / TRAINING_FILE,
         )
         payload = dict(state, mmkgc_version=__version__)
@@ -150,19 +153,34 @@ def load_checkpoint(
     return state, rng
 
 
-def read_auxiliary_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The auxiliary-step states saved with a checkpoint (``{}`` for checkpoints without any).
+def _training_extra(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The content of ``training_state.pt`` (``{}`` when the checkpoint has none), loaded with ``weights_only``.
 
-    :raises CheckpointError: the training state file is corrupt or unsafe.
+    :raises CheckpointError: the file is corrupt or unsafe.
     """
     path = _resolve(Path(directory)) / TRAINING_FILE
     if not path.is_file():
         return {}
     try:
-        extra = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
         raise CheckpointError(f"{path}: corrupt or unsafe training state ({type(err).__name__}: {err})") from None
-    return extra.get("auxiliary") or {}
+
+
+def read_auxiliary_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The auxiliary-step states saved with a checkpoint (``{}`` for checkpoints without any).
+
+    :raises CheckpointError: the training state file is corrupt or unsafe.
+    """
+    return _training_extra(directory, map_location).get("auxiliary") or {}
+
+
+def read_scheduler_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The learning-rate scheduler's ``state_dict()`` saved with a checkpoint (``None``: the run had none).
+
+    :raises CheckpointError: the training state file is corrupt or unsafe.
+    """
+    return _training_extra(directory, map_location).get("scheduler")
 
 
 def remove_orphan_temporaries(checkpoints: str | Path) -> list[Path]:

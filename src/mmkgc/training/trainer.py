@@ -26,7 +26,6 @@ the shared stream is identical on all ranks and the per-rank streams are re-deri
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from mmkgc import distributed as dist_helpers
-from mmkgc.config import EvaluationConfig, TrainingConfig
+from mmkgc.config import EvaluationConfig, SchedulerConfig, TrainingConfig
 from mmkgc.errors import ConfigError, TrainingInterrupted
 from mmkgc.data.triples import TripleSet
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
@@ -47,6 +46,7 @@ from mmkgc.training.checkpoint import (
     load_checkpoint,
     read_auxiliary_state,
     read_checkpoint_state,
+    read_scheduler_state,
     save_checkpoint,
 )
 from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
@@ -57,6 +57,7 @@ from mmkgc.training.sampling import (
     TripleBatcher,
     UniformNegativeSampler,
 )
+from mmkgc.training.tracking import FileTracker, ResultTracker
 
 
 @dataclass
@@ -140,6 +141,29 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig,
     return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig | None) -> Any:
+    """The ``torch.optim.lr_scheduler`` class ``cfg.name`` over ``optimizer`` with ``cfg.kwargs`` (``None``: none).
+
+    ``ReduceLROnPlateau`` gets ``mode="max"`` unless the kwargs say otherwise (it is stepped with the validation
+    metric, which grows).  The scheduler's ``state_dict()`` is checkpointed with the optimiser
+    (:func:`~mmkgc.training.checkpoint.save_checkpoint`), so a resumed run continues the same schedule.
+
+    :raises ConfigError: the scheduler refuses the kwargs' values (message names ``training.scheduler``).
+    """
+    if cfg is None:
+        return None
+    from torch.optim import lr_scheduler
+
+    kwargs = dict(cfg.kwargs)
+    if cfg.name == "ReduceLROnPlateau":
+        kwargs.setdefault("mode", "max")
+    try:
+        return getattr(lr_scheduler, cfg.name)(optimizer, **kwargs)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"training.scheduler: {cfg.name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): "
+                          f"{err}") from None
+
+
 class TrainingStep(torch.nn.Module):
     """The module DDP wraps: ``forward(*batch_tensors) -> loss`` runs the trainer's whole scoring and loss, so
     DDP's gradient hooks see every parameter use of the step.
@@ -171,6 +195,9 @@ class Trainer:
         fingerprints); a mismatch raises :class:`~mmkgc.errors.CheckpointError`.
     :param progress: show rich progress bars.
     :param log: a callable receiving one human-readable line per event.
+    :param trackers: receive every epoch's record (:class:`~mmkgc.training.tracking.ResultTracker`, rank 0 only);
+        default: a :class:`~mmkgc.training.tracking.FileTracker` writing ``run_dir/metrics.jsonl`` when there is a
+        run directory.  A tracker may raise to stop training after the epoch is checkpointed (the tuner's pruning).
     """
 
     def __init__(
@@ -185,6 +212,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         progress: bool = False,
         log: Callable[[str], None] | None = None,
+        trackers: list[ResultTracker] | None = None,
     ):
         self.model = model.to(device)
         self.triples = triples
@@ -208,6 +236,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, training, exclude=owned)
         #: modality substitutes of entities without training triples (``model.unseen``): their alignment term
         self._substitutes = modality_structures(self.model)
+        self.scheduler = build_scheduler(self.optimizer, training.scheduler)  # type: ignore[arg-type]
+        if trackers is None:
+            trackers = [FileTracker(self.run_dir)] if self.run_dir is not None else []
+        self.trackers = trackers if main else []
         if training.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"training.precision: fp16 needs a CUDA device (this run uses {self.device}); "
                               "use bf16 or fp32 on the CPU")
@@ -454,6 +486,8 @@ class Trainer:
                     if self.cfg.gradient_clip is not None:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip)
                     self.optimizer.step()
+                if self.scheduler is not None and self.cfg.scheduler.interval == "step":
+                    self.scheduler.step()
                 for aux in self.aux_steps:  # generator / estimator steps on the same batch, own parameter groups
                     for key, value in aux.step(*tensors, check_finite=sync_every == 1).items():
                         if isinstance(value, torch.Tensor):
@@ -549,7 +583,8 @@ class Trainer:
         path = self._checkpoint_dir(which)
         if path is not None and self.rank == 0:
             save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state(),
-                            auxiliary={step.name: step.state_dict() for step in self.aux_steps})
+                            auxiliary={step.name: step.state_dict() for step in self.aux_steps},
+                            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None)
 
     def resume(self) -> bool:
         """Continue from ``run_dir/checkpoints/last`` if it exists; returns whether it did.
@@ -573,6 +608,12 @@ class Trainer:
             if step.name not in auxiliary:
                 raise CheckpointError(f"{path}: no saved state for auxiliary step {step.name!r}")
             step.load_state_dict(auxiliary[step.name])
+        if self.scheduler is not None:
+            saved_schedule = read_scheduler_state(path, map_location=self.device)
+            if saved_schedule is None:
+                raise CheckpointError(f"{path}: the config has training.scheduler {self.cfg.scheduler.name} but the "
+                                      "checkpoint holds no scheduler state; start a new run directory")
+            self.scheduler.load_state_dict(saved_schedule)
         self.epoch = state["epoch"]
         self.step = state["step"]
         self.training_seconds = state["training_seconds"]
@@ -591,11 +632,9 @@ class Trainer:
         return True
 
     def _append_log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None or self.rank != 0:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        """Give the epoch's record to every tracker (``metrics.jsonl`` by default; rank 0 only)."""
+        for tracker in self.trackers:
+            tracker.log_metrics(record, step=int(record["epoch"]))
 
     # ------------------------------------------------------------------------------------------ main loop
     def train(self, resume: bool = False) -> TrainingSummary:
@@ -638,6 +677,7 @@ class Trainer:
                 break
             start = time.perf_counter()
             deadline = start + (budget - self.training_seconds) if budget is not None else None
+            lr = float(self.optimizer.param_groups[0]["lr"])  # the rate the epoch starts with
             loss, out_of_time = self._epoch(deadline)
             # rank 0's clock decides, so every rank sees the same training time and budget decisions
             seconds = float(dist_helpers.broadcast_object(time.perf_counter() - start))
@@ -645,6 +685,8 @@ class Trainer:
             self.epoch += 1
             record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
                                       "training_seconds": self.training_seconds, "partial": out_of_time}
+            if self.scheduler is not None:
+                record["lr"] = lr
             if self.epoch_terms:
                 record["terms"] = dict(self.epoch_terms)
             last = self.epoch >= self.cfg.epochs or out_of_time
@@ -663,12 +705,17 @@ class Trainer:
                     self.save("best")
                 else:
                     self.bad_validations += 1
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(value)
                 self.log(f"epoch {self.epoch}: loss {loss:.4f}, valid {self.eval_cfg.metric} {value:.4f} "
                          f"(best {self.best_metric:.4f} at {self.best_epoch})")
             else:
                 self.log(f"epoch {self.epoch}: loss {loss:.4f} ({seconds:.1f} s)")
+            if (self.scheduler is not None and self.cfg.scheduler.interval == "epoch"
+                    and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+                self.scheduler.step()
             self.history.append(record)
-            self._append_log(record)
+            self._append_log(record)  # a tracker may stop the run here (the tuner's pruning)
             self.save("last")
             if out_of_time:
                 stopped = "time_budget"

@@ -107,6 +107,9 @@ class Captioner:
     """
 
     def __init__(self, model: str | Path, settings: CaptionSettings | None = None, device: str | None = None):
+        from mmkgc.extras import require
+
+        require("transformers", "captioning (mmkgc enrich caption)", extra="vision")
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model

@@ -283,11 +283,13 @@ def encode_texts(
 
     :raises ValueError: ``texts`` and ``entity_labels`` differ in length.
     """
-    import pandas as pd
-
+    from mmkgc.extras import require
     from mmkgc.features.cache import cached_text_features, features_dir
     from mmkgc.features.entity_text import LabelTable
     from mmkgc.fileio import atomic_write
+
+    pd = require("pandas", "encoding generated descriptions", extra="text")
+    require("pyarrow", "the parquet text table of mmkgc enrich encode", extra="text")
 
     if len(texts) != len(entity_labels):
         raise ValueError(f"{len(texts)} texts for {len(entity_labels)} entities")

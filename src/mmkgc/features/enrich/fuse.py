@@ -110,6 +110,9 @@ class LLMFuser:
     """
 
     def __init__(self, model: str | Path, settings: FusionSettings | None = None, device: str | None = None):
+        from mmkgc.extras import require
+
+        require("transformers", "description fusion (mmkgc enrich fuse)", extra="text")
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
         from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model
