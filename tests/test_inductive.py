@@ -260,7 +260,8 @@ def test_config_rejects_the_option_where_it_cannot_apply(model, message):
 
 def test_every_preset_takes_the_option_or_refuses_it_by_name():
     presets = [p for p in sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
-               if p.parent.name != "vemp"]  # VEMP's pipeline has its own config schema (config_vemp)
+               if p.parent.name != "vemp"  # VEMP's pipeline has its own config schema (config_vemp)
+               and not p.name.endswith("_space.yaml")]  # search spaces of `mmkgc tune --space`, not experiments
     assert len(presets) > 20
     accepted = 0
     for path in presets:
