@@ -268,16 +268,94 @@ def test_l2_regularizer_is_openke_over_all_rows_of_structural_embeddings(variant
         assert torch.allclose(total, main + 0.5 * reference_l2(model, positives, negatives, tail), rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
 @pytest.mark.parametrize("variant", ["afme_full", "afme_low_rank"])
-def test_gate_backward_in_chunks_equals_one_chunk(variant, monkeypatch):
-    from mmkgc.nn.fusion import _GatedPairs
+def test_gate_backward_in_chunks_equals_one_chunk(variant, path, monkeypatch):
+    from mmkgc.nn.fusion import _GatedPairs, _GatedPairsKernel
 
+    if path == "kernel" and not scorer_kernel_available():
+        pytest.skip("no C compiler")
+    if path == "pytorch":
+        monkeypatch.setenv("MMKGC_NO_COMPILE", "1")
     _, data, model = build(variant)
     positives, negatives, tail = batch(data, b=12, k=6)
     results = []
     for chunk in (1 << 20, 5):
         monkeypatch.setattr(_GatedPairs, "CHUNK", chunk)
+        monkeypatch.setattr(_GatedPairsKernel, "CHUNK", chunk)
         pos, neg = model.score_positives_and_negatives(positives, negatives, tail)
         results.append(grads(model, pos, neg, torch.ones(12), torch.linspace(-1, 1, 72).reshape(12, 6)))
     for name, grad in results[0].items():
         assert torch.allclose(results[1][name], grad, atol=1e-6), name
+
+
+def reference_gated_pairs(gate, fusion, x, ent, rel):
+    """``x̃`` and the logits ``α_m wᵀtanh(x̃_m)`` of each pair, written out one pair and one modality at a time:
+    ``x̃ = σ(W_g (x ⊙ c_r) + b) ⊙ x`` with ``W_g`` the full matrix or the product of the two factors."""
+    lin = gate.linear
+    out, logits = [], []
+    for e, r in zip(ent.tolist(), rel.tolist()):
+        rows, lg = [], []
+        for m in range(x.shape[1]):
+            a = x[e, m] * gate.context[r]
+            z = lin.weight @ a + lin.bias if isinstance(lin, torch.nn.Linear) else lin[1].weight @ (lin[0].weight @ a) \
+                + lin[1].bias
+            xt = torch.sigmoid(z) * x[e, m]
+            value = torch.dot(fusion.w, torch.tanh(xt))
+            if fusion.confidence == "l2":
+                value = value * torch.linalg.vector_norm(xt)  # zero subgradient at x̃ = 0
+            rows.append(xt)
+            lg.append(value)
+        out.append(torch.stack(rows))
+        logits.append(torch.stack(lg))
+    return torch.stack(out), torch.stack(logits)
+
+
+@pytest.mark.parametrize("rank", [None, 3])
+@pytest.mark.parametrize("confidence", ["l2", "none"])
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
+def test_gated_pairs_equal_float64_per_pair_reference(rank, confidence, path, monkeypatch):
+    """The gate node of AFME's training path (compiled kernels in chunks, or the PyTorch node) against the float64
+    loop: values, and gradients to the components, the context, the gate matrices and bias, and w."""
+    from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, _GatedPairsKernel, gated_pair_logits
+
+    if path == "kernel" and not scorer_kernel_available():
+        pytest.skip("no C compiler")
+    if path == "pytorch":
+        monkeypatch.setenv("MMKGC_NO_COMPILE", "1")
+    monkeypatch.setattr(_GatedPairsKernel, "CHUNK", 4)  # several chunks, the last one partial
+    torch.manual_seed(0)
+    gate = RelationGate(7, 4, bias_init=0.5, rank=rank)
+    fusion = TanhAttentionFusion(7, 3, relation_temperature=True, num_relations=4, confidence=confidence)
+    with torch.no_grad():
+        for p in [*gate.parameters(), *fusion.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))
+    x = torch.randn(5, 3, 7)
+    x[1, 2] = 0.0  # a zero component: ‖x̃‖ = 0, the zero subgradient of the L2 confidence
+    x[3, 0, :3] = 40.0  # saturated gate and tanh
+    x.requires_grad_(True)
+    ent = torch.tensor([0, 1, 1, 2, 3, 4, 0, 1, 3, 2, 4])
+    rel = torch.tensor([0, 0, 1, 2, 3, 1, 3, 2, 2, 0, 1])
+    g = torch.Generator().manual_seed(1)
+    w_xt, w_lg = torch.randn(11, 3, 7, generator=g), torch.randn(11, 3, generator=g)
+
+    xt, lg = gated_pair_logits(gate, fusion, x, ent, rel)
+    kind = type(xt.grad_fn).__name__
+    assert kind == ("_GatedPairsKernelBackward" if path == "kernel" else "_GatedPairsBackward")
+    params = [x, *gate.parameters(), fusion.w]
+    got = torch.autograd.grad((xt * w_xt).sum() + (lg * w_lg).sum(), params)
+
+    gate64, fusion64 = copy.deepcopy(gate).double(), copy.deepcopy(fusion).double()
+    x64 = x.detach().double().requires_grad_(True)
+    ref_xt, ref_lg = reference_gated_pairs(gate64, fusion64, x64, ent, rel)
+    ref = torch.autograd.grad((ref_xt * w_xt.double()).sum() + (ref_lg * w_lg.double()).sum(),
+                              [x64, *gate64.parameters(), fusion64.w])
+    assert torch.allclose(xt.double(), ref_xt, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(lg.double(), ref_lg, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a.double(), b, atol=1e-4, rtol=1e-4)
+    # only the first output used (the other gradient arrives as None)
+    (gx,) = torch.autograd.grad((gated_pair_logits(gate, fusion, x, ent, rel)[0] * w_xt).sum(), [x])
+    (rx,) = torch.autograd.grad((reference_gated_pairs(gate64, fusion64, x64, ent, rel)[0] * w_xt.double()).sum(),
+                                [x64])
+    assert torch.allclose(gx.double(), rx, atol=1e-4, rtol=1e-4)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmkgc.nn.scorers import _kernels
+
 
 class ConcatFusion(nn.Module):
     """Concatenate the ``M`` modality vectors and project back: ``y = W [x_1; ...; x_M] + b``.
@@ -250,13 +252,107 @@ class _GatedPairs(torch.autograd.Function):
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
 
+class _GatedPairsKernel(torch.autograd.Function):
+    """:class:`_GatedPairs` with the compiled CPU kernels of :mod:`mmkgc.nn.scorers` (float32): the pairs are processed
+    in chunks of :attr:`CHUNK`; per chunk a kernel forms ``x ⊙ c_r``, BLAS applies the gate's matrices, and a second
+    kernel computes ``γ``, ``x̃``, ``wᵀtanh(x̃)`` and ``‖x̃‖`` in one pass over rows that stay in cache.  Nothing of
+    shape ``[V, M, D]`` is kept but the output ``x̃``: the gate values are recomputed in the backward from the saved
+    low-rank activations ``[V M, k]`` (the full gate recomputes them from ``x ⊙ c_r``).  Same inputs, outputs and
+    gradients as :class:`_GatedPairs` up to float rounding (``σ`` and ``tanh`` use the kernels' vectorised ``exp``,
+    a few ulps); first-order gradients only.
+    """
+
+    CHUNK = 256
+
+    @staticmethod
+    def forward(ctx, x, ent, rel, context, first, second, bias, w, l2: bool):
+        lib = _kernels()
+        x, context, first, bias, w = (t.detach().contiguous() for t in (x, context, first, bias, w))
+        second = None if second is None else second.detach().contiguous()
+        ent, rel = ent.contiguous(), rel.contiguous()
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        threads = torch.get_num_threads()
+        xt = torch.empty(v, m, d, dtype=x.dtype)
+        t = torch.empty(v, m, dtype=x.dtype)
+        norm = torch.empty(v, m, dtype=x.dtype)
+        h = torch.empty(v * m, first.shape[0], dtype=x.dtype) if second is not None else None
+        rows_max = min(v, _GatedPairsKernel.CHUNK) * m
+        a = torch.empty(rows_max, d, dtype=x.dtype)
+        z = torch.empty(rows_max, d, dtype=x.dtype)
+        for s0 in range(0, v, _GatedPairsKernel.CHUNK):
+            s1 = min(v, s0 + _GatedPairsKernel.CHUNK)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            ab, zb = a[:rows], z[:rows]
+            lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                   ab.data_ptr(), threads)
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(ab, first.t(), out=hb)
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                torch.mm(ab, first.t(), out=zb)
+            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
+                                   d, xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
+        ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, xt, h, t, norm)
+        ctx.l2 = l2
+        return xt, (t * norm if l2 else t.clone())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_xt, g_logits):
+        lib = _kernels()
+        x, ent, rel, context, first, second, bias, w, xt, h, t, norm = ctx.saved_tensors
+        v, m, d = xt.shape
+        g_xt = torch.zeros_like(xt) if g_xt is None else g_xt.contiguous().to(xt.dtype)
+        g_logits = torch.zeros_like(t) if g_logits is None else g_logits.contiguous().to(t.dtype)
+        g_x = torch.zeros_like(x)
+        g_context = torch.zeros_like(context)
+        g_first = torch.zeros_like(first)
+        g_second = torch.zeros_like(second) if second is not None else None
+        g_bias = torch.zeros_like(bias)
+        g_w = torch.zeros_like(w)
+        rows_max = min(v, _GatedPairsKernel.CHUNK) * m
+        z, g_z, g_xe, a, g_a = (torch.empty(rows_max, d, dtype=x.dtype) for _ in range(5))
+        g_h = torch.empty(rows_max, first.shape[0], dtype=x.dtype) if second is not None else None
+        for s0 in range(0, v, _GatedPairsKernel.CHUNK):
+            s1 = min(v, s0 + _GatedPairsKernel.CHUNK)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            zb, gzb, gxb, ab, gab = z[:rows], g_z[:rows], g_xe[:rows], a[:rows], g_a[:rows]
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                       ab.data_ptr(), 1)
+                torch.mm(ab, first.t(), out=zb)
+            lib.mmkgc_gate_backward1(
+                x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), zb.data_ptr(), bias.data_ptr(),
+                w.data_ptr(), xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(),
+                g_xt[s0:s1].data_ptr(), g_logits[s0:s1].data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(),
+                gxb.data_ptr(), ab.data_ptr(), g_w.data_ptr(), g_bias.data_ptr())
+            if second is not None:
+                g_second.addmm_(gzb.t(), hb)
+                ghb = torch.mm(gzb, second, out=g_h[:rows])
+            else:
+                ghb = gzb
+            g_first.addmm_(ghb.t(), ab)
+            torch.mm(ghb, first, out=gab)
+            lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
+                                     gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+        return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
+
+
 def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
                       relation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """AFME's gate and the relation-independent attention logits of distinct (entity, relation) pairs.
 
     Equal to ``x̃ = gate(x[entity], None, relation)[0]`` and ``fusion.base_logits(x̃)`` (methods.md §5.2), computed
-    by one autograd node that keeps the gate values and ``x̃`` but none of the other ``[V, M, D]`` intermediates
-    (the training path of :meth:`mmkgc.models.fused.FusedRepresentation.mixtures`).
+    by one autograd node that keeps ``x̃`` and the low-rank activations (compiled kernels, CPU float32:
+    :class:`_GatedPairsKernel`) or the gate values and ``x̃`` (:class:`_GatedPairs`: GPU, float64,
+    ``MMKGC_NO_COMPILE=1``, no C compiler) but none of the other ``[V, M, D]`` intermediates (the training path of
+    :meth:`mmkgc.models.fused.FusedRepresentation.mixtures`).
 
     :param x: components of distinct entities ``[U, M, D]``; ``entity``, ``relation``: int64 ``[V]`` (pair ``v`` is
         entity ``x[entity[v]]`` under ``relation[v]``).
@@ -266,9 +362,11 @@ def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: to
     first, second = (lin, None) if isinstance(lin, nn.Linear) else (lin[0], lin[1])
     dt = x.dtype
     bias = (first if second is None else second).bias.to(dt)
-    return _GatedPairs.apply(x, entity, relation, gate.context.to(dt), first.weight.to(dt),
-                             None if second is None else second.weight.to(dt), bias, fusion.w.to(dt),
-                             fusion.confidence == "l2")
+    args = (x, entity, relation, gate.context.to(dt), first.weight.to(dt),
+            None if second is None else second.weight.to(dt), bias, fusion.w.to(dt), fusion.confidence == "l2")
+    if x.device.type == "cpu" and dt == torch.float32 and _kernels() is not None:
+        return _GatedPairsKernel.apply(*args)
+    return _GatedPairs.apply(*args)
 
 
 class ModalitySelfAttention(nn.Module):
