@@ -295,9 +295,18 @@ class FusedKGEModel(KGEModel):
         x, present = self.entities.components(unique)
         rel = positives[:, 1]
         rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
-        mix, beta, j = self.entities.mixtures(x, present, inverse, rel_all)
-        beta = beta.to(mix.dtype)
-        ht = _mix(mix, beta[:2 * b], j[:2 * b])
+        if self.entities.gate is None:
+            mix, beta, j = self.entities.mixtures(x, present, inverse, rel_all)
+            beta = beta.to(mix.dtype)
+            mix_p, beta_p, j_p, mix_n, beta_n, j_n = mix, beta[:2 * b], j[:2 * b], mix, beta[2 * b:], j[2 * b:]
+        else:
+            # AFME: the positives' pairs are gated apart from the negatives' (2B of B(K + 2) occurrences), so the
+            # gradient of the negatives' [V, M, D] gated components comes from the mixture kernel alone instead of
+            # being summed with a mostly-zero [V, M, D] gradient of the positives' rows
+            mix_p, beta_p, j_p = self.entities.mixtures(x, present, inverse[:2 * b], rel_all[:2 * b])
+            mix_n, beta_n, j_n = self.entities.mixtures(x, present, inverse[2 * b:], rel_all[2 * b:])
+            beta_p, beta_n = beta_p.to(mix_p.dtype), beta_n.to(mix_n.dtype)
+        ht = _mix(mix_p, beta_p, j_p)
         h, t = ht[:b], ht[b:]
         r = self.relations(rel)
         scorer = self.scorer
@@ -306,9 +315,9 @@ class FusedKGEModel(KGEModel):
             # matched against the negatives' own (relation-fused) mixtures
             queries = torch.cat([scorer.tail_query(h, r), scorer.head_query(r, t)])
             which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
-            neg = scorer.match_gathered_mixture(queries, which.reshape(-1), mix, beta[2 * b:], j[2 * b:])
+            neg = scorer.match_gathered_mixture(queries, which.reshape(-1), mix_n, beta_n, j_n)
             return scorer.match(queries[:b], t), neg.reshape(b, k)
-        e = _mix(mix, beta[2 * b:], j[2 * b:]).reshape(b, k, -1)
+        e = _mix(mix_n, beta_n, j_n).reshape(b, k, -1)
         mask = tail_corrupted.unsqueeze(-1)
         neg_h = torch.where(mask, h.unsqueeze(1), e)
         neg_t = torch.where(mask, e, t.unsqueeze(1))
