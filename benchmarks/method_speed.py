@@ -12,8 +12,11 @@ the auxiliary generator/estimator steps), with ``--threads`` torch threads (defa
 * ``test_eval_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every config): seconds of the
   filtered test evaluation (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) after the timed steps.
 
-``--baseline-commit C`` checks out commit ``C`` in a git worktree under ``/tmp`` (reused if present) and runs the
-same worker there (this file, with ``PYTHONPATH=<worktree>/src``, the current tree's configs), interleaved
+Each worker first applies what the ``mmkgc`` command line sets for its process (:func:`apply_cli_process_settings`:
+``keep_freed_memory`` where the tree has it), so it measures what ``mmkgc train`` does with that tree.
+
+``--baseline-commit C`` extracts commit ``C`` under ``/tmp`` (``git archive``, reused if present) and runs the
+same worker there (this file, with ``PYTHONPATH=<extracted tree>/src``, the current tree's configs), interleaved
 config by config with the current tree so both see the same machine load; it prints both and the speed-up.
 
 Text features are encoded once (all-MiniLM-L6-v2 over the entity names) and read from the mmkgc feature cache
@@ -30,9 +33,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +46,21 @@ DEFAULT_CONFIGS = ["rotate", "rotate_text", "adamf_text", "adamf_mat_text", "nat
 EVAL_DEFAULT = {"rotate", "native_text", "afme_text"}
 
 
+def apply_cli_process_settings() -> bool | None:
+    """What the ``mmkgc`` command line sets for its process before any work, applied to this worker so that it
+    measures what ``mmkgc train`` does with the tree under test: :func:`mmkgc.allocator.keep_freed_memory` where the
+    tree has it (large per-batch temporaries stay in the heap).  Returns whether the allocator setting was applied,
+    ``None`` for a tree without it (its command line used glibc's defaults; e.g. commit 50898de)."""
+    try:
+        from mmkgc.allocator import keep_freed_memory
+    except ImportError:
+        return None
+    return keep_freed_memory()
+
+
 def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) -> dict:
     """Measure one config in this process; returns the JSON record."""
+    allocator = apply_cli_process_settings()
     import torch
 
     torch.set_num_threads(threads)
@@ -79,6 +97,7 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
         "batches_per_epoch": len(trainer.batcher),
         "build_s": build_s,
         "loss": float(loss.detach()),
+        "keep_freed_memory": allocator,
     }
     record["s_per_epoch"] = record["s_per_batch"] * record["batches_per_epoch"]
     if run_eval:
@@ -95,13 +114,18 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
 
 
 def ensure_worktree(commit: str) -> Path:
-    """A detached git worktree of ``commit`` under /tmp (created once, reused)."""
+    """The files of ``commit`` under /tmp (``git archive``, extracted once and reused; the repository's worktree list
+    is not touched)."""
     full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", commit], capture_output=True, text=True,
                           check=True).stdout.strip()
     path = Path("/tmp") / f"mmkgc-baseline-{full[:12]}"
     if not (path / "src" / "mmkgc").exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), full], check=True,
-                       capture_output=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir="/tmp"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", full], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        if path.exists():  # a half-extracted earlier attempt
+            shutil.rmtree(path)
+        tmp.rename(path)
     return path
 
 
