@@ -176,13 +176,22 @@ def test_gathered_mixture_kernel_matches_pytorch(complex_layout, monkeypatch):
         gathered_mixture_l1_distance(q, qi, x, beta[:, :2], ei, complex_layout)
 
 
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
 @pytest.mark.parametrize("variant", ["native", "afme_full", "afme_low_rank"])
-def test_evaluation_tables_and_both_sides_equal_per_occurrence_reference(variant):
+def test_evaluation_tables_and_both_sides_equal_per_occurrence_reference(variant, path, monkeypatch):
     from mmkgc.evaluation.ranking import compute_ranks
 
+    if path == "kernel" and not scorer_kernel_available():
+        pytest.skip("no C compiler")
+    if path == "pytorch":
+        monkeypatch.setenv("MMKGC_NO_COMPILE", "1")
     _, data, model = build(variant)
     model.eval()
     fn = model.score_fn()
+    with torch.no_grad():
+        table = model.scoring_context()[0].table(int(data.triples.test[0, 1]))
+    # the kernel path writes the table in the all-entity kernels' transposed layout (a [N, D] view of [D, N])
+    assert table.t().is_contiguous() == (path == "kernel")
     queries = data.triples.test[:12]
     both = fn.score_sides(queries, ("head", "tail"))
     ref = copy.deepcopy(model).double()
@@ -359,3 +368,18 @@ def test_gated_pairs_equal_float64_per_pair_reference(rank, confidence, path, mo
     (rx,) = torch.autograd.grad((reference_gated_pairs(gate64, fusion64, x64, ent, rel)[0] * w_xt.double()).sum(),
                                 [x64])
     assert torch.allclose(gx.double(), rx, atol=1e-4, rtol=1e-4)
+
+
+def test_mixture_table_transposed_matches_pytorch(monkeypatch):
+    from mmkgc.nn.scorers import mixture_table_transposed
+
+    g = torch.Generator().manual_seed(0)
+    x, beta = torch.randn(131, 3, 9, generator=g), torch.rand(131, 3, generator=g)
+    want = torch.stack([sum(beta[n, m].double() * x[n, m].double() for m in range(3)) for n in range(131)]).t()
+    got = mixture_table_transposed(x, beta)
+    assert got.shape == (9, 131) and got.is_contiguous()
+    assert torch.allclose(got.double(), want, atol=1e-6)
+    monkeypatch.setenv("MMKGC_NO_COMPILE", "1")
+    assert torch.allclose(mixture_table_transposed(x, beta).double(), want, atol=1e-6)
+    with pytest.raises(ValueError):
+        mixture_table_transposed(x, beta[:, :2])

@@ -25,6 +25,7 @@ from torch import nn
 from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
 from mmkgc.nn.adapters import build_adapter
 from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, gated_pair_logits, masked_softmax
+from mmkgc.nn.scorers import mixture_table_transposed, scorer_kernel_available
 
 
 class FusedRepresentation(EntityRepresentation):
@@ -132,10 +133,21 @@ class FusedRepresentation(EntityRepresentation):
         The relation's gate context is folded into the gate's first matrix (``W (x ⊙ c_r) = (W diag c_r) x``), so no
         ``x ⊙ c_r`` copy is made; ``base`` (:meth:`TanhAttentionFusion.base_logits` of ``x``) is reused without a gate.
         Without autograd the intermediate ``[N, M, D]`` tensors are updated in place.
+
+        Without autograd on the CPU in float32 with the compiled kernels (evaluation): the gate runs through
+        :func:`~mmkgc.nn.fusion.gated_pair_logits` (one pass per entity row in cache) and the table is written in the
+        transposed layout of the all-entity kernels (:func:`~mmkgc.nn.scorers.mixture_table_transposed`); the
+        returned ``[N, D]`` is then a view of that ``[D, N]`` tensor, which the scorer uses without transposing.
         """
         n = x.shape[0]
         rel = torch.full((n,), int(relation), dtype=torch.long, device=x.device)
         inplace = not torch.is_grad_enabled()
+        if inplace and x.device.type == "cpu" and x.dtype == torch.float32 and scorer_kernel_available():
+            if self.gate is not None:
+                x, base = gated_pair_logits(self.gate, self.fusion, x, torch.arange(n, device=x.device), rel)
+            logits = self.fusion.logits(x, rel, base=base)
+            beta = masked_softmax(logits, present).to(x.dtype)
+            return mixture_table_transposed(x, beta).t()
         if self.gate is not None:
             c = self.gate.context[int(relation)].to(x.dtype)
             lin = self.gate.linear

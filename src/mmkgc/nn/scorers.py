@@ -60,6 +60,7 @@ __all__ = [
     "complex_l1_distance",
     "gathered_l1_distance",
     "gathered_mixture_l1_distance",
+    "mixture_table_transposed",
 ]
 
 Side = Literal["head", "tail"]
@@ -488,6 +489,29 @@ void mmkgc_gate_backward2(const float* x, const int64_t* ent, const int64_t* rel
     }
   }
 }
+
+/* Fused all-entity table in the transposed layout of the all-entity kernels (evaluation of relation-conditioned
+ * fusion): out_t[d, n] = sum_m beta[n, m] x[n, m, d] for x [N, M, D], beta [N, M], out_t [D, N].  Blocks of 64
+ * entities: their M rows stay in L1 while d advances, and each write is 64 contiguous floats. */
+void mmkgc_mix_transposed(const float* x, const float* beta, int64_t N, int64_t M, int64_t D, float* out_t,
+                          int nthreads) {
+  const int64_t NB = 64;
+  const int64_t nblocks = (N + NB - 1) / NB;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    const int64_t n0 = blk * NB, n1 = mmkgc_min(N, n0 + NB);
+    for (int64_t d = 0; d < D; d++) {
+      float* o = out_t + d * N;
+      for (int64_t n = n0; n < n1; n++) {
+        const float* xr = x + n * M * D + d;
+        const float* b = beta + n * M;
+        float acc = 0.0f;
+        for (int64_t m = 0; m < M; m++) acc += b[m] * xr[m * D];
+        o[n] = acc;
+      }
+    }
+  }
+}
 """
 
 # Flag sets tried in order; the first that compiles wins.
@@ -608,6 +632,8 @@ def _build_kernels() -> ctypes.CDLL | None:
         lib.mmkgc_gate_backward1.restype = None
         lib.mmkgc_gate_backward2.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
         lib.mmkgc_gate_backward2.restype = None
+        lib.mmkgc_mix_transposed.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
+        lib.mmkgc_mix_transposed.restype = None
         _kernel_state["build_seconds"] = time.perf_counter() - start
         _kernel_state["path"] = str(library)
         return lib
@@ -817,6 +843,31 @@ def gathered_mixture_l1_distance(queries: torch.Tensor, query_index: torch.Tenso
     if complex_layout:
         return complex_l1_distance(q, e)
     return (q - e).abs().sum(-1)
+
+
+def mixture_table_transposed(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out_t[d, n] = sum_m weights[n, m] x[n, m, d]``: the fused vectors of ``N`` entities, written directly in the
+    transposed ``[D, N]`` layout that the all-entity kernels read (``out_t.t()`` is the ``[N, D]`` table, and
+    :class:`_TransposeCache` then finds it already transposed: no copy).
+
+    Compiled CPU kernel (float32, no autograd) when available, else ``(x * weights[..., None]).sum(1).t()`` made
+    contiguous.
+
+    :param x: float ``[N, M, D]`` components; ``weights``: float ``[N, M]``.
+    :returns: contiguous ``[D, N]``.
+    :raises ValueError: inconsistent shapes.
+    """
+    if x.ndim != 3 or weights.shape != x.shape[:2]:
+        raise ValueError(f"mixture_table_transposed: x [N, M, D] and weights [N, M] expected, got {tuple(x.shape)} "
+                         f"and {tuple(weights.shape)}")
+    lib = _kernels() if _kernel_applicable(x, weights) else None
+    if lib is None:
+        return (x * weights.unsqueeze(-1)).sum(1).t().contiguous()
+    xc, wc = x.detach().contiguous(), weights.detach().contiguous()
+    n, m, d = xc.shape
+    out = torch.empty(d, n, dtype=torch.float32)
+    lib.mmkgc_mix_transposed(xc.data_ptr(), wc.data_ptr(), n, m, d, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
