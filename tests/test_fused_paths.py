@@ -383,3 +383,38 @@ def test_mixture_table_transposed_matches_pytorch(monkeypatch):
     assert torch.allclose(mixture_table_transposed(x, beta).double(), want, atol=1e-6)
     with pytest.raises(ValueError):
         mixture_table_transposed(x, beta[:, :2])
+
+
+@pytest.mark.parametrize("length", [2, 3])
+def test_self_attention_equals_multihead_attention_module(length):
+    """The modality attentions' self-attention (nn/fusion.py) against torch's own MultiheadAttention forward, with
+    padded keys: outputs, head-averaged weights and gradients to the input and every parameter."""
+    from torch import nn
+
+    from mmkgc.nn.fusion import self_attention
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(20, 4, batch_first=True)
+    with torch.no_grad():
+        attn.in_proj_bias.normal_()
+        attn.out_proj.bias.normal_()
+    h = torch.randn(7, length, 20, requires_grad=True)
+    mask = torch.zeros(7, length, dtype=torch.bool)
+    mask[2, 1] = mask[4, 0] = True
+    want, want_w = attn(h, h, h, key_padding_mask=mask, need_weights=True, average_attn_weights=True)
+    got, got_w = self_attention(attn, h, mask)
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_w, want_w, atol=1e-6)
+    assert torch.all(got_w[2, :, 1] == 0) and torch.all(got_w[4, :, 0] == 0)  # padded keys get no attention
+    g = torch.randn_like(want)
+    params = [h, *attn.parameters()]
+    ref = torch.autograd.grad((want * g).sum() + (want_w ** 2).sum(), params)
+    mine = torch.autograd.grad((got * g).sum() + (got_w ** 2).sum(), params)
+    for a, b in zip(mine, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+    # attention dropout while training: the module itself
+    drop = nn.MultiheadAttention(20, 4, dropout=0.5, batch_first=True).train()
+    torch.manual_seed(1)
+    a1 = self_attention(drop, h, mask)[0]
+    torch.manual_seed(1)
+    a2 = drop(h, h, h, key_padding_mask=mask, need_weights=True, average_attn_weights=True)[0]
+    assert torch.equal(a1, a2)

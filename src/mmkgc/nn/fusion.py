@@ -369,6 +369,39 @@ def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: to
     return _GatedPairs.apply(*args)
 
 
+def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn(h, h, h, key_padding_mask=..., need_weights=True, average_attn_weights=True)`` for a batch-first
+    :class:`torch.nn.MultiheadAttention` (Vaswani et al. 2017: ``softmax(Q Kᵀ / √d_h) V`` per head, output
+    projection), written with one packed projection split by ``unbind``.
+
+    Same parameters and values as the module's own forward (up to float rounding); for the short token sequences of
+    the modality attentions (2-3 tokens) its backward is much cheaper: the module splits its packed ``[3, ...]``
+    projection by ``select``, whose backward fills a zero tensor of the packed size for each of ``q``, ``k``, ``v``.
+    Falls back to the module where this version does not apply (attention dropout while training, separate
+    ``q``/``k``/``v`` weights, ``batch_first=False``, bias on the keys and values, zero attention).
+
+    :param attn: the module (its weights are used).  :param h: ``[B, L, D]``.
+    :param key_padding_mask: bool ``[B, L]``, ``True`` = not a key.
+    :returns: ``(out [B, L, D], attention weights averaged over heads [B, L, L])``.
+    """
+    fallback = ((attn.dropout > 0 and attn.training) or not attn._qkv_same_embed_dim or not attn.batch_first
+                or attn.bias_k is not None or attn.add_zero_attn)
+    if fallback:
+        return attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True, average_attn_weights=True)
+    b, length, d = h.shape
+    heads = attn.num_heads
+    hd = d // heads
+    qkv = nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, length, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, L, d_h] each
+    scores = (q * hd ** -0.5) @ k.transpose(-1, -2)  # [B, H, L, L]
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, -1)
+    out = (weights @ v).transpose(1, 2).reshape(b, length, d)
+    return nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias), weights.mean(1)
+
+
 class ModalitySelfAttention(nn.Module):
     """Multi-layer multi-head self-attention over the sequence of modality tokens of each entity (AFME MoIEn,
     methods.md §5.2; the seed sample's length-1 "attention" is not reproduced): per layer
@@ -403,7 +436,7 @@ class ModalitySelfAttention(nn.Module):
         received = torch.zeros(present.shape, dtype=x.dtype, device=x.device)
         h = x
         for attn, norm in zip(self.attention, self.norms):
-            out, w = attn(h, h, h, key_padding_mask=~present, need_weights=True, average_attn_weights=True)
+            out, w = self_attention(attn, h, ~present)
             h = norm(h + out)
             q = present.to(w.dtype).unsqueeze(-1)  # average over present queries only
             received = received + (w * q).sum(-2) / q.sum(-2).clamp_min(1.0)
