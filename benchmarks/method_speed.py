@@ -7,10 +7,12 @@ runs ``--warmup`` + ``--steps`` training steps of the trainer's own batches (mai
 the auxiliary generator/estimator steps), with ``--threads`` torch threads (default 1).  It reports
 
 * ``s_per_batch``: median wall seconds of the timed steps (and min / max);
+* ``cpu_s_per_batch``: median CPU seconds (``time.process_time``) of the timed steps: with one thread, what a step
+  costs without the time the process waited for a core on a loaded machine;
 * ``s_per_epoch``: ``s_per_batch`` x batches per epoch;
 * ``peak_rss_gib``: ``ru_maxrss`` of the subprocess (data + features + model + training);
-* ``test_eval_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every config): seconds of the
-  filtered test evaluation (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) after the timed steps.
+* ``test_eval_s`` / ``test_eval_cpu_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every
+  config): wall / CPU seconds of the filtered test evaluation (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) after the timed steps.
 
 Each worker first applies what the ``mmkgc`` command line sets for its process (:func:`apply_cli_process_settings`:
 ``keep_freed_memory`` where the tree has it), so it measures what ``mmkgc train`` does with that tree.
@@ -75,11 +77,11 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
     build_s = time.perf_counter() - t0
     trainer = Trainer(model, data.triples, cfg.training, cfg.evaluation, seed=cfg.seed, device="cpu")
     model.train()
-    times = []
+    times, cpu_times = [], []
     batches = trainer._local_batches()
     for i in range(warmup + steps):
         tensors, factor = next(batches)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer.optimizer.zero_grad(set_to_none=True)
         loss = trainer._step_loss(*tensors)
         (loss * factor).backward()
@@ -89,11 +91,13 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
         trainer._terms = {}
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     record = {
         "config": config.stem,
         "s_per_batch": statistics.median(times),
         "s_per_batch_min": min(times),
         "s_per_batch_max": max(times),
+        "cpu_s_per_batch": statistics.median(cpu_times),
         "batches_per_epoch": len(trainer.batcher),
         "build_s": build_s,
         "loss": float(loss.detach()),
@@ -104,12 +108,14 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
         from mmkgc.evaluation.metrics import evaluate
 
         model.eval()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = evaluate(model.score_fn(), data.triples, split="test")
         record["test_eval_s"] = time.perf_counter() - start
+        record["test_eval_cpu_s"] = time.process_time() - cpu_start
         metrics = result.to_dict()["metrics"]
         record["test_mrr_after_steps"] = metrics.get("realistic", {}).get("both", {}).get("mrr")
     record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    record["load_average_1min_at_end"] = os.getloadavg()[0]
     return record
 
 
@@ -192,27 +198,33 @@ def main(argv: list[str] | None = None) -> int:
             rec = run_one(src, config, args, run_eval)
             records[tree][name] = rec
             print(f"{tree:8s} {name:15s} " + (rec["error"].splitlines()[-1] if "error" in rec else
-                  f"{rec['s_per_batch']:.3f} s/batch  {rec['peak_rss_gib']:.2f} GiB"
-                  + (f"  eval {rec['test_eval_s']:.1f} s" if "test_eval_s" in rec else "")), flush=True)
+                  f"{rec['s_per_batch']:.3f} s/batch  {rec.get('cpu_s_per_batch', float('nan')):.3f} CPU s/batch  "
+                  f"{rec['peak_rss_gib']:.2f} GiB"
+                  + (f"  eval {rec['test_eval_s']:.1f} s ({rec.get('test_eval_cpu_s', float('nan')):.1f} CPU s)"
+                     if "test_eval_s" in rec else "") + f"  load {rec['load_average_1min_at_end']:.1f}"), flush=True)
 
     print()
-    header = "| config | s/batch | s/epoch | x rotate | peak RSS GiB | test eval s |"
+    header = "| config | s/batch | CPU s/batch | s/epoch | x rotate | peak RSS GiB | test eval s |"
     if "baseline" in records:
-        header += " baseline s/batch | speed-up | baseline RSS GiB | baseline eval s |"
+        header += (" baseline s/batch | baseline CPU s/batch | speed-up | CPU speed-up | baseline RSS GiB | "
+                   "baseline eval s |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     rotate = records["current"].get("rotate", {}).get("s_per_batch")
     for name in args.configs:
         cur = records["current"][name]
         ratio = f"{cur['s_per_batch'] / rotate:.1f}" if rotate and "s_per_batch" in cur else "-"
-        row = (f"| {name} | {fmt(cur, 's_per_batch', '.3f')} | {fmt(cur, 's_per_epoch', '.0f')} | {ratio} | "
+        row = (f"| {name} | {fmt(cur, 's_per_batch', '.3f')} | {fmt(cur, 'cpu_s_per_batch', '.3f')} | "
+               f"{fmt(cur, 's_per_epoch', '.0f')} | {ratio} | "
                f"{fmt(cur, 'peak_rss_gib', '.2f')} | {fmt(cur, 'test_eval_s', '.1f')} |")
         if "baseline" in records:
             base = records["baseline"][name]
             speed = (f"{base['s_per_batch'] / cur['s_per_batch']:.2f}"
                      if "s_per_batch" in base and "s_per_batch" in cur else "-")
-            row += (f" {fmt(base, 's_per_batch', '.3f')} | {speed} | {fmt(base, 'peak_rss_gib', '.2f')} | "
-                    f"{fmt(base, 'test_eval_s', '.1f')} |")
+            cpu_speed = (f"{base['cpu_s_per_batch'] / cur['cpu_s_per_batch']:.2f}"
+                         if "cpu_s_per_batch" in base and "cpu_s_per_batch" in cur else "-")
+            row += (f" {fmt(base, 's_per_batch', '.3f')} | {fmt(base, 'cpu_s_per_batch', '.3f')} | {speed} | "
+                    f"{cpu_speed} | {fmt(base, 'peak_rss_gib', '.2f')} | {fmt(base, 'test_eval_s', '.1f')} |")
         print(row)
     if args.output:
         out = {

@@ -358,6 +358,11 @@ void mmkgc_gather_mix_l1_grad(const float* Q, const int64_t* qi, const float* X,
  * context table c [R, D]).  Forward:  a_i = x_i ⊙ c_r;  z_i = W a_i (BLAS, outside);  γ_i = σ(z_i + b);
  * x̃_i = γ_i ⊙ x_i;  t_i = wᵀ tanh(x̃_i);  n_i = ‖x̃_i‖₂.  The element-wise parts run here, one pass per row in cache;
  * σ and tanh use the vectorisable exp below (relative error a few float ulps). */
+/* gcc on AVX-512 machines prefers 256-bit vectors by default; these element-wise loops run ~20% faster with 512 */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+#endif
 static inline float mmkgc_exp(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float n = rintf(x * 1.44269504088896341f);
@@ -512,6 +517,9 @@ void mmkgc_mix_transposed(const float* x, const float* beta, int64_t N, int64_t 
     }
   }
 }
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC pop_options
+#endif
 """
 
 # Flag sets tried in order; the first that compiles wins.
