@@ -418,3 +418,45 @@ def test_self_attention_equals_multihead_attention_module(length):
     torch.manual_seed(1)
     a2 = drop(h, h, h, key_padding_mask=mask, need_weights=True, average_attn_weights=True)[0]
     assert torch.equal(a1, a2)
+
+
+@pytest.mark.parametrize("kind", ["wgan_gp", "moien"])
+def test_main_step_fake_term_reuses_the_scoring_components(kind):
+    """NativE / AFME main step: the fake term takes the positives' real components from the scoring path instead of
+    computing them again; loss and every gradient equal those of the recomputation (same random draws)."""
+    from test_adversarial import ADVERSARIAL, _batch, adversarial_raw
+
+    from mmkgc.models.adversarial import AdversarialFusedModel
+    from mmkgc.training.losses import SelfAdversarialSigmoidLoss
+
+    assert kind in ADVERSARIAL
+    raw = adversarial_raw(kind)
+    raw["training"]["adversarial"]["gp_target"] = "modality"  # a penalty that depends on the components
+    cfg = parse_config(raw)
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    batch = _batch(data)
+    seen = []
+    original = AdversarialFusedModel.positive_and_fake_scores
+
+    def recording(self, positives, generated, critic_grad=True, components=None):
+        seen.append(components is not None)
+        return original(self, positives, generated, critic_grad, None if self.recompute else components)
+
+    results = []
+    for recompute in (False, True):
+        model.recompute = recompute
+        model.positive_and_fake_scores = recording.__get__(model)
+        torch.manual_seed(7)
+        model.zero_grad(set_to_none=True)
+        loss, terms = model.negative_sampling_loss(*batch, SelfAdversarialSigmoidLoss(1.0))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert seen == [True, True]  # the scoring path's components were offered both times
+    assert model.batch_components is None  # and not kept beyond the step
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        assert torch.allclose(grad, grads_b[name], atol=1e-6, rtol=1e-5), name

@@ -267,6 +267,11 @@ class FusedKGEModel(KGEModel):
         if reciprocal and representation.relation_aware:
             raise ValueError("relation-conditioned fusion does not support reciprocal relations")
         super().__init__(num_entities, num_relations, scorer, representation, reciprocal=reciprocal)
+        #: while ``True`` (set by a subclass around its main step), :meth:`score_positives_and_negatives` leaves
+        #: ``(positives, x [U, M, D], present [U, M], inverse [B (K + 2)])`` of its distinct entities in
+        #: :attr:`batch_components` for the subclass to reuse and clear
+        self.keep_batch_components = False
+        self.batch_components: tuple[torch.Tensor, ...] | None = None
 
     @property
     def relation_aware(self) -> bool:
@@ -305,6 +310,8 @@ class FusedKGEModel(KGEModel):
         ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
         unique, inverse = torch.unique(ids, return_inverse=True)
         x, present = self.entities.components(unique)
+        if self.keep_batch_components:
+            self.batch_components = (positives, x, present, inverse)
         rel = positives[:, 1]
         rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
         if self.entities.gate is None:
