@@ -719,6 +719,13 @@ class _ComplexModulus(torch.autograd.Function):
         return scale * re, scale * im
 
 
+def _by_entity(entity_index: torch.Tensor) -> torch.Tensor:
+    """The occurrences ``[P]`` ordered by the row they read (stable, so the order is deterministic): the gather kernels
+    then read -- and their backward writes -- the same or neighbouring entity rows one after the other instead of
+    jumping through a table much larger than the cache (measured 2x on the DB15K batches of NativE and AFME)."""
+    return torch.argsort(entity_index, stable=True)
+
+
 class _GatheredL1(torch.autograd.Function):
     """``out[p] = sum_k |Q[qi[p]] - E[ei[p]]|_k`` with the compiled gather kernels (CPU, float32); first-order
     gradients only (double backward raises)."""
@@ -728,24 +735,25 @@ class _GatheredL1(torch.autograd.Function):
         lib = _kernels()
         q = queries.detach().contiguous()
         e = entities.detach().contiguous()
-        qi = query_index.contiguous()
-        ei = entity_index.contiguous()
+        order = _by_entity(entity_index)
+        qi = query_index.index_select(0, order)
+        ei = entity_index.index_select(0, order)
         width = q.shape[1]
         d = width // 2 if complex_layout else width
         out = torch.empty(qi.shape[0], dtype=torch.float32)
         lib.mmkgc_gather_l1(q.data_ptr(), qi.data_ptr(), e.data_ptr(), ei.data_ptr(), qi.shape[0], d,
                             int(complex_layout), out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(q, qi, e, ei)
+        ctx.save_for_backward(q, qi, e, ei, order)
         ctx.complex_layout = complex_layout
-        return out
+        return torch.empty_like(out).index_copy_(0, order, out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        q, qi, e, ei = ctx.saved_tensors
+        q, qi, e, ei, order = ctx.saved_tensors
         width = q.shape[1]
         d = width // 2 if ctx.complex_layout else width
-        g = grad.contiguous().to(torch.float32)
+        g = grad.to(torch.float32).index_select(0, order)
         diff_grad = torch.empty(qi.shape[0], width, dtype=torch.float32)
         _kernels().mmkgc_gather_l1_grad(q.data_ptr(), qi.data_ptr(), e.data_ptr(), ei.data_ptr(), g.data_ptr(),
                                          qi.shape[0], d, int(ctx.complex_layout), diff_grad.data_ptr(),
@@ -789,26 +797,27 @@ class _GatheredMixtureL1(torch.autograd.Function):
     def forward(ctx, queries, query_index, mixtures, weights, entity_index, complex_layout: bool):
         q = queries.detach().contiguous()
         x = mixtures.detach().contiguous()
-        beta = weights.detach().contiguous()
-        qi = query_index.contiguous()
-        ei = entity_index.contiguous()
+        order = _by_entity(entity_index)
+        beta = weights.detach().index_select(0, order)
+        qi = query_index.index_select(0, order)
+        ei = entity_index.index_select(0, order)
         width = q.shape[1]
         d = width // 2 if complex_layout else width
         out = torch.empty(qi.shape[0], dtype=torch.float32)
         _kernels().mmkgc_gather_mix_l1(q.data_ptr(), qi.data_ptr(), x.data_ptr(), beta.data_ptr(), ei.data_ptr(),
                                        qi.shape[0], x.shape[1], d, int(complex_layout), out.data_ptr(),
                                        torch.get_num_threads())
-        ctx.save_for_backward(q, qi, x, beta, ei)
+        ctx.save_for_backward(q, qi, x, beta, ei, order)
         ctx.complex_layout = complex_layout
-        return out
+        return torch.empty_like(out).index_copy_(0, order, out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        q, qi, x, beta, ei = ctx.saved_tensors
+        q, qi, x, beta, ei, order = ctx.saved_tensors
         width = q.shape[1]
         d = width // 2 if ctx.complex_layout else width
-        g = grad.contiguous().to(torch.float32)
+        g = grad.to(torch.float32).index_select(0, order)
         grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[2] else None
         grad_beta = torch.empty_like(beta)
@@ -817,7 +826,8 @@ class _GatheredMixtureL1(torch.autograd.Function):
             q.data_ptr(), qi.data_ptr(), x.data_ptr(), beta.data_ptr(), ei.data_ptr(), g.data_ptr(), qi.shape[0],
             x.shape[1], d, int(ctx.complex_layout), 0 if grad_q is None else grad_q.data_ptr(),
             0 if grad_x is None else grad_x.data_ptr(), grad_beta.data_ptr(), scratch.data_ptr())
-        return grad_q, None, grad_x, (grad_beta if ctx.needs_input_grad[3] else None), None, None
+        grad_beta = torch.empty_like(grad_beta).index_copy_(0, order, grad_beta) if ctx.needs_input_grad[3] else None
+        return grad_q, None, grad_x, grad_beta, None, None
 
 
 def gathered_mixture_l1_distance(queries: torch.Tensor, query_index: torch.Tensor, mixtures: torch.Tensor,
