@@ -460,3 +460,48 @@ def test_main_step_fake_term_reuses_the_scoring_components(kind):
     assert grads_a.keys() == grads_b.keys()
     for name, grad in grads_a.items():
         assert torch.allclose(grad, grads_b[name], atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("rank", [None, 3])
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
+def test_gated_pair_mixtures_equal_float64_per_pair_reference(rank, path, monkeypatch):
+    """AFME's fused pair vectors (gate, temperature softmax over the present modalities, mixture) against the float64
+    loop: values and gradients to the components, the gate, w and the relation temperatures."""
+    from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, _GatedPairsKernel, gated_pair_mixtures
+
+    if path == "kernel" and not scorer_kernel_available():
+        pytest.skip("no C compiler")
+    if path == "pytorch":
+        monkeypatch.setenv("MMKGC_NO_COMPILE", "1")
+    monkeypatch.setattr(_GatedPairsKernel, "CHUNK", 4)
+    torch.manual_seed(0)
+    gate = RelationGate(7, 4, bias_init=0.5, rank=rank)
+    fusion = TanhAttentionFusion(7, 3, relation_temperature=True, num_relations=4, confidence="l2")
+    with torch.no_grad():
+        for p in [*gate.parameters(), *fusion.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))
+    x = torch.randn(5, 3, 7)
+    x[1, 2] = 0.0
+    x.requires_grad_(True)
+    ent = torch.tensor([0, 1, 1, 2, 3, 4, 0, 1, 3, 2, 4])
+    rel = torch.tensor([0, 0, 1, 2, 3, 1, 3, 2, 2, 0, 1])
+    present = torch.ones(11, 3, dtype=torch.bool)
+    present[2, 1] = present[7, 2] = False
+    w_e = torch.randn(11, 7, generator=torch.Generator().manual_seed(1))
+
+    e, beta = gated_pair_mixtures(gate, fusion, x, ent, rel, present)
+    params = [x, *gate.parameters(), fusion.w, fusion.g]
+    got = torch.autograd.grad((e * w_e).sum(), params)
+
+    gate64, fusion64 = copy.deepcopy(gate).double(), copy.deepcopy(fusion).double()
+    x64 = x.detach().double().requires_grad_(True)
+    xt, lg = reference_gated_pairs(gate64, fusion64, x64, ent, rel)
+    lg = lg / torch.sigmoid(fusion64.g[rel]).unsqueeze(-1)
+    lg = torch.where(present, lg, torch.tensor(float("-inf"), dtype=lg.dtype))
+    ref_beta = torch.softmax(lg, -1)
+    ref_e = (ref_beta.unsqueeze(-1) * xt).sum(1)
+    ref = torch.autograd.grad((ref_e * w_e.double()).sum(), [x64, *gate64.parameters(), fusion64.w, fusion64.g])
+    assert torch.allclose(e.double(), ref_e, atol=1e-5) and torch.allclose(beta.double(), ref_beta, atol=1e-6)
+    assert torch.all(beta[2, 1] == 0) and torch.all(beta[7, 2] == 0)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a.double(), b, atol=1e-4, rtol=1e-4)

@@ -24,7 +24,13 @@ from torch import nn
 
 from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
 from mmkgc.nn.adapters import build_adapter
-from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, gated_pair_logits, masked_softmax
+from mmkgc.nn.fusion import (
+    RelationGate,
+    TanhAttentionFusion,
+    gated_pair_logits,
+    gated_pair_mixtures,
+    masked_softmax,
+)
 from mmkgc.nn.scorers import mixture_table_transposed, scorer_kernel_available
 
 
@@ -191,7 +197,9 @@ class FusedRepresentation(EntityRepresentation):
         * without a gate (AdaMF, NativE): ``X = x``, ``j = index``, ``β`` from :meth:`occurrence_weights`;
         * with AFME's gate: the gate depends on (entity, relation), so it runs once per *distinct* pair
           (``torch.unique`` over ``index * R + relation``): ``X [V, M, D]`` are the gated components of the ``V``
-          pairs and ``j`` maps occurrences to pairs.
+          pairs and ``j`` maps occurrences to pairs.  On the CPU in float32 with the compiled kernels the pairs'
+          fused vectors are computed directly (:func:`~mmkgc.nn.fusion.gated_pair_mixtures`): ``X [V, 1, D]`` and
+          ``β = 1 [P, 1]`` (a pair's weights do not depend on the occurrence).
 
         :returns: ``(X [V, M, D], β [P, M], j [P])``.
         """
@@ -202,6 +210,10 @@ class FusedRepresentation(EntityRepresentation):
         num_relations = self.gate.context.shape[0]
         pairs, j = torch.unique(index * num_relations + relation, return_inverse=True)
         ent, rel = pairs // num_relations, pairs % num_relations
+        if x.device.type == "cpu" and x.dtype == torch.float32 and scorer_kernel_available():
+            # the pairs' fused vectors directly (one mixture component each): no [V, M, D] tensor is kept
+            fused, _ = gated_pair_mixtures(self.gate, self.fusion, x, ent, rel, present.index_select(0, ent))
+            return fused.unsqueeze(1), fused.new_ones(j.shape[0], 1), j
         xg, base = gated_pair_logits(self.gate, self.fusion, x, ent, rel)
         pp = present.index_select(0, ent)
         beta = masked_softmax(self.fusion.logits(None, rel, base=base), pp)

@@ -369,6 +369,143 @@ def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: to
     return _GatedPairs.apply(*args)
 
 
+class _GatedPairMixturesKernel(torch.autograd.Function):
+    """AFME's fused vector of each distinct (entity, relation) pair, ``e_v = Σ_m β_vm x̃_vm`` with ``x̃`` the gated
+    components (:class:`_GatedPairsKernel`) and ``β_v = softmax_m(α_m wᵀtanh(x̃_vm) / τ_v)`` over the present
+    modalities, computed chunk by chunk with the compiled gate kernels: only ``e [V, D]`` (and ``[V M, k]``
+    activations, ``[V, M]`` logit parts and weights) is kept; the backward recomputes each chunk's ``x̃``.
+
+    Inputs: as :class:`_GatedPairsKernel` plus ``tau [V]`` (the pair's temperature, differentiable) and ``present``
+    bool ``[V, M]``.  Outputs: ``e [V, D]``, ``β [V, M]`` (not differentiable; for inspection).  First-order
+    gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ent, rel, context, first, second, bias, w, l2: bool, tau, present):
+        lib = _kernels()
+        x, context, first, bias, w, tau = (t.detach().contiguous() for t in (x, context, first, bias, w, tau))
+        second = None if second is None else second.detach().contiguous()
+        ent, rel, present = ent.contiguous(), rel.contiguous(), present.contiguous()
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        chunk = _GatedPairsKernel.CHUNK
+        threads = torch.get_num_threads()
+        e = torch.empty(v, d, dtype=x.dtype)
+        t = torch.empty(v, m, dtype=x.dtype)
+        norm = torch.empty(v, m, dtype=x.dtype)
+        h = torch.empty(v * m, first.shape[0], dtype=x.dtype) if second is not None else None
+        rows_max = min(v, chunk) * m
+        a, z, xt = (torch.empty(rows_max, d, dtype=x.dtype) for _ in range(3))
+        for s0 in range(0, v, chunk):
+            s1 = min(v, s0 + chunk)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            ab, zb, xb = a[:rows], z[:rows], xt[:rows]
+            lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                   ab.data_ptr(), threads)
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(ab, first.t(), out=hb)
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                torch.mm(ab, first.t(), out=zb)
+            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
+                                   d, xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
+            base = t[s0:s1] * norm[s0:s1] if l2 else t[s0:s1]
+            beta = masked_softmax(base / tau[s0:s1].unsqueeze(-1), present[s0:s1])
+            torch.bmm(beta.unsqueeze(1), xb.view(n, m, d), out=e[s0:s1].unsqueeze(1))
+        base = t * norm if l2 else t
+        beta = masked_softmax(base / tau.unsqueeze(-1), present)
+        ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, h, t, norm, tau, beta)
+        ctx.l2 = l2
+        ctx.mark_non_differentiable(beta)
+        return e, beta
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_e, _g_beta):
+        lib = _kernels()
+        x, ent, rel, context, first, second, bias, w, h, t, norm, tau, beta = ctx.saved_tensors
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        chunk = _GatedPairsKernel.CHUNK
+        g_e = torch.zeros(v, d, dtype=x.dtype) if g_e is None else g_e.contiguous().to(x.dtype)
+        g_x = torch.zeros_like(x)
+        g_context = torch.zeros_like(context)
+        g_first = torch.zeros_like(first)
+        g_second = torch.zeros_like(second) if second is not None else None
+        g_bias = torch.zeros_like(bias)
+        g_w = torch.zeros_like(w)
+        g_tau = torch.empty_like(tau)
+        rows_max = min(v, chunk) * m
+        z, g_z, g_xe, a, g_a, xt, g_xt = (torch.empty(rows_max, d, dtype=x.dtype) for _ in range(7))
+        g_h = torch.empty(rows_max, first.shape[0], dtype=x.dtype) if second is not None else None
+        for s0 in range(0, v, chunk):
+            s1 = min(v, s0 + chunk)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            zb, gzb, gxb, ab, gab, xb, gxtb = (buf[:rows] for buf in (z, g_z, g_xe, a, g_a, xt, g_xt))
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                       ab.data_ptr(), 1)
+                torch.mm(ab, first.t(), out=zb)
+            # x̃ of the chunk again (t and ‖x̃‖ are the saved ones)
+            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
+                                   d, xb.data_ptr(), None, None, 1)
+            ge, bc, tc = g_e[s0:s1], beta[s0:s1], tau[s0:s1]
+            g_beta = torch.bmm(xb.view(n, m, d), ge.unsqueeze(-1)).squeeze(-1)  # <g_e, x̃_m>
+            g_logit = bc * (g_beta - (bc * g_beta).sum(-1, keepdim=True))  # softmax backward (absent: β = 0)
+            base = t[s0:s1] * norm[s0:s1] if ctx.l2 else t[s0:s1]
+            g_base = (g_logit / tc.unsqueeze(-1)).contiguous()
+            g_tau[s0:s1] = -(g_logit * base).sum(-1) / (tc * tc)
+            torch.mul(bc.unsqueeze(-1), ge.unsqueeze(1), out=gxtb.view(n, m, d))  # ∂L/∂x̃_m = β_m g_e
+            lib.mmkgc_gate_backward1(
+                x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), zb.data_ptr(), bias.data_ptr(),
+                w.data_ptr(), xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), gxtb.data_ptr(),
+                g_base.data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(), gxb.data_ptr(), ab.data_ptr(),
+                g_w.data_ptr(), g_bias.data_ptr())
+            if second is not None:
+                g_second.addmm_(gzb.t(), hb)
+                ghb = torch.mm(gzb, second, out=g_h[:rows])
+            else:
+                ghb = gzb
+            g_first.addmm_(ghb.t(), ab)
+            torch.mm(ghb, first, out=gab)
+            lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
+                                     gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+        return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None, g_tau, None
+
+
+def gated_pair_mixtures(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
+                        relation: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AFME's fused vectors of distinct (entity, relation) pairs: gate (methods.md §5.2), attention weights
+    ``β = softmax(α_m wᵀtanh(x̃_m) / τ_r)`` over the present modalities, ``e = Σ_m β_m x̃_m``.
+
+    Equal to ``fuse(x[entity], present, relation)`` of :class:`~mmkgc.models.fused.FusedRepresentation`.  On the CPU
+    in float32 with the compiled kernels one autograd node (:class:`_GatedPairMixturesKernel`) keeps only ``e`` of
+    the ``[V, *, D]`` tensors; otherwise the PyTorch composition of :func:`gated_pair_logits`.
+
+    :param x: components of distinct entities ``[U, M, D]``; ``entity``, ``relation``: int64 ``[V]``;
+        ``present``: bool ``[V, M]`` (the pairs' fusion mask).
+    :returns: ``(e [V, D], β [V, M])``.
+    """
+    if fusion.relation_temperature:
+        tau = fusion.temperature(relation).to(x.dtype)
+    else:
+        tau = torch.ones(relation.shape[0], dtype=x.dtype, device=x.device)
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and _kernels() is not None):
+        xg, base = gated_pair_logits(gate, fusion, x, entity, relation)
+        beta = masked_softmax(base / tau.unsqueeze(-1), present).to(x.dtype)
+        return (xg * beta.unsqueeze(-1)).sum(1), beta
+    lin = gate.linear
+    first, second = (lin, None) if isinstance(lin, nn.Linear) else (lin[0], lin[1])
+    bias = (first if second is None else second).bias
+    return _GatedPairMixturesKernel.apply(x, entity, relation, gate.context, first.weight,
+                                          None if second is None else second.weight, bias, fusion.w,
+                                          fusion.confidence == "l2", tau, present)
+
+
 def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, key_padding_mask: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``attn(h, h, h, key_padding_mask=..., need_weights=True, average_attn_weights=True)`` for a batch-first

@@ -416,7 +416,8 @@ void mmkgc_gate_context(const float* x, const int64_t* ent, const int64_t* rel, 
   }
 }
 
-/* Forward element-wise part: from z (= W a, without the bias) to x̃ [n M, D], t [n M] and n_i [n M]. */
+/* Forward element-wise part: from z (= W a, without the bias) to x̃ [n M, D], t [n M] and n_i [n M]
+ * (t = norm = NULL: x̃ only). */
 void mmkgc_gate_forward(const float* x, const int64_t* ent, const float* z, const float* bias, const float* w,
                         int64_t n, int64_t M, int64_t D, float* xt, float* t, float* norm, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -425,6 +426,11 @@ void mmkgc_gate_forward(const float* x, const int64_t* ent, const float* z, cons
     const float* xr = x + (ent[p] * M + m) * D;
     const float* zr = z + i * D;
     float* out = xt + i * D;
+    if (!t) {  /* x̃ only (the backward's recomputation) */
+#pragma omp simd
+      for (int64_t k = 0; k < D; k++) out[k] = mmkgc_sigmoid(zr[k] + bias[k]) * xr[k];
+      continue;
+    }
     float dot = 0.0f, sq = 0.0f;
 #pragma omp simd reduction(+:dot, sq)
     for (int64_t k = 0; k < D; k++) {
