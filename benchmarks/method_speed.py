@@ -8,7 +8,8 @@ the auxiliary generator/estimator steps), with ``--threads`` torch threads (defa
 
 * ``s_per_batch``: median wall seconds of the timed steps (and min / max);
 * ``cpu_s_per_batch``: median CPU seconds (``time.process_time``) of the timed steps: with one thread, what a step
-  costs without the time the process waited for a core on a loaded machine;
+  costs without the time the process waited for a core on a loaded machine; ``cpu_s_per_phase``: the same split
+  into main forward, backward, optimiser step and each auxiliary step;
 * ``s_per_epoch``: ``s_per_batch`` x batches per epoch;
 * ``peak_rss_gib``: ``ru_maxrss`` of the subprocess (data + features + model + training);
 * ``test_eval_s`` / ``test_eval_cpu_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every
@@ -78,26 +79,35 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
     trainer = Trainer(model, data.triples, cfg.training, cfg.evaluation, seed=cfg.seed, device="cpu")
     model.train()
     times, cpu_times = [], []
+    phases: dict[str, list[float]] = {}
     batches = trainer._local_batches()
     for i in range(warmup + steps):
         tensors, factor = next(batches)
         start, cpu_start = time.perf_counter(), time.process_time()
+        marks = [("start", cpu_start)]
         trainer.optimizer.zero_grad(set_to_none=True)
         loss = trainer._step_loss(*tensors)
+        marks.append(("forward", time.process_time()))
         (loss * factor).backward()
+        marks.append(("backward", time.process_time()))
         trainer.optimizer.step()
+        marks.append(("optimizer", time.process_time()))
         for aux in trainer.aux_steps:
             aux.step(*tensors)
+            marks.append((f"aux_{getattr(aux, 'name', 'step')}", time.process_time()))
         trainer._terms = {}
         if i >= warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
+            for (_, t0), (name, t1) in zip(marks, marks[1:]):
+                phases.setdefault(name, []).append(t1 - t0)
     record = {
         "config": config.stem,
         "s_per_batch": statistics.median(times),
         "s_per_batch_min": min(times),
         "s_per_batch_max": max(times),
         "cpu_s_per_batch": statistics.median(cpu_times),
+        "cpu_s_per_phase": {name: statistics.median(v) for name, v in phases.items()},
         "batches_per_epoch": len(trainer.batcher),
         "build_s": build_s,
         "loss": float(loss.detach()),
