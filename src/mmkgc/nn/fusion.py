@@ -411,8 +411,8 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
             lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
                                    d, xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
             base = t[s0:s1] * norm[s0:s1] if l2 else t[s0:s1]
-            beta = masked_softmax(base / tau[s0:s1].unsqueeze(-1), present[s0:s1])
-            torch.bmm(beta.unsqueeze(1), xb.view(n, m, d), out=e[s0:s1].unsqueeze(1))
+            beta = masked_softmax(base / tau[s0:s1].unsqueeze(-1), present[s0:s1]).contiguous()
+            lib.mmkgc_pair_mix(xb.data_ptr(), beta.data_ptr(), n, m, d, e[s0:s1].data_ptr())
         base = t * norm if l2 else t
         beta = masked_softmax(base / tau.unsqueeze(-1), present)
         ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, h, t, norm, tau, beta)
@@ -454,12 +454,13 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
             lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
                                    d, xb.data_ptr(), None, None, 1)
             ge, bc, tc = g_e[s0:s1], beta[s0:s1], tau[s0:s1]
-            g_beta = torch.bmm(xb.view(n, m, d), ge.unsqueeze(-1)).squeeze(-1)  # <g_e, x̃_m>
+            g_beta = torch.empty(n, m, dtype=x.dtype)
+            lib.mmkgc_pair_dot(xb.data_ptr(), ge.data_ptr(), n, m, d, g_beta.data_ptr())  # <g_e, x̃_m>
             g_logit = bc * (g_beta - (bc * g_beta).sum(-1, keepdim=True))  # softmax backward (absent: β = 0)
             base = t[s0:s1] * norm[s0:s1] if ctx.l2 else t[s0:s1]
             g_base = (g_logit / tc.unsqueeze(-1)).contiguous()
             g_tau[s0:s1] = -(g_logit * base).sum(-1) / (tc * tc)
-            torch.mul(bc.unsqueeze(-1), ge.unsqueeze(1), out=gxtb.view(n, m, d))  # ∂L/∂x̃_m = β_m g_e
+            lib.mmkgc_pair_scale(bc.data_ptr(), ge.data_ptr(), n, m, d, gxtb.data_ptr())  # ∂L/∂x̃_m = β_m g_e
             lib.mmkgc_gate_backward1(
                 x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), zb.data_ptr(), bias.data_ptr(),
                 w.data_ptr(), xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), gxtb.data_ptr(),

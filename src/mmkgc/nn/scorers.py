@@ -501,6 +501,45 @@ void mmkgc_gate_backward2(const float* x, const int64_t* ent, const int64_t* rel
   }
 }
 
+/* Per-pair mixture helpers of AFME's pair vectors (rows i = p M + m of x̃ [n M, D], one weight per row):
+ * mix: e[p] = sum_m beta[i] x̃[i];  dot: out[i] = <x̃[i], g[p]>;  scale: out[i] = beta[i] g[p]. */
+void mmkgc_pair_mix(const float* x, const float* beta, int64_t n, int64_t M, int64_t D, float* e) {
+  for (int64_t p = 0; p < n; p++) {
+    float* er = e + p * D;
+    const float b0 = beta[p * M];
+    const float* x0 = x + p * M * D;
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) er[k] = b0 * x0[k];
+    for (int64_t m = 1; m < M; m++) {
+      const float bm = beta[p * M + m];
+      const float* xm = x + (p * M + m) * D;
+#pragma omp simd
+      for (int64_t k = 0; k < D; k++) er[k] += bm * xm[k];
+    }
+  }
+}
+
+void mmkgc_pair_dot(const float* x, const float* g, int64_t n, int64_t M, int64_t D, float* out) {
+  for (int64_t i = 0; i < n * M; i++) {
+    const float* xr = x + i * D;
+    const float* gr = g + (i / M) * D;
+    float acc = 0.0f;
+#pragma omp simd reduction(+:acc)
+    for (int64_t k = 0; k < D; k++) acc += xr[k] * gr[k];
+    out[i] = acc;
+  }
+}
+
+void mmkgc_pair_scale(const float* beta, const float* g, int64_t n, int64_t M, int64_t D, float* out) {
+  for (int64_t i = 0; i < n * M; i++) {
+    const float* gr = g + (i / M) * D;
+    float* o = out + i * D;
+    const float b = beta[i];
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) o[k] = b * gr[k];
+  }
+}
+
 /* Fused all-entity table in the transposed layout of the all-entity kernels (evaluation of relation-conditioned
  * fusion): out_t[d, n] = sum_m beta[n, m] x[n, m, d] for x [N, M, D], beta [N, M], out_t [D, N].  Blocks of 64
  * entities: their M rows stay in L1 while d advances, and each write is 64 contiguous floats. */
@@ -648,6 +687,9 @@ def _build_kernels() -> ctypes.CDLL | None:
         lib.mmkgc_gate_backward2.restype = None
         lib.mmkgc_mix_transposed.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
         lib.mmkgc_mix_transposed.restype = None
+        for name in ("mmkgc_pair_mix", "mmkgc_pair_dot", "mmkgc_pair_scale"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+            getattr(lib, name).restype = None
         _kernel_state["build_seconds"] = time.perf_counter() - start
         _kernel_state["path"] = str(library)
         return lib
