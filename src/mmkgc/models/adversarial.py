@@ -240,11 +240,7 @@ class AdversarialFusedModel(FusedKGEModel):
             kept, self.batch_components = self.batch_components, None
         if mu == 0.0:  # AdaMF-MAT as released: the fake term is multiplied by zero, skip computing it
             return loss, terms
-        components = None
-        if kept is not None and kept[0] is positives:
-            _, x, present, inverse = kept
-            rows = inverse[:2 * positives.shape[0]]  # heads, then tails
-            components = (x.index_select(0, rows), present.index_select(0, rows))
+        components = kept[1:] if kept is not None and kept[0] is positives else None
         gen = self.batch_generation(positives, need_graph=torch.is_grad_enabled())
         pos, fakes, vecs = self.positive_and_fake_scores(positives, gen.generated.detach()[gen.inverse],
                                                          components=components)

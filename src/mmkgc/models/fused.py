@@ -280,7 +280,7 @@ class FusedKGEModel(KGEModel):
             raise ValueError("relation-conditioned fusion does not support reciprocal relations")
         super().__init__(num_entities, num_relations, scorer, representation, reciprocal=reciprocal)
         #: while ``True`` (set by a subclass around its main step), :meth:`score_positives_and_negatives` leaves
-        #: ``(positives, x [U, M, D], present [U, M], inverse [B (K + 2)])`` of its distinct entities in
+        #: ``(positives, x [2B, M, D], present [2B, M])``, the components of the positives' heads then tails, in
         #: :attr:`batch_components` for the subclass to reuse and clear
         self.keep_batch_components = False
         self.batch_components: tuple[torch.Tensor, ...] | None = None
@@ -322,8 +322,6 @@ class FusedKGEModel(KGEModel):
         ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
         unique, inverse = torch.unique(ids, return_inverse=True)
         x, present = self.entities.components(unique)
-        if self.keep_batch_components:
-            self.batch_components = (positives, x, present, inverse)
         rel = positives[:, 1]
         rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
         if self.entities.gate is None:
@@ -337,8 +335,13 @@ class FusedKGEModel(KGEModel):
             mix_p, beta_p, j_p = self.entities.mixtures(x, present, inverse[:2 * b], rel_all[:2 * b])
             mix_n, beta_n, j_n = self.entities.mixtures(x, present, inverse[2 * b:], rel_all[2 * b:])
             beta_p, beta_n = beta_p.to(mix_p.dtype), beta_n.to(mix_n.dtype)
-        ht = _mix(mix_p, beta_p, j_p)
+        rows_p = mix_p.index_select(0, j_p)  # [2B, M, D]: the positives' heads, then tails
+        ht = _mix(rows_p, beta_p, torch.arange(2 * b, device=rows_p.device))
         h, t = ht[:b], ht[b:]
+        if self.keep_batch_components:
+            # without a gate rows_p are the positives' components themselves (one gather, one gradient buffer)
+            comp = rows_p if self.entities.gate is None else x.index_select(0, inverse[:2 * b])
+            self.batch_components = (positives, comp, present.index_select(0, inverse[:2 * b]))
         r = self.relations(rel)
         scorer = self.scorer
         if scorer.factorises:
