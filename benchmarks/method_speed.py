@@ -7,13 +7,19 @@ runs ``--warmup`` + ``--steps`` training steps of the trainer's own batches (mai
 the auxiliary generator/estimator steps), with ``--threads`` torch threads (default 1).  It reports
 
 * ``s_per_batch``: median wall seconds of the timed steps (and min / max);
+* ``cpu_s_per_batch``: median CPU seconds (``time.process_time``) of the timed steps: with one thread, what a step
+  costs without the time the process waited for a core on a loaded machine; ``cpu_s_per_phase``: the same split
+  into main forward, backward, optimiser step and each auxiliary step;
 * ``s_per_epoch``: ``s_per_batch`` x batches per epoch;
 * ``peak_rss_gib``: ``ru_maxrss`` of the subprocess (data + features + model + training);
-* ``test_eval_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every config): seconds of the
-  filtered test evaluation (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) after the timed steps.
+* ``test_eval_s`` / ``test_eval_cpu_s`` (``--eval``: rotate, native_text and afme_text; ``--eval-all``: every
+  config): wall / CPU seconds of the filtered test evaluation (``mmkgc.evaluation.metrics.evaluate`` on ``model.score_fn()``) after the timed steps.
 
-``--baseline-commit C`` checks out commit ``C`` in a git worktree under ``/tmp`` (reused if present) and runs the
-same worker there (this file, with ``PYTHONPATH=<worktree>/src``, the current tree's configs), interleaved
+Each worker first applies what the ``mmkgc`` command line sets for its process (:func:`apply_cli_process_settings`:
+``keep_freed_memory`` where the tree has it), so it measures what ``mmkgc train`` does with that tree.
+
+``--baseline-commit C`` extracts commit ``C`` under ``/tmp`` (``git archive``, reused if present) and runs the
+same worker there (this file, with ``PYTHONPATH=<extracted tree>/src``, the current tree's configs), interleaved
 config by config with the current tree so both see the same machine load; it prints both and the speed-up.
 
 Text features are encoded once (all-MiniLM-L6-v2 over the entity names) and read from the mmkgc feature cache
@@ -30,9 +36,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +49,21 @@ DEFAULT_CONFIGS = ["rotate", "rotate_text", "adamf_text", "adamf_mat_text", "nat
 EVAL_DEFAULT = {"rotate", "native_text", "afme_text"}
 
 
+def apply_cli_process_settings() -> bool | None:
+    """What the ``mmkgc`` command line sets for its process before any work, applied to this worker so that it
+    measures what ``mmkgc train`` does with the tree under test: :func:`mmkgc.allocator.keep_freed_memory` where the
+    tree has it (large per-batch temporaries stay in the heap).  Returns whether the allocator setting was applied,
+    ``None`` for a tree without it (its command line used glibc's defaults; e.g. commit 50898de)."""
+    try:
+        from mmkgc.allocator import keep_freed_memory
+    except ImportError:
+        return None
+    return keep_freed_memory()
+
+
 def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) -> dict:
     """Measure one config in this process; returns the JSON record."""
+    allocator = apply_cli_process_settings()
     import torch
 
     torch.set_num_threads(threads)
@@ -57,51 +78,70 @@ def worker(config: Path, steps: int, warmup: int, threads: int, run_eval: bool) 
     build_s = time.perf_counter() - t0
     trainer = Trainer(model, data.triples, cfg.training, cfg.evaluation, seed=cfg.seed, device="cpu")
     model.train()
-    times = []
+    times, cpu_times = [], []
+    phases: dict[str, list[float]] = {}
     batches = trainer._local_batches()
     for i in range(warmup + steps):
         tensors, factor = next(batches)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        marks = [("start", cpu_start)]
         trainer.optimizer.zero_grad(set_to_none=True)
         loss = trainer._step_loss(*tensors)
+        marks.append(("forward", time.process_time()))
         (loss * factor).backward()
+        marks.append(("backward", time.process_time()))
         trainer.optimizer.step()
+        marks.append(("optimizer", time.process_time()))
         for aux in trainer.aux_steps:
             aux.step(*tensors)
+            marks.append((f"aux_{getattr(aux, 'name', 'step')}", time.process_time()))
         trainer._terms = {}
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+            for (_, t0), (name, t1) in zip(marks, marks[1:]):
+                phases.setdefault(name, []).append(t1 - t0)
     record = {
         "config": config.stem,
         "s_per_batch": statistics.median(times),
         "s_per_batch_min": min(times),
         "s_per_batch_max": max(times),
+        "cpu_s_per_batch": statistics.median(cpu_times),
+        "cpu_s_per_phase": {name: statistics.median(v) for name, v in phases.items()},
         "batches_per_epoch": len(trainer.batcher),
         "build_s": build_s,
         "loss": float(loss.detach()),
+        "keep_freed_memory": allocator,
     }
     record["s_per_epoch"] = record["s_per_batch"] * record["batches_per_epoch"]
     if run_eval:
         from mmkgc.evaluation.metrics import evaluate
 
         model.eval()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = evaluate(model.score_fn(), data.triples, split="test")
         record["test_eval_s"] = time.perf_counter() - start
+        record["test_eval_cpu_s"] = time.process_time() - cpu_start
         metrics = result.to_dict()["metrics"]
         record["test_mrr_after_steps"] = metrics.get("realistic", {}).get("both", {}).get("mrr")
     record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    record["load_average_1min_at_end"] = os.getloadavg()[0]
     return record
 
 
 def ensure_worktree(commit: str) -> Path:
-    """A detached git worktree of ``commit`` under /tmp (created once, reused)."""
+    """The files of ``commit`` under /tmp (``git archive``, extracted once and reused; the repository's worktree list
+    is not touched)."""
     full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", commit], capture_output=True, text=True,
                           check=True).stdout.strip()
     path = Path("/tmp") / f"mmkgc-baseline-{full[:12]}"
     if not (path / "src" / "mmkgc").exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), full], check=True,
-                       capture_output=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir="/tmp"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", full], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        if path.exists():  # a half-extracted earlier attempt
+            shutil.rmtree(path)
+        tmp.rename(path)
     return path
 
 
@@ -168,27 +208,33 @@ def main(argv: list[str] | None = None) -> int:
             rec = run_one(src, config, args, run_eval)
             records[tree][name] = rec
             print(f"{tree:8s} {name:15s} " + (rec["error"].splitlines()[-1] if "error" in rec else
-                  f"{rec['s_per_batch']:.3f} s/batch  {rec['peak_rss_gib']:.2f} GiB"
-                  + (f"  eval {rec['test_eval_s']:.1f} s" if "test_eval_s" in rec else "")), flush=True)
+                  f"{rec['s_per_batch']:.3f} s/batch  {rec.get('cpu_s_per_batch', float('nan')):.3f} CPU s/batch  "
+                  f"{rec['peak_rss_gib']:.2f} GiB"
+                  + (f"  eval {rec['test_eval_s']:.1f} s ({rec.get('test_eval_cpu_s', float('nan')):.1f} CPU s)"
+                     if "test_eval_s" in rec else "") + f"  load {rec['load_average_1min_at_end']:.1f}"), flush=True)
 
     print()
-    header = "| config | s/batch | s/epoch | x rotate | peak RSS GiB | test eval s |"
+    header = "| config | s/batch | CPU s/batch | s/epoch | x rotate | peak RSS GiB | test eval s |"
     if "baseline" in records:
-        header += " baseline s/batch | speed-up | baseline RSS GiB | baseline eval s |"
+        header += (" baseline s/batch | baseline CPU s/batch | speed-up | CPU speed-up | baseline RSS GiB | "
+                   "baseline eval s |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     rotate = records["current"].get("rotate", {}).get("s_per_batch")
     for name in args.configs:
         cur = records["current"][name]
         ratio = f"{cur['s_per_batch'] / rotate:.1f}" if rotate and "s_per_batch" in cur else "-"
-        row = (f"| {name} | {fmt(cur, 's_per_batch', '.3f')} | {fmt(cur, 's_per_epoch', '.0f')} | {ratio} | "
+        row = (f"| {name} | {fmt(cur, 's_per_batch', '.3f')} | {fmt(cur, 'cpu_s_per_batch', '.3f')} | "
+               f"{fmt(cur, 's_per_epoch', '.0f')} | {ratio} | "
                f"{fmt(cur, 'peak_rss_gib', '.2f')} | {fmt(cur, 'test_eval_s', '.1f')} |")
         if "baseline" in records:
             base = records["baseline"][name]
             speed = (f"{base['s_per_batch'] / cur['s_per_batch']:.2f}"
                      if "s_per_batch" in base and "s_per_batch" in cur else "-")
-            row += (f" {fmt(base, 's_per_batch', '.3f')} | {speed} | {fmt(base, 'peak_rss_gib', '.2f')} | "
-                    f"{fmt(base, 'test_eval_s', '.1f')} |")
+            cpu_speed = (f"{base['cpu_s_per_batch'] / cur['cpu_s_per_batch']:.2f}"
+                         if "cpu_s_per_batch" in base and "cpu_s_per_batch" in cur else "-")
+            row += (f" {fmt(base, 's_per_batch', '.3f')} | {fmt(base, 'cpu_s_per_batch', '.3f')} | {speed} | "
+                    f"{cpu_speed} | {fmt(base, 'peak_rss_gib', '.2f')} | {fmt(base, 'test_eval_s', '.1f')} |")
         print(row)
     if args.output:
         out = {

@@ -56,7 +56,7 @@ def _stub_scores(model):
     """Replace the scoring of positives/fakes by the fixed values above (the objectives are what is tested)."""
     pos = torch.tensor(POS)
     fakes = [torch.tensor(f) for f in FAKES]
-    model.positive_and_fake_scores = lambda positives, generated, critic_grad=True: (pos, fakes, {})
+    model.positive_and_fake_scores = lambda positives, generated, critic_grad=True, components=None: (pos, fakes, {})
     model.batch_generation = lambda positives, need_graph=False: SimpleNamespace(
         generated=torch.zeros(4, 2, 1, requires_grad=True), inverse=torch.arange(4))
 

@@ -184,7 +184,8 @@ class AdversarialFusedModel(FusedKGEModel):
         with torch.enable_grad() if need_graph else torch.no_grad():
             return self._generate(positives)
 
-    def positive_and_fake_scores(self, positives: torch.Tensor, generated: torch.Tensor, critic_grad: bool = True
+    def positive_and_fake_scores(self, positives: torch.Tensor, generated: torch.Tensor, critic_grad: bool = True,
+                                 components: tuple[torch.Tensor, torch.Tensor] | None = None
                                  ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
         """Scores of the positives ``[B]`` and of each fake type ``[B]`` (``fake_types`` order), plus the tensors
         the gradient penalty needs.
@@ -192,13 +193,15 @@ class AdversarialFusedModel(FusedKGEModel):
         :param generated: ``[2B, M - 1, D]`` generated modality vectors of the heads, then the tails.
         :param critic_grad: build the graph of the real entities (main step); ``False`` (generator step) computes
             them under ``no_grad`` -- the fakes keep their graph through ``generated``.
+        :param components: ``(x [2B, M, D], present [2B, M])`` of the heads, then the tails, when the caller has them
+            with the current parameters (the main step reuses those of its scoring path); else computed here.
         """
         b = positives.shape[0]
         rel = positives[:, 1]
         ids = torch.cat([positives[:, 0], positives[:, 2]])
         relation = rel.repeat(2) if self.relation_aware else None
         with torch.set_grad_enabled(critic_grad and torch.is_grad_enabled()):
-            x, present = self.entities.components(ids)
+            x, present = self.entities.components(ids) if components is None else components
             real, _ = self.entities.fuse(x, present, relation)
         fx = torch.cat([x[:, :1], generated.to(x.dtype)], 1)
         fake, _ = self.entities.fuse(fx, torch.ones_like(present), relation)
@@ -226,12 +229,21 @@ class AdversarialFusedModel(FusedKGEModel):
 
     def negative_sampling_loss(self, positives, negative_entities, tail_corrupted, loss_fn):
         self._generation.value = None  # a new batch: never reuse a previous one's generation
-        loss, terms = super().negative_sampling_loss(positives, negative_entities, tail_corrupted, loss_fn)
         mu = self.adv.mu
+        # the fake term needs the real components of the positives' heads and tails: the relation-aware scoring path
+        # has computed them (with the same parameters, in the same graph) for its distinct entities; reuse them
+        self.keep_batch_components = mu != 0.0
+        try:
+            loss, terms = super().negative_sampling_loss(positives, negative_entities, tail_corrupted, loss_fn)
+        finally:
+            self.keep_batch_components = False
+            kept, self.batch_components = self.batch_components, None
         if mu == 0.0:  # AdaMF-MAT as released: the fake term is multiplied by zero, skip computing it
             return loss, terms
+        components = kept[1:] if kept is not None and kept[0] is positives else None
         gen = self.batch_generation(positives, need_graph=torch.is_grad_enabled())
-        pos, fakes, vecs = self.positive_and_fake_scores(positives, gen.generated.detach()[gen.inverse])
+        pos, fakes, vecs = self.positive_and_fake_scores(positives, gen.generated.detach()[gen.inverse],
+                                                         components=components)
         pos, fakes = pos.float(), [f.float() for f in fakes]
         if self.adv.kind == "mat":
             adv = sum(self._mat_fake_term(pos, f) for f in fakes)

@@ -24,7 +24,14 @@ from torch import nn
 
 from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
 from mmkgc.nn.adapters import build_adapter
-from mmkgc.nn.fusion import RelationGate, TanhAttentionFusion, gated_pair_logits, masked_softmax
+from mmkgc.nn.fusion import (
+    RelationGate,
+    TanhAttentionFusion,
+    gated_pair_logits,
+    gated_pair_mixtures,
+    masked_softmax,
+)
+from mmkgc.nn.scorers import mixture_table_transposed, scorer_kernel_available
 
 
 class FusedRepresentation(EntityRepresentation):
@@ -132,10 +139,21 @@ class FusedRepresentation(EntityRepresentation):
         The relation's gate context is folded into the gate's first matrix (``W (x ⊙ c_r) = (W diag c_r) x``), so no
         ``x ⊙ c_r`` copy is made; ``base`` (:meth:`TanhAttentionFusion.base_logits` of ``x``) is reused without a gate.
         Without autograd the intermediate ``[N, M, D]`` tensors are updated in place.
+
+        Without autograd on the CPU in float32 with the compiled kernels (evaluation): the gate runs through
+        :func:`~mmkgc.nn.fusion.gated_pair_logits` (one pass per entity row in cache) and the table is written in the
+        transposed layout of the all-entity kernels (:func:`~mmkgc.nn.scorers.mixture_table_transposed`); the
+        returned ``[N, D]`` is then a view of that ``[D, N]`` tensor, which the scorer uses without transposing.
         """
         n = x.shape[0]
         rel = torch.full((n,), int(relation), dtype=torch.long, device=x.device)
         inplace = not torch.is_grad_enabled()
+        if inplace and x.device.type == "cpu" and x.dtype == torch.float32 and scorer_kernel_available():
+            if self.gate is not None:
+                x, base = gated_pair_logits(self.gate, self.fusion, x, torch.arange(n, device=x.device), rel)
+            logits = self.fusion.logits(x, rel, base=base)
+            beta = masked_softmax(logits, present).to(x.dtype)
+            return mixture_table_transposed(x, beta).t()
         if self.gate is not None:
             c = self.gate.context[int(relation)].to(x.dtype)
             lin = self.gate.linear
@@ -179,7 +197,9 @@ class FusedRepresentation(EntityRepresentation):
         * without a gate (AdaMF, NativE): ``X = x``, ``j = index``, ``β`` from :meth:`occurrence_weights`;
         * with AFME's gate: the gate depends on (entity, relation), so it runs once per *distinct* pair
           (``torch.unique`` over ``index * R + relation``): ``X [V, M, D]`` are the gated components of the ``V``
-          pairs and ``j`` maps occurrences to pairs.
+          pairs and ``j`` maps occurrences to pairs.  On the CPU in float32 with the compiled kernels the pairs'
+          fused vectors are computed directly (:func:`~mmkgc.nn.fusion.gated_pair_mixtures`): ``X [V, 1, D]`` and
+          ``β = 1 [P, 1]`` (a pair's weights do not depend on the occurrence).
 
         :returns: ``(X [V, M, D], β [P, M], j [P])``.
         """
@@ -190,6 +210,10 @@ class FusedRepresentation(EntityRepresentation):
         num_relations = self.gate.context.shape[0]
         pairs, j = torch.unique(index * num_relations + relation, return_inverse=True)
         ent, rel = pairs // num_relations, pairs % num_relations
+        if x.device.type == "cpu" and x.dtype == torch.float32 and scorer_kernel_available():
+            # the pairs' fused vectors directly (one mixture component each): no [V, M, D] tensor is kept
+            fused, _ = gated_pair_mixtures(self.gate, self.fusion, x, ent, rel, present.index_select(0, ent))
+            return fused.unsqueeze(1), fused.new_ones(j.shape[0], 1), j
         xg, base = gated_pair_logits(self.gate, self.fusion, x, ent, rel)
         pp = present.index_select(0, ent)
         beta = masked_softmax(self.fusion.logits(None, rel, base=base), pp)
@@ -255,6 +279,11 @@ class FusedKGEModel(KGEModel):
         if reciprocal and representation.relation_aware:
             raise ValueError("relation-conditioned fusion does not support reciprocal relations")
         super().__init__(num_entities, num_relations, scorer, representation, reciprocal=reciprocal)
+        #: while ``True`` (set by a subclass around its main step), :meth:`score_positives_and_negatives` leaves
+        #: ``(positives, x [2B, M, D], present [2B, M])``, the components of the positives' heads then tails, in
+        #: :attr:`batch_components` for the subclass to reuse and clear
+        self.keep_batch_components = False
+        self.batch_components: tuple[torch.Tensor, ...] | None = None
 
     @property
     def relation_aware(self) -> bool:
@@ -295,10 +324,24 @@ class FusedKGEModel(KGEModel):
         x, present = self.entities.components(unique)
         rel = positives[:, 1]
         rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
-        mix, beta, j = self.entities.mixtures(x, present, inverse, rel_all)
-        beta = beta.to(mix.dtype)
-        ht = _mix(mix, beta[:2 * b], j[:2 * b])
+        if self.entities.gate is None:
+            mix, beta, j = self.entities.mixtures(x, present, inverse, rel_all)
+            beta = beta.to(mix.dtype)
+            mix_p, beta_p, j_p, mix_n, beta_n, j_n = mix, beta[:2 * b], j[:2 * b], mix, beta[2 * b:], j[2 * b:]
+        else:
+            # AFME: the positives' pairs are gated apart from the negatives' (2B of B(K + 2) occurrences), so the
+            # gradient of the negatives' [V, M, D] gated components comes from the mixture kernel alone instead of
+            # being summed with a mostly-zero [V, M, D] gradient of the positives' rows
+            mix_p, beta_p, j_p = self.entities.mixtures(x, present, inverse[:2 * b], rel_all[:2 * b])
+            mix_n, beta_n, j_n = self.entities.mixtures(x, present, inverse[2 * b:], rel_all[2 * b:])
+            beta_p, beta_n = beta_p.to(mix_p.dtype), beta_n.to(mix_n.dtype)
+        rows_p = mix_p.index_select(0, j_p)  # [2B, M, D]: the positives' heads, then tails
+        ht = _mix(rows_p, beta_p, torch.arange(2 * b, device=rows_p.device))
         h, t = ht[:b], ht[b:]
+        if self.keep_batch_components:
+            # without a gate rows_p are the positives' components themselves (one gather, one gradient buffer)
+            comp = rows_p if self.entities.gate is None else x.index_select(0, inverse[:2 * b])
+            self.batch_components = (positives, comp, present.index_select(0, inverse[:2 * b]))
         r = self.relations(rel)
         scorer = self.scorer
         if scorer.factorises:
@@ -306,9 +349,9 @@ class FusedKGEModel(KGEModel):
             # matched against the negatives' own (relation-fused) mixtures
             queries = torch.cat([scorer.tail_query(h, r), scorer.head_query(r, t)])
             which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
-            neg = scorer.match_gathered_mixture(queries, which.reshape(-1), mix, beta[2 * b:], j[2 * b:])
+            neg = scorer.match_gathered_mixture(queries, which.reshape(-1), mix_n, beta_n, j_n)
             return scorer.match(queries[:b], t), neg.reshape(b, k)
-        e = _mix(mix, beta[2 * b:], j[2 * b:]).reshape(b, k, -1)
+        e = _mix(mix_n, beta_n, j_n).reshape(b, k, -1)
         mask = tail_corrupted.unsqueeze(-1)
         neg_h = torch.where(mask, h.unsqueeze(1), e)
         neg_t = torch.where(mask, e, t.unsqueeze(1))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmkgc.nn.scorers import _kernels
+
 
 class ConcatFusion(nn.Module):
     """Concatenate the ``M`` modality vectors and project back: ``y = W [x_1; ...; x_M] + b``.
@@ -250,13 +252,107 @@ class _GatedPairs(torch.autograd.Function):
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
 
+class _GatedPairsKernel(torch.autograd.Function):
+    """:class:`_GatedPairs` with the compiled CPU kernels of :mod:`mmkgc.nn.scorers` (float32): the pairs are processed
+    in chunks of :attr:`CHUNK` (512: fastest of 128-2048 measured on DB15K); per chunk a kernel forms ``x ⊙ c_r``, BLAS applies the gate's matrices, and a second
+    kernel computes ``γ``, ``x̃``, ``wᵀtanh(x̃)`` and ``‖x̃‖`` in one pass over rows that stay in cache.  Nothing of
+    shape ``[V, M, D]`` is kept but the output ``x̃``: the gate values are recomputed in the backward from the saved
+    low-rank activations ``[V M, k]`` (the full gate recomputes them from ``x ⊙ c_r``).  Same inputs, outputs and
+    gradients as :class:`_GatedPairs` up to float rounding (``σ`` and ``tanh`` use the kernels' vectorised ``exp``,
+    a few ulps); first-order gradients only.
+    """
+
+    CHUNK = 512
+
+    @staticmethod
+    def forward(ctx, x, ent, rel, context, first, second, bias, w, l2: bool):
+        lib = _kernels()
+        x, context, first, bias, w = (t.detach().contiguous() for t in (x, context, first, bias, w))
+        second = None if second is None else second.detach().contiguous()
+        ent, rel = ent.contiguous(), rel.contiguous()
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        threads = torch.get_num_threads()
+        xt = torch.empty(v, m, d, dtype=x.dtype)
+        t = torch.empty(v, m, dtype=x.dtype)
+        norm = torch.empty(v, m, dtype=x.dtype)
+        h = torch.empty(v * m, first.shape[0], dtype=x.dtype) if second is not None else None
+        rows_max = min(v, _GatedPairsKernel.CHUNK) * m
+        a = torch.empty(rows_max, d, dtype=x.dtype)
+        z = torch.empty(rows_max, d, dtype=x.dtype)
+        for s0 in range(0, v, _GatedPairsKernel.CHUNK):
+            s1 = min(v, s0 + _GatedPairsKernel.CHUNK)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            ab, zb = a[:rows], z[:rows]
+            lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                   ab.data_ptr(), threads)
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(ab, first.t(), out=hb)
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                torch.mm(ab, first.t(), out=zb)
+            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
+                                   d, xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
+        ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, xt, h, t, norm)
+        ctx.l2 = l2
+        return xt, (t * norm if l2 else t.clone())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_xt, g_logits):
+        lib = _kernels()
+        x, ent, rel, context, first, second, bias, w, xt, h, t, norm = ctx.saved_tensors
+        v, m, d = xt.shape
+        g_xt = torch.zeros_like(xt) if g_xt is None else g_xt.contiguous().to(xt.dtype)
+        g_logits = torch.zeros_like(t) if g_logits is None else g_logits.contiguous().to(t.dtype)
+        g_x = torch.zeros_like(x)
+        g_context = torch.zeros_like(context)
+        g_first = torch.zeros_like(first)
+        g_second = torch.zeros_like(second) if second is not None else None
+        g_bias = torch.zeros_like(bias)
+        g_w = torch.zeros_like(w)
+        rows_max = min(v, _GatedPairsKernel.CHUNK) * m
+        z, g_z, g_xe, a, g_a = (torch.empty(rows_max, d, dtype=x.dtype) for _ in range(5))
+        g_h = torch.empty(rows_max, first.shape[0], dtype=x.dtype) if second is not None else None
+        for s0 in range(0, v, _GatedPairsKernel.CHUNK):
+            s1 = min(v, s0 + _GatedPairsKernel.CHUNK)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            zb, gzb, gxb, ab, gab = z[:rows], g_z[:rows], g_xe[:rows], a[:rows], g_a[:rows]
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                       ab.data_ptr(), 1)
+                torch.mm(ab, first.t(), out=zb)
+            lib.mmkgc_gate_backward1(
+                x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), zb.data_ptr(), bias.data_ptr(),
+                w.data_ptr(), xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(),
+                g_xt[s0:s1].data_ptr(), g_logits[s0:s1].data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(),
+                gxb.data_ptr(), ab.data_ptr(), g_w.data_ptr(), g_bias.data_ptr())
+            if second is not None:
+                g_second.addmm_(gzb.t(), hb)
+                ghb = torch.mm(gzb, second, out=g_h[:rows])
+            else:
+                ghb = gzb
+            g_first.addmm_(ghb.t(), ab)
+            torch.mm(ghb, first, out=gab)
+            lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
+                                     gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+        return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
+
+
 def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
                       relation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """AFME's gate and the relation-independent attention logits of distinct (entity, relation) pairs.
 
     Equal to ``x̃ = gate(x[entity], None, relation)[0]`` and ``fusion.base_logits(x̃)`` (methods.md §5.2), computed
-    by one autograd node that keeps the gate values and ``x̃`` but none of the other ``[V, M, D]`` intermediates
-    (the training path of :meth:`mmkgc.models.fused.FusedRepresentation.mixtures`).
+    by one autograd node that keeps ``x̃`` and the low-rank activations (compiled kernels, CPU float32:
+    :class:`_GatedPairsKernel`) or the gate values and ``x̃`` (:class:`_GatedPairs`: GPU, float64,
+    ``MMKGC_NO_COMPILE=1``, no C compiler) but none of the other ``[V, M, D]`` intermediates (the training path of
+    :meth:`mmkgc.models.fused.FusedRepresentation.mixtures`).
 
     :param x: components of distinct entities ``[U, M, D]``; ``entity``, ``relation``: int64 ``[V]`` (pair ``v`` is
         entity ``x[entity[v]]`` under ``relation[v]``).
@@ -266,9 +362,182 @@ def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: to
     first, second = (lin, None) if isinstance(lin, nn.Linear) else (lin[0], lin[1])
     dt = x.dtype
     bias = (first if second is None else second).bias.to(dt)
-    return _GatedPairs.apply(x, entity, relation, gate.context.to(dt), first.weight.to(dt),
-                             None if second is None else second.weight.to(dt), bias, fusion.w.to(dt),
-                             fusion.confidence == "l2")
+    args = (x, entity, relation, gate.context.to(dt), first.weight.to(dt),
+            None if second is None else second.weight.to(dt), bias, fusion.w.to(dt), fusion.confidence == "l2")
+    if x.device.type == "cpu" and dt == torch.float32 and _kernels() is not None:
+        return _GatedPairsKernel.apply(*args)
+    return _GatedPairs.apply(*args)
+
+
+class _GatedPairMixturesKernel(torch.autograd.Function):
+    """AFME's fused vector of each distinct (entity, relation) pair, ``e_v = Σ_m β_vm x̃_vm`` with ``x̃`` the gated
+    components (:class:`_GatedPairsKernel`) and ``β_v = softmax_m(α_m wᵀtanh(x̃_vm) / τ_v)`` over the present
+    modalities, computed chunk by chunk with the compiled gate kernels: only ``e [V, D]`` (and ``[V M, k]``
+    activations, ``[V, M]`` logit parts and weights) is kept; the backward recomputes each chunk's ``x̃``.
+
+    Inputs: as :class:`_GatedPairsKernel` plus ``tau [V]`` (the pair's temperature, differentiable) and ``present``
+    bool ``[V, M]``.  Outputs: ``e [V, D]``, ``β [V, M]`` (not differentiable; for inspection).  First-order
+    gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ent, rel, context, first, second, bias, w, l2: bool, tau, present):
+        lib = _kernels()
+        x, context, first, bias, w, tau = (t.detach().contiguous() for t in (x, context, first, bias, w, tau))
+        second = None if second is None else second.detach().contiguous()
+        ent, rel, present = ent.contiguous(), rel.contiguous(), present.contiguous()
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        chunk = _GatedPairsKernel.CHUNK
+        threads = torch.get_num_threads()
+        e = torch.empty(v, d, dtype=x.dtype)
+        t = torch.empty(v, m, dtype=x.dtype)
+        norm = torch.empty(v, m, dtype=x.dtype)
+        h = torch.empty(v * m, first.shape[0], dtype=x.dtype) if second is not None else None
+        rows_max = min(v, chunk) * m
+        a, z, xt = (torch.empty(rows_max, d, dtype=x.dtype) for _ in range(3))
+        for s0 in range(0, v, chunk):
+            s1 = min(v, s0 + chunk)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            ab, zb, xb = a[:rows], z[:rows], xt[:rows]
+            lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                   ab.data_ptr(), threads)
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(ab, first.t(), out=hb)
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                torch.mm(ab, first.t(), out=zb)
+            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
+                                   d, xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
+            base = t[s0:s1] * norm[s0:s1] if l2 else t[s0:s1]
+            beta = masked_softmax(base / tau[s0:s1].unsqueeze(-1), present[s0:s1]).contiguous()
+            lib.mmkgc_pair_mix(xb.data_ptr(), beta.data_ptr(), n, m, d, e[s0:s1].data_ptr())
+        base = t * norm if l2 else t
+        beta = masked_softmax(base / tau.unsqueeze(-1), present)
+        ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, h, t, norm, tau, beta)
+        ctx.l2 = l2
+        ctx.mark_non_differentiable(beta)
+        return e, beta
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_e, _g_beta):
+        lib = _kernels()
+        x, ent, rel, context, first, second, bias, w, h, t, norm, tau, beta = ctx.saved_tensors
+        v, m, d = ent.shape[0], x.shape[1], x.shape[2]
+        chunk = _GatedPairsKernel.CHUNK
+        g_e = torch.zeros(v, d, dtype=x.dtype) if g_e is None else g_e.contiguous().to(x.dtype)
+        g_x = torch.zeros_like(x)
+        g_context = torch.zeros_like(context)
+        g_first = torch.zeros_like(first)
+        g_second = torch.zeros_like(second) if second is not None else None
+        g_bias = torch.zeros_like(bias)
+        g_w = torch.zeros_like(w)
+        g_tau = torch.empty_like(tau)
+        rows_max = min(v, chunk) * m
+        z, g_z, g_xe, a, g_a, xt, g_xt = (torch.empty(rows_max, d, dtype=x.dtype) for _ in range(7))
+        g_h = torch.empty(rows_max, first.shape[0], dtype=x.dtype) if second is not None else None
+        for s0 in range(0, v, chunk):
+            s1 = min(v, s0 + chunk)
+            n, rows = s1 - s0, (s1 - s0) * m
+            es, rs = ent[s0:s1], rel[s0:s1]
+            zb, gzb, gxb, ab, gab, xb, gxtb = (buf[:rows] for buf in (z, g_z, g_xe, a, g_a, xt, g_xt))
+            if second is not None:
+                hb = h[s0 * m:s1 * m]
+                torch.mm(hb, second.t(), out=zb)
+            else:
+                lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
+                                       ab.data_ptr(), 1)
+                torch.mm(ab, first.t(), out=zb)
+            # x̃ of the chunk again (t and ‖x̃‖ are the saved ones)
+            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
+                                   d, xb.data_ptr(), None, None, 1)
+            ge, bc, tc = g_e[s0:s1], beta[s0:s1], tau[s0:s1]
+            g_beta = torch.empty(n, m, dtype=x.dtype)
+            lib.mmkgc_pair_dot(xb.data_ptr(), ge.data_ptr(), n, m, d, g_beta.data_ptr())  # <g_e, x̃_m>
+            g_logit = bc * (g_beta - (bc * g_beta).sum(-1, keepdim=True))  # softmax backward (absent: β = 0)
+            base = t[s0:s1] * norm[s0:s1] if ctx.l2 else t[s0:s1]
+            g_base = (g_logit / tc.unsqueeze(-1)).contiguous()
+            g_tau[s0:s1] = -(g_logit * base).sum(-1) / (tc * tc)
+            lib.mmkgc_pair_scale(bc.data_ptr(), ge.data_ptr(), n, m, d, gxtb.data_ptr())  # ∂L/∂x̃_m = β_m g_e
+            lib.mmkgc_gate_backward1(
+                x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), zb.data_ptr(), bias.data_ptr(),
+                w.data_ptr(), xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), gxtb.data_ptr(),
+                g_base.data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(), gxb.data_ptr(), ab.data_ptr(),
+                g_w.data_ptr(), g_bias.data_ptr())
+            if second is not None:
+                g_second.addmm_(gzb.t(), hb)
+                ghb = torch.mm(gzb, second, out=g_h[:rows])
+            else:
+                ghb = gzb
+            g_first.addmm_(ghb.t(), ab)
+            torch.mm(ghb, first, out=gab)
+            lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
+                                     gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+        return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None, g_tau, None
+
+
+def gated_pair_mixtures(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
+                        relation: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AFME's fused vectors of distinct (entity, relation) pairs: gate (methods.md §5.2), attention weights
+    ``β = softmax(α_m wᵀtanh(x̃_m) / τ_r)`` over the present modalities, ``e = Σ_m β_m x̃_m``.
+
+    Equal to ``fuse(x[entity], present, relation)`` of :class:`~mmkgc.models.fused.FusedRepresentation`.  On the CPU
+    in float32 with the compiled kernels one autograd node (:class:`_GatedPairMixturesKernel`) keeps only ``e`` of
+    the ``[V, *, D]`` tensors; otherwise the PyTorch composition of :func:`gated_pair_logits`.
+
+    :param x: components of distinct entities ``[U, M, D]``; ``entity``, ``relation``: int64 ``[V]``;
+        ``present``: bool ``[V, M]`` (the pairs' fusion mask).
+    :returns: ``(e [V, D], β [V, M])``.
+    """
+    if fusion.relation_temperature:
+        tau = fusion.temperature(relation).to(x.dtype)
+    else:
+        tau = torch.ones(relation.shape[0], dtype=x.dtype, device=x.device)
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and _kernels() is not None):
+        xg, base = gated_pair_logits(gate, fusion, x, entity, relation)
+        beta = masked_softmax(base / tau.unsqueeze(-1), present).to(x.dtype)
+        return (xg * beta.unsqueeze(-1)).sum(1), beta
+    lin = gate.linear
+    first, second = (lin, None) if isinstance(lin, nn.Linear) else (lin[0], lin[1])
+    bias = (first if second is None else second).bias
+    return _GatedPairMixturesKernel.apply(x, entity, relation, gate.context, first.weight,
+                                          None if second is None else second.weight, bias, fusion.w,
+                                          fusion.confidence == "l2", tau, present)
+
+
+def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn(h, h, h, key_padding_mask=..., need_weights=True, average_attn_weights=True)`` for a batch-first
+    :class:`torch.nn.MultiheadAttention` (Vaswani et al. 2017: ``softmax(Q Kᵀ / √d_h) V`` per head, output
+    projection), written with one packed projection split by ``unbind``.
+
+    Same parameters and values as the module's own forward (up to float rounding); for the short token sequences of
+    the modality attentions (2-3 tokens) its backward is much cheaper: the module splits its packed ``[3, ...]``
+    projection by ``select``, whose backward fills a zero tensor of the packed size for each of ``q``, ``k``, ``v``.
+    Falls back to the module where this version does not apply (attention dropout while training, separate
+    ``q``/``k``/``v`` weights, ``batch_first=False``, bias on the keys and values, zero attention).
+
+    :param attn: the module (its weights are used).  :param h: ``[B, L, D]``.
+    :param key_padding_mask: bool ``[B, L]``, ``True`` = not a key.
+    :returns: ``(out [B, L, D], attention weights averaged over heads [B, L, L])``.
+    """
+    fallback = ((attn.dropout > 0 and attn.training) or not attn._qkv_same_embed_dim or not attn.batch_first
+                or attn.bias_k is not None or attn.add_zero_attn)
+    if fallback:
+        return attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True, average_attn_weights=True)
+    b, length, d = h.shape
+    heads = attn.num_heads
+    hd = d // heads
+    qkv = nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, length, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, L, d_h] each
+    scores = (q * hd ** -0.5) @ k.transpose(-1, -2)  # [B, H, L, L]
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, -1)
+    out = (weights @ v).transpose(1, 2).reshape(b, length, d)
+    return nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias), weights.mean(1)
 
 
 class ModalitySelfAttention(nn.Module):
@@ -305,7 +574,7 @@ class ModalitySelfAttention(nn.Module):
         received = torch.zeros(present.shape, dtype=x.dtype, device=x.device)
         h = x
         for attn, norm in zip(self.attention, self.norms):
-            out, w = attn(h, h, h, key_padding_mask=~present, need_weights=True, average_attn_weights=True)
+            out, w = self_attention(attn, h, ~present)
             h = norm(h + out)
             q = present.to(w.dtype).unsqueeze(-1)  # average over present queries only
             received = received + (w * q).sum(-2) / q.sum(-2).clamp_min(1.0)

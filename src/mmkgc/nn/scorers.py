@@ -60,6 +60,7 @@ __all__ = [
     "complex_l1_distance",
     "gathered_l1_distance",
     "gathered_mixture_l1_distance",
+    "mixture_table_transposed",
 ]
 
 Side = Literal["head", "tail"]
@@ -352,6 +353,218 @@ void mmkgc_gather_mix_l1_grad(const float* Q, const int64_t* qi, const float* X,
     }
   }
 }
+/* AFME's low-rank relation gate over distinct (entity, relation) pairs (nn/fusion.py, _GatedPairsKernel).
+ * Row i = p * M + m is modality m of pair p: entity ent[p] (rows of x [U, M, D]), relation rel[p] (rows of the
+ * context table c [R, D]).  Forward:  a_i = x_i ⊙ c_r;  z_i = W a_i (BLAS, outside);  γ_i = σ(z_i + b);
+ * x̃_i = γ_i ⊙ x_i;  t_i = wᵀ tanh(x̃_i);  n_i = ‖x̃_i‖₂.  The element-wise parts run here, one pass per row in cache;
+ * σ and tanh use the vectorisable exp below (relative error a few float ulps). */
+/* gcc on AVX-512 machines prefers 256-bit vectors by default; these element-wise loops run ~20% faster with 512 */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+#endif
+static inline float mmkgc_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = rintf(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  union { int32_t i; float f; } scale;
+  scale.i = ((int32_t)n + 127) << 23;
+  return p * scale.f;
+}
+
+/* expm1(y) for y <= 0: Taylor series for |y| < 0.35 (no cancellation), exp(y) - 1 beyond */
+static inline float mmkgc_expm1_neg(float y) {
+  float q = 1.0f + y * (1.0f / 9.0f);
+  q = 1.0f + y * (1.0f / 8.0f) * q;
+  q = 1.0f + y * (1.0f / 7.0f) * q;
+  q = 1.0f + y * (1.0f / 6.0f) * q;
+  q = 1.0f + y * (1.0f / 5.0f) * q;
+  q = 1.0f + y * (1.0f / 4.0f) * q;
+  q = 1.0f + y * (1.0f / 3.0f) * q;
+  q = 1.0f + y * 0.5f * q;
+  const float small = y * q;
+  const float large = mmkgc_exp(y) - 1.0f;
+  return y > -0.35f ? small : large;
+}
+
+static inline float mmkgc_sigmoid(float z) { return 1.0f / (1.0f + mmkgc_exp(-z)); }
+
+static inline float mmkgc_tanh(float x) {
+  const float e = mmkgc_expm1_neg(-2.0f * fabsf(x));  /* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)) */
+  return copysignf(-e / (2.0f + e), x);
+}
+
+/* a[i] = x[ent[p], m] ⊙ c[rel[p]] for the n pairs of a chunk (rows i = p M + m). */
+void mmkgc_gate_context(const float* x, const int64_t* ent, const int64_t* rel, const float* c, int64_t n,
+                        int64_t M, int64_t D, float* a, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t i = 0; i < n * M; i++) {
+    const int64_t p = i / M, m = i % M;
+    const float* xr = x + (ent[p] * M + m) * D;
+    const float* cr = c + rel[p] * D;
+    float* ar = a + i * D;
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) ar[k] = xr[k] * cr[k];
+  }
+}
+
+/* Forward element-wise part: from z (= W a, without the bias) to x̃ [n M, D], t [n M] and n_i [n M]
+ * (t = norm = NULL: x̃ only). */
+void mmkgc_gate_forward(const float* x, const int64_t* ent, const float* z, const float* bias, const float* w,
+                        int64_t n, int64_t M, int64_t D, float* xt, float* t, float* norm, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t i = 0; i < n * M; i++) {
+    const int64_t p = i / M, m = i % M;
+    const float* xr = x + (ent[p] * M + m) * D;
+    const float* zr = z + i * D;
+    float* out = xt + i * D;
+    if (!t) {  /* x̃ only (the backward's recomputation) */
+#pragma omp simd
+      for (int64_t k = 0; k < D; k++) out[k] = mmkgc_sigmoid(zr[k] + bias[k]) * xr[k];
+      continue;
+    }
+    float dot = 0.0f, sq = 0.0f;
+#pragma omp simd reduction(+:dot, sq)
+    for (int64_t k = 0; k < D; k++) {
+      const float v = mmkgc_sigmoid(zr[k] + bias[k]) * xr[k];
+      out[k] = v;
+      dot += w[k] * mmkgc_tanh(v);
+      sq += v * v;
+    }
+    t[i] = dot;
+    norm[i] = sqrtf(sq);
+  }
+}
+
+/* Backward, first element-wise part (serial: g_w and g_bias are accumulated).  Inputs: z (recomputed W a, no
+ * bias), the saved x̃, t, n_i, upstream g_xt [n M, D] and g_logits [n M].  With
+ * l2 the logit is t n_i, else t.  Writes g_z = g ⊙ x ⊙ γ (1 - γ), g_xe = g ⊙ γ (the gradient of x through
+ * x̃ = γ ⊙ x) and a = x ⊙ c, where g = ∂L/∂x̃ = g_xt + g_t w ⊙ (1 - tanh² x̃) + [l2] g_l t x̃ / n_i. */
+void mmkgc_gate_backward1(const float* x, const int64_t* ent, const int64_t* rel, const float* c, const float* z,
+                          const float* bias, const float* w, const float* xt, const float* tv, const float* nv,
+                          const float* g_xt, const float* g_logits, int64_t n, int64_t M, int64_t D, int l2,
+                          float* g_z, float* g_xe, float* a, float* g_w, float* g_bias) {
+  for (int64_t i = 0; i < n * M; i++) {
+    const int64_t p = i / M, m = i % M;
+    const float* xr = x + (ent[p] * M + m) * D;
+    const float* cr = c + rel[p] * D;
+    const float* zr = z + i * D;
+    const float* xs = xt + i * D;
+    const float* gx = g_xt + i * D;
+    const float gl = g_logits[i];
+    const float ni = nv[i];
+    const float g_t = l2 ? gl * ni : gl;
+    const float scale = (l2 && ni > 0.0f) ? gl * tv[i] / ni : 0.0f;
+    float* gzr = g_z + i * D;
+    float* gxr = g_xe + i * D;
+    float* ar = a + i * D;
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) {
+      const float th = mmkgc_tanh(xs[k]);
+      g_w[k] += g_t * th;
+      const float g = gx[k] + g_t * w[k] * (1.0f - th * th) + scale * xs[k];
+      const float gamma = mmkgc_sigmoid(zr[k] + bias[k]);
+      gxr[k] = g * gamma;
+      const float gz = g * xr[k] * gamma * (1.0f - gamma);
+      gzr[k] = gz;
+      g_bias[k] += gz;
+      ar[k] = xr[k] * cr[k];
+    }
+  }
+}
+
+/* Backward, second part (serial accumulation): with g_a = ∂L/∂a (BLAS, outside),
+ * g_x[ent[p], m] += g_xe + g_a ⊙ c,   g_c[rel[p]] += g_a ⊙ x. */
+void mmkgc_gate_backward2(const float* x, const int64_t* ent, const int64_t* rel, const float* c, const float* g_a,
+                          const float* g_xe, int64_t n, int64_t M, int64_t D, float* g_x, float* g_c) {
+  for (int64_t i = 0; i < n * M; i++) {
+    const int64_t p = i / M, m = i % M;
+    const float* xr = x + (ent[p] * M + m) * D;
+    const float* cr = c + rel[p] * D;
+    const float* ga = g_a + i * D;
+    const float* ge = g_xe + i * D;
+    float* gxr = g_x + (ent[p] * M + m) * D;
+    float* gcr = g_c + rel[p] * D;
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) {
+      gxr[k] += ge[k] + ga[k] * cr[k];
+      gcr[k] += ga[k] * xr[k];
+    }
+  }
+}
+
+/* Per-pair mixture helpers of AFME's pair vectors (rows i = p M + m of x̃ [n M, D], one weight per row):
+ * mix: e[p] = sum_m beta[i] x̃[i];  dot: out[i] = <x̃[i], g[p]>;  scale: out[i] = beta[i] g[p]. */
+void mmkgc_pair_mix(const float* x, const float* beta, int64_t n, int64_t M, int64_t D, float* e) {
+  for (int64_t p = 0; p < n; p++) {
+    float* er = e + p * D;
+    const float b0 = beta[p * M];
+    const float* x0 = x + p * M * D;
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) er[k] = b0 * x0[k];
+    for (int64_t m = 1; m < M; m++) {
+      const float bm = beta[p * M + m];
+      const float* xm = x + (p * M + m) * D;
+#pragma omp simd
+      for (int64_t k = 0; k < D; k++) er[k] += bm * xm[k];
+    }
+  }
+}
+
+void mmkgc_pair_dot(const float* x, const float* g, int64_t n, int64_t M, int64_t D, float* out) {
+  for (int64_t i = 0; i < n * M; i++) {
+    const float* xr = x + i * D;
+    const float* gr = g + (i / M) * D;
+    float acc = 0.0f;
+#pragma omp simd reduction(+:acc)
+    for (int64_t k = 0; k < D; k++) acc += xr[k] * gr[k];
+    out[i] = acc;
+  }
+}
+
+void mmkgc_pair_scale(const float* beta, const float* g, int64_t n, int64_t M, int64_t D, float* out) {
+  for (int64_t i = 0; i < n * M; i++) {
+    const float* gr = g + (i / M) * D;
+    float* o = out + i * D;
+    const float b = beta[i];
+#pragma omp simd
+    for (int64_t k = 0; k < D; k++) o[k] = b * gr[k];
+  }
+}
+
+/* Fused all-entity table in the transposed layout of the all-entity kernels (evaluation of relation-conditioned
+ * fusion): out_t[d, n] = sum_m beta[n, m] x[n, m, d] for x [N, M, D], beta [N, M], out_t [D, N].  Blocks of 64
+ * entities: their M rows stay in L1 while d advances, and each write is 64 contiguous floats. */
+void mmkgc_mix_transposed(const float* x, const float* beta, int64_t N, int64_t M, int64_t D, float* out_t,
+                          int nthreads) {
+  const int64_t NB = 64;
+  const int64_t nblocks = (N + NB - 1) / NB;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    const int64_t n0 = blk * NB, n1 = mmkgc_min(N, n0 + NB);
+    for (int64_t d = 0; d < D; d++) {
+      float* o = out_t + d * N;
+      for (int64_t n = n0; n < n1; n++) {
+        const float* xr = x + n * M * D + d;
+        const float* b = beta + n * M;
+        float acc = 0.0f;
+        for (int64_t m = 0; m < M; m++) acc += b[m] * xr[m * D];
+        o[n] = acc;
+      }
+    }
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC pop_options
+#endif
 """
 
 # Flag sets tried in order; the first that compiles wins.
@@ -462,6 +675,21 @@ def _build_kernels() -> ctypes.CDLL | None:
         lib.mmkgc_gather_mix_l1_grad.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [
             ctypes.c_int] + [ctypes.c_void_p] * 4
         lib.mmkgc_gather_mix_l1_grad.restype = None
+        lib.mmkgc_gate_context.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
+        lib.mmkgc_gate_context.restype = None
+        lib.mmkgc_gate_forward.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [
+            ctypes.c_int]
+        lib.mmkgc_gate_forward.restype = None
+        lib.mmkgc_gate_backward1.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 3 + [ctypes.c_int] + [
+            ctypes.c_void_p] * 5
+        lib.mmkgc_gate_backward1.restype = None
+        lib.mmkgc_gate_backward2.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
+        lib.mmkgc_gate_backward2.restype = None
+        lib.mmkgc_mix_transposed.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int]
+        lib.mmkgc_mix_transposed.restype = None
+        for name in ("mmkgc_pair_mix", "mmkgc_pair_dot", "mmkgc_pair_scale"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+            getattr(lib, name).restype = None
         _kernel_state["build_seconds"] = time.perf_counter() - start
         _kernel_state["path"] = str(library)
         return lib
@@ -539,6 +767,13 @@ class _ComplexModulus(torch.autograd.Function):
         return scale * re, scale * im
 
 
+def _by_entity(entity_index: torch.Tensor) -> torch.Tensor:
+    """The occurrences ``[P]`` ordered by the row they read (stable, so the order is deterministic): the gather kernels
+    then read -- and their backward writes -- the same or neighbouring entity rows one after the other instead of
+    jumping through a table much larger than the cache (measured 2x on the DB15K batches of NativE and AFME)."""
+    return torch.argsort(entity_index, stable=True)
+
+
 class _GatheredL1(torch.autograd.Function):
     """``out[p] = sum_k |Q[qi[p]] - E[ei[p]]|_k`` with the compiled gather kernels (CPU, float32); first-order
     gradients only (double backward raises)."""
@@ -548,24 +783,25 @@ class _GatheredL1(torch.autograd.Function):
         lib = _kernels()
         q = queries.detach().contiguous()
         e = entities.detach().contiguous()
-        qi = query_index.contiguous()
-        ei = entity_index.contiguous()
+        order = _by_entity(entity_index)
+        qi = query_index.index_select(0, order)
+        ei = entity_index.index_select(0, order)
         width = q.shape[1]
         d = width // 2 if complex_layout else width
         out = torch.empty(qi.shape[0], dtype=torch.float32)
         lib.mmkgc_gather_l1(q.data_ptr(), qi.data_ptr(), e.data_ptr(), ei.data_ptr(), qi.shape[0], d,
                             int(complex_layout), out.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(q, qi, e, ei)
+        ctx.save_for_backward(q, qi, e, ei, order)
         ctx.complex_layout = complex_layout
-        return out
+        return torch.empty_like(out).index_copy_(0, order, out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        q, qi, e, ei = ctx.saved_tensors
+        q, qi, e, ei, order = ctx.saved_tensors
         width = q.shape[1]
         d = width // 2 if ctx.complex_layout else width
-        g = grad.contiguous().to(torch.float32)
+        g = grad.to(torch.float32).index_select(0, order)
         diff_grad = torch.empty(qi.shape[0], width, dtype=torch.float32)
         _kernels().mmkgc_gather_l1_grad(q.data_ptr(), qi.data_ptr(), e.data_ptr(), ei.data_ptr(), g.data_ptr(),
                                          qi.shape[0], d, int(ctx.complex_layout), diff_grad.data_ptr(),
@@ -609,26 +845,27 @@ class _GatheredMixtureL1(torch.autograd.Function):
     def forward(ctx, queries, query_index, mixtures, weights, entity_index, complex_layout: bool):
         q = queries.detach().contiguous()
         x = mixtures.detach().contiguous()
-        beta = weights.detach().contiguous()
-        qi = query_index.contiguous()
-        ei = entity_index.contiguous()
+        order = _by_entity(entity_index)
+        beta = weights.detach().index_select(0, order)
+        qi = query_index.index_select(0, order)
+        ei = entity_index.index_select(0, order)
         width = q.shape[1]
         d = width // 2 if complex_layout else width
         out = torch.empty(qi.shape[0], dtype=torch.float32)
         _kernels().mmkgc_gather_mix_l1(q.data_ptr(), qi.data_ptr(), x.data_ptr(), beta.data_ptr(), ei.data_ptr(),
                                        qi.shape[0], x.shape[1], d, int(complex_layout), out.data_ptr(),
                                        torch.get_num_threads())
-        ctx.save_for_backward(q, qi, x, beta, ei)
+        ctx.save_for_backward(q, qi, x, beta, ei, order)
         ctx.complex_layout = complex_layout
-        return out
+        return torch.empty_like(out).index_copy_(0, order, out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        q, qi, x, beta, ei = ctx.saved_tensors
+        q, qi, x, beta, ei, order = ctx.saved_tensors
         width = q.shape[1]
         d = width // 2 if ctx.complex_layout else width
-        g = grad.contiguous().to(torch.float32)
+        g = grad.to(torch.float32).index_select(0, order)
         grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[2] else None
         grad_beta = torch.empty_like(beta)
@@ -637,7 +874,8 @@ class _GatheredMixtureL1(torch.autograd.Function):
             q.data_ptr(), qi.data_ptr(), x.data_ptr(), beta.data_ptr(), ei.data_ptr(), g.data_ptr(), qi.shape[0],
             x.shape[1], d, int(ctx.complex_layout), 0 if grad_q is None else grad_q.data_ptr(),
             0 if grad_x is None else grad_x.data_ptr(), grad_beta.data_ptr(), scratch.data_ptr())
-        return grad_q, None, grad_x, (grad_beta if ctx.needs_input_grad[3] else None), None, None
+        grad_beta = torch.empty_like(grad_beta).index_copy_(0, order, grad_beta) if ctx.needs_input_grad[3] else None
+        return grad_q, None, grad_x, grad_beta, None, None
 
 
 def gathered_mixture_l1_distance(queries: torch.Tensor, query_index: torch.Tensor, mixtures: torch.Tensor,
@@ -671,6 +909,31 @@ def gathered_mixture_l1_distance(queries: torch.Tensor, query_index: torch.Tenso
     if complex_layout:
         return complex_l1_distance(q, e)
     return (q - e).abs().sum(-1)
+
+
+def mixture_table_transposed(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out_t[d, n] = sum_m weights[n, m] x[n, m, d]``: the fused vectors of ``N`` entities, written directly in the
+    transposed ``[D, N]`` layout that the all-entity kernels read (``out_t.t()`` is the ``[N, D]`` table, and
+    :class:`_TransposeCache` then finds it already transposed: no copy).
+
+    Compiled CPU kernel (float32, no autograd) when available, else ``(x * weights[..., None]).sum(1).t()`` made
+    contiguous.
+
+    :param x: float ``[N, M, D]`` components; ``weights``: float ``[N, M]``.
+    :returns: contiguous ``[D, N]``.
+    :raises ValueError: inconsistent shapes.
+    """
+    if x.ndim != 3 or weights.shape != x.shape[:2]:
+        raise ValueError(f"mixture_table_transposed: x [N, M, D] and weights [N, M] expected, got {tuple(x.shape)} "
+                         f"and {tuple(weights.shape)}")
+    lib = _kernels() if _kernel_applicable(x, weights) else None
+    if lib is None:
+        return (x * weights.unsqueeze(-1)).sum(1).t().contiguous()
+    xc, wc = x.detach().contiguous(), weights.detach().contiguous()
+    n, m, d = xc.shape
+    out = torch.empty(d, n, dtype=torch.float32)
+    lib.mmkgc_mix_transposed(xc.data_ptr(), wc.data_ptr(), n, m, d, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
