@@ -12,7 +12,8 @@ validated epochs, ``valid.mrr``).  The selected epoch (best validation MRR) is m
 training seconds, for runs made on a loaded machine.  The file holds one sample per line,
 ``unix_time run_name pid cpu_seconds epochs_logged`` (what a loop over ``/proc/PID/stat`` every 30 s writes); a
 run resumed in a new process continues the CPU count of the previous one.  An epoch's CPU time is that of the
-first sample at which the epoch was logged, so it is late by at most one sampling interval.
+first sample at which the epoch was logged, so it is late by at most one sampling interval; epochs logged before
+the first sample are placed by a constant CPU time per epoch up to that sample.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def cpu_seconds_at_epochs(log: Path, run: str, epochs: list[int]) -> list[float]
         last_cpu = cpu
         total.append((logged, offset + cpu))
     out = []
+    first_logged, first_cpu = total[0]
     for epoch in epochs:
+        if epoch < first_logged:  # logged before sampling began: CPU time per epoch taken as constant up to there
+            out.append(first_cpu * epoch / first_logged)
+            continue
         at = next((cpu for logged, cpu in total if logged >= epoch), None)
         if at is None:
             raise SystemExit(f"{log}: no CPU sample of run {run!r} after epoch {epoch}")
