@@ -252,6 +252,23 @@ class _GatedPairs(torch.autograd.Function):
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
 
+def _gate_chunk(lib, threads: int, x, es, rs, context, first, second, bias, w, ab, hb, zb, xt, t, norm) -> None:
+    """Forward of one chunk of ``n`` pairs with the compiled gate kernels (shared by :class:`_GatedPairsKernel` and
+    :class:`_GatedPairMixturesKernel`): ``ab [n M, D] = x ⊙ c_r``, the gate's matrices by BLAS into ``zb [n M, D]``
+    (low rank: through ``hb [n M, k]``, kept for the backward), then ``x̃`` into ``xt [n, M, D]``, the logit parts
+    ``wᵀtanh(x̃)`` into ``t [n, M]`` and ``‖x̃‖`` into ``norm [n, M]``.  Every output buffer is written in place."""
+    n, m, d = es.shape[0], x.shape[1], x.shape[2]
+    lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d, ab.data_ptr(),
+                           threads)
+    if second is not None:
+        torch.mm(ab, first.t(), out=hb)
+        torch.mm(hb, second.t(), out=zb)
+    else:
+        torch.mm(ab, first.t(), out=zb)
+    lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m, d,
+                           xt.data_ptr(), t.data_ptr(), norm.data_ptr(), threads)
+
+
 class _GatedPairsKernel(torch.autograd.Function):
     """:class:`_GatedPairs` with the compiled CPU kernels of :mod:`mmkgc.nn.scorers` (float32): the pairs are processed
     in chunks of :attr:`CHUNK` (512: fastest of 128-2048 measured on DB15K); per chunk a kernel forms ``x ⊙ c_r``, BLAS applies the gate's matrices, and a second
@@ -284,16 +301,8 @@ class _GatedPairsKernel(torch.autograd.Function):
             n, rows = s1 - s0, (s1 - s0) * m
             es, rs = ent[s0:s1], rel[s0:s1]
             ab, zb = a[:rows], z[:rows]
-            lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
-                                   ab.data_ptr(), threads)
-            if second is not None:
-                hb = h[s0 * m:s1 * m]
-                torch.mm(ab, first.t(), out=hb)
-                torch.mm(hb, second.t(), out=zb)
-            else:
-                torch.mm(ab, first.t(), out=zb)
-            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
-                                   d, xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
+            _gate_chunk(lib, threads, x, es, rs, context, first, second, bias, w, ab,
+                        None if h is None else h[s0 * m:s1 * m], zb, xt[s0:s1], t[s0:s1], norm[s0:s1])
         ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, xt, h, t, norm)
         ctx.l2 = l2
         return xt, (t * norm if l2 else t.clone())
@@ -400,16 +409,8 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
             n, rows = s1 - s0, (s1 - s0) * m
             es, rs = ent[s0:s1], rel[s0:s1]
             ab, zb, xb = a[:rows], z[:rows], xt[:rows]
-            lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
-                                   ab.data_ptr(), threads)
-            if second is not None:
-                hb = h[s0 * m:s1 * m]
-                torch.mm(ab, first.t(), out=hb)
-                torch.mm(hb, second.t(), out=zb)
-            else:
-                torch.mm(ab, first.t(), out=zb)
-            lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
-                                   d, xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), threads)
+            _gate_chunk(lib, threads, x, es, rs, context, first, second, bias, w, ab,
+                        None if h is None else h[s0 * m:s1 * m], zb, xb, t[s0:s1], norm[s0:s1])
             base = t[s0:s1] * norm[s0:s1] if l2 else t[s0:s1]
             beta = masked_softmax(base / tau[s0:s1].unsqueeze(-1), present[s0:s1]).contiguous()
             lib.mmkgc_pair_mix(xb.data_ptr(), beta.data_ptr(), n, m, d, e[s0:s1].data_ptr())
