@@ -269,6 +269,24 @@ def _gate_chunk(lib, threads: int, x, es, rs, context, first, second, bias, w, a
                            xt.data_ptr(), t.data_ptr(), norm.data_ptr(), threads)
 
 
+def _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, hb, gzb, g_hb, gab, gxb, g_first, g_second,
+                         g_x, g_context) -> None:
+    """Backward of one chunk through the gate's matrices and ``x ⊙ c_r`` (shared by :class:`_GatedPairsKernel` and
+    :class:`_GatedPairMixturesKernel`), after ``mmkgc_gate_backward1`` has written ``gzb [n M, D]`` (the gradient of
+    the gate pre-activations) and ``gxb``: accumulates into ``g_first``, ``g_second`` (low rank, through the saved
+    ``hb [n M, k]`` and the buffer ``g_hb``), ``g_x`` and ``g_context`` in place; ``gab`` is a ``[n M, D]`` buffer."""
+    n, m, d = es.shape[0], x.shape[1], x.shape[2]
+    if second is not None:
+        g_second.addmm_(gzb.t(), hb)
+        ghb = torch.mm(gzb, second, out=g_hb)
+    else:
+        ghb = gzb
+    g_first.addmm_(ghb.t(), ab)
+    torch.mm(ghb, first, out=gab)
+    lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
+                             gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+
+
 class _GatedPairsKernel(torch.autograd.Function):
     """:class:`_GatedPairs` with the compiled CPU kernels of :mod:`mmkgc.nn.scorers` (float32): the pairs are processed
     in chunks of :attr:`CHUNK` (512: fastest of 128-2048 measured on DB15K); per chunk a kernel forms ``x ⊙ c_r``, BLAS applies the gate's matrices, and a second
@@ -341,15 +359,8 @@ class _GatedPairsKernel(torch.autograd.Function):
                 w.data_ptr(), xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(),
                 g_xt[s0:s1].data_ptr(), g_logits[s0:s1].data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(),
                 gxb.data_ptr(), ab.data_ptr(), g_w.data_ptr(), g_bias.data_ptr())
-            if second is not None:
-                g_second.addmm_(gzb.t(), hb)
-                ghb = torch.mm(gzb, second, out=g_h[:rows])
-            else:
-                ghb = gzb
-            g_first.addmm_(ghb.t(), ab)
-            torch.mm(ghb, first, out=gab)
-            lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
-                                     gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+            _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, None if second is None else hb, gzb,
+                                 None if g_h is None else g_h[:rows], gab, gxb, g_first, g_second, g_x, g_context)
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
 
@@ -467,15 +478,8 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
                 w.data_ptr(), xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), gxtb.data_ptr(),
                 g_base.data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(), gxb.data_ptr(), ab.data_ptr(),
                 g_w.data_ptr(), g_bias.data_ptr())
-            if second is not None:
-                g_second.addmm_(gzb.t(), hb)
-                ghb = torch.mm(gzb, second, out=g_h[:rows])
-            else:
-                ghb = gzb
-            g_first.addmm_(ghb.t(), ab)
-            torch.mm(ghb, first, out=gab)
-            lib.mmkgc_gate_backward2(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), gab.data_ptr(),
-                                     gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
+            _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, None if second is None else hb, gzb,
+                                 None if g_h is None else g_h[:rows], gab, gxb, g_first, g_second, g_x, g_context)
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None, g_tau, None
 
 
