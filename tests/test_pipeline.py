@@ -192,3 +192,26 @@ def test_config_fingerprint_is_stable_across_added_options():
     assert run_fingerprint(cfg, build_model(cfg, data)) == {"config": "3c1a40726da0b368", "features": {}}
     changed = parse_config({**_config(Path(".")), "dataset": {"pykeen": "Nations"}})
     assert run_fingerprint(changed, build_model(cfg, data))["config"] != "3c1a40726da0b368"
+
+
+def test_process_cpu_time_budget_counts_cpu_seconds_not_wall(tmp_path: Path, monkeypatch):
+    """``time_budget_clock: process_cpu``: the budget and ``training_seconds`` follow ``time.process_time``.
+
+    A fake CPU clock that advances 10 s per reading (the wall clock is untouched and fast): a 0.5-minute budget
+    (30 CPU s) must stop inside the first epoch whose readings pass 30 s, and the record carries the CPU seconds.
+    """
+    import mmkgc.training.trainer as trainer_module
+
+    ticks = iter(range(0, 10_000_000, 10))
+    monkeypatch.setattr(trainer_module.time, "process_time", lambda: float(next(ticks)))
+    raw = _config(tmp_path, training__epochs=50)
+    raw["training"].update(time_budget_minutes=0.5, time_budget_clock="process_cpu")
+    result = run_experiment(parse_config(raw), tmp_path / "run", device="cpu")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if "epoch" in r and "seconds" in r]
+    assert result["training"]["stopped_because"] == "time_budget"
+    # every batch's budget check reads the clock once; epoch = start reading + batch readings + end reading
+    assert all(r["cpu_seconds"] % 10 == 0 and r["cpu_seconds"] >= 10 for r in epochs)
+    assert epochs[-1]["training_seconds"] == sum(r["cpu_seconds"] for r in epochs)
+    assert 30 <= epochs[-1]["training_seconds"] <= 30 + 10 * 3  # stops at the first check past the budget
+    assert all(r["seconds"] < 30 for r in epochs)  # the wall seconds stay wall seconds

@@ -551,6 +551,10 @@ class TrainingConfig(_Strict):
     :param lr: learning rate of the embedding tables (and of everything else unless ``dense_lr`` is set).
     :param dense_lr: learning rate of the non-embedding parameters (modality adapters, fusion projections).
     :param time_budget_minutes: stop training after this much training time (validation excluded).
+    :param time_budget_clock: what the budget and ``training_seconds`` count: ``wall`` (elapsed time) or
+        ``process_cpu`` (CPU seconds of this process, all its threads: ``time.process_time``), which other jobs on
+        a shared machine barely change -- with one thread (``num_threads: 1``) it is about the wall time the run
+        takes on an idle machine.  Each epoch record keeps its wall ``seconds`` either way.
     :param precision: ``fp32``; ``bf16`` (autocast to bfloat16, on CUDA and on the CPU) or ``fp16`` (autocast to
         float16 with ``torch.amp.GradScaler`` loss scaling; CUDA only -- a ConfigError on the CPU).  Parameters,
         optimiser state, losses and evaluation stay float32.
@@ -583,6 +587,7 @@ class TrainingConfig(_Strict):
     regularizer_weight: float = Field(0.0, ge=0.0)
     gradient_clip: float | None = Field(None, gt=0.0)
     time_budget_minutes: float | None = Field(None, gt=0.0)
+    time_budget_clock: Literal["wall", "process_cpu"] = "wall"
     num_threads: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     sparse: bool = False

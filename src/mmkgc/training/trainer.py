@@ -509,7 +509,7 @@ class Trainer:
                     settled = count - len(pending_losses)
                     bar.update(task, advance=1, loss=f"loss {total / max(settled, 1):.4f}" if settled else "")
                 if deadline is not None:
-                    out_of_time = dist_helpers.broadcast_flag(time.perf_counter() >= deadline)
+                    out_of_time = dist_helpers.broadcast_flag(self._clock() >= deadline)
                     if out_of_time:
                         break
             total += settle()
@@ -663,6 +663,11 @@ class Trainer:
         return TrainingInterrupted(f"training interrupted during epoch {saved + 1}; that epoch is discarded "
                                    f"and {kept}", checkpoint=last if saved else None, epoch=saved)
 
+    def _clock(self) -> float:
+        """Seconds on the clock that ``training.time_budget_clock`` names (wall: ``perf_counter``; process_cpu:
+        ``process_time``, the CPU time of every thread of this process)."""
+        return time.process_time() if self.cfg.time_budget_clock == "process_cpu" else time.perf_counter()
+
     def _train_loop(self) -> TrainingSummary:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
@@ -675,16 +680,18 @@ class Trainer:
             if budget is not None and self.training_seconds >= budget:
                 stopped = "time_budget"
                 break
-            start = time.perf_counter()
-            deadline = start + (budget - self.training_seconds) if budget is not None else None
+            start, clock_start = time.perf_counter(), self._clock()
+            deadline = clock_start + (budget - self.training_seconds) if budget is not None else None
             lr = float(self.optimizer.param_groups[0]["lr"])  # the rate the epoch starts with
             loss, out_of_time = self._epoch(deadline)
             # rank 0's clock decides, so every rank sees the same training time and budget decisions
-            seconds = float(dist_helpers.broadcast_object(time.perf_counter() - start))
-            self.training_seconds += seconds
+            seconds, counted = dist_helpers.broadcast_object((time.perf_counter() - start, self._clock() - clock_start))
+            self.training_seconds += float(counted)
             self.epoch += 1
-            record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
+            record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, "seconds": float(seconds),
                                       "training_seconds": self.training_seconds, "partial": out_of_time}
+            if self.cfg.time_budget_clock == "process_cpu":
+                record["cpu_seconds"] = float(counted)
             if self.scheduler is not None:
                 record["lr"] = lr
             if self.epoch_terms:
