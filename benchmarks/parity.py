@@ -629,7 +629,7 @@ def results_entry(method: str, settings: dict[str, Any], visual: str, runs: list
         "seconds": [{"seed": r["seed"], "mmkgc": r.get("mmkgc", {}).get("seconds"),
                      "reference": r.get("reference", {}).get("seconds")} for r in runs],
         "device": device, "threads": threads, "machine": _machine(), "command": command,
-        "reference_commit": reference_commit,
+        "reference_commit": reference_commit, "mmkgc_commit": _git_commit(HERE.parent),
     }
     if mm and ref:
         entry["mmkgc_mean"] = sum(mm) / len(mm)
@@ -712,7 +712,16 @@ def run_parity(args: argparse.Namespace) -> int:
 
 
 def _git_commit(path: Path) -> str | None:
+    """The commit checked out at ``path`` when ``path`` is the top of its own git repository, else None.
+
+    A checkout copied without its ``.git`` folder into another repository (say, next to mmkgc's tree on a GPU
+    machine) would otherwise report the enclosing repository's commit as the official code's.
+    """
     try:
+        top = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != Path(path).resolve():
+            return None
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
