@@ -33,6 +33,7 @@ from mmkgc.models.kge import (
     ModalityInput,
     Occurrences,
     mix_rows,
+    stack_modalities,
 )
 from mmkgc.nn.adapters import build_adapter
 from mmkgc.nn.fusion import (
@@ -102,13 +103,7 @@ class FusedRepresentation(EntityRepresentation):
 
     def raw_components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapted vectors ``[B, M, D]`` (absent rows = the fill vector) and true presence ``[B, M]``."""
-        s = self.structure(ids)
-        vecs, pres = [s], [torch.ones(s.shape[0], dtype=torch.bool, device=s.device)]
-        for m in self.inputs:
-            v, p = m(ids)
-            vecs.append(v)
-            pres.append(p)
-        return torch.stack(vecs, -2), torch.stack(pres, -1)
+        return stack_modalities(self.structure, self.inputs, ids)
 
     def components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """What the fusion sees: ``x [B, M, D]`` and the fusion mask ``[B, M]``.  With a completer, absent rows

@@ -223,6 +223,23 @@ def feature_fingerprint(values: torch.Tensor, present: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def stack_modalities(structure: nn.Module | None, inputs: Sequence[ModalityInput], ids: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-modality vectors of ``ids [B]`` (``None``: all ``N`` entities) stacked: ``x [B, M, D]`` (the structural
+    row first when there is a ``structure`` table, then every modality input's adapted vector, absent rows = its fill)
+    and presence ``[B, M]`` (the structural slot is always present)."""
+    vecs, pres = [], []
+    if structure is not None:
+        s = structure(ids)
+        vecs.append(s)
+        pres.append(torch.ones(s.shape[0], dtype=torch.bool, device=s.device))
+    for m in inputs:
+        v, p = m(ids)
+        vecs.append(v)
+        pres.append(p)
+    return torch.stack(vecs, -2), torch.stack(pres, -1)
+
+
 class MultimodalRepresentation(EntityRepresentation):
     """Structural embedding and/or modality tables, adapted to width ``D`` and fused.
 
@@ -265,16 +282,7 @@ class MultimodalRepresentation(EntityRepresentation):
 
     def stacked(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality vectors ``[B, M, D]`` and presence ``[B, M]`` (structure is always present)."""
-        vecs, pres = [], []
-        if self.structure is not None:
-            s = self.structure(ids)
-            vecs.append(s)
-            pres.append(torch.ones(s.shape[0], dtype=torch.bool, device=s.device))
-        for m in self.inputs:
-            v, p = m(ids)
-            vecs.append(v)
-            pres.append(p)
-        return torch.stack(vecs, -2), torch.stack(pres, -1)
+        return stack_modalities(self.structure, self.inputs, ids)
 
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.fusion is not None and all(hasattr(m.adapter, "split_last_linear") for m in self.inputs):
