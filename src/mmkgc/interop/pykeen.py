@@ -15,7 +15,7 @@ complex    ``Re(sum h r conj(t))``, ``[re | im]``       ``ComplEx``: ``Re(sum h 
 Refused: RotatE (mmkgc follows OpenKE, ``gamma - sum_k |h_k r_k - t_k|``, a sum of complex moduli; PyKEEN's is
 ``-||h * r - t||_2``, the Euclidean norm over all coordinates), TuckER (batch norms and dropouts in another
 place), TransE with a ``margin`` (PyKEEN's has no constant), reciprocal models (head queries use relation
-``r + R``), and representations whose entity vectors are not one fixed vector per entity (fused / IMVIA models).
+``r + R``), and representations whose entity vectors are not one fixed vector per entity (relation-conditioned fusion: NativE, AFME; IMVIA).
 The exported entity vectors are the model's final entity representations (``model.entities(None)``, eval mode),
 so a concat / modality-only / R-GCN model exports too; TransE's ``normalize`` is applied before export.  PyKEEN's
 TransE and DistMult normalise entity vectors to unit length at construction and after each update by default
@@ -107,6 +107,7 @@ def check_exportable(model: Any) -> str:
                           "(r + R); PyKEEN's model would score them with r")
     plain = all(getattr(type(module), name) is getattr(KGEModel, name)
                 for name in ("score_fn", "score_t", "score_h", "scoring_context", "score_hrt"))
+    plain = plain and not getattr(module, "relation_aware", False)  # one KGEModel scores every representation
     if not isinstance(module, KGEModel) or not plain:
         raise ConfigError(f"export --format pykeen: model.representation {cfg.model.representation!r} does not give "
                           "one fixed vector per entity (its scoring conditions entities on the relation)")

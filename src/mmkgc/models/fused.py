@@ -3,9 +3,11 @@
 :class:`FusedRepresentation` turns an entity id into the per-modality vectors ``[M, D]`` (structure first, then
 every modality through its adapter, missing rows filled and masked) and fuses them with an attention operator of
 :mod:`mmkgc.nn.fusion`, optionally after AFME's relation gate.  When the fusion depends on the relation
-(NativE's temperature ``τ_r``, AFME's gate), the entity vector of a triple depends on the triple's relation:
-:class:`FusedKGEModel` passes it for heads, tails and negatives, and its all-entity paths (used by the evaluator)
-fuse all ``N`` entities once per distinct relation of a chunk of queries.
+(NativE's temperature ``τ_r``, AFME's gate), the entity vector of a triple depends on the triple's relation: the
+representation is ``relation_aware`` and answers the interface of :class:`~mmkgc.models.kge.EntityRepresentation`
+with (entity, relation) occurrences (:meth:`FusedRepresentation.occurrences`) and per-relation all-entity tables
+(:class:`RelationTables`), which :class:`~mmkgc.models.kge.KGEModel` uses for heads, tails, negatives and the
+evaluator.  :class:`FusedKGEModel` adds only the fused methods' diagnostics.
 
 Methods: methods.md §5 (AFME), §6 (AdaMF-MAT), §7 (NativE), §8.4.
 """
@@ -22,7 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation, KGEModel, ModalityFeatures, ModalityInput
+from mmkgc.models.kge import (
+    EmbeddingRepresentation,
+    EntityRepresentation,
+    EntityTables,
+    KGEModel,
+    ModalityFeatures,
+    ModalityInput,
+    Occurrences,
+    mix_rows,
+    stack_modalities,
+)
 from mmkgc.nn.adapters import build_adapter
 from mmkgc.nn.fusion import (
     RelationGate,
@@ -91,13 +103,7 @@ class FusedRepresentation(EntityRepresentation):
 
     def raw_components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapted vectors ``[B, M, D]`` (absent rows = the fill vector) and true presence ``[B, M]``."""
-        s = self.structure(ids)
-        vecs, pres = [s], [torch.ones(s.shape[0], dtype=torch.bool, device=s.device)]
-        for m in self.inputs:
-            v, p = m(ids)
-            vecs.append(v)
-            pres.append(p)
-        return torch.stack(vecs, -2), torch.stack(pres, -1)
+        return stack_modalities(self.structure, self.inputs, ids)
 
     def components(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """What the fusion sees: ``x [B, M, D]`` and the fusion mask ``[B, M]``.  With a completer, absent rows
@@ -220,24 +226,67 @@ class FusedRepresentation(EntityRepresentation):
         return xg, beta.index_select(0, j), j
 
 
-def _mix(x: torch.Tensor, beta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``Σ_m beta[p, m] x[index[p], m]`` -> ``[P, D]`` for ``x [V, M, D]``, ``beta [P, M]``, ``index [P]``."""
-    rows = x.index_select(0, index)
-    out = rows[:, 0] * beta[:, :1]
-    for m in range(1, x.shape[1]):
-        out = out.addcmul(rows[:, m], beta[:, m:m + 1])
-    return out
+    # ---------------------------------------------------------------- the representation interface
+    def occurrences(self, ids: torch.Tensor, relation: torch.Tensor | None = None, first: Sequence[int] = (),
+                    keep_components: bool = False) -> Occurrences:
+        """:meth:`EntityRepresentation.occurrences` of a fused representation.
+
+        Relation-agnostic (AdaMF): the fused vector of each distinct id.  Relation-conditioned (NativE, AFME): the
+        components ``[U, M, D]`` are computed once per distinct entity and every occurrence is a mixture
+        ``Σ_m β_m X_m`` (:meth:`mixtures`); the first ``sum(first)`` occurrences (a batch's positives) are materialised,
+        the rest stay gathered mixtures, so a scorer's ``match_gathered_mixture`` never stores their fused vectors.
+        With AFME's gate the first occurrences' pairs are gated apart from the rest (2B of B(K + 2) occurrences in
+        a batch), so the gradient of the negatives' gated components comes from the mixture kernel alone.
+
+        :raises ValueError: a relation-conditioned representation without ``relation``.
+        """
+        if not self.relation_aware:
+            return super().occurrences(ids, relation, first)
+        if relation is None:
+            raise ValueError("this fused representation depends on the relation: pass relation ids")
+        sizes, first = list(first), sum(first)
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        x, present = self.components(unique)
+        n = ids.shape[0]
+        if self.gate is None:
+            mix, beta, j = self.mixtures(x, present, inverse, relation)
+            beta = beta.to(mix.dtype)
+            mix_p, beta_p, j_p, mix_n, beta_n, j_n = mix, beta[:first], j[:first], mix, beta[first:], j[first:]
+        else:
+            empty = (x[:0], x.new_empty((0, x.shape[1])), inverse[:0])
+            mix_p, beta_p, j_p = (self.mixtures(x, present, inverse[:first], relation[:first]) if first > 0
+                                  else empty)
+            mix_n, beta_n, j_n = (self.mixtures(x, present, inverse[first:], relation[first:]) if first < n
+                                  else empty)
+            beta_p, beta_n = beta_p.to(mix_p.dtype), beta_n.to(mix_n.dtype)
+        rows_p = mix_p.index_select(0, j_p)  # [first, M, D]
+        vectors = mix_rows(rows_p, beta_p, torch.arange(first, device=rows_p.device))
+        components = None
+        if keep_components:
+            # without a gate rows_p are the first occurrences' components themselves (one gather, one gradient)
+            comp = rows_p if self.gate is None else x.index_select(0, inverse[:first])
+            components = (comp, present.index_select(0, inverse[:first]))
+        return Occurrences(tuple(vectors.split(sizes)), mix_n, j_n, beta_n, components)
+
+    def tables(self, detach: bool = True) -> EntityTables:
+        """:meth:`EntityRepresentation.tables`; relation-conditioned: the components of all entities computed once
+        and each relation's fused table on demand (:class:`RelationTables`)."""
+        if not self.relation_aware:
+            return super().tables(detach)
+        return RelationTables(self, detach=detach)
 
 
-class _RelationTables:
+class RelationTables(EntityTables):
     """All-entity fused tables per relation for one scoring session (LRU, bounded memory).
 
     The evaluator sorts queries by relation and scores both sides of a chunk together
-    (:meth:`FusedKGEModel.score_sides`), so a relation's table is needed again only by the next chunk: two tables
+    (:meth:`~mmkgc.models.kge.KGEModel.score_sides`), so a relation's table is needed again only by the next chunk: two tables
     are kept by default.
 
     :param max_bytes: memory for cached ``[N, D]`` tables (at least one is always kept; default: two tables).
     """
+
+    relation_aware = True
 
     def __init__(self, rep: FusedRepresentation, max_bytes: int | None = None, detach: bool = True):
         self.rep = rep
@@ -250,8 +299,15 @@ class _RelationTables:
         per = self.x.shape[0] * self.x.shape[-1] * 4
         self.capacity = (2 if max_bytes is None else max(1, max_bytes // max(per, 1))) if detach else 1
         self.cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.device = self.x.device
 
-    def table(self, r: int) -> torch.Tensor:
+    def table(self, r: int | None = None) -> torch.Tensor:
+        """The fused vectors of all entities in triples of relation ``r``: ``[N, D]``.
+
+        :raises ValueError: ``r`` is ``None`` (every table here is a relation's).
+        """
+        if r is None:
+            raise ValueError("a relation-conditioned representation has one table per relation: pass the relation")
         if r in self.cache:
             self.cache.move_to_end(r)
             return self.cache[r]
@@ -264,227 +320,25 @@ class _RelationTables:
         return out
 
 
-class FusedKGEModel(KGEModel):
-    """A :class:`KGEModel` over a :class:`FusedRepresentation`; when the fusion is relation-conditioned, every
-    entity vector is fused for the relation of its triple (heads, tails, negatives, all-entity candidates).
+    def regularization_rows(self) -> torch.Tensor:
+        """The structural table of all entities ``[N, D]`` (what a 1-N step's regulariser acts on)."""
+        return self.rep.structure(None)
 
-    Relation-agnostic fusion (AdaMF) keeps the fast shared paths of :class:`KGEModel`.
-    Reciprocal relations are refused with a relation-aware fusion (the fusion has ``R`` relation parameters).
+
+class FusedKGEModel(KGEModel):
+    """A :class:`~mmkgc.models.kge.KGEModel` over a :class:`FusedRepresentation`, with the modality-weight
+    diagnostics of the fused methods.
+
+    All scoring is :class:`~mmkgc.models.kge.KGEModel`'s: the representation hands it (entity, relation) occurrences
+    and per-relation tables when the fusion is relation-conditioned.  Reciprocal relations are refused with a
+    relation-conditioned fusion (the fusion has ``R`` relation parameters).
     """
 
     entities: FusedRepresentation
 
-    def __init__(self, num_entities: int, num_relations: int, scorer: nn.Module,
-                 representation: FusedRepresentation, reciprocal: bool = False):
-        if reciprocal and representation.relation_aware:
-            raise ValueError("relation-conditioned fusion does not support reciprocal relations")
-        super().__init__(num_entities, num_relations, scorer, representation, reciprocal=reciprocal)
-        #: while ``True`` (set by a subclass around its main step), :meth:`score_positives_and_negatives` leaves
-        #: ``(positives, x [2B, M, D], present [2B, M])``, the components of the positives' heads then tails, in
-        #: :attr:`batch_components` for the subclass to reuse and clear
-        self.keep_batch_components = False
-        self.batch_components: tuple[torch.Tensor, ...] | None = None
-
-    @property
-    def relation_aware(self) -> bool:
-        return self.entities.relation_aware
-
-    # -------------------------------------------------------------------------------- pointwise
-    def embed(self, triples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.relation_aware:
-            return super().embed(triples)
-        shape = triples.shape[:-1]
-        flat = triples.reshape(-1, 3)
-        n = flat.shape[0]
-        unique, inverse = torch.unique(torch.cat([flat[:, 0], flat[:, 2]]), return_inverse=True)
-        x, present = self.entities.components(unique)
-        rel = flat[:, 1].repeat(2)
-        reps, _ = self.entities.fuse(x[inverse], present[inverse], rel)
-        return reps[:n].reshape(*shape, -1), self.relations(triples[..., 1]), reps[n:].reshape(*shape, -1)
-
     def joint_components(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality vectors and fusion mask of ``ids [B]`` (for the adversarial methods)."""
         return self.entities.components(ids)
-
-    def score_positives_and_negatives(
-        self, positives: torch.Tensor, negative_entities: torch.Tensor, tail_corrupted: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`KGEModel.score_positives_and_negatives`, every entity fused for the relation of its triple.
-
-        The components ``[U, M, D]`` are computed once per distinct entity of the batch and every occurrence is a
-        mixture ``Σ_m β_m X_m`` (:meth:`FusedRepresentation.mixtures`); with a factorising scorer the negatives are
-        scored by :meth:`~mmkgc.nn.scorers.Scorer.match_gathered_mixture`, which never stores their ``[B K, D]``
-        fused vectors (RotatE, TransE-L1: a compiled CPU kernel).
-        """
-        if not self.relation_aware:
-            return super().score_positives_and_negatives(positives, negative_entities, tail_corrupted)
-        b, k = negative_entities.shape
-        ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        x, present = self.entities.components(unique)
-        rel = positives[:, 1]
-        rel_all = torch.cat([rel, rel, rel.repeat_interleave(k)])
-        if self.entities.gate is None:
-            mix, beta, j = self.entities.mixtures(x, present, inverse, rel_all)
-            beta = beta.to(mix.dtype)
-            mix_p, beta_p, j_p, mix_n, beta_n, j_n = mix, beta[:2 * b], j[:2 * b], mix, beta[2 * b:], j[2 * b:]
-        else:
-            # AFME: the positives' pairs are gated apart from the negatives' (2B of B(K + 2) occurrences), so the
-            # gradient of the negatives' [V, M, D] gated components comes from the mixture kernel alone instead of
-            # being summed with a mostly-zero [V, M, D] gradient of the positives' rows
-            mix_p, beta_p, j_p = self.entities.mixtures(x, present, inverse[:2 * b], rel_all[:2 * b])
-            mix_n, beta_n, j_n = self.entities.mixtures(x, present, inverse[2 * b:], rel_all[2 * b:])
-            beta_p, beta_n = beta_p.to(mix_p.dtype), beta_n.to(mix_n.dtype)
-        rows_p = mix_p.index_select(0, j_p)  # [2B, M, D]: the positives' heads, then tails
-        ht = _mix(rows_p, beta_p, torch.arange(2 * b, device=rows_p.device))
-        h, t = ht[:b], ht[b:]
-        if self.keep_batch_components:
-            # without a gate rows_p are the positives' components themselves (one gather, one gradient buffer)
-            comp = rows_p if self.entities.gate is None else x.index_select(0, inverse[:2 * b])
-            self.batch_components = (positives, comp, present.index_select(0, inverse[:2 * b]))
-        r = self.relations(rel)
-        scorer = self.scorer
-        if scorer.factorises:
-            # every negative of positive b shares its relation: one (h, r) and one (r, t) query per positive,
-            # matched against the negatives' own (relation-fused) mixtures
-            queries = torch.cat([scorer.tail_query(h, r), scorer.head_query(r, t)])
-            which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
-            neg = scorer.match_gathered_mixture(queries, which.reshape(-1), mix_n, beta_n, j_n)
-            return scorer.match(queries[:b], t), neg.reshape(b, k)
-        e = _mix(mix_n, beta_n, j_n).reshape(b, k, -1)
-        mask = tail_corrupted.unsqueeze(-1)
-        neg_h = torch.where(mask, h.unsqueeze(1), e)
-        neg_t = torch.where(mask, e, t.unsqueeze(1))
-        return scorer.score_hrt(h, r, t), scorer.score_hrt(neg_h, r.unsqueeze(1), neg_t)
-
-    # -------------------------------------------------------------------------------- all entities
-    def _grouped(self, queries: torch.Tensor, tables: _RelationTables,
-                 fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``fn(rows of queries, relation ids, fused table [N, D])`` per distinct relation, reassembled."""
-        rels = queries[:, 1]
-        out = None
-        for r in torch.unique(rels).tolist():
-            idx = (rels == r).nonzero(as_tuple=True)[0]
-            part = fn(queries[idx], rels[idx], tables.table(int(r)))
-            if out is None:
-                out = part.new_empty((queries.shape[0], *part.shape[1:]))
-            out = out.index_put((idx,), part)
-        return out
-
-    def score_t(self, queries: torch.Tensor, all_entities=None) -> torch.Tensor:
-        if not self.relation_aware:
-            return super().score_t(queries, all_entities)
-        tables = all_entities if isinstance(all_entities, _RelationTables) else _RelationTables(self.entities,
-                                                                                                 detach=False)
-        return self._grouped(queries, tables, lambda q, r, ents: self.scorer.score_t(
-            ents.index_select(0, q[:, 0]), self.relations(r), ents))
-
-    def score_h(self, queries: torch.Tensor, all_entities=None) -> torch.Tensor:
-        if not self.relation_aware:
-            return super().score_h(queries, all_entities)
-        tables = all_entities if isinstance(all_entities, _RelationTables) else _RelationTables(self.entities,
-                                                                                                 detach=False)
-        return self._grouped(queries, tables, lambda q, r, ents: self.scorer.score_h(
-            ents, self.relations(r), ents.index_select(0, q[:, 2])))
-
-    def score_candidates(self, queries: torch.Tensor, side: str, candidates: torch.Tensor,
-                         all_entities=None) -> torch.Tensor:
-        if not self.relation_aware:
-            return super().score_candidates(queries, side, candidates, all_entities)
-        if side not in ("head", "tail"):
-            raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
-        tables = all_entities if isinstance(all_entities, _RelationTables) else _RelationTables(self.entities)
-        scorer = self.scorer
-
-        def part(q, r, ents, cand):
-            if side == "tail":
-                query = scorer.tail_query(ents.index_select(0, q[:, 0]), self.relations(r))
-            else:
-                query = scorer.head_query(self.relations(r), ents.index_select(0, q[:, 2]))
-            return scorer.match(query.unsqueeze(1), ents[cand])
-
-        rels = queries[:, 1]
-        out = None
-        for r in torch.unique(rels).tolist():
-            idx = (rels == r).nonzero(as_tuple=True)[0]
-            p = part(queries[idx], rels[idx], tables.table(int(r)), candidates[idx])
-            out = p.new_empty((queries.shape[0], candidates.shape[1])) if out is None else out
-            out = out.index_put((idx,), p)
-        return out
-
-    @torch.no_grad()
-    def scoring_context(self):
-        """With a relation-aware fusion: the per-modality vectors of all entities, computed once, and the fused table
-        of each relation computed on demand (:class:`_RelationTables`, the last two kept)."""
-        if not self.relation_aware:
-            return super().scoring_context()
-        tables = _RelationTables(self.entities)
-        return tables, tables.x.device
-
-    def score_sides(self, queries: torch.Tensor, sides: Sequence[str], tables: "_RelationTables"
-                    ) -> dict[str, torch.Tensor]:
-        """All-entity scores of ``queries [B, 3]`` for each of ``sides`` (``"head"``, ``"tail"``) -> ``{side: [B, N]}``,
-        building the fused table of each distinct relation of the queries once for all sides (evaluation loops over
-        the relations of the chunk; equal to :meth:`score_t` / :meth:`score_h`).
-
-        :raises ValueError: an unknown side.
-        """
-        for side in sides:
-            if side not in ("head", "tail"):
-                raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
-        rels = queries[:, 1]
-        out: dict[str, torch.Tensor] = {}
-        for r in torch.unique(rels).tolist():
-            idx = (rels == r).nonzero(as_tuple=True)[0]
-            q = queries.index_select(0, idx)
-            ents = tables.table(int(r))
-            rv = self.relations(q[:, 1])
-            for side in sides:
-                if side == "tail":
-                    part = self.scorer.score_t(ents.index_select(0, q[:, 0]), rv, ents)
-                else:
-                    part = self.scorer.score_h(ents, rv, ents.index_select(0, q[:, 2]))
-                if side not in out:
-                    out[side] = part.new_empty((queries.shape[0], part.shape[1]))
-                out[side].index_copy_(0, idx, part)
-        return out
-
-    @torch.no_grad()
-    def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
-        """As :meth:`KGEModel.score_fn`; with a relation-aware fusion the evaluator is asked to group queries by
-        relation (``fn.query_order``) and to score both sides of a chunk together (``fn.score_sides``), so each
-        relation's fused table is built once per evaluation."""
-        if not self.relation_aware:
-            return super().score_fn()
-        tables, device = self.scoring_context()
-
-        def score_sides(queries: torch.Tensor, sides: Sequence[str]) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                return self.score_sides(queries.to(device), tuple(sides), tables)
-
-        def single(queries: torch.Tensor, side: str) -> torch.Tensor:
-            return score_sides(queries, (side,))[side]
-
-        def candidates_fn(queries: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return self.score_candidates(queries.to(device), side, candidates.to(device), tables)
-
-        single.device = device  # type: ignore[attr-defined]
-        single.score_candidates = candidates_fn  # type: ignore[attr-defined]
-        single.score_sides = score_sides  # type: ignore[attr-defined]
-        single.query_order = "relation"  # type: ignore[attr-defined]
-        return single
-
-    def one_to_n_loss(self, queries, predict_tail, labels, loss_fn):
-        if not self.relation_aware:
-            return super().one_to_n_loss(queries, predict_tail, labels, loss_fn)
-        tables = _RelationTables(self.entities, detach=False)
-        logits = torch.empty(queries.shape[0], self.num_entities, device=queries.device)
-        for mask, fn in ((predict_tail, self.score_t), (~predict_tail, self.score_h)):
-            if bool(mask.any()):
-                idx = mask.nonzero(as_tuple=True)[0]
-                logits = logits.index_put((idx,), fn(queries[idx], tables).to(logits.dtype))
-        return loss_fn(logits.float(), labels), {}, self.entities.structure(None)
 
     # -------------------------------------------------------------------------------- diagnostics
     @torch.no_grad()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,15 +33,118 @@ class ModalityFeatures:
     missing: str = "learned"
 
 
+def mix_rows(table: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gathered mixtures ``out[p] = Σ_m weights[p, m] table[index[p], m]``.
+
+    Shapes: ``table [V, M, D]``, ``weights [P, M]``, ``index [P]`` (int64 rows of ``table``) -> ``[P, D]``.
+    """
+    rows = table.index_select(0, index)
+    out = rows[:, 0] * weights[:, :1]
+    for m in range(1, table.shape[1]):
+        out = out.addcmul(rows[:, m], weights[:, m:m + 1])
+    return out
+
+
+@dataclass
+class Occurrences:
+    """Entity vectors of ``P`` occurrences (an entity in a triple of a relation), as a representation hands them to
+    the scoring code (:meth:`EntityRepresentation.occurrences`).
+
+    The first ``H = sum(sizes)`` occurrences are materialised in :attr:`first`, one tensor ``[size, D]`` per group
+    size asked for (a batch's heads, then its tails); the remaining ``P - H`` are kept in *gathered* form, so that distinct rows are computed once and a scorer can match queries
+    against them without building ``[P - H, D]``:
+
+    * ``weights is None``: occurrence ``p`` is ``table[index[p]]`` with ``table [V, D]`` (one row per distinct id);
+    * else a mixture ``Σ_m weights[p, m] table[index[p], m]`` with ``table [V, M, D]``, ``weights [P - H, M]``
+      (relation-conditioned fusion: per-modality vectors of distinct entities or (entity, relation) pairs, and
+      per-occurrence fusion weights).
+
+    :attr:`components` is ``(x [H, M, D], present [H, M])``, what the fusion saw for the first ``H`` occurrences,
+    when the caller asked for them and the representation has modality components (else ``None``).
+    """
+
+    first: tuple[torch.Tensor, ...]
+    table: torch.Tensor
+    index: torch.Tensor
+    weights: torch.Tensor | None = None
+    components: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rest(self) -> torch.Tensor:
+        """The gathered occurrences materialised: ``[P - H, D]``."""
+        if self.weights is None:
+            return self.table.index_select(0, self.index)
+        return mix_rows(self.table, self.weights, self.index)
+
+
+class EntityTables:
+    """All-entity vectors for one scoring session (evaluation, 1-N training): :meth:`table` ``(relation) -> [N, D]``.
+
+    A relation-agnostic representation has one table, returned for every relation; a relation-conditioned one
+    (:attr:`relation_aware`) builds the table of a relation on demand (``mmkgc.models.fused``).
+
+    :param table: the ``[N, D]`` vectors of all entities.
+    """
+
+    relation_aware = False
+
+    def __init__(self, table: torch.Tensor):
+        self._table = table
+        self.device = table.device
+
+    def table(self, relation: int | None = None) -> torch.Tensor:
+        """The vectors of all ``N`` entities (in triples of ``relation``): ``[N, D]``."""
+        return self._table
+
+    def regularization_rows(self) -> torch.Tensor:
+        """The all-entity tensor a 1-N step's regulariser acts on (here the table itself): ``[N, D']``."""
+        return self._table
+
+
 class EntityRepresentation(nn.Module):
-    """Maps entity ids to vectors: ``forward(ids [B] | None) -> [B, D]`` (``None`` = all ``N`` entities)."""
+    """Maps entity ids to vectors: the one interface every model's scoring code uses.
+
+    * (a) all entities and (b) distinct ids: ``forward(ids [B] | None) -> [B, D]`` (``None`` = all ``N``);
+    * (c) occurrences, i.e. entities in triples of given relations: :meth:`occurrences` (distinct entities, or
+      distinct (entity, relation) pairs when the representation is :attr:`relation_aware`, computed once);
+    * all entities for a scoring session, per relation: :meth:`tables`.
+
+    A relation-agnostic subclass implements ``forward`` only; a relation-conditioned one (NativE's temperature,
+    AFME's gate: :class:`~mmkgc.models.fused.FusedRepresentation`) sets ``relation_aware`` and overrides
+    :meth:`occurrences` and :meth:`tables`.  Modelled on PyKEEN's ``Representation`` (the model asks it for vectors
+    and hands them to the interaction); the gathered form of :class:`Occurrences` is ours.
+    """
 
     num_entities: int
     dim: int
+    #: whether an entity's vector depends on the relation of its triple
+    relation_aware: bool = False
 
     def regularization_tensors(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """The trainable tensors behind ``ids`` that N3/L2 regularisers act on."""
         return [self(ids)]
+
+    def occurrences(self, ids: torch.Tensor, relation: torch.Tensor | None = None, first: Sequence[int] = (),
+                    keep_components: bool = False) -> Occurrences:
+        """The vectors of ``P`` occurrences ``ids [P]`` (in triples of ``relation [P]``; ignored here), computed
+        once per distinct id; the first ``sum(first)`` are materialised in groups of the sizes ``first``, the rest
+        gathered (see :class:`Occurrences`).
+
+        :param keep_components: also return the first occurrences' modality components (only representations with
+            components have them).
+        """
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        reps = self(unique)
+        groups, start = [], 0
+        for size in first:
+            groups.append(reps.index_select(0, inverse[start:start + size]))
+            start += size
+        return Occurrences(tuple(groups), reps, inverse[start:])
+
+    def tables(self, detach: bool = True) -> EntityTables:
+        """All-entity vectors for a scoring session (one ``forward(None)``); ``detach``: detached float32 (evaluation),
+        else with the autograd graph (1-N training)."""
+        ents = self(None)
+        return EntityTables(ents.detach().float() if detach else ents)
 
 
 class EmbeddingRepresentation(EntityRepresentation):
@@ -121,6 +223,23 @@ def feature_fingerprint(values: torch.Tensor, present: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def stack_modalities(structure: nn.Module | None, inputs: Sequence[ModalityInput], ids: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-modality vectors of ``ids [B]`` (``None``: all ``N`` entities) stacked: ``x [B, M, D]`` (the structural
+    row first when there is a ``structure`` table, then every modality input's adapted vector, absent rows = its fill)
+    and presence ``[B, M]`` (the structural slot is always present)."""
+    vecs, pres = [], []
+    if structure is not None:
+        s = structure(ids)
+        vecs.append(s)
+        pres.append(torch.ones(s.shape[0], dtype=torch.bool, device=s.device))
+    for m in inputs:
+        v, p = m(ids)
+        vecs.append(v)
+        pres.append(p)
+    return torch.stack(vecs, -2), torch.stack(pres, -1)
+
+
 class MultimodalRepresentation(EntityRepresentation):
     """Structural embedding and/or modality tables, adapted to width ``D`` and fused.
 
@@ -163,16 +282,7 @@ class MultimodalRepresentation(EntityRepresentation):
 
     def stacked(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality vectors ``[B, M, D]`` and presence ``[B, M]`` (structure is always present)."""
-        vecs, pres = [], []
-        if self.structure is not None:
-            s = self.structure(ids)
-            vecs.append(s)
-            pres.append(torch.ones(s.shape[0], dtype=torch.bool, device=s.device))
-        for m in self.inputs:
-            v, p = m(ids)
-            vecs.append(v)
-            pres.append(p)
-        return torch.stack(vecs, -2), torch.stack(pres, -1)
+        return stack_modalities(self.structure, self.inputs, ids)
 
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.fusion is not None and all(hasattr(m.adapter, "split_last_linear") for m in self.inputs):
@@ -217,15 +327,21 @@ class MultimodalRepresentation(EntityRepresentation):
 
 
 class KGEModel(nn.Module):
-    """Entity representation + relation embeddings + scorer.
+    """Entity representation + relation embeddings + scorer: the one model class of structure, concat, R-GCN and
+    every fused method (AdaMF, NativE, AFME).
 
     :param num_entities: ``N``.
     :param num_relations: ``R`` of the dataset (the relation table has ``2R`` rows with ``reciprocal``).
     :param scorer: a :class:`~mmkgc.nn.scorers.Scorer`; its ``entity_dim`` must equal the representation's width.
     :param representation: an :class:`EntityRepresentation` producing ``[B, scorer.entity_dim]``.
     :param reciprocal: answer head queries ``(?, r, t)`` as tail queries ``(t, r + R, ?)``.
+    :raises ValueError: widths that differ, or ``reciprocal`` with a relation-conditioned representation (its
+        relation parameters have ``R`` rows).
 
-    All scores are higher-is-better.
+    The scoring code asks the representation for vectors once (:meth:`EntityRepresentation.occurrences` for a
+    batch, :meth:`EntityRepresentation.tables` for all entities) and hands them to the scorer; when the
+    representation is relation-conditioned, every entity is taken in the relation of its triple and all-entity
+    scoring groups the queries by relation.  All scores are higher-is-better.
     """
 
     def __init__(self, num_entities: int, num_relations: int, scorer: nn.Module, representation: EntityRepresentation,
@@ -235,6 +351,8 @@ class KGEModel(nn.Module):
             raise ValueError(
                 f"representation width {representation.dim} != scorer entity width {scorer.entity_dim}"
             )
+        if reciprocal and representation.relation_aware:
+            raise ValueError("relation-conditioned fusion does not support reciprocal relations")
         self.num_entities = num_entities
         self.num_relations = num_relations
         self.reciprocal = reciprocal
@@ -243,24 +361,30 @@ class KGEModel(nn.Module):
         self.relations = nn.Embedding(num_relations * (2 if reciprocal else 1), scorer.relation_dim)
         with torch.no_grad():
             scorer.init_relation_(self.relations.weight)
+        #: while ``True`` (set by a subclass around its main step), :meth:`score_positives_and_negatives` leaves
+        #: ``(positives, x [2B, M, D], present [2B, M])``, the modality components of the positives' heads then
+        #: tails (when the representation has them), in :attr:`batch_components` for the subclass to reuse and clear
+        self.keep_batch_components = False
+        self.batch_components: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def relation_aware(self) -> bool:
+        """Whether entity vectors depend on the relation of their triple (the representation's flag)."""
+        return self.entities.relation_aware
 
     # -------------------------------------------------------------------------------- pointwise
     def embed(self, triples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vectors of ``triples [..., 3]``: ``h [..., De]``, ``r [..., Dr]``, ``t [..., De]``.
 
-        Entity representations are computed once per distinct id in the batch (fusion is not repeated for the
-        same entity among negatives).
+        Entity representations are computed once per distinct id (distinct (entity, relation) pair when
+        relation-conditioned) in the batch.
         """
         shape = triples.shape[:-1]
         flat = triples.reshape(-1, 3)
-        ents = torch.cat([flat[:, 0], flat[:, 2]])
-        unique, inverse = torch.unique(ents, return_inverse=True)
-        reps = self.entities(unique).index_select(0, inverse)
         n = flat.shape[0]
-        h = reps[:n].reshape(*shape, -1)
-        t = reps[n:].reshape(*shape, -1)
-        r = self.relations(triples[..., 1])
-        return h, r, t
+        relation = flat[:, 1].repeat(2) if self.relation_aware else None
+        (reps,) = self.entities.occurrences(torch.cat([flat[:, 0], flat[:, 2]]), relation, first=(2 * n,)).first
+        return reps[:n].reshape(*shape, -1), self.relations(triples[..., 1]), reps[n:].reshape(*shape, -1)
 
     def score_hrt(self, triples: torch.Tensor) -> torch.Tensor:
         """Scores of ``triples [..., 3]`` -> ``[...]``."""
@@ -273,27 +397,34 @@ class KGEModel(nn.Module):
         """Scores of positives ``[B, 3]`` and of their corruptions (negative ``k`` of positive ``b`` replaces the
         tail with ``negative_entities[b, k]`` where ``tail_corrupted[b, k]``, else the head).
 
-        With a factorising scorer the ``(h, r)`` and ``(r, t)`` query vectors are computed once per positive
-        and matched against the ``K`` replacement entities, instead of scoring ``B (K + 1)`` independent
-        triples; entity representations are computed once per distinct entity of the batch.
+        The representation computes each distinct entity (or (entity, relation) pair) of the batch once and hands
+        back the negatives in gathered form (:class:`Occurrences`).  With a factorising scorer the ``(h, r)`` and
+        ``(r, t)`` query vectors are computed once per positive and matched against the ``K`` replacement entities
+        (:meth:`~mmkgc.nn.scorers.Scorer.match_gathered`, or ``match_gathered_mixture`` for fused mixtures: compiled
+        CPU kernels for RotatE and TransE-L1), instead of scoring ``B (K + 1)`` independent triples.
 
         :returns: ``pos [B]``, ``neg [B, K]``.
         """
         b, k = negative_entities.shape
         ids = torch.cat([positives[:, 0], positives[:, 2], negative_entities.reshape(-1)])
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        reps = self.entities(unique)
-        h = reps.index_select(0, inverse[:b])
-        t = reps.index_select(0, inverse[b:2 * b])
-        r = self.relations(positives[:, 1])
+        rel = positives[:, 1]
+        relation = torch.cat([rel, rel, rel.repeat_interleave(k)]) if self.relation_aware else None
+        occ = self.entities.occurrences(ids, relation, first=(b, b), keep_components=self.keep_batch_components)
+        if self.keep_batch_components and occ.components is not None:
+            self.batch_components = (positives, *occ.components)
+        h, t = occ.first
+        r = self.relations(rel)
         scorer = self.scorer
         if scorer.factorises:
             q_tail = scorer.tail_query(h, r)
             queries = torch.cat([q_tail, scorer.head_query(r, t)])  # [2B, De]: tail queries, then head queries
-            which = torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()
-            neg = scorer.match_gathered(queries, which.reshape(-1), reps, inverse[2 * b:])
+            which = (torch.arange(b, device=positives.device).unsqueeze(1) + b * (~tail_corrupted).long()).reshape(-1)
+            if occ.weights is None:
+                neg = scorer.match_gathered(queries, which, occ.table, occ.index)
+            else:
+                neg = scorer.match_gathered_mixture(queries, which, occ.table, occ.weights, occ.index)
             return scorer.match(q_tail, t), neg.reshape(b, k)
-        e = reps.index_select(0, inverse[2 * b:]).reshape(b, k, -1)
+        e = occ.rest().reshape(b, k, -1)
         mask = tail_corrupted.unsqueeze(-1)
         neg_h = torch.where(mask, h.unsqueeze(1), e)
         neg_t = torch.where(mask, e, t.unsqueeze(1))
@@ -346,23 +477,25 @@ class KGEModel(nn.Module):
         self, queries: torch.Tensor, predict_tail: torch.Tensor, labels: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """The main loss of one 1-N batch: every query ``[B, 3]`` against all ``N`` entities.
+        """The main loss of one 1-N batch: every query ``[B, 3]`` against all ``N`` entities (one scoring session of
+        :meth:`EntityRepresentation.tables`, with gradients; per relation when relation-conditioned).
 
         :param queries: ``(e, r, ?)`` rows for tail queries and ``(?, r, e)`` rows for head queries.
         :param predict_tail: bool ``[B]``.
         :param labels: float ``[B, N]`` targets.
-        :returns: ``(loss, named terms, all entity vectors [N, De])`` (the latter for the regulariser).
+        :returns: ``(loss, named terms, all-entity tensor for the regulariser)``: the entity vectors ``[N, De]``, or
+            the structural table of a relation-conditioned representation.
         """
-        ents = self.entities(None)
+        tables = self.entities.tables(detach=False)
         if bool(predict_tail.all()):
-            logits = self.score_t(queries, ents)
+            logits = self.score_t(queries, tables)
         else:
             logits = torch.empty(queries.shape[0], self.num_entities, device=queries.device)
-            logits = logits.index_put((predict_tail.nonzero(as_tuple=True)[0],),
-                                      self.score_t(queries[predict_tail], ents).to(logits.dtype))
-            logits = logits.index_put((~predict_tail).nonzero(as_tuple=True),
-                                      self.score_h(queries[~predict_tail], ents).to(logits.dtype))
-        return loss_fn(logits.float(), labels), {}, ents
+            for mask, score in ((predict_tail, self.score_t), (~predict_tail, self.score_h)):
+                if bool(mask.any()):
+                    idx = mask.nonzero(as_tuple=True)[0]
+                    logits = logits.index_put((idx,), score(queries[idx], tables).to(logits.dtype))
+        return loss_fn(logits.float(), labels), {}, tables.regularization_rows()
 
     def auxiliary_steps(self, training) -> list:
         """Extra optimisation steps (:class:`~mmkgc.training.steps.AuxiliaryStep`) run after the main step on every
@@ -378,28 +511,56 @@ class KGEModel(nn.Module):
         return {}
 
     # -------------------------------------------------------------------------------- all entities
-    def score_t(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of every candidate tail for ``queries [B, 3]`` (tail column ignored) -> ``[B, N]``."""
-        ents = self.entities(None) if all_entities is None else all_entities
-        h = ents.index_select(0, queries[:, 0])
-        r = self.relations(queries[:, 1])
-        return self.scorer.score_t(h, r, ents)
+    def _tables(self, all_entities: EntityTables | torch.Tensor | None) -> EntityTables:
+        """A scoring session: the given one, a precomputed ``[N, De]`` table, or a new one with gradients."""
+        if isinstance(all_entities, EntityTables):
+            return all_entities
+        if all_entities is not None:
+            return EntityTables(all_entities)
+        return self.entities.tables(detach=False)
 
-    def score_h(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
+    @staticmethod
+    def _by_relation(queries: torch.Tensor, tables: EntityTables,
+                     fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(queries, rows, table [N, D])`` once for a relation-agnostic session (``rows = None``: all queries);
+        else once per distinct relation of ``queries [B, 3]`` with its rows and table, reassembled in query order."""
+        if not tables.relation_aware:
+            return fn(queries, None, tables.table(None))
+        rels = queries[:, 1]
+        out = None
+        for r in torch.unique(rels).tolist():
+            idx = (rels == r).nonzero(as_tuple=True)[0]
+            part = fn(queries[idx], idx, tables.table(int(r)))
+            if out is None:
+                out = part.new_empty((queries.shape[0], *part.shape[1:]))
+            out = out.index_put((idx,), part)
+        return out
+
+    def score_t(self, queries: torch.Tensor, all_entities: EntityTables | torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Scores of every candidate tail for ``queries [B, 3]`` (tail column ignored) -> ``[B, N]``.
+
+        :param all_entities: a scoring session (:meth:`scoring_context`), a precomputed all-entity table
+            ``[N, De]`` (relation-agnostic representations), or ``None`` (computed here, with gradients).
+        """
+        return self._by_relation(queries, self._tables(all_entities), lambda q, _, ents: self.scorer.score_t(
+            ents.index_select(0, q[:, 0]), self.relations(q[:, 1]), ents))
+
+    def score_h(self, queries: torch.Tensor, all_entities: EntityTables | torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Scores of every candidate head for ``queries [B, 3]`` (head column ignored) -> ``[B, N]``.
 
         With reciprocal relations this is ``score_t`` of ``(t, r + R, ?)``.
         """
-        ents = self.entities(None) if all_entities is None else all_entities
+        tables = self._tables(all_entities)
         if self.reciprocal:
             inverse = torch.stack([queries[:, 2], queries[:, 1] + self.num_relations, queries[:, 0]], 1)
-            return self.score_t(inverse, ents)
-        t = ents.index_select(0, queries[:, 2])
-        r = self.relations(queries[:, 1])
-        return self.scorer.score_h(ents, r, t)
+            return self.score_t(inverse, tables)
+        return self._by_relation(queries, tables, lambda q, _, ents: self.scorer.score_h(
+            ents, self.relations(q[:, 1]), ents.index_select(0, q[:, 2])))
 
     def score_candidates(self, queries: torch.Tensor, side: str, candidates: torch.Tensor,
-                         all_entities: torch.Tensor | None = None) -> torch.Tensor:
+                         all_entities: EntityTables | torch.Tensor | None = None) -> torch.Tensor:
         """Scores of a few candidate entities per query (sampled-candidate evaluation).
 
         ``out[b, c]`` is the score of ``(h_b, r_b, candidates[b, c])`` for ``side="tail"`` and of
@@ -408,56 +569,98 @@ class KGEModel(nn.Module):
 
         :param queries: int64 ``[B, 3]``.
         :param candidates: int64 ``[B, C]``.
-        :param all_entities: precomputed ``entities(None)`` ``[N, De]``, or ``None`` to embed only the ids used.
+        :param all_entities: a scoring session or a precomputed ``[N, De]`` table, or ``None`` to embed only the
+            ids used (relation-agnostic representations; a relation-conditioned one builds its tables).
         :returns: float ``[B, C]``.
         :raises ValueError: for an unknown side.
         """
-        def embed(ids: torch.Tensor) -> torch.Tensor:
-            if all_entities is not None:
-                return all_entities[ids]
-            return self.entities(ids.reshape(-1)).reshape(*ids.shape, -1)
-
-        scorer = self.scorer
-        if side == "tail":
-            q = scorer.tail_query(embed(queries[:, 0]), self.relations(queries[:, 1]))
-        elif side == "head":
-            if self.reciprocal:
-                q = scorer.tail_query(embed(queries[:, 2]), self.relations(queries[:, 1] + self.num_relations))
-            else:
-                q = scorer.head_query(self.relations(queries[:, 1]), embed(queries[:, 2]))
-        else:
+        if side not in ("head", "tail"):
             raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
-        return scorer.match(q.unsqueeze(1), embed(candidates))
+        scorer = self.scorer
+
+        def part(q: torch.Tensor, cand: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            if side == "tail":
+                query = scorer.tail_query(embed(q[:, 0]), self.relations(q[:, 1]))
+            elif self.reciprocal:
+                query = scorer.tail_query(embed(q[:, 2]), self.relations(q[:, 1] + self.num_relations))
+            else:
+                query = scorer.head_query(self.relations(q[:, 1]), embed(q[:, 2]))
+            return scorer.match(query.unsqueeze(1), embed(cand))
+
+        if all_entities is None and not self.relation_aware:
+            return part(queries, candidates,
+                        lambda ids: self.entities(ids.reshape(-1)).reshape(*ids.shape, -1))
+        return self._by_relation(queries, self._tables(all_entities), lambda q, rows, ents: part(
+            q, candidates if rows is None else candidates[rows], lambda ids: ents[ids]))
+
+    def score_sides(self, queries: torch.Tensor, sides: Sequence[str], tables: EntityTables
+                    ) -> dict[str, torch.Tensor]:
+        """All-entity scores of ``queries [B, 3]`` for each of ``sides`` (``"head"``, ``"tail"``) -> ``{side: [B, N]}``;
+        a relation-conditioned session builds the table of each distinct relation of the queries once for all
+        sides (equal to :meth:`score_t` / :meth:`score_h`).
+
+        :raises ValueError: an unknown side.
+        """
+        for side in sides:
+            if side not in ("head", "tail"):
+                raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+        if not tables.relation_aware:
+            return {side: self.score_t(queries, tables) if side == "tail" else self.score_h(queries, tables)
+                    for side in sides}
+        rels = queries[:, 1]
+        out: dict[str, torch.Tensor] = {}
+        for r in torch.unique(rels).tolist():
+            idx = (rels == r).nonzero(as_tuple=True)[0]
+            q = queries.index_select(0, idx)
+            ents = tables.table(int(r))
+            rv = self.relations(q[:, 1])
+            for side in sides:
+                if side == "tail":
+                    part = self.scorer.score_t(ents.index_select(0, q[:, 0]), rv, ents)
+                else:
+                    part = self.scorer.score_h(ents, rv, ents.index_select(0, q[:, 2]))
+                if side not in out:
+                    out[side] = part.new_empty((queries.shape[0], part.shape[1]))
+                out[side].index_copy_(0, idx, part)
+        return out
 
     @torch.no_grad()
-    def scoring_context(self) -> tuple[Any, torch.device]:
-        """What :meth:`score_fn` computes once per session and passes as ``all_entities`` to :meth:`score_t`,
-        :meth:`score_h` and :meth:`score_candidates` (here: all entity vectors ``[N, De]`` in float32), and the device
-        scores are computed on."""
-        ents = self.entities(None).detach().float()
-        return ents, ents.device
+    def scoring_context(self) -> tuple[EntityTables, torch.device]:
+        """The scoring session :meth:`score_fn` opens once and passes as ``all_entities`` to :meth:`score_t`,
+        :meth:`score_h`, :meth:`score_candidates` and :meth:`score_sides` (:meth:`EntityRepresentation.tables`,
+        detached float32), and the device scores are computed on."""
+        tables = self.entities.tables(detach=True)
+        return tables, tables.device
 
     @torch.no_grad()
     def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
         """A ``score_fn(queries [B, 3], side) -> [B, N]`` for the evaluator.
 
-        All entity representations are computed once (the model must be in eval mode and unchanged while the
-        returned function is used).  The function also carries ``fn.device`` (where scores are computed, for
+        The scoring session is opened once (the model must be in eval mode and unchanged while the returned
+        function is used).  The function also carries ``fn.device`` (where scores are computed, for
         ``batch_size: auto``) and ``fn.score_candidates(queries, side, candidates) -> [B, C]`` (for
-        sampled-candidate evaluation).  Scores are computed in float32 even when training used autocast.
-        Subclasses change what is precomputed through :meth:`scoring_context` (and may set ``fn.query_order``).
+        sampled-candidate evaluation).  With a relation-conditioned representation the evaluator is asked to group
+        queries by relation (``fn.query_order``) and to score both sides of a chunk together (``fn.score_sides``),
+        so each relation's table is built once per evaluation.  Scores are computed in float32 even when training
+        used autocast.
         """
-        ents, device = self.scoring_context()
+        tables, device = self.scoring_context()
 
         def fn(queries: torch.Tensor, side: str) -> torch.Tensor:
             with torch.no_grad():
-                q = queries.to(device)
-                return self.score_t(q, ents) if side == "tail" else self.score_h(q, ents)
+                return self.score_sides(queries.to(device), (side,), tables)[side]
 
         def candidates_fn(queries: torch.Tensor, side: str, candidates: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.score_candidates(queries.to(device), side, candidates.to(device), ents)
+                return self.score_candidates(queries.to(device), side, candidates.to(device), tables)
 
         fn.device = device  # type: ignore[attr-defined]
         fn.score_candidates = candidates_fn  # type: ignore[attr-defined]
+        if tables.relation_aware:
+            def score_sides(queries: torch.Tensor, sides: Sequence[str]) -> dict[str, torch.Tensor]:
+                with torch.no_grad():
+                    return self.score_sides(queries.to(device), tuple(sides), tables)
+
+            fn.score_sides = score_sides  # type: ignore[attr-defined]
+            fn.query_order = "relation"  # type: ignore[attr-defined]
         return fn
