@@ -3,11 +3,18 @@ meta-test that fails when an operator in ``fusion_resolver`` has none."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from fusion_cases import FusionTestCase, all_test_classes
 from torch import nn
 
-from mmkgc.nn.fusion import ConcatFusion, ModalitySelfAttention, TanhAttentionFusion, fusion_resolver
+from mmkgc.nn.fusion import (
+    ConcatFusion,
+    ModalitySelfAttention,
+    TanhAttentionFusion,
+    fusion_resolver,
+)
 
 
 def direct_masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -25,7 +32,7 @@ class TestConcatFusion(FusionTestCase):
 
 
 class TestConcatFusionResidual(TestConcatFusion):
-    kwargs = {"residual_slot": 0}
+    kwargs: ClassVar[dict] = {"residual_slot": 0}
 
     def test_starts_as_the_identity_on_the_residual_slot(self):
         torch.manual_seed(0)
@@ -52,13 +59,13 @@ class TestTanhAttentionFusion(FusionTestCase):
 class TestTanhAttentionFusionNativE(TestTanhAttentionFusion):
     """NativE: relation temperature ``τ_r = σ(g_r)``."""
 
-    kwargs = {"relation_temperature": True, "num_relations": FusionTestCase.num_relations, "init_range": 2.0}
+    kwargs: ClassVar[dict] = {"relation_temperature": True, "num_relations": FusionTestCase.num_relations, "init_range": 2.0}
 
 
 class TestTanhAttentionFusionAFME(TestTanhAttentionFusion):
     """AFME: temperature and ``α_m = ‖x_m‖₂`` confidence."""
 
-    kwargs = {"relation_temperature": True, "num_relations": FusionTestCase.num_relations, "confidence": "l2"}
+    kwargs: ClassVar[dict] = {"relation_temperature": True, "num_relations": FusionTestCase.num_relations, "confidence": "l2"}
 
 
 class TestModalitySelfAttention(FusionTestCase):
@@ -66,7 +73,7 @@ class TestModalitySelfAttention(FusionTestCase):
     reference runs :class:`torch.nn.MultiheadAttention`'s own forward (the operator uses a packed re-implementation)."""
 
     cls = ModalitySelfAttention
-    kwargs = {"layers": 2, "heads": 2}
+    kwargs: ClassVar[dict] = {"layers": 2, "heads": 2}
 
     def expected(self, fusion, x, present, relation):
         h, received = x, torch.zeros(present.shape, dtype=x.dtype)

@@ -1,7 +1,6 @@
 """mmkgc.nn: building blocks (scorers, adapters, fusion, encoders) with shapes in their docstrings."""
 
 from mmkgc.nn.scorers import (
-    SCORERS,
     ComplEx,
     DistMult,
     RotatE,
@@ -13,10 +12,10 @@ from mmkgc.nn.scorers import (
     pairwise_complex_l1_distance,
     pairwise_l1_distance,
     scorer_kernel_available,
+    scorer_resolver,
 )
 
 __all__ = [
-    "SCORERS",
     "ComplEx",
     "DistMult",
     "RotatE",
@@ -28,4 +27,5 @@ __all__ = [
     "pairwise_complex_l1_distance",
     "pairwise_l1_distance",
     "scorer_kernel_available",
+    "scorer_resolver",
 ]

@@ -58,7 +58,7 @@ class MessageGraph:
 
     @classmethod
     def from_triples(cls, triples: torch.Tensor, num_nodes: int, num_relations: int,
-                     relation_map: torch.Tensor | None = None) -> "MessageGraph":
+                     relation_map: torch.Tensor | None = None) -> MessageGraph:
         """Edges ``h -> t`` of type ``r`` (or ``relation_map[r]``) from ``(h, r, t)`` triples ``[n, 3]``.
 
         :param relation_map: int64 ``[R]`` mapping dataset relations to edge types (e.g. VEMP's meta-relations);

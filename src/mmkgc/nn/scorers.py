@@ -40,27 +40,28 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
+from class_resolver import ClassResolver
 from torch import nn
 
 from mmkgc.errors import ConfigError, UnknownNameError
 from mmkgc.fileio import cache_home
 
 __all__ = [
+    "ComplEx",
+    "DistMult",
+    "RotatE",
     "Scorer",
     "TransE",
-    "DistMult",
-    "ComplEx",
-    "RotatE",
-    "SCORERS",
     "build_scorer",
-    "pairwise_l1_distance",
-    "pairwise_complex_l1_distance",
-    "scorer_kernel_available",
-    "complex_modulus",
     "complex_l1_distance",
+    "complex_modulus",
     "gathered_l1_distance",
     "gathered_mixture_l1_distance",
     "mixture_table_transposed",
+    "pairwise_complex_l1_distance",
+    "pairwise_l1_distance",
+    "scorer_kernel_available",
+    "scorer_resolver",
 ]
 
 Side = Literal["head", "tail"]
@@ -1066,8 +1067,14 @@ class Scorer(nn.Module, abc.ABC):
     :param dim: the rank hyper-parameter ``d`` (for complex models, the number of complex coordinates).
     :raises ConfigError: if ``dim`` is not a positive integer.
 
-    Subclasses set :attr:`entity_dim` / :attr:`relation_dim` (widths of the vectors they consume) and
-    implement :meth:`score_hrt`, :meth:`score_t`, :meth:`score_h`.
+    A new scorer needs only its score function: subclass, implement :meth:`_score_hrt` (``h [..., De],
+    r [..., Dr], t [..., De] -> [...]``, broadcasting), and set :attr:`entity_dim` / :attr:`relation_dim` in
+    ``__init__`` if they differ from ``dim``.  The base class derives 1-N scoring (:meth:`score_t`,
+    :meth:`score_h`) by broadcasting :meth:`_score_hrt` over chunks of candidates (temporaries bounded by
+    :data:`EAGER_CHUNK_ELEMENTS`), input validation and the registry entry: every public subclass defined in
+    ``mmkgc`` is in :data:`scorer_resolver` under its lower-cased class name; one defined elsewhere is added with
+    ``scorer_resolver.register(cls)``.  Overriding :meth:`_score_t` / :meth:`_score_h` (one matrix product, a kernel)
+    and the query factorisation (:meth:`tail_query`, :meth:`head_query`, :meth:`match`) is optional, for speed.
     """
 
     #: Registry name.
@@ -1193,15 +1200,28 @@ class Scorer(nn.Module, abc.ABC):
     # ---------------------------------------------------------------- what subclasses implement
     @abc.abstractmethod
     def _score_hrt(self, h: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Validated :meth:`score_hrt`."""
+        """Validated :meth:`score_hrt`: ``h [..., De], r [..., Dr], t [..., De] -> [...]`` with broadcasting."""
 
-    @abc.abstractmethod
     def _score_t(self, h: torch.Tensor, r: torch.Tensor, t_all: torch.Tensor) -> torch.Tensor:
-        """Validated :meth:`score_t`."""
+        """Validated :meth:`score_t` (default: :meth:`_score_hrt` broadcast over chunks of candidates)."""
+        return self._broadcast_all(lambda c: self._score_hrt(h[:, None], r[:, None], c[None]), h.shape[0], t_all)
 
-    @abc.abstractmethod
     def _score_h(self, h_all: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Validated :meth:`score_h`."""
+        """Validated :meth:`score_h` (default: :meth:`_score_hrt` broadcast over chunks of candidates)."""
+        return self._broadcast_all(lambda c: self._score_hrt(c[None], r[:, None], t[:, None]), t.shape[0], h_all)
+
+    @staticmethod
+    def _broadcast_all(score, batch: int, candidates: torch.Tensor) -> torch.Tensor:
+        """``score(chunk) [B, n]`` over chunks of ``candidates [N, De]`` concatenated to ``[B, N]``; a chunk's
+        ``[B, n, De]`` temporaries hold at most :data:`EAGER_CHUNK_ELEMENTS` (CPU) or
+        :data:`EAGER_CHUNK_ELEMENTS_ACCELERATOR` elements."""
+        accel = candidates.device.type != "cpu"
+        budget = EAGER_CHUNK_ELEMENTS_ACCELERATOR if accel else EAGER_CHUNK_ELEMENTS
+        chunk = max(1, budget // max(1, batch * candidates.shape[-1]))
+        parts = [score(candidates[s:s + chunk]) for s in range(0, candidates.shape[0], chunk)]
+        if not parts:
+            return candidates.new_empty(batch, 0)
+        return torch.cat(parts, dim=1)
 
 
 def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1545,24 +1565,29 @@ class TuckER(Scorer):
         return super().extra_repr() + f", batch_norm={not isinstance(self.bn0, nn.Identity)}"
 
 
-#: Registered scorers by name.
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TransE, DistMult, ComplEx, RotatE, TuckER)}
+#: Every public :class:`Scorer` subclass of mmkgc by lower-cased class name (``transe``, ``distmult``, ``complex``,
+#: ``rotate``, ``tucker``); default RotatE.  Add an outside scorer with ``scorer_resolver.register(cls)``.
+scorer_resolver: ClassResolver[Scorer] = ClassResolver.from_subclasses(
+    Scorer, default=RotatE, location="mmkgc.nn.scorers.scorer_resolver"
+)
 
 
 def build_scorer(name: str, dim: int, **options) -> Scorer:
     """Create a registered scorer.
 
-    :param name: one of :data:`SCORERS` (case-insensitive): ``transe``, ``distmult``, ``complex``, ``rotate``,
-        ``tucker``.
+    :param name: a name in :data:`scorer_resolver` (case-insensitive): ``transe``, ``distmult``, ``complex``,
+        ``rotate``, ``tucker``, or a registered one.
     :param dim: the rank ``d``.
     :param options: constructor options of that scorer (e.g. ``margin``, ``epsilon`` for RotatE).
     :raises UnknownNameError: for an unknown scorer name.
     :raises ConfigError: for an option the scorer does not accept or an invalid value.
     """
     key = str(name).lower()
-    if key not in SCORERS:
-        raise UnknownNameError(f"unknown scorer {name!r}; known scorers: {', '.join(sorted(SCORERS))}")
-    cls = SCORERS[key]
+    try:
+        cls = scorer_resolver.lookup(key)
+    except (KeyError, ValueError):
+        known = ", ".join(sorted(scorer_resolver.lookup_dict))
+        raise UnknownNameError(f"unknown scorer {name!r}; known scorers: {known}") from None
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "dim")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -17,7 +17,13 @@ import pkgutil
 
 from class_resolver import ClassResolver
 
-from mmkgc.nn.fusion.base import Fusion, ModalityGate, ScoreFusion, TokenFusionEncoder, masked_softmax
+from mmkgc.nn.fusion.base import (
+    Fusion,
+    ModalityGate,
+    ScoreFusion,
+    TokenFusionEncoder,
+    masked_softmax,
+)
 from mmkgc.nn.fusion.concat import ConcatFusion
 from mmkgc.nn.fusion.decision import DecisionFusion
 from mmkgc.nn.fusion.gated_pairs import (

@@ -213,7 +213,7 @@ class _GatedPairsKernel(torch.autograd.Function):
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
 
-def gated_pair_logits(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
+def gated_pair_logits(gate: RelationGate, fusion: TanhAttentionFusion, x: torch.Tensor, entity: torch.Tensor,
                       relation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """AFME's gate and the relation-independent attention logits of distinct (entity, relation) pairs.
 
@@ -332,7 +332,7 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None, g_tau, None
 
 
-def gated_pair_mixtures(gate: "RelationGate", fusion: "TanhAttentionFusion", x: torch.Tensor, entity: torch.Tensor,
+def gated_pair_mixtures(gate: RelationGate, fusion: TanhAttentionFusion, x: torch.Tensor, entity: torch.Tensor,
                         relation: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """AFME's fused vectors of distinct (entity, relation) pairs: gate (methods.md §5.2), attention weights
     ``β = softmax(α_m wᵀtanh(x̃_m) / τ_r)`` over the present modalities, ``e = Σ_m β_m x̃_m``.
