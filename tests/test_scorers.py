@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmkgc.errors import ConfigError, UnknownNameError
+from mmkgc.nn import kernels
 from mmkgc.nn import scorers as S
 from mmkgc.nn.scorers import ComplEx, DistMult, RotatE, TransE, build_scorer
 
@@ -234,11 +235,13 @@ def test_rotate_gradients_and_second_order_gradients():
 def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.delenv("MMKGC_NO_COMPILE", raising=False)
     monkeypatch.setenv("MMKGC_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    monkeypatch.setattr(S, "_kernel_state", {"loaded": False, "lib": None, "warned": False,
-                                              "build_seconds": None, "path": None})
-    with pytest.warns(RuntimeWarning, match="could not compile"):
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails: both build routes fail
+    monkeypatch.setattr(kernels, "_state", dict(kernels._state))
+    kernels._reset()
+    with pytest.warns(RuntimeWarning, match="could not compile") as caught:
         assert not S.scorer_kernel_available()
+        assert not S.scorer_kernel_available()  # no second build attempt, no second warning
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
     scorer = RotatE(4)
     ent, rel = _tables(scorer, 20, 1)
     with torch.no_grad():

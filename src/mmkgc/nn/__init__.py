@@ -1,4 +1,9 @@
-"""mmkgc.nn: building blocks (scorers, adapters, fusion, encoders) with shapes in their docstrings."""
+"""mmkgc.nn: building blocks (scorers, adapters, fusion, encoders) with shapes in their docstrings.
+
+Each component family has a resolver (``class_resolver.ClassResolver``, as PyKEEN): ``scorers.scorer_resolver``,
+``fusion.fusion_resolver``, ``adapters.adapter_resolver``, ``adversarial.generator_resolver``.  The compiled CPU
+kernels are real source files under ``nn/kernels/`` (built by :mod:`mmkgc.nn.kernels`).
+"""
 
 from mmkgc.nn.scorers import (
     ComplEx,

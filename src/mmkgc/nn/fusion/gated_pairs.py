@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmkgc.nn.fusion.base import masked_softmax
-from mmkgc.nn.scorers import _kernels
+from mmkgc.nn.kernels import load as _kernels
 
 if TYPE_CHECKING:
     from mmkgc.nn.fusion.relation_gate import RelationGate
@@ -136,8 +136,20 @@ def _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, hb, gzb, g_
                              gxb.data_ptr(), n, m, d, g_x.data_ptr(), g_context.data_ptr())
 
 
+def _gate_recompute_z(lib, x, es, rs, context, first, second, hb, ab, zb) -> None:
+    """The backward's recomputation of one chunk's gate pre-activation ``zb [n M, D] = W (x ⊙ c_r)`` (without the
+    bias), shared by :class:`_GatedPairsKernel` and :class:`_GatedPairMixturesKernel`: low rank from the saved
+    activations ``hb [n M, k]`` (``zb = hb Uᵀ``); the full gate from ``ab = x ⊙ c_r``, written into ``ab``."""
+    if second is not None:
+        torch.mm(hb, second.t(), out=zb)
+        return
+    n, m, d = es.shape[0], x.shape[1], x.shape[2]
+    lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d, ab.data_ptr(), 1)
+    torch.mm(ab, first.t(), out=zb)
+
+
 class _GatedPairsKernel(torch.autograd.Function):
-    """:class:`_GatedPairs` with the compiled CPU kernels of :mod:`mmkgc.nn.scorers` (float32): the pairs are processed
+    """:class:`_GatedPairs` with the compiled CPU kernels of :mod:`mmkgc.nn.kernels` (float32): the pairs are processed
     in chunks of :attr:`CHUNK` (512: fastest of 128-2048 measured on DB15K); per chunk a kernel forms ``x ⊙ c_r``, BLAS applies the gate's matrices, and a second
     kernel computes ``γ``, ``x̃``, ``wᵀtanh(x̃)`` and ``‖x̃‖`` in one pass over rows that stay in cache.  Nothing of
     shape ``[V, M, D]`` is kept but the output ``x̃``: the gate values are recomputed in the backward from the saved
@@ -165,7 +177,7 @@ class _GatedPairsKernel(torch.autograd.Function):
         z = torch.empty(rows_max, d, dtype=x.dtype)
         for s0 in range(0, v, _GatedPairsKernel.CHUNK):
             s1 = min(v, s0 + _GatedPairsKernel.CHUNK)
-            n, rows = s1 - s0, (s1 - s0) * m
+            rows = (s1 - s0) * m
             es, rs = ent[s0:s1], rel[s0:s1]
             ab, zb = a[:rows], z[:rows]
             _gate_chunk(lib, threads, x, es, rs, context, first, second, bias, w, ab,
@@ -196,19 +208,14 @@ class _GatedPairsKernel(torch.autograd.Function):
             n, rows = s1 - s0, (s1 - s0) * m
             es, rs = ent[s0:s1], rel[s0:s1]
             zb, gzb, gxb, ab, gab = z[:rows], g_z[:rows], g_xe[:rows], a[:rows], g_a[:rows]
-            if second is not None:
-                hb = h[s0 * m:s1 * m]
-                torch.mm(hb, second.t(), out=zb)
-            else:
-                lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
-                                       ab.data_ptr(), 1)
-                torch.mm(ab, first.t(), out=zb)
+            hb = h[s0 * m:s1 * m] if second is not None else None
+            _gate_recompute_z(lib, x, es, rs, context, first, second, hb, ab, zb)
             lib.mmkgc_gate_backward1(
                 x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), zb.data_ptr(), bias.data_ptr(),
                 w.data_ptr(), xt[s0:s1].data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(),
                 g_xt[s0:s1].data_ptr(), g_logits[s0:s1].data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(),
                 gxb.data_ptr(), ab.data_ptr(), g_w.data_ptr(), g_bias.data_ptr())
-            _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, None if second is None else hb, gzb,
+            _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, hb, gzb,
                                  None if g_h is None else g_h[:rows], gab, gxb, g_first, g_second, g_x, g_context)
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None
 
@@ -304,13 +311,8 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
             n, rows = s1 - s0, (s1 - s0) * m
             es, rs = ent[s0:s1], rel[s0:s1]
             zb, gzb, gxb, ab, gab, xb, gxtb = (buf[:rows] for buf in (z, g_z, g_xe, a, g_a, xt, g_xt))
-            if second is not None:
-                hb = h[s0 * m:s1 * m]
-                torch.mm(hb, second.t(), out=zb)
-            else:
-                lib.mmkgc_gate_context(x.data_ptr(), es.data_ptr(), rs.data_ptr(), context.data_ptr(), n, m, d,
-                                       ab.data_ptr(), 1)
-                torch.mm(ab, first.t(), out=zb)
+            hb = h[s0 * m:s1 * m] if second is not None else None
+            _gate_recompute_z(lib, x, es, rs, context, first, second, hb, ab, zb)
             # x̃ of the chunk again (t and ‖x̃‖ are the saved ones)
             lib.mmkgc_gate_forward(x.data_ptr(), es.data_ptr(), zb.data_ptr(), bias.data_ptr(), w.data_ptr(), n, m,
                                    d, xb.data_ptr(), None, None, 1)
@@ -327,7 +329,7 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
                 w.data_ptr(), xb.data_ptr(), t[s0:s1].data_ptr(), norm[s0:s1].data_ptr(), gxtb.data_ptr(),
                 g_base.data_ptr(), n, m, d, int(ctx.l2), gzb.data_ptr(), gxb.data_ptr(), ab.data_ptr(),
                 g_w.data_ptr(), g_bias.data_ptr())
-            _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, None if second is None else hb, gzb,
+            _gate_chunk_backward(lib, x, es, rs, context, first, second, ab, hb, gzb,
                                  None if g_h is None else g_h[:rows], gab, gxb, g_first, g_second, g_x, g_context)
         return g_x, None, None, g_context, g_first, g_second, g_bias, g_w, None, g_tau, None
 
