@@ -235,7 +235,8 @@ def test_rotate_gradients_and_second_order_gradients():
 def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.delenv("MMKGC_NO_COMPILE", raising=False)
     monkeypatch.setenv("MMKGC_HOME", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails: both build routes fail
+    monkeypatch.setenv("CXX", "false")  # "compilers" that always fail: both build routes fail
+    monkeypatch.setenv("CC", "false")
     monkeypatch.setattr(kernels, "_state", dict(kernels._state))
     kernels._reset()
     with pytest.warns(RuntimeWarning, match="could not compile") as caught:

@@ -15,8 +15,8 @@ Three scoring modes, all **higher = more plausible** (distances are negated):
 ``score_t``/``score_h`` equal ``score_hrt`` for every candidate.  DistMult, ComplEx and TransE-L2 use one
 matrix product.  TransE-L1 and RotatE need ``sum_k |q_k - x_k|`` for every (query, candidate) pair, which a
 naive broadcast computes at about 10 s per 256 DB15K queries on two CPU cores; on CPU (float32, no autograd)
-these use a small C++ kernel (entity-blocked, vectorised over candidates, OpenMP across blocks;
-``mmkgc/nn/kernels/distances.cpp``) that is compiled once into the mmkgc cache directory
+these use a small C kernel (entity-blocked, vectorised over candidates, OpenMP across blocks;
+``mmkgc/nn/kernels/distances.c``) that is compiled once into the mmkgc cache directory
 (:mod:`mmkgc.nn.kernels`) and loaded with :mod:`ctypes`.  Set the
 environment variable ``MMKGC_NO_COMPILE=1`` to use the eager, chunked PyTorch path instead (also used on GPU,
 for float64, when gradients are required, and -- after a one-time warning -- when no compiler works).

@@ -1,7 +1,7 @@
 """AFME's gate + attention fusion over distinct (entity, relation) pairs (Wang et al., Neural Networks 2025; methods.md
 §5.2), as single autograd nodes: the training and evaluation hot path of relation-conditioned fusion with a gate.
 
-The compiled CPU kernels (:mod:`mmkgc.nn.kernels`, ``gate.cpp``) do the element-wise work; without them (GPU, float64,
+The compiled CPU kernels (:mod:`mmkgc.nn.kernels`, ``gate.c``) do the element-wise work; without them (GPU, float64,
 ``MMKGC_NO_COMPILE=1``, no compiler) the PyTorch node :class:`_GatedPairs` computes the same values.
 """
 

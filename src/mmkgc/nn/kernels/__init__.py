@@ -1,13 +1,14 @@
-"""Build and load the compiled CPU kernels (``distances.cpp``, ``gate.cpp``, ``common.h`` next to this file).
+"""Build and load the compiled CPU kernels (``distances.c``, ``gate.c``, ``common.h`` next to this file).
 
-The sources are plain C-linkage functions over raw float32 / int64 buffers (no Python or libtorch headers), called
+The sources are plain C-linkage functions over raw float32 / int64 buffers, valid C and C++ (no Python or libtorch
+headers), called
 through :mod:`ctypes` by the autograd nodes in :mod:`mmkgc.nn.scorers` and :mod:`mmkgc.nn.fusion.gated_pairs`.
 :func:`load` builds them once per (sources, compiler, flags, CPU) into ``<mmkgc cache>/kernels/<key>/`` and caches
 the library for later processes; two routes build the same files:
 
-1. ``torch.utils.cpp_extension.load`` (JIT, ninja) -- the default;
-2. the C++ compiler called directly (``$CXX``, ``c++``, ``g++`` or ``clang++``, ``-shared -fPIC``) -- used when
-   the first route fails, e.g. without ``ninja``.
+1. ``torch.utils.cpp_extension.load`` (JIT, ninja, the C++ compiler ``$CXX`` / ``c++``) -- the default;
+2. the C compiler called directly (``$CC``, ``cc``, ``gcc`` or ``clang``; ``-shared -fPIC``) -- used when the first
+   route fails: no ``ninja``, or no C++ compiler (a Debian machine with the ``gcc`` package only).
 
 Neither route needs the Python development headers: ``cpp_extension`` only adds their directory to the include
 path, and the sources include nothing from it (measured: a build with that directory pointing nowhere succeeds,
@@ -36,7 +37,7 @@ __all__ = ["SOURCES", "available", "build_info", "load"]
 
 #: The kernel sources, in this package (package data of the wheel).
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("distances.cpp", "gate.cpp")
+SOURCES = ("distances.c", "gate.c")
 HEADERS = ("common.h",)
 LIBRARY = "mmkgc_kernels"
 
@@ -84,12 +85,21 @@ def _cpu_signature() -> str:
     return text
 
 
-def _compiler() -> str | None:
-    """The C++ compiler: ``$CXX``, else ``c++``, ``g++``, ``clang++`` (the first on ``PATH``)."""
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+def _find(*candidates: str | None) -> str | None:
+    for candidate in candidates:
         if candidate and shutil.which(candidate):
             return shutil.which(candidate)
     return None
+
+
+def _cxx_compiler() -> str | None:
+    """The C++ compiler cpp_extension runs: ``$CXX``, else ``c++`` (``None`` if not on ``PATH``)."""
+    return _find(os.environ.get("CXX") or "c++")
+
+
+def _c_compiler() -> str | None:
+    """The C compiler of the direct route: ``$CC``, else ``cc``, ``gcc``, ``clang`` (the first on ``PATH``)."""
+    return _find(os.environ.get("CC"), "cc", "gcc", "clang")
 
 
 def _compiler_version(compiler: str) -> str:
@@ -148,16 +158,18 @@ def _open(path: Path) -> ctypes.CDLL:
 
 
 def _build() -> ctypes.CDLL | None:
-    compiler = _compiler()
-    if compiler is None:
-        _warn_once("mmkgc: no C++ compiler found; TransE-L1/RotatE scoring and the fused-method kernels use the "
-                   "slower PyTorch paths")
+    compilers = {"cpp_extension": _cxx_compiler(), "direct": _c_compiler()}
+    if not any(compilers.values()):
+        _warn_once("mmkgc: no C or C++ compiler found; TransE-L1/RotatE scoring and the fused-method kernels use "
+                   "the slower PyTorch paths")
         return None
-    version = _compiler_version(compiler)
+    versions = {route: _compiler_version(c) for route, c in compilers.items() if c}
     errors = []
     for flags in COMPILE_FLAGS:
-        for route in ("cpp_extension", "direct"):
-            directory = cache_home() / "kernels" / _key(route, compiler, version, flags)
+        for route, compiler in compilers.items():
+            if compiler is None:
+                continue
+            directory = cache_home() / "kernels" / _key(route, compiler, versions[route], flags)
             library = directory / f"{LIBRARY}.so"
             start = time.perf_counter()
             try:

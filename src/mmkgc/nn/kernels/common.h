@@ -1,4 +1,4 @@
-/* Shared by the mmkgc CPU kernels (distances.cpp, gate.cpp).
+/* Shared by the mmkgc CPU kernels (distances.c, gate.c).
  *
  * The kernels are plain functions over raw float32 / int64 buffers: no Python, no libtorch headers, so one source
  * builds both through torch.utils.cpp_extension and with a bare compiler (mmkgc/nn/kernels/__init__.py), and the
