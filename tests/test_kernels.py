@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from mmkgc.nn import kernels
-from mmkgc.nn.scorers import _eager_l1, pairwise_complex_l1_distance, pairwise_l1_distance
+from mmkgc.nn.scorers import (
+    _eager_l1,
+    pairwise_complex_l1_distance,
+    pairwise_l1_distance,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

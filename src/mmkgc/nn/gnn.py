@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -167,7 +168,7 @@ class RGCNEncoder(nn.Module):
             num_bases = num_relations  # more bases than relations only adds parameters
         dims = [int(in_dim), *map(int, hidden_dims), int(out_dim)]
         self.layers = nn.ModuleList(RGCNConv(a, b, num_relations, num_bases=num_bases, aggr="mean")
-                                    for a, b in zip(dims[:-1], dims[1:]))
+                                    for a, b in itertools.pairwise(dims))
         self.dropout = nn.Dropout(dropout)
         self.final_activation = final_activation
         self.in_dim, self.out_dim, self.num_relations = dims[0], dims[-1], num_relations

@@ -77,11 +77,10 @@ def scorer_kernel_available() -> bool:
 
 
 def _kernel_applicable(*tensors: torch.Tensor) -> bool:
+    """Whether the all-entity kernels apply: CPU float32 tensors and no gradient wanted."""
     if any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors):
         return False
-    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
-        return False
-    return True
+    return not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
 
 
 class _TransposeCache:
@@ -437,15 +436,14 @@ class Scorer(nn.Module, abc.ABC):
     and the query factorisation (:meth:`tail_query`, :meth:`head_query`, :meth:`match`) is optional, for speed.
     """
 
-    #: Registry name.
-    name: ClassVar[str] = "scorer"
     #: Whether the scorer scores all heads natively (otherwise the model uses reciprocal relations).
     supports_head_mode: ClassVar[bool] = True
 
     def __init__(self, dim: int):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ConfigError(f"scorer {self.name!r}: dim must be a positive integer, got {dim!r}")
+            name = type(self).__name__.lower()  # its name in scorer_resolver
+            raise ConfigError(f"scorer {name!r}: dim must be a positive integer, got {dim!r}")
         self.dim = dim
         self.entity_dim = dim
         self.relation_dim = dim
@@ -605,8 +603,6 @@ class TransE(Scorer):
     :raises ConfigError: for ``p`` not in {1, 2}.
     """
 
-    name = "transe"
-
     def __init__(self, dim: int, p: int = 1, margin: float | None = None, normalize: bool = False):
         super().__init__(dim)
         if p not in (1, 2):
@@ -686,8 +682,6 @@ class DistMult(_DotProductScorer):
     ``f(h, r, t) = sum_k h_k r_k t_k`` with h, r, t in ``R^d``; all-entity scoring is one matrix product.
     """
 
-    name = "distmult"
-
     def _score_hrt(self, h, r, t):
         return (h * r * t).sum(-1)
 
@@ -706,8 +700,6 @@ class ComplEx(_DotProductScorer):
     vectors of width ``2d`` (``entity_dim = relation_dim = 2 * dim``).  All-entity scoring is one matrix
     product per side.
     """
-
-    name = "complex"
 
     def __init__(self, dim: int):
         super().__init__(dim)
@@ -746,8 +738,6 @@ class RotatE(Scorer):
     :param margin: ``gamma`` (OpenKE default 6.0; AdaMF-MAT/NativE DB15K use 12.0).
     :param epsilon: ``eps`` (OpenKE 2.0).
     """
-
-    name = "rotate"
 
     def __init__(self, dim: int, margin: float = 6.0, epsilon: float = 2.0):
         super().__init__(dim)
@@ -839,7 +829,6 @@ class TuckER(Scorer):
     ``h [B, De], r [B, Dr], t_all [N, De] -> [B, N]``.
     """
 
-    name = "tucker"
     supports_head_mode = False
 
     def __init__(self, dim: int, relation_dim: int | None = None, input_dropout: float = 0.3,
