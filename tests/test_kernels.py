@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmkgc.nn import kernels
-from mmkgc.nn.scorers import (
+from mmkgc.nn.distances import (
     _eager_l1,
     pairwise_complex_l1_distance,
     pairwise_l1_distance,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmkgc.errors import UnknownNameError
-from mmkgc.nn import scorers as S
+from mmkgc.nn import distances
 from mmkgc.nn.adapters import LinearAdapter, MLPAdapter, adapter_resolver, build_adapter
 from mmkgc.nn.adversarial import (
     ModalityGenerator,
@@ -70,7 +70,7 @@ def test_a_new_scorer_needs_only_its_score_function(registered, monkeypatch):
                            for b in range(4)])
     want_h = torch.tensor([[-sum((cand[n, k] + r[b, k] - h[b, k]) ** 2 for k in range(3)) for n in range(11)]
                            for b in range(4)])
-    monkeypatch.setattr(S, "EAGER_CHUNK_ELEMENTS", 4 * 3 * 2)  # 1-N scoring in chunks of two candidates
+    monkeypatch.setattr(distances, "EAGER_CHUNK_ELEMENTS", 4 * 3 * 2)  # 1-N scoring in chunks of two candidates
     torch.testing.assert_close(scorer.score_t(h, r, cand), want_t)
     torch.testing.assert_close(scorer.score_h(cand, r, h), want_h)
     torch.testing.assert_close(scorer.score_all(h, r, cand, "tail"), want_t)
