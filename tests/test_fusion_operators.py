@@ -15,6 +15,7 @@ from mmkgc.nn.fusion import (
     TanhAttentionFusion,
     fusion_resolver,
 )
+from mmkgc.nn.fusion.low_rank import LowRankFusion
 
 
 def direct_masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -109,3 +110,33 @@ def test_resolver_builds_every_operator_from_the_same_keywords():
         assert fused.shape == (4, 8)
     assert fusion_resolver.lookup("attention") is TanhAttentionFusion
     assert fusion_resolver.lookup("self_attention") is ModalitySelfAttention
+
+
+class TestLowRankFusion(FusionTestCase):
+    """LMF (Liu et al., ACL 2018): ``y = Σ_i λ_i ∏_{m present} (W_m^(i) [x_m; 1]) + b``, by loops over rows, ranks
+    and modalities."""
+
+    cls = LowRankFusion
+    kwargs: ClassVar[dict] = {"rank": 3}
+
+    def expected(self, fusion, x, present, relation):
+        out = []
+        for b in range(self.batch):
+            y = fusion.bias.clone()
+            for i in range(fusion.rank):
+                term = torch.ones(self.dim, dtype=x.dtype)
+                for m in range(self.num_modalities):
+                    if present[b, m]:
+                        term = term * (torch.cat([x[b, m], torch.ones(1, dtype=x.dtype)]) @ fusion.factors[m, i])
+                y = y + fusion.rank_weights[0, i] * term
+            out.append(y)
+        return torch.stack(out), None
+
+    def test_a_single_present_modality_is_an_affine_map_of_it(self):
+        fusion = self.make()
+        x, _, relation = self.inputs()
+        present = torch.zeros(self.batch, self.num_modalities, dtype=torch.bool)
+        present[:, 0] = True
+        w = torch.einsum("r,rkd->kd", fusion.rank_weights[0], fusion.factors[0])  # Σ_i λ_i W_0^(i): [D + 1, D]
+        want = x[:, 0] @ w[:-1] + w[-1] + fusion.bias
+        torch.testing.assert_close(fusion(x, present, relation)[0], want)
