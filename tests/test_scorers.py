@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import cmath
 import math
+import warnings
 
 import pytest
 import torch
 
 from mmkgc.errors import ConfigError, UnknownNameError
+from mmkgc.nn import kernels
 from mmkgc.nn import scorers as S
 from mmkgc.nn.scorers import ComplEx, DistMult, RotatE, TransE, build_scorer
 
@@ -163,7 +165,7 @@ def test_rotate_init_ranges_and_widths():
         scorer.init_entity_(torch.empty(3, 250))
     assert ComplEx(10).entity_dim == 20 and ComplEx(10).relation_dim == 20
     # every scorer answers head queries natively except TuckER (reciprocal relations; head mode in eval only)
-    assert [name for name, cls in S.SCORERS.items() if not cls.supports_head_mode] == ["tucker"]
+    assert [name for name, cls in sorted(S.scorer_resolver.lookup_dict.items()) if not cls.supports_head_mode] == ["tucker"]
 
 
 def test_score_hrt_broadcasts_negatives_and_has_finite_gradients():
@@ -234,10 +236,15 @@ def test_rotate_gradients_and_second_order_gradients():
 def test_kernel_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.delenv("MMKGC_NO_COMPILE", raising=False)
     monkeypatch.setenv("MMKGC_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    monkeypatch.setattr(S, "_kernel_state", {"loaded": False, "lib": None, "warned": False,
-                                              "build_seconds": None, "path": None})
+    monkeypatch.setenv("CXX", "false")  # "compilers" that always fail: both build routes fail
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(kernels, "_state", dict(kernels._state))
+    kernels._reset()
     with pytest.warns(RuntimeWarning, match="could not compile"):
+        available = S.scorer_kernel_available()
+    assert not available
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second build attempt, no second warning
         assert not S.scorer_kernel_available()
     scorer = RotatE(4)
     ent, rel = _tables(scorer, 20, 1)

@@ -7,12 +7,25 @@
 from __future__ import annotations
 
 import torch
+from class_resolver import ClassResolver
 from torch import nn
 
 from mmkgc.errors import UnknownNameError
 
+__all__ = ["Adapter", "LinearAdapter", "MLPAdapter", "MoEAdapter", "adapter_resolver", "build_adapter"]
 
-class LinearAdapter(nn.Module):
+
+class Adapter(nn.Module):
+    """Base class of modality adapters: constructed as ``cls(in_dim, out_dim, **options)``,
+    ``forward(x [..., in_dim]) -> [..., out_dim]``, and :meth:`split_last_linear` exposes the last linear map so
+    that a following linear map can be folded into it.  Registered in :data:`adapter_resolver`."""
+
+    def split_last_linear(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
+        """``(h, last)`` with ``forward(x) == last(h)``."""
+        raise NotImplementedError
+
+
+class LinearAdapter(Adapter):
     """``y = dropout(x) W^T + b``.
 
     :param in_dim: feature width ``d_m``.
@@ -38,7 +51,7 @@ class LinearAdapter(nn.Module):
         return self.dropout(x), self.linear
 
 
-class MLPAdapter(nn.Module):
+class MLPAdapter(Adapter):
     """``y = W_2 relu(W_1 dropout(x) + b_1) + b_2`` with hidden width ``hidden_dim`` (default ``out_dim``).
 
     Shapes: ``x [..., d_m] -> [..., D]``.
@@ -57,18 +70,23 @@ class MLPAdapter(nn.Module):
         return self.net[:-1](x), self.net[-1]
 
 
-ADAPTERS = {"linear": LinearAdapter, "mlp": MLPAdapter}
+#: The modality adapters by name: ``linear`` (AdaMF), ``mlp`` (NativE).  :class:`MoEAdapter` returns views and gates
+#: as well, so it is not one of them.
+adapter_resolver: ClassResolver[Adapter] = ClassResolver(
+    [LinearAdapter, MLPAdapter], base=Adapter, location="mmkgc.nn.adapters.adapter_resolver"
+)
 
 
-def build_adapter(kind: str, in_dim: int, out_dim: int, **options) -> nn.Module:
-    """Adapter by name (``linear`` or ``mlp``).
+def build_adapter(kind: str, in_dim: int, out_dim: int, **options) -> Adapter:
+    """Adapter by name (``linear`` or ``mlp``, see :data:`adapter_resolver`): ``in_dim -> out_dim``.
 
     :raises UnknownNameError: for an unknown name.
     """
     try:
-        cls = ADAPTERS[kind]
-    except KeyError:
-        raise UnknownNameError(f"unknown adapter {kind!r}; known: {', '.join(ADAPTERS)}") from None
+        cls = adapter_resolver.lookup(kind)
+    except (KeyError, ValueError):
+        raise UnknownNameError(f"unknown adapter {kind!r}; known: {', '.join(sorted(adapter_resolver.lookup_dict))}"
+                               ) from None
     return cls(in_dim, out_dim, **options)
 
 

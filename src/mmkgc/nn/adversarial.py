@@ -18,6 +18,7 @@ the output holds one generated vector per non-structural modality, directly in t
 from __future__ import annotations
 
 import torch
+from class_resolver import ClassResolver
 from torch import nn
 
 from mmkgc.nn.fusion import ModalitySelfAttention
@@ -57,6 +58,8 @@ class ModalityGenerator(_Generator):
     Shapes: ``x [B, M, D]``, ``present [B, M]`` (unused) -> ``[B, M - 1, D]``.
     """
 
+    synonyms = ("mat",)
+
     def __init__(self, dim: int, num_modalities: int, noise_dim: int = 64, hidden_dim: int = 512):
         super().__init__(dim, num_modalities, noise_dim)
         self.nets = nn.ModuleList(_mlp(noise_dim + dim, hidden_dim, dim) for _ in range(num_modalities - 1))
@@ -74,6 +77,8 @@ class SharedModalityGenerator(_Generator):
 
     Shapes: ``x [B, M, D]`` -> ``[B, M - 1, D]``.
     """
+
+    synonyms = ("wgan_gp",)
 
     def __init__(self, dim: int, num_modalities: int, noise_dim: int = 64, hidden_dim: int = 512):
         super().__init__(dim, num_modalities, noise_dim)
@@ -161,4 +166,10 @@ class SelfAttentionDiscriminator(nn.Module):
         return self.out(pooled).squeeze(-1)
 
 
-GENERATORS = {"mat": ModalityGenerator, "wgan_gp": SharedModalityGenerator, "moien": MoIEnGenerator}
+#: The modality generators by the name of their method's ``training.adversarial.generator`` kind: ``mat``
+#: (:class:`ModalityGenerator`), ``wgan_gp`` (:class:`SharedModalityGenerator`), ``moien`` (:class:`MoIEnGenerator`);
+#: every one is constructed as ``cls(dim, num_modalities, **options)``.
+generator_resolver: ClassResolver[_Generator] = ClassResolver(
+    [ModalityGenerator, SharedModalityGenerator, MoIEnGenerator], base=_Generator, suffix="Generator",
+    location="mmkgc.nn.adversarial.generator_resolver",
+)

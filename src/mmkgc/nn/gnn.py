@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ class MessageGraph:
 
     @classmethod
     def from_triples(cls, triples: torch.Tensor, num_nodes: int, num_relations: int,
-                     relation_map: torch.Tensor | None = None) -> "MessageGraph":
+                     relation_map: torch.Tensor | None = None) -> MessageGraph:
         """Edges ``h -> t`` of type ``r`` (or ``relation_map[r]``) from ``(h, r, t)`` triples ``[n, 3]``.
 
         :param relation_map: int64 ``[R]`` mapping dataset relations to edge types (e.g. VEMP's meta-relations);
@@ -167,7 +168,7 @@ class RGCNEncoder(nn.Module):
             num_bases = num_relations  # more bases than relations only adds parameters
         dims = [int(in_dim), *map(int, hidden_dims), int(out_dim)]
         self.layers = nn.ModuleList(RGCNConv(a, b, num_relations, num_bases=num_bases, aggr="mean")
-                                    for a, b in zip(dims[:-1], dims[1:]))
+                                    for a, b in itertools.pairwise(dims))
         self.dropout = nn.Dropout(dropout)
         self.final_activation = final_activation
         self.in_dim, self.out_dim, self.num_relations = dims[0], dims[-1], num_relations
