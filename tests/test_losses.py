@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmkgc.errors import ConfigError, UnknownNameError
-from mmkgc.training.losses import (
+from mmkgc.losses import (
     BCEWithLabelSmoothing,
     MarginRankingLoss,
     SelfAdversarialSigmoidLoss,
@@ -150,7 +150,7 @@ def test_build_loss_registry():
 def test_symmetric_infonce_matches_manual_and_masks_duplicates():
     import torch.nn.functional as F
 
-    from mmkgc.training.losses import SymmetricInfoNCE
+    from mmkgc.losses import SymmetricInfoNCE
 
     torch.manual_seed(0)
     a, b = torch.randn(6, 5), torch.randn(6, 5)
@@ -171,7 +171,7 @@ def test_symmetric_infonce_matches_manual_and_masks_duplicates():
 
 
 def test_symmetric_infonce_learnable_temperature_is_clamped():
-    from mmkgc.training.losses import SymmetricInfoNCE
+    from mmkgc.losses import SymmetricInfoNCE
 
     loss = SymmetricInfoNCE(temperature=0.07, learnable=True, min_temperature=0.05)
     with torch.no_grad():
@@ -184,7 +184,7 @@ def test_symmetric_infonce_learnable_temperature_is_clamped():
 def test_symmetric_infonce_raw_temperature_is_the_published_cliploss_parameter():
     # IMVIA's ClipLoss learns tau itself: Adam's first step moves it by exactly lr (sign of the gradient), with no
     # upper clamp; the log parameterisation moves it by a factor exp(-lr) instead.
-    from mmkgc.training.losses import SymmetricInfoNCE
+    from mmkgc.losses import SymmetricInfoNCE
 
     torch.manual_seed(0)
     a, b = torch.randn(6, 5), torch.randn(6, 5)

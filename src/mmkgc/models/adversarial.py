@@ -59,7 +59,7 @@ from mmkgc.nn.adversarial import (
     SharedModalityGenerator,
 )
 from mmkgc.nn.scorers import RotatE
-from mmkgc.training.losses import SelfAdversarialSigmoidLoss
+from mmkgc.losses import SelfAdversarialSigmoidLoss
 from mmkgc.training.steps import AuxiliaryStep
 
 
