@@ -160,7 +160,8 @@ def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> 
     if cfg.model.enrichment is not None:
         from mmkgc.features.enrich.policy import apply_enrichment
 
-        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples, progress=progress)
+        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples,
+                                 make_features=ModalityFeatures, progress=progress)
     data.model_features, data.model_features_key = feats, key
     return feats
 
@@ -177,14 +178,14 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
         return IMVIAModel(triples.num_entities, triples.num_relations, mc.dim, feats, mc.imvia)
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
-        from mmkgc.models.methods import build_fused_model
+        from mmkgc.builders import build_fused_model
 
         return _with_unseen(cfg, data, build_fused_model(cfg, data, scorer, _model_features(cfg, data, progress)))
     if mc.representation == "structure":
         rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
                                       sparse=cfg.training.sparse)
     elif mc.representation == "rgcn":
-        from mmkgc.models.rgcn import build_rgcn_representation
+        from mmkgc.builders import build_rgcn_representation
 
         feats = _model_features(cfg, data, progress)
         rep = build_rgcn_representation(mc.gnn, triples, scorer.entity_dim, feats, seed=cfg.seed)
