@@ -71,20 +71,17 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
             for name, values in syn.features.items()
         }
         return LoadedData(syn.triples, feats)
-    if ds.path is not None:
-        from mmkgc.data.formats import read_labeled_tsv, read_openke
-
-        if not ds.path.is_dir():
-            raise ConfigError(f"dataset.path: {ds.path} is not a directory")
-        triples = read_openke(ds.path) if ds.format == "openke" else read_labeled_tsv(ds.path)
-        return LoadedData(triples, {})
     if ds.pykeen is not None:
         from mmkgc.interop.pykeen import load_pykeen_dataset
 
         return LoadedData(load_pykeen_dataset(ds.pykeen), {})
-    from mmkgc.data.registry import load_dataset
+    from mmkgc.data.registry import resolve_dataset
 
-    return LoadedData(load_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
+    if ds.path is not None:
+        if not ds.path.is_dir():
+            raise ConfigError(f"dataset.path: {ds.path} is not a directory")
+        return LoadedData(resolve_dataset(ds.path, format=ds.format), {})
+    return LoadedData(resolve_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
 
 
 def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> ModalityFeatures:
