@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mmkgc import __version__
+from mmkgc._version import __version__
 from mmkgc.config import ExperimentConfig, parse_config
 from mmkgc.data.triples import SPLITS, FilterIndex, TripleSet
 from mmkgc.errors import CheckpointError, ConfigError

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import typer
 
-from mmkgc.cli_features import _coverage_table, _load_triples, _output_path, _read_map, _save, console
+from mmkgc.cli._common import console, coverage_table, load_triples, output_path, read_map, save_table
 from mmkgc.errors import ConfigError
 
 enrich_app = typer.Typer(no_args_is_help=True,
@@ -45,7 +45,7 @@ def _workdir(path: Path):
 
 
 def _show(title: str, report: dict[str, Any]) -> None:
-    console.print(_coverage_table(title, report))
+    console.print(coverage_table(title, report))
 
 
 def _sample(n_entities: int, sample: Optional[int], seed: int) -> Optional[list[int]]:
@@ -64,7 +64,7 @@ def _caption(triples, images: Path, model: str, workdir: Path, source: str, prom
     from mmkgc.features.enrich.stages import run_caption
     from mmkgc.features.vision import find_entity_images
 
-    name_map, _ = _read_map(names, triples.entity_labels)
+    name_map, _ = read_map(names, triples.entity_labels)
     collection = find_entity_images(images, triples.entity_labels, layout=layout, name_map=name_map)
     limit = None
     if entities is not None:
@@ -119,15 +119,15 @@ def _encode(triples, workdir: Optional[Path], files: Optional[list[Path]], encod
     for f in files or []:
         if not f.is_file():
             raise ConfigError(f"--from: {f} does not exist")
-    name_map, _ = _read_map(names, triples.entity_labels)
+    name_map, _ = read_map(names, triples.entity_labels)
     enc = build_text_encoder(encoder, batch_size=batch_size, device=device)
     t0 = time.perf_counter()
     table, report = run_encode(triples.entity_labels, triples.name, enc,
                                workdir=_workdir(workdir) if workdir is not None else None,
                                files=files or None, text=text, concat_with_label=concat_label, name_map=name_map,
                                progress=True)
-    out = _output_path(triples.name, output, "generated_text")
-    _save(table, out)
+    out = output_path(triples.name, output, "generated_text")
+    save_table(table, out)
     shown = {k: v for k, v in report.items() if k != "files"}
     shown["seconds"] = round(time.perf_counter() - t0, 1)
     _show(f"{triples.name} generated_text {list(table.values.shape)}", shown)
@@ -157,7 +157,7 @@ def caption(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Caption entity images into the workdir's journal (resumes an interrupted run)."""
-    triples = _load_triples(dataset, data_dir)
+    triples = load_triples(dataset, data_dir)
     _caption(triples, images, model, workdir, source, prompt, prompt_template, batch_size, dtype, max_new_tokens,
              num_beams, device, layout, names, entities)
 
@@ -211,7 +211,7 @@ def encode(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Align enrichment texts to entity ids, encode them, write a feature table and its coverage report."""
-    triples = _load_triples(dataset, data_dir)
+    triples = load_triples(dataset, data_dir)
     _encode(triples, workdir, files, encoder, output, text, concat_label, names, batch_size, device)
 
 
@@ -256,7 +256,7 @@ def run_all(
     """caption -> merge -> fuse -> encode -> audit, each resuming what an earlier run finished."""
     from mmkgc.features.enrich.stages import run_audit, run_merge
 
-    triples = _load_triples(dataset, data_dir)
+    triples = load_triples(dataset, data_dir)
     for src, folder in (("original", images), ("new", new_images)):
         if folder is not None:
             _caption(triples, folder, caption_model, workdir, src, prompt, None, batch_size, dtype, max_new_tokens,

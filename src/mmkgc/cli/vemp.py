@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from mmkgc.cli._common import console, err_console
 
 vemp_app = typer.Typer(no_args_is_help=True, help="VEMP: contrastive token fusion + R-GCN link prediction.")
-# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
-console = Console(markup=False, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def _setup(config: Path, overrides: list[str], run_dir: Optional[Path], device: Optional[str]):

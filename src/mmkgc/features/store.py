@@ -37,7 +37,7 @@ _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _mmkgc_version() -> str:
-    from mmkgc import __version__
+    from mmkgc._version import __version__
 
     return __version__
 
