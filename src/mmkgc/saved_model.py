@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from mmkgc._version import __version__
 from mmkgc.config import ExperimentConfig, parse_config
 from mmkgc.data.triples import SPLITS, FilterIndex, TripleSet
-from mmkgc.errors import CheckpointError, ConfigError
+from mmkgc.errors import CheckpointError
 from mmkgc.models.kge import KGEModel, ModalityFeatures, feature_fingerprint
 
 FORMAT = "mmkgc-saved-model"
