@@ -207,3 +207,18 @@ def test_symmetric_infonce_raw_temperature_is_the_published_cliploss_parameter()
     assert float(logp.temperature.detach()) == pytest.approx(100.0)  # the log form keeps its clamp at 100
     with pytest.raises(Exception, match="parameterization"):
         SymmetricInfoNCE(learnable=True, parameterization="softplus")
+
+
+def test_loss_resolver_knows_every_loss_name_and_builds_the_same_loss():
+    """Every LOSSES name (in any case, '-' for '_') resolves to its class, and a resolved loss computes what the
+    class constructed directly computes."""
+    import torch
+
+    from mmkgc.losses import LOSSES, MarginRankingLoss, loss_resolver
+
+    for name, cls in LOSSES.items():
+        assert loss_resolver.lookup(name.upper().replace("_", "-")) is cls
+    pos, neg = torch.tensor([1.0, -2.0]), torch.tensor([[0.5, 3.0], [-1.0, -4.0]])
+    made = loss_resolver.make("margin", {"margin": 2.0})
+    # hand value: mean over pairs of max(0, 2 - pos + neg) = mean(1.5, 4, 3, 0) = 2.125
+    assert float(made(pos, neg)) == pytest.approx(2.125) == float(MarginRankingLoss(2.0)(pos, neg))

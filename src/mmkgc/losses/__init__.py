@@ -11,6 +11,8 @@ import inspect
 from typing import Literal
 
 import torch
+from class_resolver import ClassResolver
+from class_resolver.utils import normalize_string
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,6 +27,7 @@ __all__ = [
     "l2_regularizer",
     "LOSSES",
     "build_loss",
+    "loss_resolver",
 ]
 
 
@@ -361,19 +364,30 @@ LOSSES: dict[str, type[nn.Module]] = {
 }
 
 
+#: Every training loss by name (class name without ``Loss``, plus the :data:`LOSSES` names as synonyms):
+#: ``loss_resolver.lookup("nssa")``, ``loss_resolver.make("margin", margin=9.0)``; ``mmkgc ls losses`` lists them.
+loss_resolver: ClassResolver[nn.Module] = ClassResolver(
+    [MarginRankingLoss, SoftplusLoss, SelfAdversarialSigmoidLoss, BCEWithLabelSmoothing, SoftmaxCrossEntropyLoss],
+    base=nn.Module, suffix="Loss", location="mmkgc.losses.loss_resolver",
+    synonyms={normalize_string(k): v for k, v in LOSSES.items()
+              if normalize_string(k) != normalize_string(v.__name__[:-4])},
+)
+
+
 def build_loss(name: str, **options) -> nn.Module:
     """Create a registered loss.
 
-    :param name: one of :data:`LOSSES` (case-insensitive), e.g. ``"nssa"`` (alias ``"sigmoid"``), ``"margin"``,
+    :param name: a name :data:`loss_resolver` knows (case, ``_`` and ``-`` ignored; the :data:`LOSSES` names), e.g. ``"nssa"`` (alias ``"sigmoid"``), ``"margin"``,
         ``"softplus"``, ``"bce"``.
     :param options: constructor options of that loss.
     :raises UnknownNameError: for an unknown name.
     :raises ConfigError: for an option the loss does not accept or an invalid value.
     """
     key = str(name).lower()
-    if key not in LOSSES:
-        raise UnknownNameError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
-    cls = LOSSES[key]
+    try:
+        cls = loss_resolver.lookup(key)
+    except (KeyError, ValueError, TypeError):
+        raise UnknownNameError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}") from None
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
