@@ -70,3 +70,21 @@ def test_relative_paths_resolve_against_config_dir_and_overrides(tmp_path: Path)
     assert cfg.training.epochs == 7 and cfg.model.dim == 16
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(cfg_file, overrides=["training.epochs"])
+
+
+def test_fusion_kind_by_resolver_name_and_operator_options_checked_by_field():
+    """model.fusion.kind takes any name of the fusion operators (spelling-insensitive, stored as the configs spell
+    it); undeclared keys are constructor options of that operator, and an unknown one is named by its path."""
+    model = {"scorer": "rotate", "dim": 8, "representation": "fused",
+             "modalities": [{"name": "text", "file": "t.npy"}]}
+    cfg = parse_config({**MINIMAL, "model": {**model, "fusion": {"kind": "Tanh-Attention", "init_range": 0.1}}})
+    assert (cfg.model.fusion.kind, cfg.model.fusion.options) == ("attention", {"init_range": 0.1})
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "model": {**model, "fusion": {"kind": "attention", "temperatur": 2.0}}})
+    assert "model.fusion.temperatur: unexpected option of fusion 'attention'" in str(err.value)
+    assert "init_range" in str(err.value) and "relation_temperature" not in str(err.value).split("options:")[1]
+    with pytest.raises(ConfigError, match="model.fusion.kind: .*unknown fusion 'attn'"):
+        parse_config({**MINIMAL, "model": {**model, "fusion": {"kind": "attn"}}})
+    with pytest.raises(ConfigError, match=r"model.scorer_options.marginn: unexpected option of scorer 'rotate' "
+                                          r"\(its options: margin, epsilon\)"):
+        parse_config({**MINIMAL, "model": {**model, "scorer_options": {"marginn": 1.0}}})

@@ -86,3 +86,16 @@ def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[Mod
     return RGCNRepresentation(graph, dim, features, gnn_cfg.hidden_dims, gnn_cfg.num_bases, gnn_cfg.dropout,
                               gnn_cfg.final_activation, getattr(gnn_cfg, "fanouts", None),
                               input_dim=getattr(gnn_cfg, "input_dim", None) or dim, seed=seed)
+
+
+def check_fusion_options(cfg: ExperimentConfig) -> None:
+    """Refuse operator options (``model.fusion`` keys beyond the declared ones, validated against the operator by
+    the config) that the configured representation cannot pass on: today's representations build their operator
+    from the declared fields only.
+
+    :raises ConfigError: naming ``model.fusion.<key>``.
+    """
+    fusion = cfg.model.fusion
+    for key in fusion.options:
+        raise ConfigError(f"model.fusion.{key}: representation {cfg.model.representation!r} builds its "
+                          f"{fusion.kind!r} operator from the declared fusion fields and takes no other option")

@@ -165,7 +165,10 @@ def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> 
 
 def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     """The model a config describes: scorer, entity representation (structure / concat / modality only)."""
+    from mmkgc.builders import check_fusion_options
+
     mc = cfg.model
+    check_fusion_options(cfg)
     torch.manual_seed(cfg.seed)
     triples = data.triples
     if mc.method == "imvia":  # per-modality MoE + TuckER decoders with decision fusion (methods.md section 4)
