@@ -32,7 +32,7 @@ import typer  # noqa: E402
 
 from mmkgc.errors import MMKGCError  # noqa: E402
 
-from mmkgc.cli import datasets, enrich, features, train, tune, vemp  # noqa: E402
+from mmkgc.cli import datasets, enrich, features, ls, train, tune, vemp  # noqa: E402
 from mmkgc.cli._common import REPORTED, console, log_line, print_error, progress_enabled  # noqa: E402,F401
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-modal knowledge graph completion.")
@@ -41,6 +41,7 @@ app.add_typer(features.features_app, name="features")
 app.add_typer(enrich.enrich_app, name="enrich")
 app.add_typer(vemp.vemp_app, name="vemp")
 app.command("tune")(tune.tune_command)
+app.command("ls")(ls.ls_command)
 for _command in (train.train, train.evaluate, train.predict, train.export, train.demo):
     app.command()(_command)
 

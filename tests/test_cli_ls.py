@@ -1,0 +1,40 @@
+"""``mmkgc ls FAMILY`` lists what each resolver (or, before it lands, each name table) knows."""
+
+import pytest
+
+from mmkgc import cli
+
+
+def test_ls_losses_lists_every_loss_with_its_synonyms_and_doc(capsys):
+    from mmkgc.cli.ls import Family, entries
+    from mmkgc.losses import SelfAdversarialSigmoidLoss
+
+    rows = {name: (also, doc) for name, also, doc in entries(Family.losses)}
+    assert set(rows) == {"marginranking", "softplus", "selfadversarialsigmoid", "bcewithlabelsmoothing",
+                         "softmaxcrossentropy"}
+    also, doc = rows["selfadversarialsigmoid"]
+    assert also == ["nssa", "selfadversarialsigmoid", "sigmoid"] or also == ["nssa", "sigmoid"]
+    assert doc == " ".join(SelfAdversarialSigmoidLoss.__doc__.strip().split("\n\n")[0].split())
+    assert cli.run(["ls", "losses"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("nssa", "margin", "softplus", "bce", "softmaxce"))
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("scorers", ("transe", "distmult", "complex", "rotate", "tucker")),
+    ("fusions", ("concat", "attention")),
+    ("adapters", ("linear", "mlp")),
+    ("loops", ("negative_sampling", "one_to_n")),
+    ("trackers", ("tensorboard", "mlflow", "wandb")),
+])
+def test_ls_every_family(capsys, family, expected):
+    assert cli.run(["ls", family]) == 0
+    out = capsys.readouterr().out
+    for name in expected:
+        assert name in out.replace("_", "") or name in out
+
+
+def test_ls_unknown_family_is_a_usage_error_listing_the_families(capsys):
+    assert cli.run(["ls", "optimizers"]) == 2
+    err = capsys.readouterr().err
+    assert "'optimizers' is not one of" in err and "'fusions'" in err and "Traceback" not in err
