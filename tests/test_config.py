@@ -99,3 +99,12 @@ def test_every_shipped_experiment_config_is_valid(path: Path):
     """configs/ (the VEMP stage configs and the tune search spaces are other formats) all validate."""
     cfg = load_config(path)
     assert cfg.model.fusion.kind in ("concat", "attention")
+
+
+def test_selection_metric_comes_from_the_one_metric_list():
+    from mmkgc.evaluation.metrics import HEADLINE_METRICS, SELECTION_METRICS
+
+    assert SELECTION_METRICS == ("mrr", "hits@1", "hits@3", "hits@10") and HEADLINE_METRICS[1] == "mr"
+    assert parse_config({**MINIMAL, "evaluation": {"metric": "hits@3"}}).evaluation.metric == "hits@3"
+    with pytest.raises(ConfigError, match=r"evaluation.metric: .*expected one of mrr, hits@1, hits@3, hits@10"):
+        parse_config({**MINIMAL, "evaluation": {"metric": "mr"}})  # lower is better: not a selection metric

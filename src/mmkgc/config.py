@@ -742,12 +742,21 @@ class EvaluationConfig(_Strict):
     every: int = Field(10, ge=1)
     patience: int | None = Field(5, ge=1)
     split: Literal["valid_clean", "valid"] = "valid_clean"
-    metric: Literal["mrr", "hits@1", "hits@3", "hits@10"] = "mrr"
+    metric: str = "mrr"
     tie_policy: Literal["realistic", "optimistic", "pessimistic", "random"] = "realistic"
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
     test: bool = True
     sampled_candidates: int | None = Field(None, ge=1)
     report: Literal["selected", "legacy_best_test_per_metric"] = "selected"
+
+    @field_validator("metric")
+    @classmethod
+    def _selection_metric(cls, v: str) -> str:
+        from mmkgc.evaluation.metrics import SELECTION_METRICS
+
+        if v not in SELECTION_METRICS:
+            raise ValueError(f"unknown selection metric {v!r}; expected one of {', '.join(SELECTION_METRICS)}")
+        return v
 
 
 class TrackingConfig(_Strict):

@@ -37,6 +37,7 @@ from mmkgc.models.kge import (EmbeddingRepresentation, KGEModel, ModalityFeature
 from mmkgc.nn.scorers import build_scorer
 from mmkgc.fileio import atomic_write_text as _atomic_write_text
 from mmkgc.training.checkpoint import load_checkpoint
+from mmkgc.evaluation.metrics import HEADLINE_METRICS
 
 
 @dataclass
@@ -628,9 +629,6 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
             "TEST value over epochs (it selects on the test set); use the 'test' block for honest numbers")
     atomic_write_text(files / "metrics.json", json.dumps(metrics, indent=2))
     return metrics, model, data
-
-
-HEADLINE_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
 
 
 def headline(result: Any) -> dict[str, dict[str, float]]:

@@ -44,6 +44,7 @@ from torch import nn
 from mmkgc.config_vemp import FEATURE_MODES, VempConfig
 from mmkgc.data.triples import TripleSet
 from mmkgc.errors import ConfigError
+from mmkgc.evaluation.metrics import SELECTION_METRICS
 from mmkgc.fileio import atomic_write_text
 from mmkgc.nn.fusion import CrossAttentionTokenFusion
 from mmkgc.models.vemp import VempLinkModel, _random_negatives, training_negatives
@@ -445,7 +446,7 @@ def run_filtered(cfg: VempConfig, run_dir: Path, mode: str, log: Callable[[str],
         exp.training.num_threads = cfg.num_threads
     metrics = run_experiment(exp, run_dir / "filtered" / mode, device=cfg.device, log=log)
     test = metrics["summary"]["test"]["realistic"]
-    return {"mode": mode, "test": {k: test[k] for k in ("mrr", "hits@1", "hits@3", "hits@10") if k in test}}
+    return {"mode": mode, "test": {k: test[k] for k in SELECTION_METRICS if k in test}}
 
 
 # ------------------------------------------------------------------------------------------------ compare
