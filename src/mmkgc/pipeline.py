@@ -263,7 +263,12 @@ def check_device(name: str | None) -> None:
         raise ConfigError(f"--device {name}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, mps or auto)")
 
 
-def _device(name: str | None) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
+    """The one device helper of the top layer: ``name`` checked (:func:`check_device`), then ``auto`` / ``None``
+    resolved to ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU (:func:`mmkgc.distributed.device_for_rank`).
+
+    :raises ConfigError: see :func:`check_device`.
+    """
     from mmkgc.distributed import device_for_rank
 
     check_device(name)
@@ -473,14 +478,14 @@ def run_pipeline(
     if run_dir is None:
         if resume:
             raise ConfigError("resume: an in-memory run (no run directory) has no checkpoint to resume from")
-        _device(device)
+        resolve_device(device)
         data = data if data is not None else load_data(cfg)
         main = is_main_process()
         trackers = _config_trackers(cfg) + list(trackers or []) if main else []
         return _run_tracked(cfg, data, None, False, progress, device, log, main, trackers)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
-    _device(device)  # a bad --device fails before anything is written
+    resolve_device(device)  # a bad --device fails before anything is written
     data = data if data is not None else load_data(cfg)  # as does a dataset that cannot be read
     main = is_main_process()
     trackers = _config_trackers(cfg) + list(trackers or []) if main else []  # as does a missing tracker package
@@ -568,7 +573,7 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     for warning in getattr(report, "warnings", []):
         log(f"data health: {warning}")
 
-    dev = _device(device)
+    dev = resolve_device(device)
     # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
     model = build_model(cfg, data, progress=progress or main)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
@@ -660,7 +665,7 @@ def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "bes
     ckpt = run_dir / "checkpoints" / which
     if which == "best" and not (ckpt.exists() or ckpt.with_name("best.old").exists()):
         ckpt = run_dir / "checkpoints" / "last"
-    dev = _device(device)
+    dev = resolve_device(device)
     from mmkgc.errors import CheckpointError
     from mmkgc.training.checkpoint import read_checkpoint_state
 

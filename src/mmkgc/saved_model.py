@@ -248,7 +248,7 @@ def load_saved_model(directory: str | Path, device: str | None = "auto") -> Trai
         from the manifest, a feature table absent or different (named), weights that do not fit the config.
     :raises ConfigError: the stored config is not valid for this version of mmkgc, a bad device.
     """
-    from mmkgc.pipeline import LoadedData, _device, build_model
+    from mmkgc.pipeline import LoadedData, build_model, resolve_device
     from mmkgc.training.checkpoint import load_checkpoint
 
     directory = Path(directory)
@@ -268,5 +268,5 @@ def load_saved_model(directory: str | Path, device: str | None = "auto") -> Trai
     model = build_model(cfg, LoadedData(triples, {}, model_features=feats))
     _checked_file(directory, manifest, "weights")
     state, _ = load_checkpoint(directory, model)
-    model.to(_device(device)).eval()
+    model.to(resolve_device(device)).eval()
     return TrainedModel(cfg, triples, model, feats, state=state, source=directory)

@@ -47,6 +47,7 @@ from mmkgc.errors import ConfigError
 from mmkgc.evaluation.metrics import SELECTION_METRICS
 from mmkgc.fileio import atomic_write_text
 from mmkgc.nn.fusion import CrossAttentionTokenFusion
+from mmkgc.pipeline import resolve_device
 from mmkgc.models.vemp import VempLinkModel, _random_negatives, training_negatives
 from mmkgc.nn.gnn import MessageGraph, sample_subgraph
 
@@ -111,12 +112,6 @@ def load_inputs(cfg: VempConfig, triples: TripleSet | None = None) -> VempInputs
     return VempInputs(triples, text.values, text.token_mask, image.values, text_pooled, image_pooled)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _edges(triples: torch.Tensor) -> torch.Tensor:
     """``(h, r, t)`` ``[n, 3]`` -> ``(src, dst)`` ``[n, 2]``."""
     return triples[:, [0, 2]]
@@ -143,7 +138,7 @@ def pretrain(cfg: VempConfig, inputs: VempInputs, run_dir: Path,
     from mmkgc.training.steps import ContrastivePretrainStep
 
     p = cfg.pretrain
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     fusion = build_fusion(cfg, inputs).to(device)
     t = inputs.triples
@@ -297,7 +292,7 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
     selected state is tested.
     """
     lp = cfg.linkpred
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = triples.num_entities
