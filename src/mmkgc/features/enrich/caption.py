@@ -238,7 +238,7 @@ def caption_images(
     :raises DataFormatError: the journal is corrupt or was written with another model/prompt.
     :raises ValueError: the captioner returned a different number of captions than images.
     """
-    from mmkgc.features.cache import _progress
+    from mmkgc.progress import progress as progress_bar
     from mmkgc.features.vision import load_image
 
     root = image_root(images)
@@ -265,7 +265,7 @@ def caption_images(
     def record(key: str, i: int, k: int, **fields: Any) -> dict[str, Any]:
         return {"image": key, "entity": entity_labels[i], "entity_id": i, "index": k, "source": source, **fields}
 
-    with _progress(progress, len(pending), f"captioning ({source})") as advance:
+    with progress_bar(progress, len(pending), f"captioning ({source})") as advance:
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
             loaded = []
