@@ -71,13 +71,14 @@ class VempInputs:
 
 def load_graph(cfg: VempConfig) -> TripleSet:
     """The split graph a config names (``vemp_csv`` random split or the ``openke`` standard split)."""
-    from mmkgc.data.formats import read_openke, read_vemp_graph
+    from mmkgc.data.formats import read_vemp_graph
+    from mmkgc.data.registry import resolve_dataset
 
     g = cfg.graph
     if not g.path.is_dir():
         raise ConfigError(f"graph.path: {g.path} is not a directory")
     if g.format == "openke":
-        return read_openke(g.path)
+        return resolve_dataset(g.path)
     triples, _ = read_vemp_graph(g.path, g.valid_fraction, g.test_fraction, g.split_seed)
     return triples
 
