@@ -108,3 +108,15 @@ def test_selection_metric_comes_from_the_one_metric_list():
     assert parse_config({**MINIMAL, "evaluation": {"metric": "hits@3"}}).evaluation.metric == "hits@3"
     with pytest.raises(ConfigError, match=r"evaluation.metric: .*expected one of mrr, hits@1, hits@3, hits@10"):
         parse_config({**MINIMAL, "evaluation": {"metric": "mr"}})  # lower is better: not a selection metric
+
+
+def test_builder_refuses_operator_options_the_representation_cannot_pass_on():
+    from mmkgc.pipeline import build_model, load_data
+
+    raw = {"dataset": {"synthetic": {"seed": 1, "num_entities": 60, "num_relations": 3, "num_types": 3}},
+           "model": {"scorer": "distmult", "dim": 8, "representation": "concat",
+                     "modalities": [{"name": "text"}], "fusion": {"kind": "concat", "other_scale": 0.2}}}
+    cfg = parse_config(raw)
+    assert cfg.model.fusion.options == {"other_scale": 0.2}
+    with pytest.raises(ConfigError, match="model.fusion.other_scale: representation 'concat' builds its 'concat'"):
+        build_model(cfg, load_data(cfg))
