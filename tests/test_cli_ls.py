@@ -48,3 +48,15 @@ def test_help_lists_the_valid_values_of_typed_choices(capsys):
     assert cli.run(["evaluate", "run", "--split", "tset"]) == 2
     err = capsys.readouterr().err
     assert "'tset' is not one of 'test', 'valid', 'valid_clean'" in err
+
+
+def test_cli_choices_match_the_library_name_lists():
+    """The typed CLI choices spell the same values the library accepts (no second list drifting apart)."""
+    from typing import get_args
+
+    from mmkgc.cli import _common
+    from mmkgc.config import EnrichmentConfig
+    from mmkgc.config_vemp import FEATURE_MODES
+
+    assert set(_common.FeatureMode) == set(FEATURE_MODES)
+    assert set(_common.EnrichText) == set(get_args(EnrichmentConfig.model_fields["text"].annotation))

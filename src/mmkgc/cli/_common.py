@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +46,7 @@ def progress_enabled() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- typed choices
-class Split(str, Enum):
+class Split(StrEnum):
     """The evaluation split of ``mmkgc evaluate``."""
 
     test = "test"
@@ -54,35 +54,35 @@ class Split(str, Enum):
     valid_clean = "valid_clean"
 
 
-class Checkpoint(str, Enum):
+class Checkpoint(StrEnum):
     """Which checkpoint of a run directory to load."""
 
     best = "best"
     last = "last"
 
 
-class MetricsLayout(str, Enum):
+class MetricsLayout(StrEnum):
     """``mmkgc evaluate --output`` layout."""
 
     mmkgc = "mmkgc"
     pykeen = "pykeen"
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     """``mmkgc export --format``."""
 
     model = "model"
     pykeen = "pykeen"
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     """``mmkgc features extract --modality``."""
 
     text = "text"
     image = "image"
 
 
-class ImageLayout(str, Enum):
+class ImageLayout(StrEnum):
     """How an image folder maps to entities (``--layout``)."""
 
     auto = "auto"
@@ -91,7 +91,7 @@ class ImageLayout(str, Enum):
     table = "table"
 
 
-class ImageOutput(str, Enum):
+class ImageOutput(StrEnum):
     """What an image encoder writes (``--output-kind``)."""
 
     pooled = "pooled"
@@ -99,13 +99,69 @@ class ImageOutput(str, Enum):
     tokens = "tokens"
 
 
-class ImageAggregate(str, Enum):
+class ImageAggregate(StrEnum):
     """How several images of an entity combine (``--aggregate``)."""
 
     mean = "mean"
     max = "max"
     first = "first"
     set = "set"
+
+
+class CaptionSource(StrEnum):
+    """Which image set a caption run reads (source priority when merging: original first)."""
+
+    original = "original"
+    new = "new"
+
+
+class DType(StrEnum):
+    """Weights dtype of a captioning / fusion model (``--dtype``)."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class EnrichText(StrEnum):
+    """Which text ``mmkgc enrich encode`` encodes (``auto``: summary, else merged, else captions)."""
+
+    auto = "auto"
+    summary = "summary"
+    merged = "merged"
+    images = "images"
+
+
+class Presence(StrEnum):
+    """How an imported table's presence mask is derived (:func:`mmkgc.features.store.presence_from_values`)."""
+
+    all = "all"
+    nonzero = "nonzero"
+    not_equal_fill = "not_equal_fill"
+
+
+class MultiVector(StrEnum):
+    """How ``.h5`` entries with several vectors become a row (``--multi``)."""
+
+    mean = "mean"
+    first = "first"
+    tokens = "tokens"
+
+
+class VempProtocol(StrEnum):
+    """Stage-2 protocol of ``mmkgc vemp linkpred``."""
+
+    vemp_sampled = "vemp_sampled"
+    filtered = "filtered"
+
+
+class FeatureMode(StrEnum):
+    """A node-feature table exported by VEMP's stage 1 (:data:`mmkgc.config_vemp.FEATURE_MODES`)."""
+
+    text_only = "text_only"
+    image_only = "image_only"
+    concat = "concat"
+    fused = "fused"
 
 
 # ----------------------------------------------------------------------------------------------- datasets, tables

@@ -26,6 +26,8 @@ from mmkgc.cli._common import (
     ImageLayout,
     ImageOutput,
     Modality,
+    MultiVector,
+    Presence,
     console,
     coverage_table,
     err_console,
@@ -64,7 +66,8 @@ def extract(
     """Compute features with a frozen encoder (cached, resumable) and write a named table."""
     from mmkgc.features.cache import cached_image_features, cached_text_features
 
-    modality, layout, kind, aggregate = modality.value, layout.value, kind.value, aggregate.value
+    modality, layout = Modality(modality).value, ImageLayout(layout).value
+    kind, aggregate = ImageOutput(kind).value, ImageAggregate(aggregate).value
     triples = load_triples(dataset, data_dir)
     out = output_path(triples.name, output, modality)
     t0 = time.perf_counter()
@@ -118,8 +121,8 @@ def import_(
     file: Path = typer.Argument(..., help="Feature file: .pth, .pt, .npy, .safetensors, .h5."),
     modality: str = typer.Option(..., "--modality", help="Modality name of the table (text, image, ...)."),
     names: Optional[Path] = typer.Option(None, "--names", help="Two-column name map (file name <-> dataset entity)."),
-    presence: str = typer.Option("all", "--presence", help="all, nonzero or not_equal_fill."),
-    multi: str = typer.Option("mean", "--multi", help=".h5 entries with several vectors: mean, first or tokens."),
+    presence: Presence = typer.Option(Presence.all, "--presence", help="How the presence mask is derived."),
+    multi: MultiVector = typer.Option(MultiVector.mean, "--multi", help=".h5 entries with several vectors."),
     key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a dict .pth / multi-tensor file."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME or path; default: the modality name."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
@@ -130,8 +133,7 @@ def import_(
     """Align a community feature file to the dataset's entity ids, print the coverage report, write a table."""
     from mmkgc.features.io import import_feature_file, import_h5_features
 
-    if presence not in ("all", "nonzero", "not_equal_fill"):
-        raise ConfigError(f"--presence must be all, nonzero or not_equal_fill, got {presence!r}")
+    presence, multi = Presence(presence).value, MultiVector(multi).value
     triples = load_triples(dataset, data_dir)
     out = output_path(triples.name, output, modality)
     name_map, map_report = read_map(names, triples.entity_labels)

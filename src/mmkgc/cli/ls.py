@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import typer
@@ -20,7 +20,7 @@ from rich.table import Table
 from mmkgc.cli._common import console
 
 
-class Family(str, Enum):
+class Family(StrEnum):
     """A component family of ``mmkgc ls``."""
 
     scorers = "scorers"

@@ -112,7 +112,7 @@ def evaluate(
                                     "as PyKEEN's RankBasedMetricResults.to_dict())."),
 ) -> None:
     """Evaluate a run's model with filtered ranks (all tie policies, per relation category)."""
-    split, checkpoint, layout = split.value, checkpoint.value, layout.value
+    split, checkpoint, layout = Split(split).value, Checkpoint(checkpoint).value, MetricsLayout(layout).value
     from mmkgc.api import evaluate as evaluate_model
     from mmkgc.api import load
     from mmkgc.fileio import atomic_write_text
@@ -174,7 +174,7 @@ def export(
                                                "the dataset and cache to rebuild them)."),
 ) -> None:
     """Write a run's model as a self-contained saved model or for PyKEEN."""
-    fmt, checkpoint = fmt.value, checkpoint.value
+    fmt, checkpoint = ExportFormat(fmt).value, Checkpoint(checkpoint).value
     from mmkgc.api import load
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

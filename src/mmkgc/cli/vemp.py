@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from mmkgc.cli._common import console, err_console
+from mmkgc.cli._common import FeatureMode, VempProtocol, console, err_console
 
 vemp_app = typer.Typer(no_args_is_help=True, help="VEMP: contrastive token fusion + R-GCN link prediction.")
 
@@ -69,8 +69,9 @@ def export_cmd(config: Path = _CONFIG, run_dir: Optional[Path] = _RUN, overrides
 
 
 @vemp_app.command("linkpred")
-def linkpred_cmd(config: Path = _CONFIG, mode: str = typer.Option("fused", "--mode", help="Feature mode."),
-                 protocol: str = typer.Option("vemp_sampled", "--protocol", help="vemp_sampled or filtered."),
+def linkpred_cmd(config: Path = _CONFIG, mode: FeatureMode = typer.Option(FeatureMode.fused, "--mode",
+                                                                          help="Exported feature table."),
+                 protocol: VempProtocol = typer.Option(VempProtocol.vemp_sampled, "--protocol"),
                  run_dir: Optional[Path] = _RUN, overrides: list[str] = _SET,
                  device: Optional[str] = _DEVICE) -> None:
     """Stage 2 for one exported feature mode under one protocol; prints the test metrics as JSON."""
@@ -78,6 +79,7 @@ def linkpred_cmd(config: Path = _CONFIG, mode: str = typer.Option("fused", "--mo
     from mmkgc.vemp import run_filtered, run_linkpred
 
     cfg, out = _setup(config, overrides, run_dir, device)
+    mode, protocol = FeatureMode(mode).value, VempProtocol(protocol).value
     if protocol == "vemp_sampled":
         result = run_linkpred(cfg, out, mode, log=_log)["test"]
     elif protocol == "filtered":
@@ -88,8 +90,6 @@ def linkpred_cmd(config: Path = _CONFIG, mode: str = typer.Option("fused", "--mo
 
             cfg.filtered = FilteredConfig()
         result = run_filtered(cfg, out, mode, log=_log)["test"]
-    else:
-        raise ConfigError(f"--protocol must be vemp_sampled or filtered, got {protocol!r}")
     console.print_json(json.dumps(result))
 
 
