@@ -144,7 +144,7 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
     return ModalityFeatures(m.name, values, torch.as_tensor(present, dtype=torch.bool), m.missing)
 
 
-def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
+def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
     """The modality inputs of a model: one per ``model.modalities`` entry, then ``model.enrichment``'s policy
     (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2).
     Computed once per :class:`LoadedData` and modality config, and kept in ``data.model_features`` (which a saved
@@ -175,23 +175,23 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
     if mc.method == "imvia":  # per-modality MoE + TuckER decoders with decision fusion (methods.md section 4)
         from mmkgc.models.imvia import IMVIAModel
 
-        feats = _model_features(cfg, data, progress)
+        feats = model_features(cfg, data, progress)
         return IMVIAModel(triples.num_entities, triples.num_relations, mc.dim, feats, mc.imvia)
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
         from mmkgc.builders import build_fused_model
 
-        return _with_unseen(cfg, data, build_fused_model(cfg, data, scorer, _model_features(cfg, data, progress)))
+        return _with_unseen(cfg, data, build_fused_model(cfg, data, scorer, model_features(cfg, data, progress)))
     if mc.representation == "structure":
         rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
                                       sparse=cfg.training.sparse)
     elif mc.representation == "rgcn":
         from mmkgc.builders import build_rgcn_representation
 
-        feats = _model_features(cfg, data, progress)
+        feats = model_features(cfg, data, progress)
         rep = build_rgcn_representation(mc.gnn, triples, scorer.entity_dim, feats, seed=cfg.seed)
     else:
-        feats = _model_features(cfg, data, progress)
+        feats = model_features(cfg, data, progress)
         rep = MultimodalRepresentation(
             triples.num_entities,
             scorer.entity_dim,

@@ -221,11 +221,11 @@ def _stored_features(directory: Path, manifest: dict[str, Any]) -> list[Modality
 def _rebuilt_features(directory: Path, cfg: ExperimentConfig, manifest: dict[str, Any]) -> list[ModalityFeatures]:
     """The tables of a model saved without them, rebuilt from its config and checked against the fingerprints."""
     from mmkgc.errors import MMKGCError
-    from mmkgc.pipeline import _model_features, load_data
+    from mmkgc.pipeline import model_features, load_data
 
     tables = manifest["features"]
     try:
-        feats = _model_features(cfg, load_data(cfg), progress=False)
+        feats = model_features(cfg, load_data(cfg), progress=False)
     except (MMKGCError, OSError) as err:
         raise CheckpointError(
             f"{directory}: the model was saved without its feature tables ({', '.join(t['name'] for t in tables)}) "

@@ -48,7 +48,7 @@ from mmkgc.evaluation.metrics import SELECTION_METRICS
 from mmkgc.fileio import atomic_write_text
 from mmkgc.nn.fusion import CrossAttentionTokenFusion
 from mmkgc.pipeline import resolve_device
-from mmkgc.models.vemp import VempLinkModel, _random_negatives, training_negatives
+from mmkgc.models.vemp import VempLinkModel, random_negatives, training_negatives
 from mmkgc.nn.gnn import MessageGraph, sample_subgraph
 
 
@@ -317,8 +317,8 @@ def train_linkpred(cfg: VempConfig, triples: TripleSet, features: torch.Tensor, 
 
     valid_q, test_q = queries(triples.valid), queries(triples.test)
     neg_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    valid_neg = _random_negatives(valid_q, n, known, neg_gen)
-    test_neg = _random_negatives(test_q, n, known, neg_gen)
+    valid_neg = random_negatives(valid_q, n, known, neg_gen)
+    test_neg = random_negatives(test_q, n, known, neg_gen)
     valid_graph = graph_of(triples.train)
     test_graph = graph_of(torch.cat([triples.train, triples.valid]))
 

@@ -38,7 +38,7 @@ class VempLinkModel(nn.Module):
 
 
 
-def _random_negatives(pos: torch.Tensor, num_nodes: int, known: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_negatives(pos: torch.Tensor, num_nodes: int, known: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """``len(pos)`` random ``(src, dst)`` pairs that are not known edges (PyG ``negative_sampling`` style)."""
     keys = torch.unique(known[:, 0] * num_nodes + known[:, 1])
     out = torch.empty(0, 2, dtype=torch.long)

@@ -112,9 +112,9 @@ class Captioner:
         require("transformers", "captioning (mmkgc enrich caption)", extra="vision")
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model
+        from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
 
-        _quiet_transformers()
+        quiet_transformers()
         self.settings = settings or CaptionSettings()
         self.resolved = resolve_model(model, "captioning model")
         kw = {"local_files_only": self.resolved.local_files_only}
@@ -128,7 +128,7 @@ class Captioner:
             raise ConfigError(f"captioning model {model!r} ({self.model_type}) is not an image-to-text model: {exc}") from None
         self.processor = AutoProcessor.from_pretrained(self.resolved.location, **kw)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self._weights = _weights_identity(self.resolved)
+        self._weights = weights_identity(self.resolved)
         self.text = self._prompt_text()
 
     def _prompt_text(self) -> str | None:

@@ -115,9 +115,9 @@ class LLMFuser:
         require("transformers", "description fusion (mmkgc enrich fuse)", extra="text")
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model
+        from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
 
-        _quiet_transformers()
+        quiet_transformers()
         self.settings = settings or FusionSettings()
         self.resolved = resolve_model(model, "fusion model")
         kw = {"local_files_only": self.resolved.local_files_only}
@@ -132,7 +132,7 @@ class LLMFuser:
             raise ConfigError(f"fusion model {model!r} ({config.model_type}) is not a seq2seq or causal LM: {exc}") from None
         self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kw)
         self.model_type = config.model_type
-        self._weights = _weights_identity(self.resolved)
+        self._weights = weights_identity(self.resolved)
 
     @property
     def identity(self) -> dict[str, Any]:
