@@ -120,3 +120,15 @@ def test_builder_refuses_operator_options_the_representation_cannot_pass_on():
     assert cfg.model.fusion.options == {"other_scale": 0.2}
     with pytest.raises(ConfigError, match="model.fusion.other_scale: representation 'concat' builds its 'concat'"):
         build_model(cfg, load_data(cfg))
+
+
+def test_training_loss_by_any_resolver_name_stored_as_the_trainer_spells_it():
+    base = {**MINIMAL, "model": {"reciprocal": True}}
+    for name, stored in [("NSSA", "nssa"), ("self-adversarial-sigmoid", "nssa"), ("MarginRanking", "margin"),
+                         ("softplus", "softplus")]:
+        assert parse_config({**base, "training": {"loss": name}}).training.loss == stored
+    assert parse_config({**base, "training": {"loop": "one_to_n", "loss": "ce"}}).training.loss == "softmax_ce"
+    with pytest.raises(ConfigError, match=r"training.loss: .*unknown loss 'huber'; known: .*nssa"):
+        parse_config({**base, "training": {"loss": "huber"}})
+    with pytest.raises(ConfigError, match="loss 'bce' belongs to loop 'one_to_n'"):
+        parse_config({**base, "training": {"loss": "BCEWithLabelSmoothing"}})

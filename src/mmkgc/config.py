@@ -686,7 +686,7 @@ class TrainingConfig(_Strict):
     sampler: Literal["bernoulli", "uniform"] = "bernoulli"
     filtered_negatives: bool = True
     positives: Literal["permutation", "with_replacement"] = "permutation"
-    loss: Literal["nssa", "margin", "softplus", "bce", "softmax_ce"] = "nssa"
+    loss: str = "nssa"
     adversarial_temperature: float = Field(1.0, ge=0.0)
     margin: float = Field(1.0, gt=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -705,6 +705,16 @@ class TrainingConfig(_Strict):
     distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
     adversarial: AdversarialConfig | None = None
     scheduler: SchedulerConfig | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_name(cls, v: str) -> str:
+        """Any name :data:`mmkgc.losses.loss_resolver` knows, stored as its first :data:`mmkgc.losses.LOSSES` name
+        (``nssa``, ``margin``, ``softplus``, ``bce``, ``softmax_ce``), the spelling the trainer routes options by."""
+        from mmkgc.losses import LOSSES, loss_resolver
+
+        found = _lookup(loss_resolver, LOSSES, v, "loss")
+        return next(name for name, c in LOSSES.items() if c is found)
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
