@@ -132,3 +132,8 @@ def test_training_loss_by_any_resolver_name_stored_as_the_trainer_spells_it():
         parse_config({**base, "training": {"loss": "huber"}})
     with pytest.raises(ConfigError, match="loss 'bce' belongs to loop 'one_to_n'"):
         parse_config({**base, "training": {"loss": "BCEWithLabelSmoothing"}})
+
+
+def test_scorer_name_is_stored_as_the_scorer_names_itself():
+    assert parse_config({**MINIMAL, "model": {"scorer": "RotatE"}}).model.scorer == "rotate"
+    assert parse_config({**MINIMAL, "model": {"scorer": "DistMult"}}).model.scorer == "distmult"

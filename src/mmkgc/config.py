@@ -487,8 +487,8 @@ class ModelConfig(_Strict):
     @field_validator("scorer")
     @classmethod
     def _scorer_name(cls, v: str) -> str:
-        scorer_class(v)  # raises for an unknown name, listing the known ones
-        return v.lower()
+        found = scorer_class(v)  # raises for an unknown name, listing the known ones
+        return str(getattr(found, "name", None) or found.__name__.lower())  # stored as the scorer names itself
 
     @field_validator("scorer_options")
     @classmethod
