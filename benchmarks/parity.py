@@ -238,7 +238,7 @@ def reference_argv(method: str, settings: dict[str, Any], seed: int, device: str
     """Command-line arguments of the official entry point for these settings (DB15K)."""
     s = settings
     if method in ("adamf_mat", "native"):
-        argv = [f"-dataset=DB15K", f"-batch_size={s['batch_size']}", f"-margin={s['margin']}",
+        argv = ["-dataset=DB15K", f"-batch_size={s['batch_size']}", f"-margin={s['margin']}",
                 f"-epoch={s['epochs']}", f"-dim={s['dim']}", f"-mu={s['mu']}", f"-save={save}",
                 f"-neg_num={s['num_negatives']}", f"-learning_rate={s['lr']}", f"-lrg={s['lrg']}",
                 f"-adv_temp={s['adv_temp']}", f"-seed={seed}"]

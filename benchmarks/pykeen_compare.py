@@ -41,7 +41,7 @@ def mmkgc_side(triples, epochs: int, eval_batch: int) -> dict:
     from mmkgc.evaluation.metrics import evaluate
     from mmkgc.models.kge import EmbeddingRepresentation, KGEModel
     from mmkgc.nn.scorers import build_scorer
-    from mmkgc.training.losses import build_loss
+    from mmkgc.losses import build_loss
     from mmkgc.training.sampling import TripleBatcher, UniformNegativeSampler
 
     torch.manual_seed(0)

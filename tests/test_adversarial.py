@@ -13,7 +13,7 @@ import torch
 from mmkgc.config import load_config, parse_config
 from mmkgc.errors import ConfigError
 from mmkgc.pipeline import build_model, load_data, load_run, run_experiment
-from mmkgc.training.losses import SelfAdversarialSigmoidLoss
+from mmkgc.losses import SelfAdversarialSigmoidLoss
 
 from test_fusion import BASE
 

@@ -21,7 +21,7 @@ from mmkgc.models.fused import FusedKGEModel
 from mmkgc.nn.adversarial import ModalityGenerator, MoIEnGenerator, SharedModalityGenerator
 from mmkgc.nn.scorers import RotatE
 from mmkgc.pipeline import build_model, load_data
-from mmkgc.training.losses import SelfAdversarialSigmoidLoss
+from mmkgc.losses import SelfAdversarialSigmoidLoss
 
 from test_adversarial import _batch, adversarial_raw
 

@@ -4,7 +4,6 @@ CLI commands built on them (export, evaluate/predict of a saved model, --version
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

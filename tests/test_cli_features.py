@@ -177,7 +177,13 @@ def test_clean_errors_without_traceback(tmp_path, capsys, monkeypatch):
     garbage.write_bytes(b"\x00" * 20)
     run("info", str(garbage), expect=("garbage.safetensors: not a readable safetensors file",))
     run("extract", str(data), "--modality", "image", "--encoder", "x", expect=("needs --images",))
-    run("extract", str(data), "--modality", "audio", "--encoder", "x", expect=("--modality must be text or image",))
+    # a typed choice: typer's usage error (exit 2, no traceback) names the option and the valid values
+    monkeypatch.setattr(sys, "argv", ["mmkgc", "features", "extract", str(data), "--modality", "audio", "--encoder", "x"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert "--modality" in err and "'audio' is not one of 'text', 'image'" in err, err
 
 
 def test_extract_text_from_a_table_column(tmp_path):

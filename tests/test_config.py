@@ -70,3 +70,70 @@ def test_relative_paths_resolve_against_config_dir_and_overrides(tmp_path: Path)
     assert cfg.training.epochs == 7 and cfg.model.dim == 16
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(cfg_file, overrides=["training.epochs"])
+
+
+def test_fusion_kind_by_resolver_name_and_operator_options_checked_by_field():
+    """model.fusion.kind takes any name of the fusion operators (spelling-insensitive, stored as the configs spell
+    it); undeclared keys are constructor options of that operator, and an unknown one is named by its path."""
+    model = {"scorer": "rotate", "dim": 8, "representation": "fused",
+             "modalities": [{"name": "text", "file": "t.npy"}]}
+    cfg = parse_config({**MINIMAL, "model": {**model, "fusion": {"kind": "Tanh-Attention", "init_range": 0.1}}})
+    assert (cfg.model.fusion.kind, cfg.model.fusion.options) == ("attention", {"init_range": 0.1})
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "model": {**model, "fusion": {"kind": "attention", "temperatur": 2.0}}})
+    assert "model.fusion.temperatur: unexpected option of fusion 'attention'" in str(err.value)
+    assert "init_range" in str(err.value) and "relation_temperature" not in str(err.value).split("options:")[1]
+    with pytest.raises(ConfigError, match="model.fusion.kind: .*unknown fusion 'attn'"):
+        parse_config({**MINIMAL, "model": {**model, "fusion": {"kind": "attn"}}})
+    with pytest.raises(ConfigError, match=r"model.scorer_options.marginn: unexpected option of scorer 'rotate' "
+                                          r"\(its options: margin, epsilon\)"):
+        parse_config({**MINIMAL, "model": {**model, "scorer_options": {"marginn": 1.0}}})
+
+
+_EXPERIMENTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
+                      if "vemp" not in p.parts and not p.stem.endswith("_space"))
+
+
+@pytest.mark.parametrize("path", _EXPERIMENTS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_shipped_experiment_config_is_valid(path: Path):
+    """configs/ (the VEMP stage configs and the tune search spaces are other formats) all validate."""
+    cfg = load_config(path)
+    assert cfg.model.fusion.kind in ("concat", "attention")
+
+
+def test_selection_metric_comes_from_the_one_metric_list():
+    from mmkgc.evaluation.metrics import HEADLINE_METRICS, SELECTION_METRICS
+
+    assert SELECTION_METRICS == ("mrr", "hits@1", "hits@3", "hits@10") and HEADLINE_METRICS[1] == "mr"
+    assert parse_config({**MINIMAL, "evaluation": {"metric": "hits@3"}}).evaluation.metric == "hits@3"
+    with pytest.raises(ConfigError, match=r"evaluation.metric: .*expected one of mrr, hits@1, hits@3, hits@10"):
+        parse_config({**MINIMAL, "evaluation": {"metric": "mr"}})  # lower is better: not a selection metric
+
+
+def test_builder_refuses_operator_options_the_representation_cannot_pass_on():
+    from mmkgc.pipeline import build_model, load_data
+
+    raw = {"dataset": {"synthetic": {"seed": 1, "num_entities": 60, "num_relations": 3, "num_types": 3}},
+           "model": {"scorer": "distmult", "dim": 8, "representation": "concat",
+                     "modalities": [{"name": "text"}], "fusion": {"kind": "concat", "other_scale": 0.2}}}
+    cfg = parse_config(raw)
+    assert cfg.model.fusion.options == {"other_scale": 0.2}
+    with pytest.raises(ConfigError, match="model.fusion.other_scale: representation 'concat' builds its 'concat'"):
+        build_model(cfg, load_data(cfg))
+
+
+def test_training_loss_by_any_resolver_name_stored_as_the_trainer_spells_it():
+    base = {**MINIMAL, "model": {"reciprocal": True}}
+    for name, stored in [("NSSA", "nssa"), ("self-adversarial-sigmoid", "nssa"), ("MarginRanking", "margin"),
+                         ("softplus", "softplus")]:
+        assert parse_config({**base, "training": {"loss": name}}).training.loss == stored
+    assert parse_config({**base, "training": {"loop": "one_to_n", "loss": "ce"}}).training.loss == "softmax_ce"
+    with pytest.raises(ConfigError, match=r"training.loss: .*unknown loss 'huber'; known: .*nssa"):
+        parse_config({**base, "training": {"loss": "huber"}})
+    with pytest.raises(ConfigError, match="loss 'bce' belongs to loop 'one_to_n'"):
+        parse_config({**base, "training": {"loss": "BCEWithLabelSmoothing"}})
+
+
+def test_scorer_name_is_stored_as_the_scorer_names_itself():
+    assert parse_config({**MINIMAL, "model": {"scorer": "RotatE"}}).model.scorer == "rotate"
+    assert parse_config({**MINIMAL, "model": {"scorer": "DistMult"}}).model.scorer == "distmult"

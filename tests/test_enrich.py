@@ -249,7 +249,7 @@ REF_SEQ2SEQ = ("Your task is to integrate the following list of visual descripti
 
 
 def test_default_prompts_and_lengths_are_the_papers(models):
-    from mmkgc.cli_enrich import _FUSION_MAX_NEW_TOKENS
+    from mmkgc.cli.enrich import _FUSION_MAX_NEW_TOKENS
     from mmkgc.features.enrich.fuse import PAPER_MAX_NEW_TOKENS
 
     assert CaptionSettings().prompt == REF_CAPTION_PROMPT and CaptionSettings().max_new_tokens == 100

@@ -1,4 +1,4 @@
-"""FeatureTable validation, fill policies, presence rules and the ModalityStore."""
+"""FeatureTable validation, fill policies and presence rules."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmkgc.errors import UnknownNameError
-from mmkgc.features.store import FeatureTable, ModalityStore, make_provenance, presence_from_values
+from mmkgc.features.store import FeatureTable, make_provenance, presence_from_values
 
 
 def _table(n=5, d=3, modality="image", present=None, seed=0):
@@ -163,32 +162,6 @@ def test_presence_not_equal_fill_rule_with_mode_and_explicit_vector():
         presence_from_values(v, "not_equal_fill", fill_vector=torch.zeros(3))
     with pytest.raises(ValueError, match="unknown presence rule"):
         presence_from_values(v, "zeros")
-
-
-def test_modality_store_checks_rows_and_reports_coverage():
-    store = ModalityStore(4, dataset="toy")
-    store.add(_table(4, 3, "image", present=torch.tensor([True, True, False, False])))
-    store["text"] = _table(4, 2, "text", present=torch.tensor([True, False, True, False]))
-    assert store.modalities == ("image", "text") and len(store) == 2 and "text" in store
-    with pytest.raises(ValueError, match="5 rows"):
-        store.add(_table(5, 3, "audio"))
-    with pytest.raises(ValueError, match="renamed"):
-        store["video"] = _table(4, 3, "audio")
-    with pytest.raises(UnknownNameError, match="available: image, text"):
-        store["audio"]
-    assert "audio" not in store
-    pm = store.presence_matrix()
-    assert pm.shape == (4, 2) and pm.dtype == torch.bool
-    cov = store.coverage()
-    assert cov["num_entities"] == 4 and cov["dataset"] == "toy"
-    assert cov["modalities"]["image"]["present"] == 2 and cov["modalities"]["text"]["missing"] == 2
-    assert cov["modalities"]["image"]["dim"] == 3
-    assert cov["all_present"] == 1  # entity 0
-    assert cov["none_present"] == 1  # entity 3
-    store["generated_text"] = store["text"].renamed("generated_text")
-    assert store["generated_text"].provenance["renamed_from"] == "text"
-    del store["text"]
-    assert store.modalities == ("image", "generated_text")
 
 
 def test_make_provenance_fields():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmkgc.errors import ConfigError, UnknownNameError
-from mmkgc.training.losses import (
+from mmkgc.losses import (
     BCEWithLabelSmoothing,
     MarginRankingLoss,
     SelfAdversarialSigmoidLoss,
@@ -150,7 +150,7 @@ def test_build_loss_registry():
 def test_symmetric_infonce_matches_manual_and_masks_duplicates():
     import torch.nn.functional as F
 
-    from mmkgc.training.losses import SymmetricInfoNCE
+    from mmkgc.losses import SymmetricInfoNCE
 
     torch.manual_seed(0)
     a, b = torch.randn(6, 5), torch.randn(6, 5)
@@ -171,7 +171,7 @@ def test_symmetric_infonce_matches_manual_and_masks_duplicates():
 
 
 def test_symmetric_infonce_learnable_temperature_is_clamped():
-    from mmkgc.training.losses import SymmetricInfoNCE
+    from mmkgc.losses import SymmetricInfoNCE
 
     loss = SymmetricInfoNCE(temperature=0.07, learnable=True, min_temperature=0.05)
     with torch.no_grad():
@@ -184,7 +184,7 @@ def test_symmetric_infonce_learnable_temperature_is_clamped():
 def test_symmetric_infonce_raw_temperature_is_the_published_cliploss_parameter():
     # IMVIA's ClipLoss learns tau itself: Adam's first step moves it by exactly lr (sign of the gradient), with no
     # upper clamp; the log parameterisation moves it by a factor exp(-lr) instead.
-    from mmkgc.training.losses import SymmetricInfoNCE
+    from mmkgc.losses import SymmetricInfoNCE
 
     torch.manual_seed(0)
     a, b = torch.randn(6, 5), torch.randn(6, 5)
@@ -207,3 +207,18 @@ def test_symmetric_infonce_raw_temperature_is_the_published_cliploss_parameter()
     assert float(logp.temperature.detach()) == pytest.approx(100.0)  # the log form keeps its clamp at 100
     with pytest.raises(Exception, match="parameterization"):
         SymmetricInfoNCE(learnable=True, parameterization="softplus")
+
+
+def test_loss_resolver_knows_every_loss_name_and_builds_the_same_loss():
+    """Every LOSSES name (in any case, '-' for '_') resolves to its class, and a resolved loss computes what the
+    class constructed directly computes."""
+    import torch
+
+    from mmkgc.losses import LOSSES, MarginRankingLoss, loss_resolver
+
+    for name, cls in LOSSES.items():
+        assert loss_resolver.lookup(name.upper().replace("_", "-")) is cls
+    pos, neg = torch.tensor([1.0, -2.0]), torch.tensor([[0.5, 3.0], [-1.0, -4.0]])
+    made = loss_resolver.make("margin", {"margin": 2.0})
+    # hand value: mean over pairs of max(0, 2 - pos + neg) = mean(1.5, 4, 3, 0) = 2.125
+    assert float(made(pos, neg)) == pytest.approx(2.125) == float(MarginRankingLoss(2.0)(pos, neg))

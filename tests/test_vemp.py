@@ -268,7 +268,7 @@ def _tiny_vemp(tmp_path: Path, num_nodes: int = 40, num_edges: int = 160) -> Pat
 
 @pytest.mark.parametrize("mode", ["binary", "tail"])
 def test_train_linkpred_draws_the_configured_negatives(tmp_path: Path, monkeypatch, mode):
-    import mmkgc.models.vemp as vemp
+    import mmkgc.vemp as vemp
     from mmkgc.config_vemp import load_vemp_config
 
     cfg = load_vemp_config(_tiny_vemp(tmp_path))
@@ -292,7 +292,7 @@ def test_train_linkpred_draws_the_configured_negatives(tmp_path: Path, monkeypat
 
 def test_pretrain_uses_training_edges_only(tmp_path: Path):
     from mmkgc.config_vemp import load_vemp_config
-    from mmkgc.models.vemp import load_inputs
+    from mmkgc.vemp import load_inputs
     from mmkgc.training.steps import ContrastivePretrainStep
 
     cfg = load_vemp_config(_tiny_vemp(tmp_path))
@@ -363,7 +363,7 @@ def test_filtered_protocol_on_standard_split(tmp_path: Path):
     """R-GCN + DistMult through the ordinary Trainer on an OpenKE split, over an exported feature table."""
     from mmkgc.config_vemp import load_vemp_config
     from mmkgc.data.formats import write_openke
-    from mmkgc.models.vemp import load_inputs, node_features, run_filtered
+    from mmkgc.vemp import load_inputs, node_features, run_filtered
     from mmkgc.features.io import save_feature_table
     from mmkgc.features.store import FeatureTable
 

@@ -8,9 +8,8 @@ light: ``mmkgc.pipeline(config, **overrides)``, ``mmkgc.load(dir)``, ``mmkgc.eva
 ``mmkgc.predict_target(...)``, ``mmkgc.predict_triples(...)``.
 """
 
-__version__ = "0.1.0"
-
-from mmkgc.errors import MMKGCError  # noqa: E402
+from mmkgc._version import __version__
+from mmkgc.errors import MMKGCError
 
 #: Names served lazily from :mod:`mmkgc.api` (``pipeline`` is the module :mod:`mmkgc.pipeline`, which is callable
 #: and calls :func:`mmkgc.api.pipeline`: a submodule of that name would shadow a function).

@@ -31,6 +31,91 @@ class _Strict(BaseModel):
 _M = TypeVar("_M", bound=BaseModel)
 
 
+# ----------------------------------------------------------------------------------------------- components by name
+class OptionError(ValueError):
+    """A bad key inside an options mapping; the message formatter appends :attr:`key` to the field's dotted path
+    (``model.fusion.temperatur: unexpected option ...``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def component_resolver(module: str, attribute: str) -> Any:
+    """The ``class_resolver.ClassResolver`` ``module.attribute`` (e.g. ``mmkgc.nn.fusion``, ``fusion_resolver``),
+    or ``None`` where that module has none (the caller then falls back to its module's own name table)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), attribute, None)
+
+
+def _lookup(resolver: Any, table: dict[str, type], name: str, what: str) -> type:
+    """The class ``name`` (case, ``_`` and ``-`` ignored) from ``resolver``, else from ``table``.
+
+    :raises ValueError: an unknown name, listing the known ones.
+    """
+    if resolver is not None:
+        try:
+            return resolver.lookup(name)
+        except (KeyError, ValueError, TypeError):
+            known = sorted(resolver.options)
+    else:
+        key = str(name).lower().replace("-", "_")
+        if key in table:
+            return table[key]
+        known = sorted(table)
+    raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+
+
+def check_options(cls: type, options: dict[str, Any], what: str, supplied: tuple[str, ...] = ()) -> None:
+    """Check ``options`` against the keyword parameters of ``cls.__init__`` (those the builder itself passes,
+    ``supplied``, excluded) before anything is built.
+
+    :raises OptionError: the first unknown key, naming it and listing the accepted ones.
+    """
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if n != "self" and n not in supplied
+                and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in accepted:
+            raise OptionError(key, f"unexpected option of {what} (its options: {', '.join(accepted) or 'none'})")
+
+
+def scorer_class(name: str) -> type:
+    """The scorer class of ``model.scorer`` (:data:`mmkgc.nn.scorers.scorer_resolver`; ``SCORERS`` before it).
+
+    :raises ValueError: unknown name."""
+    import mmkgc.nn.scorers as scorers
+
+    return _lookup(component_resolver("mmkgc.nn.scorers", "scorer_resolver"), getattr(scorers, "SCORERS", {}),
+                   name, "scorer")
+
+
+def fusion_class(name: str) -> type:
+    """The vector fusion operator of ``model.fusion.kind`` (:data:`mmkgc.nn.fusion.fusion_resolver`; before that
+    resolver lands, the two operators the representations build: ``concat`` and ``attention``).
+
+    :raises ValueError: unknown name."""
+    import mmkgc.nn.fusion as fusion
+
+    table = {"concat": fusion.ConcatFusion, "attention": fusion.TanhAttentionFusion,
+             "tanh_attention": fusion.TanhAttentionFusion}
+    return _lookup(component_resolver("mmkgc.nn.fusion", "fusion_resolver"), table, name, "fusion")
+
+
+def _fusion_name(cls: type) -> str:
+    """The config's name of a fusion operator: ``concat`` and ``attention`` as the configs spell them, else the
+    class name without ``Fusion``, lower case."""
+    import mmkgc.nn.fusion as fusion
+
+    known = {fusion.ConcatFusion: "concat", fusion.TanhAttentionFusion: "attention"}
+    return known.get(cls, cls.__name__.removesuffix("Fusion").lower())
+
+
 class SyntheticConfig(_Strict):
     """Options of :func:`mmkgc.data.synthetic.make_synthetic_mmkg` (passed through as keyword arguments)."""
 
@@ -132,17 +217,38 @@ class FusionConfig(_Strict):
     :param relation_gate: AFME's relation-driven denoising gate ``sigmoid(W (h_m * c_r) + b) * h_m`` before fusion.
     :param mask_missing: give an entity's absent modalities zero attention weight (``true``); ``false`` lets the
         missing-modality fill vector take part in the softmax like a real modality (ablation).
+    :param kind: any name :data:`mmkgc.nn.fusion.fusion_resolver` knows (``mmkgc ls fusions``); every key not
+        declared here is a constructor option of that operator, checked against its signature (an unknown one is a
+        ConfigError naming ``model.fusion.<key>``), so a new operator needs no change to this class.
     :param gate_rank: ``null`` (the paper's full ``D x D`` gate matrix) or a rank ``k``: ``W_g = U V`` with
         ``V: D -> k``, ``U: k -> D`` (cost ``2Dk`` instead of ``D^2`` per entity, relation and modality; a
         documented deviation for CPU budgets).
     """
 
-    kind: Literal["concat", "attention"] = "concat"
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    kind: str = "concat"
     relation_temperature: bool = False
     confidence: Literal["none", "l2"] = "none"
     relation_gate: bool = False
     mask_missing: bool = True
     gate_rank: int | None = Field(None, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _fusion_name(fusion_class(v))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keys beyond the declared ones: constructor options of the ``kind`` operator."""
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _operator_options(self) -> "FusionConfig":
+        check_options(fusion_class(self.kind), self.options, f"fusion {self.kind!r}",
+                      supplied=("dim", "num_modalities", "num_relations", *type(self).model_fields))
+        return self
 
     @model_validator(mode="after")
     def _attention_only(self) -> "FusionConfig":
@@ -381,10 +487,15 @@ class ModelConfig(_Strict):
     @field_validator("scorer")
     @classmethod
     def _scorer_name(cls, v: str) -> str:
-        known = ("transe", "distmult", "complex", "rotate", "tucker")
-        if v.lower() not in known:
-            raise ValueError(f"unknown scorer {v!r}; known: {', '.join(known)}")
-        return v.lower()
+        found = scorer_class(v)  # raises for an unknown name, listing the known ones
+        return str(getattr(found, "name", None) or found.__name__.lower())  # stored as the scorer names itself
+
+    @field_validator("scorer_options")
+    @classmethod
+    def _scorer_options(cls, v: dict[str, Any], info: Any) -> dict[str, Any]:
+        if "scorer" in info.data:
+            check_options(scorer_class(info.data["scorer"]), v, f"scorer {info.data['scorer']!r}", supplied=("dim",))
+        return v
 
     @model_validator(mode="after")
     def _modalities(self) -> "ModelConfig":
@@ -575,7 +686,7 @@ class TrainingConfig(_Strict):
     sampler: Literal["bernoulli", "uniform"] = "bernoulli"
     filtered_negatives: bool = True
     positives: Literal["permutation", "with_replacement"] = "permutation"
-    loss: Literal["nssa", "margin", "softplus", "bce", "softmax_ce"] = "nssa"
+    loss: str = "nssa"
     adversarial_temperature: float = Field(1.0, ge=0.0)
     margin: float = Field(1.0, gt=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -594,6 +705,16 @@ class TrainingConfig(_Strict):
     distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
     adversarial: AdversarialConfig | None = None
     scheduler: SchedulerConfig | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_name(cls, v: str) -> str:
+        """Any name :data:`mmkgc.losses.loss_resolver` knows, stored as its first :data:`mmkgc.losses.LOSSES` name
+        (``nssa``, ``margin``, ``softplus``, ``bce``, ``softmax_ce``), the spelling the trainer routes options by."""
+        from mmkgc.losses import LOSSES, loss_resolver
+
+        found = _lookup(loss_resolver, LOSSES, v, "loss")
+        return next(name for name, c in LOSSES.items() if c is found)
 
     @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
@@ -631,12 +752,21 @@ class EvaluationConfig(_Strict):
     every: int = Field(10, ge=1)
     patience: int | None = Field(5, ge=1)
     split: Literal["valid_clean", "valid"] = "valid_clean"
-    metric: Literal["mrr", "hits@1", "hits@3", "hits@10"] = "mrr"
+    metric: str = "mrr"
     tie_policy: Literal["realistic", "optimistic", "pessimistic", "random"] = "realistic"
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
     test: bool = True
     sampled_candidates: int | None = Field(None, ge=1)
     report: Literal["selected", "legacy_best_test_per_metric"] = "selected"
+
+    @field_validator("metric")
+    @classmethod
+    def _selection_metric(cls, v: str) -> str:
+        from mmkgc.evaluation.metrics import SELECTION_METRICS
+
+        if v not in SELECTION_METRICS:
+            raise ValueError(f"unknown selection metric {v!r}; expected one of {', '.join(SELECTION_METRICS)}")
+        return v
 
 
 class TrackingConfig(_Strict):
@@ -768,6 +898,12 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, OptionError):  # a key inside an options mapping: name it in the path
+            loc, msg = f"{loc}.{cause.key}" if loc != "(top level)" else cause.key, str(cause)
+            value = None
+            problems.append(f"{loc}: {msg}")
+            continue
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see docs/usage.md for the valid keys)"
         elif e["type"] == "missing":

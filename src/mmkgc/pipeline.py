@@ -37,6 +37,7 @@ from mmkgc.models.kge import (EmbeddingRepresentation, KGEModel, ModalityFeature
 from mmkgc.nn.scorers import build_scorer
 from mmkgc.fileio import atomic_write_text as _atomic_write_text
 from mmkgc.training.checkpoint import load_checkpoint
+from mmkgc.evaluation.metrics import HEADLINE_METRICS
 
 
 @dataclass
@@ -71,20 +72,17 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
             for name, values in syn.features.items()
         }
         return LoadedData(syn.triples, feats)
-    if ds.path is not None:
-        from mmkgc.data.formats import read_labeled_tsv, read_openke
-
-        if not ds.path.is_dir():
-            raise ConfigError(f"dataset.path: {ds.path} is not a directory")
-        triples = read_openke(ds.path) if ds.format == "openke" else read_labeled_tsv(ds.path)
-        return LoadedData(triples, {})
     if ds.pykeen is not None:
         from mmkgc.interop.pykeen import load_pykeen_dataset
 
         return LoadedData(load_pykeen_dataset(ds.pykeen), {})
-    from mmkgc.data.registry import load_dataset
+    from mmkgc.data.registry import resolve_dataset
 
-    return LoadedData(load_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
+    if ds.path is not None:
+        if not ds.path.is_dir():
+            raise ConfigError(f"dataset.path: {ds.path} is not a directory")
+        return LoadedData(resolve_dataset(ds.path, format=ds.format), {})
+    return LoadedData(resolve_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
 
 
 def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> ModalityFeatures:
@@ -146,7 +144,7 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
     return ModalityFeatures(m.name, values, torch.as_tensor(present, dtype=torch.bool), m.missing)
 
 
-def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
+def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
     """The modality inputs of a model: one per ``model.modalities`` entry, then ``model.enrichment``'s policy
     (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2).
     Computed once per :class:`LoadedData` and modality config, and kept in ``data.model_features`` (which a saved
@@ -160,36 +158,40 @@ def _model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> 
     if cfg.model.enrichment is not None:
         from mmkgc.features.enrich.policy import apply_enrichment
 
-        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples, progress=progress)
+        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples,
+                                 make_features=ModalityFeatures, progress=progress)
     data.model_features, data.model_features_key = feats, key
     return feats
 
 
 def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     """The model a config describes: scorer, entity representation (structure / concat / modality only)."""
+    from mmkgc.builders import check_fusion_options
+
     mc = cfg.model
+    check_fusion_options(cfg)
     torch.manual_seed(cfg.seed)
     triples = data.triples
     if mc.method == "imvia":  # per-modality MoE + TuckER decoders with decision fusion (methods.md section 4)
         from mmkgc.models.imvia import IMVIAModel
 
-        feats = _model_features(cfg, data, progress)
+        feats = model_features(cfg, data, progress)
         return IMVIAModel(triples.num_entities, triples.num_relations, mc.dim, feats, mc.imvia)
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
-        from mmkgc.models.methods import build_fused_model
+        from mmkgc.builders import build_fused_model
 
-        return _with_unseen(cfg, data, build_fused_model(cfg, data, scorer, _model_features(cfg, data, progress)))
+        return _with_unseen(cfg, data, build_fused_model(cfg, data, scorer, model_features(cfg, data, progress)))
     if mc.representation == "structure":
         rep = EmbeddingRepresentation(triples.num_entities, scorer.entity_dim, init=scorer.init_entity_,
                                       sparse=cfg.training.sparse)
     elif mc.representation == "rgcn":
-        from mmkgc.models.rgcn import build_rgcn_representation
+        from mmkgc.builders import build_rgcn_representation
 
-        feats = _model_features(cfg, data, progress)
+        feats = model_features(cfg, data, progress)
         rep = build_rgcn_representation(mc.gnn, triples, scorer.entity_dim, feats, seed=cfg.seed)
     else:
-        feats = _model_features(cfg, data, progress)
+        feats = model_features(cfg, data, progress)
         rep = MultimodalRepresentation(
             triples.num_entities,
             scorer.entity_dim,
@@ -261,7 +263,12 @@ def check_device(name: str | None) -> None:
         raise ConfigError(f"--device {name}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, mps or auto)")
 
 
-def _device(name: str | None) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
+    """The one device helper of the top layer: ``name`` checked (:func:`check_device`), then ``auto`` / ``None``
+    resolved to ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU (:func:`mmkgc.distributed.device_for_rank`).
+
+    :raises ConfigError: see :func:`check_device`.
+    """
     from mmkgc.distributed import device_for_rank
 
     check_device(name)
@@ -471,14 +478,14 @@ def run_pipeline(
     if run_dir is None:
         if resume:
             raise ConfigError("resume: an in-memory run (no run directory) has no checkpoint to resume from")
-        _device(device)
+        resolve_device(device)
         data = data if data is not None else load_data(cfg)
         main = is_main_process()
         trackers = _config_trackers(cfg) + list(trackers or []) if main else []
         return _run_tracked(cfg, data, None, False, progress, device, log, main, trackers)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
-    _device(device)  # a bad --device fails before anything is written
+    resolve_device(device)  # a bad --device fails before anything is written
     data = data if data is not None else load_data(cfg)  # as does a dataset that cannot be read
     main = is_main_process()
     trackers = _config_trackers(cfg) + list(trackers or []) if main else []  # as does a missing tracker package
@@ -566,7 +573,7 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     for warning in getattr(report, "warnings", []):
         log(f"data health: {warning}")
 
-    dev = _device(device)
+    dev = resolve_device(device)
     # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
     model = build_model(cfg, data, progress=progress or main)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
@@ -629,9 +636,6 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     return metrics, model, data
 
 
-HEADLINE_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
-
-
 def headline(result: Any) -> dict[str, dict[str, float]]:
     """Head-and-tail averaged metrics per tie policy: ``{policy: {"mrr": ..., "hits@10": ...}}``."""
     return {policy: {m: result.get(m, side=result.default_side, policy=policy) for m in HEADLINE_METRICS}
@@ -661,7 +665,7 @@ def load_run(run_dir: str | Path, device: str | None = "auto", which: str = "bes
     ckpt = run_dir / "checkpoints" / which
     if which == "best" and not (ckpt.exists() or ckpt.with_name("best.old").exists()):
         ckpt = run_dir / "checkpoints" / "last"
-    dev = _device(device)
+    dev = resolve_device(device)
     from mmkgc.errors import CheckpointError
     from mmkgc.training.checkpoint import read_checkpoint_state
 

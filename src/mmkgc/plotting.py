@@ -16,7 +16,7 @@ def plot_training_curve(history: list[dict[str, Any]], path: str | Path, metric:
     selected model's ``test`` metrics written in a box.
 
     :param history: records with ``epoch``, ``loss`` and optionally ``valid`` (dict of metrics).
-    :param test: the selected model's test metrics (``mrr``, ``hits@1``, ``hits@10``, ... as fractions).
+    :param test: the selected model's test metrics; ``mrr`` and the ``hits@k`` (fractions) are shown, in order.
     :param selection: how the model was selected, for the legend (``valid_clean mrr (realistic)``).
     :returns: ``path``, written atomically.
     :raises MissingExtraError: matplotlib is not installed (``pip install "mmkgc[plots]"``).
@@ -47,7 +47,7 @@ def plot_training_curve(history: list[dict[str, Any]], path: str | Path, metric:
         ax.axvline(selected_epoch, color="tab:red", linestyle="--", linewidth=1)
     if test:
         shown = "  ".join(f"{k.upper() if k == 'mrr' else k.replace('hits@', 'H@')} {100 * v:.2f}"
-                          for k, v in test.items() if k in ("mrr", "hits@1", "hits@3", "hits@10"))
+                          for k, v in test.items() if k == "mrr" or k.startswith("hits@"))
         ax.text(0.02, 0.97, f"test (selected model): {shown}", transform=ax.transAxes, va="top", fontsize=8,
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
     ax.set_title(f"{name}: training curve" if name else "training curve")

@@ -30,10 +30,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mmkgc import __version__
+from mmkgc._version import __version__
 from mmkgc.config import ExperimentConfig, parse_config
 from mmkgc.data.triples import SPLITS, FilterIndex, TripleSet
-from mmkgc.errors import CheckpointError, ConfigError
+from mmkgc.errors import CheckpointError
 from mmkgc.models.kge import KGEModel, ModalityFeatures, feature_fingerprint
 
 FORMAT = "mmkgc-saved-model"
@@ -221,11 +221,11 @@ def _stored_features(directory: Path, manifest: dict[str, Any]) -> list[Modality
 def _rebuilt_features(directory: Path, cfg: ExperimentConfig, manifest: dict[str, Any]) -> list[ModalityFeatures]:
     """The tables of a model saved without them, rebuilt from its config and checked against the fingerprints."""
     from mmkgc.errors import MMKGCError
-    from mmkgc.pipeline import _model_features, load_data
+    from mmkgc.pipeline import model_features, load_data
 
     tables = manifest["features"]
     try:
-        feats = _model_features(cfg, load_data(cfg), progress=False)
+        feats = model_features(cfg, load_data(cfg), progress=False)
     except (MMKGCError, OSError) as err:
         raise CheckpointError(
             f"{directory}: the model was saved without its feature tables ({', '.join(t['name'] for t in tables)}) "
@@ -248,7 +248,7 @@ def load_saved_model(directory: str | Path, device: str | None = "auto") -> Trai
         from the manifest, a feature table absent or different (named), weights that do not fit the config.
     :raises ConfigError: the stored config is not valid for this version of mmkgc, a bad device.
     """
-    from mmkgc.pipeline import LoadedData, _device, build_model
+    from mmkgc.pipeline import LoadedData, build_model, resolve_device
     from mmkgc.training.checkpoint import load_checkpoint
 
     directory = Path(directory)
@@ -268,5 +268,5 @@ def load_saved_model(directory: str | Path, device: str | None = "auto") -> Trai
     model = build_model(cfg, LoadedData(triples, {}, model_features=feats))
     _checked_file(directory, manifest, "weights")
     state, _ = load_checkpoint(directory, model)
-    model.to(_device(device)).eval()
+    model.to(resolve_device(device)).eval()
     return TrainedModel(cfg, triples, model, feats, state=state, source=directory)

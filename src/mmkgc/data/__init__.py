@@ -6,7 +6,8 @@ Main entry points:
   the filter index and relation categories.
 * :func:`read_openke` / :func:`write_openke`, :func:`read_labeled_tsv` / :func:`write_labeled_tsv`
   (:mod:`mmkgc.data.formats`).
-* :func:`load_dataset`, :func:`list_datasets`, :func:`dataset_info`, :func:`check_dataset`
+* :func:`resolve_dataset` (a name or a directory: the one loader of train, features and enrich),
+  :func:`load_dataset`, :func:`list_datasets`, :func:`dataset_info`, :func:`check_dataset`
   (:mod:`mmkgc.data.registry`): DB15K, MKG-W, MKG-Y, TIVA, Kuai16K from pinned URLs with sha256 checks.
 * :func:`health_report` (:mod:`mmkgc.data.health`): duplicates, split overlaps, unseen entities.
 * :func:`make_synthetic_mmkg` (:mod:`mmkgc.data.synthetic`): a seeded multi-modal KG for demos and tests.
@@ -34,6 +35,7 @@ from mmkgc.data.registry import (
     get_dataset_spec,
     list_datasets,
     load_dataset,
+    resolve_dataset,
 )
 from mmkgc.data.synthetic import SyntheticMMKG, make_synthetic_mmkg
 from mmkgc.data.triples import CATEGORY_NAMES, SPLITS, FilterIndex, TripleSet, relation_categories
@@ -56,6 +58,7 @@ __all__ = [
     "health_report",
     "list_datasets",
     "load_dataset",
+    "resolve_dataset",
     "make_synthetic_mmkg",
     "read_id_map",
     "read_labeled_tsv",

@@ -623,3 +623,40 @@ def check_dataset(name: str, data_dir: str | Path | None = None) -> DatasetCheck
         if value != spec.counts[key]:
             report.problems.append(f"{key}: expected {spec.counts[key]:,}, found {value:,}")
     return report
+
+
+def resolve_dataset(
+    spec: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    format: str = "openke",
+    allow_unpinned: bool = False,
+    progress: bool = False,
+) -> TripleSet:
+    """The one way ``train`` (a config's ``dataset.name`` / ``dataset.path``), ``features`` and ``enrich`` read
+    their triples.
+
+    :param spec: a :class:`~pathlib.Path`: a directory in ``format`` (``openke``: ``entity2id.txt`` ... ; ``tsv``:
+        ``train.tsv``/``valid.tsv``/``test.tsv`` labeled triples), named after the directory.  A ``str``: a
+        registered dataset name (:func:`load_dataset`: ``data_dir``, ``$MMKGC_DATA_DIR``, then the download
+        cache), else an OpenKE directory when it is one (holds ``entity2id.txt``).
+    :raises UnknownNameError: an unknown dataset name.
+    :raises DataFormatError: missing or malformed files (naming file and line), a hash mismatch.
+    :raises ValueError: an unknown ``format``.
+    """
+    from mmkgc.data.formats import read_labeled_tsv
+
+    if isinstance(spec, Path):
+        if format == "openke":
+            return read_openke(spec)
+        if format == "tsv":
+            return read_labeled_tsv(spec)
+        raise ValueError(f"unknown dataset format {format!r}; expected openke or tsv")
+    try:
+        get_dataset_spec(spec)
+    except UnknownNameError:
+        path = Path(spec).expanduser()
+        if path.is_dir() and (path / "entity2id.txt").is_file():
+            return read_openke(path, name=path.resolve().name)
+        raise
+    return load_dataset(spec, data_dir=data_dir, allow_unpinned=allow_unpinned, progress=progress)

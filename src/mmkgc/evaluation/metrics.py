@@ -36,6 +36,11 @@ from mmkgc.evaluation.ranking import SIDES, TIE_POLICIES, RankResult, ScoreFn, c
 DEFAULT_KS: tuple[int, ...] = (1, 3, 10)
 #: Tie policies reported by :func:`evaluate` by default; the first is the headline.
 DEFAULT_POLICIES: tuple[str, ...] = ("realistic", "optimistic", "pessimistic")
+#: The headline metrics of a result, in display order (summaries in ``metrics.json``, CLI tables, reports).
+HEADLINE_METRICS: tuple[str, ...] = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+#: The headline metrics where higher is better: what ``evaluation.metric`` may select on, and what the demo and
+#: comparison tables show.
+SELECTION_METRICS: tuple[str, ...] = tuple(m for m in HEADLINE_METRICS if m != "mr")
 #: Sides of an :class:`EvaluationResult`: the two prediction directions and their combination.
 RESULT_SIDES: tuple[str, ...] = ("head", "tail", "both")
 

@@ -52,7 +52,11 @@ DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
 ScoreFn = Callable[[torch.Tensor, str], torch.Tensor]
 
 
-def _check_side(side: str) -> str:
+def check_side(side: str) -> str:
+    """``side`` itself when it is ``"head"`` or ``"tail"``.
+
+    :raises ValueError: any other value.
+    """
     if side not in TARGET_COLUMN:
         raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
     return side
@@ -376,7 +380,7 @@ class RankResult:
         For ``policy="random"`` the head side uses ``seed`` and the tail side ``seed + 1``, so the two sides get
         independent draws that do not depend on how the queries were chunked.
         """
-        _check_side(side)
+        check_side(side)
         return self.side(side).ranks(policy, seed + SIDES.index(side))
 
     @classmethod
@@ -561,7 +565,7 @@ def compute_ranks(
     if not sides:
         raise ValueError("sides must name at least one of 'head', 'tail'")
     for side in sides:
-        _check_side(side)
+        check_side(side)
     if len(set(sides)) != len(sides):
         raise ValueError(f"sides must not repeat, got {sides}")
     if batch_size is not None and max_memory_bytes is not None:

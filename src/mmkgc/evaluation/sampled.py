@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mmkgc.data.triples import FilterIndex
-from mmkgc.evaluation.ranking import SIDES, TARGET_COLUMN, RankResult, SideRanks, _check_side, rank_targets
+from mmkgc.evaluation.ranking import SIDES, TARGET_COLUMN, RankResult, SideRanks, check_side, rank_targets
 
 #: Queries per seeded block of candidate draws (shards of a sampled evaluation are aligned to it).
 SAMPLE_BLOCK = 1024
@@ -53,7 +53,7 @@ def sample_candidates(queries: torch.Tensor, side: str, num_candidates: int, num
     """
     from mmkgc.training.sampling import UniformNegativeSampler
 
-    sampler = UniformNegativeSampler(num_entities, num_candidates, corruption=_check_side(side),
+    sampler = UniformNegativeSampler(num_entities, num_candidates, corruption=check_side(side),
                                      filtered_by=filter_index, generator=generator)
     return sampler.sample(queries).entities
 
@@ -91,7 +91,7 @@ def compute_sampled_ranks(
     if query_offset % SAMPLE_BLOCK:
         raise ValueError(f"query_offset must be a multiple of {SAMPLE_BLOCK}, got {query_offset}")
     k = int(num_candidates)
-    sides = tuple(_check_side(s) for s in sides)
+    sides = tuple(check_side(s) for s in sides)
     result = {}
     for side in sides:
         column = TARGET_COLUMN[side]

@@ -41,7 +41,6 @@ from mmkgc.features.io import (
 from mmkgc.features.store import (
     KNOWN_MODALITIES,
     FeatureTable,
-    ModalityStore,
     make_provenance,
     presence_from_values,
 )
@@ -76,7 +75,6 @@ __all__ = [
     "HFImageEncoder",
     "ImageEncoder",
     "LabelTable",
-    "ModalityStore",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "aggregate_images",

@@ -96,14 +96,6 @@ def _source_identity(source: Literal["label"] | LabelTable) -> Any:
     return source.identity() if isinstance(source, LabelTable) else source
 
 
-def _progress(enabled: bool, total: int, description: str):
-    """A rich progress bar on a terminal, progress lines at intervals otherwise, or a no-op
-    (:func:`mmkgc.progress.progress`), as a context manager yielding an ``advance(n)`` callable."""
-    from mmkgc.progress import progress
-
-    return progress(enabled, total, description)
-
-
 FieldSpec = dict[str, tuple[tuple[int, ...], Any]]
 
 
@@ -173,7 +165,9 @@ def compute_sharded(
         log.info("resuming %s: %d of %d shards already done", partial.name, num_shards - len(pending), num_shards)
 
     remaining = sum(len(rows[s * shard_size : (s + 1) * shard_size]) for s in pending)
-    with _progress(progress, remaining, description) as advance:
+    from mmkgc.progress import progress as progress_bar
+
+    with progress_bar(progress, remaining, description) as advance:
         for s in pending:
             sl = slice(s * shard_size, (s + 1) * shard_size)
             shard_rows = rows[sl]

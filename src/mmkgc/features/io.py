@@ -718,7 +718,7 @@ def import_h5_features(
         values_t = torch.zeros((n, dim), dtype=torch.float32)
         token_mask = None
     present = torch.zeros(n, dtype=torch.bool)
-    for i, (key, arr) in chosen.items():
+    for i, (_key, arr) in chosen.items():
         x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
         present[i] = True
         if multi == "tokens":

@@ -1,4 +1,4 @@
-"""Per-entity modality feature tables and the per-dataset store that holds them.
+"""Per-entity modality feature tables.
 
 A :class:`FeatureTable` is one modality of one dataset: a float32 tensor with one row per entity id
 (pooled vectors ``[N, d]`` or token sequences ``[N, L, d]`` with a token mask ``[N, L]``), a presence mask
@@ -7,9 +7,6 @@ benchmark feature files (OpenKE ``<DATASET>-visual.pth`` etc., see methods.md §
 mask; :func:`presence_from_values` derives one with an explicit, configurable rule.  Missing rows are
 never silently zero: a fill policy is chosen explicitly with :meth:`FeatureTable.with_fill` (a
 *learned* fill is the model's job, which is why presence is exposed).
-
-A :class:`ModalityStore` maps modality names to tables of the same dataset and checks that every table
-has the dataset's entity count (methods.md §8.1, "ModalityStore").
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -37,7 +33,7 @@ _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _mmkgc_version() -> str:
-    from mmkgc import __version__
+    from mmkgc._version import __version__
 
     return __version__
 
@@ -352,112 +348,3 @@ def presence_from_values(
         fill = fill.reshape(-1)
     equal = ((flat - fill).abs() <= atol).all(dim=1)
     return finite & ~equal
-
-
-class ModalityStore(MutableMapping[str, FeatureTable]):
-    """All modality tables of one dataset: ``modality name -> FeatureTable`` (methods.md §8.1).
-
-    Every table must have exactly ``num_entities`` rows (row ``i`` = entity id ``i``) and be stored under
-    its own modality name (use :meth:`FeatureTable.renamed` to put a table in another slot).
-
-    :param num_entities: ``N``, the dataset's entity count.
-    :param tables: initial tables (an iterable of tables or a mapping name -> table).
-    :param dataset: optional dataset name for messages and reports.
-    :raises ValueError: a table with the wrong row count or stored under another name.
-    """
-
-    def __init__(
-        self,
-        num_entities: int,
-        tables: Iterable[FeatureTable] | Mapping[str, FeatureTable] = (),
-        dataset: str | None = None,
-    ):
-        if int(num_entities) < 0:
-            raise ValueError(f"num_entities must be >= 0, got {num_entities}")
-        self.num_entities = int(num_entities)
-        self.dataset = dataset
-        self._tables: dict[str, FeatureTable] = {}
-        items = tables.items() if isinstance(tables, Mapping) else ((t.modality, t) for t in tables)
-        for name, table in items:
-            self[name] = table
-
-    def _where(self) -> str:
-        return f"dataset {self.dataset!r}" if self.dataset else "modality store"
-
-    def __setitem__(self, modality: str, table: FeatureTable) -> None:
-        if not isinstance(table, FeatureTable):
-            raise TypeError(f"{self._where()}: expected a FeatureTable for {modality!r}, got {type(table).__name__}")
-        if table.modality != modality:
-            raise ValueError(
-                f"{self._where()}: table of modality {table.modality!r} stored under {modality!r}; "
-                f"use table.renamed({modality!r})"
-            )
-        if table.num_entities != self.num_entities:
-            raise ValueError(
-                f"{self._where()}: modality {modality!r} has {table.num_entities} rows, "
-                f"but the dataset has {self.num_entities} entities"
-            )
-        self._tables[modality] = table
-
-    def add(self, table: FeatureTable) -> None:
-        """Store ``table`` under its own modality name (replacing an existing one)."""
-        self[table.modality] = table
-
-    def __getitem__(self, modality: str) -> FeatureTable:
-        try:
-            return self._tables[modality]
-        except KeyError:
-            from mmkgc.errors import UnknownNameError
-
-            have = ", ".join(self._tables) or "none"
-            raise UnknownNameError(f"{self._where()}: no modality {modality!r} (available: {have})") from None
-
-    def __delitem__(self, modality: str) -> None:
-        del self._tables[modality]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tables)
-
-    def __len__(self) -> int:
-        return len(self._tables)
-
-    def __repr__(self) -> str:
-        return f"ModalityStore(num_entities={self.num_entities}, modalities={list(self._tables)})"
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        """Modality names in insertion order."""
-        return tuple(self._tables)
-
-    def presence_matrix(self, modalities: Iterable[str] | None = None) -> torch.Tensor:
-        """bool ``[N, M]``: entity ``i`` has modality ``modalities[j]`` (default: all, insertion order)."""
-        names = self.modalities if modalities is None else tuple(modalities)
-        if not names:
-            return torch.zeros(self.num_entities, 0, dtype=torch.bool)
-        return torch.stack([self[m].present for m in names], dim=1)
-
-    def coverage(self) -> dict[str, Any]:
-        """Coverage report.
-
-        :returns: ``{"dataset", "num_entities", "modalities": {name: {"present", "missing", "fraction",
-            "dim", "tokens", "source"}}, "all_present", "none_present"}``; ``all_present`` / ``none_present``
-            count entities that have every / no modality.
-        """
-        per: dict[str, Any] = {}
-        for name, t in self._tables.items():
-            per[name] = {
-                "present": t.num_present,
-                "missing": t.num_entities - t.num_present,
-                "fraction": (t.num_present / t.num_entities) if t.num_entities else 0.0,
-                "dim": t.dim,
-                "tokens": t.num_tokens,
-                "source": t.provenance.get("source"),
-            }
-        pm = self.presence_matrix()
-        return {
-            "dataset": self.dataset,
-            "num_entities": self.num_entities,
-            "modalities": per,
-            "all_present": int(pm.all(dim=1).sum()) if len(self) else 0,
-            "none_present": int((~pm).all(dim=1).sum()) if len(self) else self.num_entities,
-        }

@@ -184,7 +184,9 @@ def directory_fingerprint(path: str | Path) -> str:
     return _FINGERPRINTS[memo_key]
 
 
-def _weights_identity(resolved: ResolvedModel) -> dict[str, Any]:
+def weights_identity(resolved: ResolvedModel) -> dict[str, Any]:
+    """What identifies a model's weights in a cache key: a fingerprint of a local directory's files, else the
+    hub revision the files come from (``{"fingerprint": ...}`` or ``{"revision": ...}``)."""
     if resolved.source in ("local", "offline-package"):
         return {"fingerprint": directory_fingerprint(resolved.location)}
     cached = _hub_cached_file(resolved.location)
@@ -209,7 +211,7 @@ def _check_texts(texts: Any) -> list[str]:
     return texts
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Silence transformers' per-load "Loading weights" progress bars; mmkgc shows its own progress."""
     try:
         from transformers.utils import logging as hf_logging
@@ -294,7 +296,7 @@ class SentenceTransformerEncoder:
             require("sentence_transformers", "a sentence-transformers text encoder", extra="text")
             from sentence_transformers import SentenceTransformer
 
-            _quiet_transformers()
+            quiet_transformers()
             model = SentenceTransformer(
                 self.resolved.location, device=self.device, local_files_only=self.resolved.local_files_only
             )
@@ -331,7 +333,7 @@ class SentenceTransformerEncoder:
                 "kind": self.kind,
                 "model": self.resolved.canonical,
                 "source": self.resolved.source,
-                **_weights_identity(self.resolved),
+                **weights_identity(self.resolved),
                 "normalize": self.normalize,
             }
             known = _remembered_shape(base, self.requested_max_length)
@@ -408,7 +410,7 @@ class HFAutoModelEncoder:
         self.device = default_device(device)
         self.normalize = bool(normalize)
         kw = {"local_files_only": self.resolved.local_files_only}
-        _quiet_transformers()
+        quiet_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kw)
         self.model = AutoModel.from_pretrained(self.resolved.location, **kw).to(self.device).eval()
         limits = [int(max_length)] if max_length is not None else []
@@ -437,7 +439,7 @@ class HFAutoModelEncoder:
                 "kind": self.kind,
                 "model": self.resolved.canonical,
                 "source": self.resolved.source,
-                **_weights_identity(self.resolved),
+                **weights_identity(self.resolved),
                 "pooling": self.pooling,
                 "normalize": self.normalize,
                 "max_length": self.max_length,

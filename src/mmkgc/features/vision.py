@@ -47,7 +47,7 @@ import torch
 
 from mmkgc.errors import ConfigError, DataFormatError, UnknownNameError
 from mmkgc.features.entity_text import EntityNameIndex
-from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model
+from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ class HFImageEncoder:
         from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
 
-        _quiet_transformers()
+        quiet_transformers()
         kw = {"local_files_only": self.resolved.local_files_only}
         where = self.resolved.requested
         try:
@@ -505,7 +505,7 @@ class HFImageEncoder:
                 "kind": self.kind,
                 "model": self.resolved.canonical,
                 "source": self.resolved.source,
-                **_weights_identity(self.resolved),
+                **weights_identity(self.resolved),
                 "architecture": self.architecture,
                 "output": self.output,
                 "normalize": self.normalize,

@@ -45,12 +45,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmkgc.config import AdversarialConfig
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
 from mmkgc.nn.adversarial import (
     ModalityGenerator,
@@ -59,8 +59,11 @@ from mmkgc.nn.adversarial import (
     SharedModalityGenerator,
 )
 from mmkgc.nn.scorers import RotatE
-from mmkgc.training.losses import SelfAdversarialSigmoidLoss
+from mmkgc.losses import SelfAdversarialSigmoidLoss
 from mmkgc.training.steps import AuxiliaryStep
+
+if TYPE_CHECKING:  # the annotation only: the model reads plain attributes, it never imports the config layer
+    from mmkgc.config import AdversarialConfig
 
 
 @dataclass

@@ -41,7 +41,7 @@ from mmkgc.nn.adapters import MoEAdapter
 from mmkgc.nn.fusion import DecisionFusion
 from mmkgc.nn.mutual_information import CLUBEstimator, draw_expert_pair
 from mmkgc.nn.scorers import TuckER
-from mmkgc.training.losses import BCEWithLabelSmoothing, SoftmaxCrossEntropyLoss, SymmetricInfoNCE
+from mmkgc.losses import BCEWithLabelSmoothing, SoftmaxCrossEntropyLoss, SymmetricInfoNCE
 from mmkgc.training.steps import AuxiliaryStep
 
 

@@ -90,26 +90,3 @@ class RGCNRepresentation(EntityRepresentation):
         local = torch.full((self.num_entities,), -1, dtype=torch.long)
         local[sub.nodes] = torch.arange(sub.nodes.numel())
         return out[local[ids.cpu()].to(dev)]
-
-
-def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[ModalityFeatures],
-                              seed: int = 0) -> RGCNRepresentation:
-    """The R-GCN representation a ``model.gnn`` config section describes, over ``triples.train``.
-
-    :param gnn_cfg: :class:`~mmkgc.config.GNNConfig` (``None``: defaults).
-    :param triples: the :class:`~mmkgc.data.triples.TripleSet`; only its train split becomes message edges.
-    :raises DataFormatError: ``relation_grouping: vemp_meta``/``mmkgc_meta`` on a dataset whose relations are not DB15K's.
-    """
-    from mmkgc.config import GNNConfig
-
-    gnn_cfg = gnn_cfg or GNNConfig()
-    relation_map, num_types = None, triples.num_relations
-    if gnn_cfg.relation_grouping != "none":
-        from mmkgc.data.relation_groups import vemp_relation_map
-
-        relation_map, names = vemp_relation_map(triples.relation_labels, gnn_cfg.relation_grouping)
-        num_types = len(names)
-    graph = MessageGraph.from_triples(triples.train, triples.num_entities, num_types, relation_map)
-    return RGCNRepresentation(graph, dim, features, gnn_cfg.hidden_dims, gnn_cfg.num_bases, gnn_cfg.dropout,
-                              gnn_cfg.final_activation, getattr(gnn_cfg, "fanouts", None),
-                              input_dim=getattr(gnn_cfg, "input_dim", None) or dim, seed=seed)

@@ -112,9 +112,9 @@ class Captioner:
         require("transformers", "captioning (mmkgc enrich caption)", extra="vision")
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model
+        from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
 
-        _quiet_transformers()
+        quiet_transformers()
         self.settings = settings or CaptionSettings()
         self.resolved = resolve_model(model, "captioning model")
         kw = {"local_files_only": self.resolved.local_files_only}
@@ -128,7 +128,7 @@ class Captioner:
             raise ConfigError(f"captioning model {model!r} ({self.model_type}) is not an image-to-text model: {exc}") from None
         self.processor = AutoProcessor.from_pretrained(self.resolved.location, **kw)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self._weights = _weights_identity(self.resolved)
+        self._weights = weights_identity(self.resolved)
         self.text = self._prompt_text()
 
     def _prompt_text(self) -> str | None:
@@ -238,7 +238,7 @@ def caption_images(
     :raises DataFormatError: the journal is corrupt or was written with another model/prompt.
     :raises ValueError: the captioner returned a different number of captions than images.
     """
-    from mmkgc.features.cache import _progress
+    from mmkgc.progress import progress as progress_bar
     from mmkgc.features.vision import load_image
 
     root = image_root(images)
@@ -265,7 +265,7 @@ def caption_images(
     def record(key: str, i: int, k: int, **fields: Any) -> dict[str, Any]:
         return {"image": key, "entity": entity_labels[i], "entity_id": i, "index": k, "source": source, **fields}
 
-    with _progress(progress, len(pending), f"captioning ({source})") as advance:
+    with progress_bar(progress, len(pending), f"captioning ({source})") as advance:
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
             loaded = []

@@ -115,9 +115,9 @@ class LLMFuser:
         require("transformers", "description fusion (mmkgc enrich fuse)", extra="text")
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from mmkgc.features.text import _quiet_transformers, _weights_identity, default_device, resolve_model
+        from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
 
-        _quiet_transformers()
+        quiet_transformers()
         self.settings = settings or FusionSettings()
         self.resolved = resolve_model(model, "fusion model")
         kw = {"local_files_only": self.resolved.local_files_only}
@@ -132,7 +132,7 @@ class LLMFuser:
             raise ConfigError(f"fusion model {model!r} ({config.model_type}) is not a seq2seq or causal LM: {exc}") from None
         self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.location, **kw)
         self.model_type = config.model_type
-        self._weights = _weights_identity(self.resolved)
+        self._weights = weights_identity(self.resolved)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -272,14 +272,14 @@ def fuse_entities(
     :returns: report ``{"entities", "fused", "resumed", "without_descriptions", "truncated"}``.
     :raises DataFormatError: corrupt journal or one written with another model/prompt.
     """
-    from mmkgc.features.cache import _progress
+    from mmkgc.progress import progress as progress_bar
     from mmkgc.features.entity_text import label_text
 
     journal = Journal(journal_path, key="entity", header={"stage": "fuse", "fuser": fuser.identity})
     pending = [name for name, d in descriptions.items() if d and not journal.done(name)]
     report = {"entities": len(descriptions), "fused": 0, "resumed": sum(1 for n in descriptions if journal.done(n)),
               "without_descriptions": sum(1 for d in descriptions.values() if not d), "truncated": 0}
-    with _progress(progress, len(pending), "fusing descriptions") as advance:
+    with progress_bar(progress, len(pending), "fusing descriptions") as advance:
         for name in pending:
             shown = (display_names or {}).get(name) or label_text(name)[0] or name
             summary, info = fuser.summarise(shown, list(descriptions[name]))

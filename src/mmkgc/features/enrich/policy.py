@@ -17,7 +17,7 @@ encoder through the feature cache), from a fusion journal (``.jsonl``) or from a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +119,18 @@ def generated_table(enrichment: Any, triples: Any, *, base_texts: Sequence[str] 
 
 
 def apply_enrichment(features: list, modality_configs: Sequence[Any], enrichment: Any, triples: Any,
+                     make_features: Callable[[str, torch.Tensor, torch.Tensor, str], Any],
                      progress: bool = False, log: Any = None) -> list:
     """Apply ``enrichment.policy`` to the modality inputs of a model.
 
-    :param features: the :class:`~mmkgc.models.kge.ModalityFeatures` built from ``modality_configs`` (same order).
+    :param features: the model's modality inputs built from ``modality_configs`` (same order; objects with a
+        ``name``, usually :class:`~mmkgc.models.kge.ModalityFeatures`).
+    :param make_features: ``(name, values float32 [N, d], present bool [N], missing) -> entry`` building the new
+        entry (the caller passes the model layer's class: the feature layer never imports the models).
     :returns: the new list (the input list is not modified).
     :raises ConfigError: the policy's target modality is not among the configured ones, or the generated modality
         name clashes with an existing one.
     """
-    from mmkgc.models.kge import ModalityFeatures
-
     target = policy_target(enrichment.policy, enrichment.target)
     names = [f.name for f in features]
     if target is not None and target not in names:
@@ -144,7 +146,7 @@ def apply_enrichment(features: list, modality_configs: Sequence[Any], enrichment
     if log is not None:
         log(f"enrichment ({enrichment.policy}): {int(present.sum())}/{triples.num_entities} entities have "
             f"generated text ({report.get('matched', '?')} entries matched)")
-    new = ModalityFeatures(name, torch.as_tensor(values, dtype=torch.float32),
+    new = make_features(name, torch.as_tensor(values, dtype=torch.float32),
                            torch.as_tensor(present, dtype=torch.bool), enrichment.missing)
     if target is None:
         return [*features, new]

@@ -1,4 +1,7 @@
-"""Builders of the fused multimodal methods from a validated config (``model.representation: fused``).
+"""The one module that turns a validated config into model objects; every model constructor below takes plain
+arguments (the layering: config and this module sit above :mod:`mmkgc.models`, docs/architecture.md).
+
+Builders of the fused multimodal methods (``model.representation: fused``):
 
 =================  =========================  ===========================================  ========================
 method             ``model.adapter``          ``model.fusion``                             ``training.adversarial``
@@ -18,10 +21,12 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from mmkgc.config import ExperimentConfig
+from mmkgc.config import ExperimentConfig, GNNConfig
 from mmkgc.errors import ConfigError
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
 from mmkgc.models.kge import ModalityFeatures
+from mmkgc.models.rgcn import RGCNRepresentation
+from mmkgc.nn.gnn import MessageGraph
 
 
 def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
@@ -60,3 +65,37 @@ def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
 
     return AdversarialFusedModel(triples.num_entities, triples.num_relations, scorer, rep, adv,
                                  adversarial_temperature=cfg.training.adversarial_temperature)
+
+
+def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[ModalityFeatures],
+                              seed: int = 0) -> RGCNRepresentation:
+    """The R-GCN representation a ``model.gnn`` config section describes, over ``triples.train``.
+
+    :param gnn_cfg: :class:`~mmkgc.config.GNNConfig` (``None``: defaults).
+    :param triples: the :class:`~mmkgc.data.triples.TripleSet`; only its train split becomes message edges.
+    :raises DataFormatError: ``relation_grouping: vemp_meta``/``mmkgc_meta`` on a dataset whose relations are not DB15K's.
+    """
+    gnn_cfg = gnn_cfg or GNNConfig()
+    relation_map, num_types = None, triples.num_relations
+    if gnn_cfg.relation_grouping != "none":
+        from mmkgc.data.relation_groups import vemp_relation_map
+
+        relation_map, names = vemp_relation_map(triples.relation_labels, gnn_cfg.relation_grouping)
+        num_types = len(names)
+    graph = MessageGraph.from_triples(triples.train, triples.num_entities, num_types, relation_map)
+    return RGCNRepresentation(graph, dim, features, gnn_cfg.hidden_dims, gnn_cfg.num_bases, gnn_cfg.dropout,
+                              gnn_cfg.final_activation, getattr(gnn_cfg, "fanouts", None),
+                              input_dim=getattr(gnn_cfg, "input_dim", None) or dim, seed=seed)
+
+
+def check_fusion_options(cfg: ExperimentConfig) -> None:
+    """Refuse operator options (``model.fusion`` keys beyond the declared ones, validated against the operator by
+    the config) that the configured representation cannot pass on: today's representations build their operator
+    from the declared fields only.
+
+    :raises ConfigError: naming ``model.fusion.<key>``.
+    """
+    fusion = cfg.model.fusion
+    for key in fusion.options:
+        raise ConfigError(f"model.fusion.{key}: representation {cfg.model.representation!r} builds its "
+                          f"{fusion.kind!r} operator from the declared fusion fields and takes no other option")

@@ -9,7 +9,7 @@
 
 Tables are written to ``$MMKGC_HOME/features/<DATASET>/<NAME>.safetensors`` (``--output NAME``, default the
 modality name) or to any ``--output PATH``; training configs load them with ``table: NAME``.  Every user
-error is an :class:`~mmkgc.errors.MMKGCError`, printed by :func:`mmkgc.cli.main` without a traceback.
+error is an :class:`~mmkgc.errors.MMKGCError`, printed by :func:`mmkgc.cli.run` without a traceback.
 """
 
 from __future__ import annotations
@@ -20,86 +20,40 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from mmkgc.cli._common import (
+    ImageAggregate,
+    ImageLayout,
+    ImageOutput,
+    Modality,
+    MultiVector,
+    Presence,
+    console,
+    coverage_table,
+    err_console,
+    load_triples,
+    output_path,
+    read_map,
+    save_table,
+)
 from mmkgc.errors import ConfigError, DataFormatError
 
 features_app = typer.Typer(no_args_is_help=True, help="Modality feature tables: extract, import, inspect.")
-# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
-console = Console(markup=False, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
-
-
-def _progress() -> bool:
-    from mmkgc.cli import _progress as cli_progress
-
-    return cli_progress()
-
-
-def _load_triples(dataset: str, data_dir: Optional[Path]):
-    """A registered dataset (local copy via ``--data-dir`` / ``$MMKGC_DATA_DIR``, else the download cache) or
-    an OpenKE directory given by path."""
-    path = Path(dataset).expanduser()
-    if path.is_dir() and (path / "entity2id.txt").is_file():
-        from mmkgc.data.formats import read_openke
-
-        return read_openke(path, name=path.resolve().name)
-    from mmkgc.data.registry import load_dataset
-
-    return load_dataset(dataset, data_dir=data_dir, progress=True)
-
-
-def _output_path(dataset: str, output: Optional[str], default: str) -> Path:
-    from mmkgc.features.cache import table_path
-
-    try:
-        return table_path(dataset, output or default)
-    except ValueError as exc:
-        raise ConfigError(f"--output: {exc}") from None
-
-
-def _save(table, out: Path) -> None:
-    from mmkgc.features.io import save_feature_table
-
-    try:
-        save_feature_table(table, out)
-    except ValueError as exc:
-        raise ConfigError(f"--output {out}: {exc}") from None
-
-
-def _read_map(names: Optional[Path], labels) -> tuple[Optional[dict], Optional[dict]]:
-    if names is None:
-        return None, None
-    from mmkgc.features.io import read_name_map
-
-    return read_name_map(names, labels)
-
-
-def _coverage_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_column("field")
-    table.add_column("value", overflow="fold")
-    for key, value in rows.items():
-        shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-        table.add_row(key, shown)
-    return table
-
 
 @features_app.command("extract")
 def extract(
     dataset: str = typer.Argument(..., help="Registered dataset name (or an OpenKE directory)."),
-    modality: str = typer.Option(..., "--modality", help="text or image."),
+    modality: Modality = typer.Option(..., "--modality", help="Which encoder runs."),
     encoder: str = typer.Option(..., "--encoder", help="Model name or local directory."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder (per-entity folders or "
                                           "<KEY>_<k>.jpg files) or a CSV/TSV/parquet table entity -> path."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME (in the dataset's feature folder) "
                                          "or a .safetensors/.npy path; default: the modality name."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
-    layout: str = typer.Option("auto", "--layout", help="Image layout: auto, folders, flat or table."),
+    layout: ImageLayout = typer.Option(ImageLayout.auto, "--layout", help="Image layout."),
     names: Optional[Path] = typer.Option(None, "--names", help="Two-column map image key <-> dataset entity."),
-    kind: str = typer.Option("pooled", "--output-kind", help="Image output: pooled, projected or tokens."),
-    aggregate: str = typer.Option("mean", "--aggregate", help="Several images: mean, max, first or set."),
+    kind: ImageOutput = typer.Option(ImageOutput.pooled, "--output-kind", help="Image output."),
+    aggregate: ImageAggregate = typer.Option(ImageAggregate.mean, "--aggregate", help="Several images per entity."),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Images per entity (first k readable)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ...; default: CUDA when available."),
@@ -112,10 +66,10 @@ def extract(
     """Compute features with a frozen encoder (cached, resumable) and write a named table."""
     from mmkgc.features.cache import cached_image_features, cached_text_features
 
-    if modality not in ("text", "image"):
-        raise ConfigError(f"--modality must be text or image, got {modality!r}")
-    triples = _load_triples(dataset, data_dir)
-    out = _output_path(triples.name, output, modality)
+    modality, layout = Modality(modality).value, ImageLayout(layout).value
+    kind, aggregate = ImageOutput(kind).value, ImageAggregate(aggregate).value
+    triples = load_triples(dataset, data_dir)
+    out = output_path(triples.name, output, modality)
     t0 = time.perf_counter()
     if modality == "text":
         if images is not None:
@@ -139,7 +93,7 @@ def extract(
             raise ConfigError("--modality image needs --images DIR|TABLE")
         from mmkgc.features.vision import build_image_encoder, find_entity_images
 
-        name_map, _ = _read_map(names, None)
+        name_map, _ = read_map(names, None)
         found = find_entity_images(images, triples.entity_labels, layout=layout, name_map=name_map)
         err_console.print(
             f"{found.report['entities_with_images']:,} of {triples.num_entities:,} entities have "
@@ -150,8 +104,8 @@ def extract(
         table = cached_image_features(triples.name, found, enc, modality="image", aggregate=aggregate,
                                       max_images=max_images, progress=True)
     seconds = time.perf_counter() - t0
-    _save(table, out)
-    console.print(_coverage_table(f"{triples.name} {modality} features", {
+    save_table(table, out)
+    console.print(coverage_table(f"{triples.name} {modality} features", {
         "encoder": table.provenance.get("source"),
         "shape": list(table.values.shape),
         "present": f"{table.num_present:,} of {table.num_entities:,} ({table.num_present / max(table.num_entities, 1):.1%})",
@@ -167,8 +121,8 @@ def import_(
     file: Path = typer.Argument(..., help="Feature file: .pth, .pt, .npy, .safetensors, .h5."),
     modality: str = typer.Option(..., "--modality", help="Modality name of the table (text, image, ...)."),
     names: Optional[Path] = typer.Option(None, "--names", help="Two-column name map (file name <-> dataset entity)."),
-    presence: str = typer.Option("all", "--presence", help="all, nonzero or not_equal_fill."),
-    multi: str = typer.Option("mean", "--multi", help=".h5 entries with several vectors: mean, first or tokens."),
+    presence: Presence = typer.Option(Presence.all, "--presence", help="How the presence mask is derived."),
+    multi: MultiVector = typer.Option(MultiVector.mean, "--multi", help=".h5 entries with several vectors."),
     key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a dict .pth / multi-tensor file."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME or path; default: the modality name."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
@@ -179,11 +133,10 @@ def import_(
     """Align a community feature file to the dataset's entity ids, print the coverage report, write a table."""
     from mmkgc.features.io import import_feature_file, import_h5_features
 
-    if presence not in ("all", "nonzero", "not_equal_fill"):
-        raise ConfigError(f"--presence must be all, nonzero or not_equal_fill, got {presence!r}")
-    triples = _load_triples(dataset, data_dir)
-    out = _output_path(triples.name, output, modality)
-    name_map, map_report = _read_map(names, triples.entity_labels)
+    presence, multi = Presence(presence).value, MultiVector(multi).value
+    triples = load_triples(dataset, data_dir)
+    out = output_path(triples.name, output, modality)
+    name_map, map_report = read_map(names, triples.entity_labels)
     try:
         if file.suffix.lower() in (".h5", ".hdf5"):
             table = import_h5_features(file, modality, triples.entity_labels, name_map=name_map, multi=multi,
@@ -211,14 +164,14 @@ def import_(
         report["name_map"] = map_report
     matched = int(alignment["matched"]) if alignment else table.num_entities - int(options.get("missing_rows", 0))
     if matched == 0 or matched < min_coverage * table.num_entities:
-        console.print(_coverage_table(f"{triples.name}: import {file.name} as {modality!r} (not written)", report))
+        console.print(coverage_table(f"{triples.name}: import {file.name} as {modality!r} (not written)", report))
         hint = ("none of its names matched an entity; check --names and the dataset" if matched == 0 else
                 f"below --min-coverage {min_coverage:g}; check --names and the dataset, or lower --min-coverage")
         raise DataFormatError(file, None, f"gives rows to {matched:,} of {table.num_entities:,} {triples.name} "
                               f"entities ({matched / max(table.num_entities, 1):.1%}): {hint}; nothing was written")
-    _save(table, out)
+    save_table(table, out)
     report["written"] = str(out)
-    console.print(_coverage_table(f"{triples.name}: import {file.name} as {modality!r}", report))
+    console.print(coverage_table(f"{triples.name}: import {file.name} as {modality!r}", report))
 
 
 def _norm_stats(values, rows) -> dict[str, float]:
@@ -286,5 +239,5 @@ def info(
     if as_json:
         console.print_json(json.dumps(report, default=str))
     else:
-        console.print(_coverage_table(f"{file.name}", report))
+        console.print(coverage_table(f"{file.name}", report))
 

@@ -20,7 +20,18 @@ from typing import Any, Optional
 
 import typer
 
-from mmkgc.cli_features import _coverage_table, _load_triples, _output_path, _read_map, _save, console
+from mmkgc.cli._common import (
+    CaptionSource,
+    DType,
+    EnrichText,
+    ImageLayout,
+    console,
+    coverage_table,
+    load_triples,
+    output_path,
+    read_map,
+    save_table,
+)
 from mmkgc.errors import ConfigError
 
 enrich_app = typer.Typer(no_args_is_help=True,
@@ -45,7 +56,7 @@ def _workdir(path: Path):
 
 
 def _show(title: str, report: dict[str, Any]) -> None:
-    console.print(_coverage_table(title, report))
+    console.print(coverage_table(title, report))
 
 
 def _sample(n_entities: int, sample: Optional[int], seed: int) -> Optional[list[int]]:
@@ -64,7 +75,7 @@ def _caption(triples, images: Path, model: str, workdir: Path, source: str, prom
     from mmkgc.features.enrich.stages import run_caption
     from mmkgc.features.vision import find_entity_images
 
-    name_map, _ = _read_map(names, triples.entity_labels)
+    name_map, _ = read_map(names, triples.entity_labels)
     collection = find_entity_images(images, triples.entity_labels, layout=layout, name_map=name_map)
     limit = None
     if entities is not None:
@@ -119,15 +130,15 @@ def _encode(triples, workdir: Optional[Path], files: Optional[list[Path]], encod
     for f in files or []:
         if not f.is_file():
             raise ConfigError(f"--from: {f} does not exist")
-    name_map, _ = _read_map(names, triples.entity_labels)
+    name_map, _ = read_map(names, triples.entity_labels)
     enc = build_text_encoder(encoder, batch_size=batch_size, device=device)
     t0 = time.perf_counter()
     table, report = run_encode(triples.entity_labels, triples.name, enc,
                                workdir=_workdir(workdir) if workdir is not None else None,
                                files=files or None, text=text, concat_with_label=concat_label, name_map=name_map,
                                progress=True)
-    out = _output_path(triples.name, output, "generated_text")
-    _save(table, out)
+    out = output_path(triples.name, output, "generated_text")
+    save_table(table, out)
     shown = {k: v for k, v in report.items() if k != "files"}
     shown["seconds"] = round(time.perf_counter() - t0, 1)
     _show(f"{triples.name} generated_text {list(table.values.shape)}", shown)
@@ -142,22 +153,24 @@ def caption(
                                 "or a CSV/TSV/parquet table entity -> path."),
     model: str = typer.Option(..., "--model", help="Image-to-text model: directory or Hugging Face name."),
     workdir: Path = _WORKDIR,
-    source: str = typer.Option("original", "--source", help="original or new (source priority when merging)."),
+    source: CaptionSource = typer.Option(CaptionSource.original, "--source",
+                                         help="Which image set (source priority when merging: original first)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "--caption-prompt", help=_HELP_CAPTION_PROMPT),
     prompt_template: Optional[str] = typer.Option(None, "--prompt-template",
                                                   help="Chat wrapper with {prompt}, e.g. 'USER: <image>\\n{prompt} ASSISTANT:'."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help="Model weights dtype."),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", min=1),
     num_beams: int = typer.Option(1, "--num-beams", min=1, help="1 = greedy; decoding never samples."),
     device: Optional[str] = typer.Option(None, "--device"),
-    layout: str = typer.Option("auto", "--layout", help="auto, folders, flat or table."),
+    layout: ImageLayout = typer.Option(ImageLayout.auto, "--layout", help="Image layout."),
     names: Optional[Path] = typer.Option(None, "--names", help="Two-column map image key <-> dataset entity."),
     entities: Optional[Path] = typer.Option(None, "--entities", help="Caption only the entities listed (one label a line)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Caption entity images into the workdir's journal (resumes an interrupted run)."""
-    triples = _load_triples(dataset, data_dir)
+    source, dtype, layout = CaptionSource(source).value, DType(dtype).value, ImageLayout(layout).value
+    triples = load_triples(dataset, data_dir)
     _caption(triples, images, model, workdir, source, prompt, prompt_template, batch_size, dtype, max_new_tokens,
              num_beams, device, layout, names, entities)
 
@@ -184,7 +197,7 @@ def fuse(
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", min=1, help=_HELP_INPUT),
     max_new_tokens: int = typer.Option(_FUSION_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
     num_beams: int = typer.Option(1, "--num-beams", min=1),
-    dtype: str = typer.Option("float32", "--dtype"),
+    dtype: DType = typer.Option(DType.float32, "--dtype"),
     device: Optional[str] = typer.Option(None, "--device"),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "--fusion-system-prompt", help=_HELP_SYSTEM),
     user_prompt: Optional[str] = typer.Option(None, "--prompt", "--fusion-prompt", help=_HELP_USER),
@@ -192,6 +205,7 @@ def fuse(
                                        help=_HELP_SEQ2SEQ),
 ) -> None:
     """One LLM summary per entity (journaled, resumable) -> enriched.json."""
+    dtype = DType(dtype).value
     _fuse(workdir, model, max_input_tokens, max_new_tokens, num_beams, dtype, device, system_prompt, user_prompt,
           seq2seq_prompt)
 
@@ -203,7 +217,7 @@ def encode(
     files: Optional[list[Path]] = typer.Option(None, "--from", help="Released-layout JSON file(s), original first."),
     encoder: str = typer.Option("all-MiniLM-L6-v2", "--encoder", help="Text encoder name or directory."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME or path; default generated_text."),
-    text: str = typer.Option("auto", "--text", help="auto (summary, else merged, else captions), summary, merged, images."),
+    text: EnrichText = typer.Option(EnrichText.auto, "--text", help="auto: summary, else merged, else captions."),
     concat_label: bool = typer.Option(False, "--concat-label", help="Encode 'entity name + text'."),
     names: Optional[Path] = typer.Option(None, "--names", help="Map file name <-> dataset entity (e.g. ent_links)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
@@ -211,7 +225,8 @@ def encode(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Align enrichment texts to entity ids, encode them, write a feature table and its coverage report."""
-    triples = _load_triples(dataset, data_dir)
+    text = EnrichText(text).value
+    triples = load_triples(dataset, data_dir)
     _encode(triples, workdir, files, encoder, output, text, concat_label, names, batch_size, device)
 
 
@@ -242,21 +257,22 @@ def run_all(
     fusion_prompt: Optional[str] = typer.Option(None, "--fusion-prompt", help=_HELP_USER),
     fusion_seq2seq_prompt: Optional[str] = typer.Option(None, "--fusion-seq2seq-prompt", help=_HELP_SEQ2SEQ),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    dtype: str = typer.Option("float32", "--dtype"),
+    dtype: DType = typer.Option(DType.float32, "--dtype"),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", min=1),
     fusion_max_new_tokens: int = typer.Option(_FUSION_MAX_NEW_TOKENS, "--fusion-max-new-tokens", min=1),
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", min=1, help=_HELP_INPUT),
     num_beams: int = typer.Option(1, "--num-beams", min=1),
     min_words: int = typer.Option(3, "--min-words", min=0),
     entities: Optional[Path] = typer.Option(None, "--entities"),
-    layout: str = typer.Option("auto", "--layout"),
+    layout: ImageLayout = typer.Option(ImageLayout.auto, "--layout"),
     device: Optional[str] = typer.Option(None, "--device"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """caption -> merge -> fuse -> encode -> audit, each resuming what an earlier run finished."""
+    dtype, layout = DType(dtype).value, ImageLayout(layout).value
     from mmkgc.features.enrich.stages import run_audit, run_merge
 
-    triples = _load_triples(dataset, data_dir)
+    triples = load_triples(dataset, data_dir)
     for src, folder in (("original", images), ("new", new_images)):
         if folder is not None:
             _caption(triples, folder, caption_model, workdir, src, prompt, None, batch_size, dtype, max_new_tokens,

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mmkgc.cli._common import REPORTED, log_line, print_error
 from mmkgc.progress import is_terminal
 
 # Without a terminal rich assumes 80 columns and would squeeze the parameter columns: allow the table's own width.
@@ -39,7 +40,6 @@ def tune_command(
                                                             "(repeatable; same as tracking.trackers)."),
 ) -> None:
     """Search hyper-parameters: each trial trains like `mmkgc train`, selected on the cleaned validation MRR only."""
-    from mmkgc.cli import log_line
     from mmkgc.pipeline import check_device
     from mmkgc.tuning import tune
 
@@ -52,10 +52,8 @@ def tune_command(
         result = tune(config, study_dir, trials=trials, overrides=overrides, space_file=space,
                       time_budget_minutes=time_budget_minutes, device=device, log=log_line)
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: the running trial is marked failed, the study is kept
-        from mmkgc.cli import _REPORTED, print_error
-
         print_error(f"{exc or 'interrupted'}; the study is kept in {study_dir}: rerun the same command to continue it")
-        _REPORTED.add("interrupt")
+        REPORTED.add("interrupt")
         raise typer.Exit(130) from None
     keys = sorted({k for r in result.trials for k in r["params"]})
     table = Table(title=f"mmkgc tune: {len(result.trials)} trial(s), selected on valid_clean MRR (best first)")

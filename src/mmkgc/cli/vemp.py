@@ -1,4 +1,4 @@
-"""``mmkgc vemp``: the VEMP two-stage pipeline (methods.md section 2; :mod:`mmkgc.models.vemp`).
+"""``mmkgc vemp``: the VEMP two-stage pipeline (methods.md section 2; :mod:`mmkgc.vemp`).
 
 * ``pretrain CONFIG`` -- stage 1 (contrastive token fusion on training edges) -> ``RUN/pretrain/``.
 * ``export CONFIG`` -- the four node-feature tables -> ``RUN/features/<mode>.safetensors``.
@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from mmkgc.cli._common import FeatureMode, VempProtocol, console, err_console
 
 vemp_app = typer.Typer(no_args_is_help=True, help="VEMP: contrastive token fusion + R-GCN link prediction.")
-# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
-console = Console(markup=False, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def _setup(config: Path, overrides: list[str], run_dir: Optional[Path], device: Optional[str]):
@@ -52,7 +50,7 @@ _DEVICE = typer.Option(None, "--device", help="cpu, cuda or auto (default: the c
 def pretrain_cmd(config: Path = _CONFIG, run_dir: Optional[Path] = _RUN, overrides: list[str] = _SET,
                  device: Optional[str] = _DEVICE) -> None:
     """Stage 1: train the cross-attention token fusion on the training edges (InfoNCE text<->image + neighbour)."""
-    from mmkgc.models.vemp import load_inputs, pretrain
+    from mmkgc.vemp import load_inputs, pretrain
 
     cfg, out = _setup(config, overrides, run_dir, device)
     pretrain(cfg, load_inputs(cfg), out, _log)
@@ -63,7 +61,7 @@ def pretrain_cmd(config: Path = _CONFIG, run_dir: Optional[Path] = _RUN, overrid
 def export_cmd(config: Path = _CONFIG, run_dir: Optional[Path] = _RUN, overrides: list[str] = _SET,
                device: Optional[str] = _DEVICE) -> None:
     """Export the fused / text_only / image_only / concat node-feature tables of a pretrained run."""
-    from mmkgc.models.vemp import export_features, load_inputs
+    from mmkgc.vemp import export_features, load_inputs
 
     cfg, out = _setup(config, overrides, run_dir, device)
     for mode, path in export_features(cfg, load_inputs(cfg), out).items():
@@ -71,15 +69,17 @@ def export_cmd(config: Path = _CONFIG, run_dir: Optional[Path] = _RUN, overrides
 
 
 @vemp_app.command("linkpred")
-def linkpred_cmd(config: Path = _CONFIG, mode: str = typer.Option("fused", "--mode", help="Feature mode."),
-                 protocol: str = typer.Option("vemp_sampled", "--protocol", help="vemp_sampled or filtered."),
+def linkpred_cmd(config: Path = _CONFIG, mode: FeatureMode = typer.Option(FeatureMode.fused, "--mode",
+                                                                          help="Exported feature table."),
+                 protocol: VempProtocol = typer.Option(VempProtocol.vemp_sampled, "--protocol"),
                  run_dir: Optional[Path] = _RUN, overrides: list[str] = _SET,
                  device: Optional[str] = _DEVICE) -> None:
     """Stage 2 for one exported feature mode under one protocol; prints the test metrics as JSON."""
     from mmkgc.errors import ConfigError
-    from mmkgc.models.vemp import run_filtered, run_linkpred
+    from mmkgc.vemp import run_filtered, run_linkpred
 
     cfg, out = _setup(config, overrides, run_dir, device)
+    mode, protocol = FeatureMode(mode).value, VempProtocol(protocol).value
     if protocol == "vemp_sampled":
         result = run_linkpred(cfg, out, mode, log=_log)["test"]
     elif protocol == "filtered":
@@ -90,8 +90,6 @@ def linkpred_cmd(config: Path = _CONFIG, mode: str = typer.Option("fused", "--mo
 
             cfg.filtered = FilteredConfig()
         result = run_filtered(cfg, out, mode, log=_log)["test"]
-    else:
-        raise ConfigError(f"--protocol must be vemp_sampled or filtered, got {protocol!r}")
     console.print_json(json.dumps(result))
 
 
@@ -100,7 +98,7 @@ def compare_cmd(config: Path = _CONFIG, run_dir: Optional[Path] = _RUN, override
                 device: Optional[str] = _DEVICE,
                 fresh: bool = typer.Option(False, "--fresh", help="Pretrain again even if RUN/pretrain exists.")) -> None:
     """Four-way feature comparison (text_only, image_only, concat, fused): one table and one bar plot."""
-    from mmkgc.models.vemp import compare, compare_markdown
+    from mmkgc.vemp import compare, compare_markdown
 
     cfg, out = _setup(config, overrides, run_dir, device)
     summary = compare(cfg, out, _log, reuse_pretrain=not fresh)
