@@ -42,7 +42,7 @@ from mmkgc.nn.fusion import DecisionFusion
 from mmkgc.nn.mutual_information import CLUBEstimator, draw_expert_pair
 from mmkgc.nn.scorers import TuckER
 from mmkgc.training.losses import BCEWithLabelSmoothing, SoftmaxCrossEntropyLoss, SymmetricInfoNCE
-from mmkgc.training.steps import AuxiliaryStep
+from mmkgc.models.auxiliary import AuxiliaryStep
 
 
 class ProjectedModalityTable(EntityRepresentation):
