@@ -375,6 +375,11 @@ def _aux_worker(rank: int, world: int, port: int, out: str) -> None:
             result = _aux_train(method)
             if rank == 0:
                 torch.save(result, Path(out) / f"{method}.pt")
+        # the whole pipeline under DDP, diagnostics included (rank 0 evaluates the decoders alone)
+        from mmkgc.pipeline import run_experiment
+
+        run_experiment(_aux_config("imvia").model_copy(update={"name": "imvia-ddp"}), Path(out) / "imvia-run",
+                       device="cpu", log=lambda line: None)
     finally:
         dist.destroy_process_group()
 
@@ -408,3 +413,22 @@ def test_auxiliary_steps_under_ddp_match_one_process(ddp_aux_run, method, monkey
         assert diff <= 1e-5, (method, key, diff)
     # the auxiliary groups did train (their Adam moments are not zero), so the comparison is not vacuous
     assert max(single[k].abs().max().item() for k in aux_keys) > 1e-6
+
+
+def test_imvia_pipeline_under_ddp_writes_the_one_process_decoder_metrics(ddp_aux_run):
+    """Rank 0 writes the per-decoder diagnostics of a 2-process run; they are the metrics one process computes
+    for the saved model (the diagnostics' evaluation is not sharded: the other rank does not take part)."""
+    from mmkgc.evaluation.metrics import evaluate
+    from mmkgc.pipeline import load_run
+
+    run = ddp_aux_run / "imvia-run"
+    decoders = json.loads((run / "imvia_decoders.json").read_text())["branches"]
+    assert json.loads((run / "metrics.json").read_text())["name"] == "imvia-ddp"
+    _, data, model = load_run(run, device="cpu")
+    model.eval()
+    for i, name in enumerate([*model.branch_names, "fused"]):
+        fn = model.branch_score_fn(None if name == "fused" else i, probabilities=name == "fused")
+        single = evaluate(fn, data.triples, split="test", policies=("realistic",), per_relation=False)
+        for metric in ("mrr", "hits@1", "hits@10"):
+            saved = decoders[name]["metrics"]["realistic"]["both"][metric]
+            assert saved == pytest.approx(single.get(metric, side="both", policy="realistic"), abs=1e-6), (name, metric)

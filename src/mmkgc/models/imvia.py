@@ -353,7 +353,7 @@ class IMVIAModel(KGEModel):
         fns = [(name, self.branch_score_fn(i, probabilities=False)) for i, name in enumerate(self.branch_names)]
         fns.append(("fused", self.branch_score_fn(None)))
         for name, fn in fns:
-            result = evaluate(fn, triples, split="test", policies=policies, per_relation=False)
+            result = evaluate(fn, triples, split="test", policies=policies, per_relation=False, distributed=False)
             full[name] = result.to_dict()
             summary[name] = {p: {k: result.get(k, side="both", policy=p) for k in ("mrr", "hits@1", "hits@3",
                                                                                  "hits@10")}
