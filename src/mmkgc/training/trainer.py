@@ -1,12 +1,15 @@
-"""The training loop: epochs of optimisation steps, validation with early stopping, checkpoints and resume.
+"""The trainer: epochs of optimisation steps, validation with early stopping, checkpoints and resume.
 
-One loop serves both training regimes of the field:
+The training regime is a loop class (:mod:`mmkgc.training.loops`, resolved from ``training.loop``):
 
 * ``negative_sampling`` (sLCWA): each positive triple is scored against ``K`` corrupted triples (uniform or
   Bernoulli, filtered against train) under a pairwise or self-adversarial loss (Bordes et al. 2013; Sun et al.
   2019);
 * ``one_to_n`` (LCWA / 1-N scoring): each ``(h, r)`` query of train (with reciprocal relations for head queries)
   is scored against all entities under BCE with label smoothing (Dettmers et al. 2018).
+
+What happens around the epochs (selection and early stopping, time budget, the legacy reporting protocol,
+progress, trackers, the ``last`` checkpoint) are callbacks (:mod:`mmkgc.training.callbacks`).
 
 Determinism: every random draw (positive order, negatives, dropout) comes from generators seeded by the
 experiment seed, and their states are checkpointed, so a resumed run continues the same random streams.
@@ -17,9 +20,11 @@ stream seeded by ``(seed, epoch, rank)`` (``training.distributed_negatives: per_
 for the whole global batch (``replicated``: the same batches and negatives as one process).  The model is wrapped
 in :class:`torch.nn.parallel.DistributedDataParallel` through :class:`TrainingStep`, whose ``forward`` computes
 the loss, so DDP averages the gradients; each rank's loss is scaled so that the average is the gradient of the
-global batch's mean loss.  Only rank 0 logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model);
-every rank validates on its shard of the queries and gets the same gathered metrics, and rank 0's early-stopping
-and time-budget decisions are broadcast.  A checkpoint written by any world size resumes under any other, since
+global batch's mean loss.  Auxiliary steps (generators, discriminator, CLUB estimator) scale their loss the same
+way and average their gradients over the ranks themselves (their parameters are left out of DDP).  Only rank 0
+logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model); every rank validates on its shard of the
+queries and gets the same gathered metrics, and rank 0's early-stopping and time-budget decisions are broadcast
+(callbacks).  A checkpoint written by any world size resumes under any other, since
 the shared stream is identical on all ranks and the per-rank streams are re-derived from ``(seed, epoch, rank)``.
 """
 
