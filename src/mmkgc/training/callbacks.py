@@ -25,7 +25,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from mmkgc import distributed as dist_helpers
+from mmkgc.training.checkpoint import (
+    load_checkpoint,
+    read_auxiliary_state,
+    read_checkpoint_state,
+    read_scheduler_state,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:
     from mmkgc.evaluation.metrics import EvaluationResult
@@ -188,11 +197,69 @@ class TrackerCallback(TrainingCallback):
 
 
 class CheckpointCallback(TrainingCallback):
-    """Writes ``checkpoints/last`` after every epoch (rank 0; nothing without a run directory).  Saving and
-    resuming themselves are :meth:`Trainer.save` / :meth:`Trainer.resume`."""
+    """Checkpoint and resume: writes ``checkpoints/last`` after every epoch (rank 0; nothing without a run
+    directory); :class:`EarlyStopping` writes ``checkpoints/best`` through :meth:`save`, and
+    ``Trainer.train(resume=True)`` restores the trainer through :meth:`resume`.  The layout is
+    :func:`mmkgc.training.checkpoint.save_checkpoint`'s (safetensors weights, JSON state, tensors-only training
+    state)."""
 
     def on_epoch_end(self, trainer, record):
         trainer.save("last")
+
+    def save(self, trainer: Trainer, which: str = "last") -> None:
+        """Checkpoint the unwrapped model, the trainer's state, its optimiser, scheduler, random streams and the
+        auxiliary steps' optimisers to ``checkpoints/which`` (rank 0 only; the other ranks hold identical weights)."""
+        path = trainer._checkpoint_dir(which)
+        if path is not None and trainer.rank == 0:
+            save_checkpoint(path, trainer.model, trainer._state(), trainer.optimizer, trainer._rng_state(),
+                            auxiliary={step.name: step.state_dict() for step in trainer.aux_steps},
+                            scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None)
+
+    def resume(self, trainer: Trainer) -> bool:
+        """Restore the trainer from ``run_dir/checkpoints/last`` if it exists (every rank reads it); returns whether
+        it did.  The restored random streams make the continued run bit-identical to an uninterrupted one.
+
+        :raises CheckpointError: the checkpoint is corrupt, or was written for another config or feature table.
+        """
+        path = trainer._checkpoint_dir("last")
+        if path is None or not (path.exists() or path.with_name("last.old").exists()):
+            return False
+        from mmkgc.errors import CheckpointError
+
+        saved = read_checkpoint_state(path)
+        if saved.get("fingerprint") != trainer.fingerprint:
+            raise CheckpointError(
+                f"{path}: checkpoint was written for a different config or feature table "
+                f"(saved {saved.get('fingerprint')}, now {trainer.fingerprint}); start a new run directory"
+            )
+        state, rng = load_checkpoint(path, trainer.model, trainer.optimizer, map_location=trainer.device)
+        auxiliary = read_auxiliary_state(path, map_location=trainer.device)
+        for step in trainer.aux_steps:
+            if step.name not in auxiliary:
+                raise CheckpointError(f"{path}: no saved state for auxiliary step {step.name!r}")
+            step.load_state_dict(auxiliary[step.name])
+        if trainer.scheduler is not None:
+            saved_schedule = read_scheduler_state(path, map_location=trainer.device)
+            if saved_schedule is None:
+                raise CheckpointError(f"{path}: the config has training.scheduler {trainer.cfg.scheduler.name} but the "
+                                      "checkpoint holds no scheduler state; start a new run directory")
+            trainer.scheduler.load_state_dict(saved_schedule)
+        trainer.epoch = state["epoch"]
+        trainer.step = state["step"]
+        trainer.training_seconds = state["training_seconds"]
+        trainer.best_metric = state["best_metric"]
+        trainer.best_epoch = state["best_epoch"]
+        trainer.bad_validations = state["bad_validations"]
+        trainer.history = state["history"]
+        trainer.legacy_best_test = state.get("legacy_best_test") or {}
+        if state.get("grad_scaler") and trainer.scaler.is_enabled():
+            trainer.scaler.load_state_dict(state["grad_scaler"])
+        if "sampler" in rng:
+            trainer.generator.set_state(rng["sampler"])
+        if "torch_global" in rng:
+            torch.set_rng_state(rng["torch_global"])
+        trainer.log(f"resumed from {path} at epoch {trainer.epoch}")
+        return True
 
 
 def default_callbacks(trainer: Trainer) -> list[TrainingCallback]:

@@ -44,14 +44,13 @@ from mmkgc import distributed as dist_helpers
 from mmkgc.errors import ConfigError, TrainingInterrupted
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
 from mmkgc.models.inductive import modality_structures, pop_auxiliary_losses
-from mmkgc.training.callbacks import LEGACY_METRICS, TrainingCallback, default_callbacks
-from mmkgc.training.checkpoint import (
-    load_checkpoint,
-    read_auxiliary_state,
-    read_checkpoint_state,
-    read_scheduler_state,
-    save_checkpoint,
+from mmkgc.training.callbacks import (
+    LEGACY_METRICS,
+    CheckpointCallback,
+    TrainingCallback,
+    default_callbacks,
 )
+from mmkgc.training.checkpoint import load_checkpoint, read_checkpoint_state
 from mmkgc.training.loops import TrainingLoop, loop_resolver
 from mmkgc.training.tracking import FileTracker, ResultTracker
 
@@ -286,6 +285,8 @@ class Trainer:
         #: value of each metric separately over the validation epochs (MoMoK/IMVIA reporting; selects on test).
         self.legacy_best_test: dict[str, dict[str, float]] = {}
         self.callbacks: list[TrainingCallback] = default_callbacks(self) + list(callbacks or [])
+        #: writes and reads ``checkpoints/{last,best}`` (one of the default callbacks)
+        self.checkpointing = next(cb for cb in self.callbacks if isinstance(cb, CheckpointCallback))
 
     def _wrap_ddp(self, aux_owned: set[int]) -> torch.nn.Module:
         """:class:`TrainingStep` in DDP.  Parameters owned by auxiliary steps are left out of DDP's hooks: the main
@@ -505,57 +506,15 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints" / which
 
     def save(self, which: str = "last") -> None:
-        """Checkpoint the unwrapped model (rank 0 only; the other ranks hold identical weights)."""
-        path = self._checkpoint_dir(which)
-        if path is not None and self.rank == 0:
-            save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state(),
-                            auxiliary={step.name: step.state_dict() for step in self.aux_steps},
-                            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None)
+        """Checkpoint ``which`` (``last`` / ``best``): :meth:`CheckpointCallback.save`."""
+        self.checkpointing.save(self, which)
 
     def resume(self) -> bool:
-        """Continue from ``run_dir/checkpoints/last`` if it exists; returns whether it did.
+        """Continue from ``run_dir/checkpoints/last`` if it exists (:meth:`CheckpointCallback.resume`).
 
         :raises CheckpointError: the checkpoint is corrupt, or was written for another config or feature table.
         """
-        path = self._checkpoint_dir("last")
-        if path is None or not (path.exists() or path.with_name("last.old").exists()):
-            return False
-        from mmkgc.errors import CheckpointError
-
-        saved = read_checkpoint_state(path)
-        if saved.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
-                f"{path}: checkpoint was written for a different config or feature table "
-                f"(saved {saved.get('fingerprint')}, now {self.fingerprint}); start a new run directory"
-            )
-        state, rng = load_checkpoint(path, self.model, self.optimizer, map_location=self.device)
-        auxiliary = read_auxiliary_state(path, map_location=self.device)
-        for step in self.aux_steps:
-            if step.name not in auxiliary:
-                raise CheckpointError(f"{path}: no saved state for auxiliary step {step.name!r}")
-            step.load_state_dict(auxiliary[step.name])
-        if self.scheduler is not None:
-            saved_schedule = read_scheduler_state(path, map_location=self.device)
-            if saved_schedule is None:
-                raise CheckpointError(f"{path}: the config has training.scheduler {self.cfg.scheduler.name} but the "
-                                      "checkpoint holds no scheduler state; start a new run directory")
-            self.scheduler.load_state_dict(saved_schedule)
-        self.epoch = state["epoch"]
-        self.step = state["step"]
-        self.training_seconds = state["training_seconds"]
-        self.best_metric = state["best_metric"]
-        self.best_epoch = state["best_epoch"]
-        self.bad_validations = state["bad_validations"]
-        self.history = state["history"]
-        self.legacy_best_test = state.get("legacy_best_test") or {}
-        if state.get("grad_scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["grad_scaler"])
-        if "sampler" in rng:
-            self.generator.set_state(rng["sampler"])
-        if "torch_global" in rng:
-            torch.set_rng_state(rng["torch_global"])
-        self.log(f"resumed from {path} at epoch {self.epoch}")
-        return True
+        return self.checkpointing.resume(self)
 
     # ------------------------------------------------------------------------------------------ main loop
     def train(self, resume: bool = False) -> TrainingSummary:
