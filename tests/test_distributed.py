@@ -254,3 +254,210 @@ def test_sparse_config_errors():
     data["training"].update(sparse=True, weight_decay=0.1)
     with pytest.raises(ConfigError, match="weight_decay"):
         parse_config(data)
+
+
+# ------------------------------------------------------------------------------------------ auxiliary steps under DDP
+#
+# AdaMF-MAT, NativE and AFME (generator / discriminator steps) and IMVIA (CLUB estimator step) train under DDP: the
+# main step through DDP, every auxiliary step with its loss scaled by the rank's share of the global batch and its
+# gradients averaged over the ranks (mmkgc.distributed.average_gradients).  With ``distributed_negatives:
+# replicated`` two processes then take the single-process updates, up to floating-point summation order.
+#
+# What the comparison needs from the data and the models: every loss must be a mean over the rows of the batch, and
+# no random draw may depend on the batch size (each rank draws from its own copy of the global stream).  So both runs
+# (1 and 2 processes) turn off the random draws that do: the generators' noise z (zeros, as in their noise-free
+# completion), IMVIA's gate noise, dropout, batch norm, the InfoNCE alignment term, and the random permutation of
+# the CLUB bound (the identity: the bound is then exactly 0 and only the estimator step trains; the expert pair is
+# still drawn, the same number of times in both runs).  AFME's generator and discriminator terms are means over the
+# batch's *distinct* entities; they equal row means when every training triple has two entities no other triple
+# has and every entity has every modality, so the adversarial runs train on such a matching of the synthetic train
+# split.  Tolerances: losses relative 1e-5, parameters and the auxiliary Adam moments absolute 1e-5 (see ADAM_EPS).
+
+AUX_EPOCHS = 2
+#: Adam's epsilon in both runs.  Some gradients are zero in exact arithmetic but not in floating point (the key
+#: biases of attention: softmax ignores a shift of the logits), and Adam's first steps move such an entry by
+#: ``lr * g / (|g| + eps)``, about ``lr`` whatever its size: a rounding difference then becomes a difference of
+#: ``lr``.  With ``eps = 1e-3`` a gradient at rounding level (< 1e-7) moves its parameter by < ``1e-4 lr``, while
+#: real gradients still train every group.
+ADAM_EPS = 1e-3
+AUX_METHODS = ("mat", "wgan_gp", "moien", "imvia")
+
+
+def _aux_config(method: str):
+    if method == "imvia":
+        return parse_config({
+            "seed": 1,
+            "dataset": {"synthetic": {"num_entities": 150, "num_relations": 3, "seed": 0, "text_dim": 16,
+                                      "visual_dim": 16}},
+            "model": {"method": "imvia", "dim": 8, "reciprocal": True,
+                      "modalities": [{"name": "text"}, {"name": "visual"}],
+                      "imvia": {"relation_dim": 4, "input_dropout": 0.0, "hidden_dropout1": 0.0,
+                                "hidden_dropout2": 0.0, "batch_norm": False, "noisy_gating": False,
+                                "align_weight": 0.0, "mi_weight": 0.1}},
+            "training": {"loop": "one_to_n", "loss": "bce", "epochs": AUX_EPOCHS, "batch_size": 64, "lr": 0.01},
+            "evaluation": {"every": 1, "patience": None, "batch_size": 64},
+        })
+    from test_adversarial import adversarial_raw
+
+    raw = adversarial_raw(method, epochs=AUX_EPOCHS, batch_size=16, lr=0.01, distributed_negatives="replicated")
+    raw["dataset"]["synthetic"].update(missing_text=0.0, missing_visual=0.0)
+    raw["training"]["adversarial"].update(generator_lr=0.01)
+    if method == "wgan_gp":
+        raw["training"]["adversarial"]["gp_weight"] = 0.0  # interpolation weights are per-rank draws
+    raw["evaluation"]["batch_size"] = 64
+    return parse_config(raw)
+
+
+def _deterministic_auxiliaries() -> None:
+    """Turn off the random draws whose values depend on the rank's batch size (see the comment above)."""
+    from mmkgc.nn import adversarial, mutual_information
+
+    adversarial._Generator._z = lambda self, x, noise: x.new_zeros((x.shape[0], self.noise_dim))
+
+    def upper_bound(self, x, y, generator=None):
+        mu, logvar = self._moments(x)
+        inv = torch.exp(-logvar)
+        positive = -((mu - y) ** 2 * inv).sum(-1)
+        return 0.5 * (positive - positive).mean()
+
+    mutual_information.CLUBEstimator.upper_bound = upper_bound
+
+
+def _matching(train: torch.Tensor) -> torch.Tensor:
+    """The train triples, in order, whose two entities differ and appear in no earlier kept triple."""
+    seen: set[int] = set()
+    keep = []
+    for i, (h, _, t) in enumerate(train.tolist()):
+        if h != t and h not in seen and t not in seen:
+            seen.update((h, t))
+            keep.append(i)
+    return train[torch.tensor(keep)]
+
+
+def _aux_train(method: str) -> dict[str, torch.Tensor]:
+    """Train ``method`` for AUX_EPOCHS epochs in this process (group) and return its losses and parameters."""
+    import dataclasses
+
+    from mmkgc.pipeline import build_model, load_data
+    from mmkgc.training.trainer import Trainer
+
+    cfg = _aux_config(method)
+    data = load_data(cfg)
+    triples = data.triples
+    if method != "imvia":
+        triples = dataclasses.replace(triples, train=_matching(triples.train))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data)
+    trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, device="cpu")
+    assert trainer.aux_steps, method
+    for optimizer in (trainer.optimizer, *(step.optimizer for step in trainer.aux_steps)):
+        for group in optimizer.param_groups:
+            group["eps"] = ADAM_EPS
+    trainer.train()
+    out = {"loss": torch.tensor([r["loss"] for r in trainer.history], dtype=torch.float64),
+           "batches": torch.tensor(len(trainer.batcher))}
+    out.update({f"param.{k}": v.detach().clone() for k, v in model.named_parameters()})
+    for step in trainer.aux_steps:  # the auxiliary optimisers' moments, which only the averaged gradients give
+        for i, state in step.optimizer.state_dict()["state"].items():
+            out[f"aux.{step.name}.{i}.exp_avg"] = state["exp_avg"].clone()
+    return out
+
+
+def _aux_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    _deterministic_auxiliaries()
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for method in AUX_METHODS:
+            result = _aux_train(method)
+            if rank == 0:
+                torch.save(result, Path(out) / f"{method}.pt")
+        # the whole pipeline under DDP, diagnostics included (rank 0 evaluates the decoders alone)
+        from mmkgc.pipeline import run_experiment
+
+        run_experiment(_aux_config("imvia").model_copy(update={"name": "imvia-ddp"}), Path(out) / "imvia-run",
+                       device="cpu", log=lambda line: None)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_aux_run(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp_aux")
+    mp.spawn(_aux_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("method", AUX_METHODS)
+def test_auxiliary_steps_under_ddp_match_one_process(ddp_aux_run, method, monkeypatch):
+    from mmkgc.nn import adversarial, mutual_information
+
+    monkeypatch.setattr(adversarial._Generator, "_z", adversarial._Generator._z)
+    monkeypatch.setattr(mutual_information.CLUBEstimator, "upper_bound", mutual_information.CLUBEstimator.upper_bound)
+    _deterministic_auxiliaries()  # undone by monkeypatch after the test
+    torch.set_num_threads(1)
+    single = _aux_train(method)
+    ddp = torch.load(ddp_aux_run / f"{method}.pt", weights_only=True)
+    assert single.keys() == ddp.keys()
+    assert int(single["batches"]) >= 3  # several optimisation steps per epoch
+    assert torch.allclose(ddp["loss"], single["loss"], rtol=1e-5, atol=0), (ddp["loss"], single["loss"])
+    aux_keys = [k for k in single if k.startswith("aux.")]
+    assert aux_keys, "no auxiliary optimiser state"
+    for key in (k for k in single if k.startswith(("param.", "aux."))):
+        diff = (ddp[key] - single[key]).abs().max().item()
+        assert diff <= 1e-5, (method, key, diff)
+    # the auxiliary groups did train (their Adam moments are not zero), so the comparison is not vacuous
+    assert max(single[k].abs().max().item() for k in aux_keys) > 1e-6
+
+
+def test_imvia_pipeline_under_ddp_writes_the_one_process_decoder_metrics(ddp_aux_run):
+    """Rank 0 writes the per-decoder diagnostics of a 2-process run; they are the metrics one process computes
+    for the saved model (the diagnostics' evaluation is not sharded: the other rank does not take part)."""
+    from mmkgc.evaluation.metrics import evaluate
+    from mmkgc.pipeline import load_run
+
+    run = ddp_aux_run / "imvia-run"
+    decoders = json.loads((run / "imvia_decoders.json").read_text())["branches"]
+    assert json.loads((run / "metrics.json").read_text())["name"] == "imvia-ddp"
+    _, data, model = load_run(run, device="cpu")
+    model.eval()
+    for i, name in enumerate([*model.branch_names, "fused"]):
+        fn = model.branch_score_fn(None if name == "fused" else i, probabilities=name == "fused")
+        single = evaluate(fn, data.triples, split="test", policies=("realistic",), per_relation=False)
+        for metric in ("mrr", "hits@1", "hits@10"):
+            saved = decoders[name]["metrics"]["realistic"]["both"][metric]
+            assert saved == pytest.approx(single.get(metric, side="both", policy="realistic"), abs=1e-6), (name, metric)
+
+
+def test_imvia_ddp_checkpoint_resumes_in_one_process_like_one_process_epochs(ddp_aux_run, tmp_path, monkeypatch):
+    """The 2-process IMVIA run's checkpoint (main and CLUB-estimator optimiser states, written by rank 0) continues
+    in one process to the loss of the same number of single-process epochs."""
+    import shutil
+
+    from mmkgc.nn import adversarial, mutual_information
+    from mmkgc.pipeline import run_experiment
+
+    monkeypatch.setattr(adversarial._Generator, "_z", adversarial._Generator._z)
+    monkeypatch.setattr(mutual_information.CLUBEstimator, "upper_bound", mutual_information.CLUBEstimator.upper_bound)
+    _deterministic_auxiliaries()
+    torch.set_num_threads(1)
+    cfg = _aux_config("imvia").model_copy(update={"name": "imvia-ddp"})
+    longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": AUX_EPOCHS + 1})})
+    run = tmp_path / "resumed"
+    shutil.copytree(ddp_aux_run / "imvia-run", run)
+    assert "club_estimator" in (run / "checkpoints" / "last" / "state.json").read_text()
+    run_experiment(longer, run, resume=True, device="cpu", log=lambda line: None)
+    run_experiment(longer, tmp_path / "single", device="cpu", log=lambda line: None)
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(single, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    # logged terms are rank 0's own rows under DDP; the resumed epoch ran in one process, like the single run
+    assert resumed[-1]["terms"]["club_estimator"] == pytest.approx(single[-1]["terms"]["club_estimator"], rel=1e-5)
+    assert resumed[-1]["terms"]["club_estimator"] != single[0]["terms"]["club_estimator"]

@@ -107,3 +107,36 @@ def test_losses_read_in_groups_give_the_same_log_and_name_the_failing_step(tmp_p
 
     with pytest.raises(FloatingPointError, match=r"loss became inf at epoch 1, step 5;"):
         trainer.train()
+
+
+class _Quadratic(AuxiliaryStep):
+    """``loss = sum((w - target)^2)`` over one parameter ``w [3]``: gradient ``2 (w - target)``."""
+
+    def __init__(self):
+        self.w = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+        self.unused = nn.Parameter(torch.zeros(2))
+        super().__init__("quadratic", [self.w, self.unused], lr=0.1)
+
+    def loss(self, target):
+        return ((self.w - target) ** 2).sum()
+
+
+def test_step_scales_the_loss_and_applies_the_reduced_gradients():
+    """``scale`` multiplies the gradient handed to ``reduce`` (DDP: the rank's share of the global batch), and the
+    optimiser applies what ``reduce`` returns (DDP: the mean over ranks), not the local gradient."""
+    step = _Quadratic()
+    target = torch.tensor([0.0, 0.0, 1.0])
+    seen = []
+
+    def reduce(grads, params):
+        seen.append([None if g is None else g.clone() for g in grads])
+        assert [p is q for p, q in zip(params, step.params)] == [True, True]
+        return [-grads[0], None]  # the opposite direction: Adam's first step then moves w by +lr * sign(g)
+
+    before = step.w.detach().clone()
+    out = step.step(target, scale=0.5, reduce=reduce)
+    assert out == {"quadratic": 5.25}  # the unscaled loss: 1 + 4 + 0.25
+    assert torch.allclose(seen[0][0], 0.5 * 2 * (before - target)) and seen[0][1] is None
+    # Adam's first update is lr * g / (|g| + eps) per coordinate: w moves by +0.1 * sign(w - target)
+    assert torch.allclose(step.w.detach(), before + 0.1 * torch.sign(before - target), atol=1e-6)
+    assert torch.equal(step.unused.detach(), torch.zeros(2)) and step.w.grad is None

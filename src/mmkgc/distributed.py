@@ -24,6 +24,7 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_variable",
     "all_reduce_sum",
+    "average_gradients",
     "barrier",
     "batch_shard",
     "broadcast_flag",
@@ -180,6 +181,43 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu().tolist()
+
+
+def average_gradients(grads: Sequence[torch.Tensor | None],
+                      params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor | None]:
+    """The mean over ranks of each parameter's gradient, for optimisation steps outside DDP (the auxiliary steps
+    of :mod:`mmkgc.models.auxiliary`).
+
+    A gradient that is ``None`` on a rank (the parameter was not used by its batch) counts as zeros there; a
+    parameter unused on every rank stays ``None``, so its optimiser skips it as in one process.  All gradients of
+    one dtype travel in one flat all-reduce.  Single process: ``grads`` unchanged.
+
+    :param grads: one entry per parameter, shaped like it (dense), or ``None``.
+    :param params: the parameters (shapes and dtypes of the missing gradients).
+    :returns: the averaged gradients, same order.
+    """
+    if not is_distributed():
+        return list(grads)
+    device = _comm_device()
+    world = dist.get_world_size()
+    used = torch.tensor([g is not None for g in grads], dtype=torch.int32, device=device)
+    dist.all_reduce(used, op=dist.ReduceOp.SUM)
+    out: list[torch.Tensor | None] = [None] * len(params)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, p in enumerate(params):
+        by_dtype.setdefault(p.dtype, []).append(i)
+    for dtype, idx in by_dtype.items():
+        flat = torch.cat([(grads[i] if grads[i] is not None else torch.zeros_like(params[i])).reshape(-1)
+                          .to(device=device, dtype=dtype) for i in idx])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world
+        offset = 0
+        for i in idx:
+            n = params[i].numel()
+            if int(used[i]) > 0:
+                out[i] = flat[offset:offset + n].view_as(params[i]).to(params[i].device)
+            offset += n
+    return out
 
 
 def all_gather_variable(tensor: torch.Tensor) -> list[torch.Tensor]:

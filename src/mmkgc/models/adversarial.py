@@ -3,7 +3,7 @@
 One model class, three objectives chosen by ``training.adversarial.kind``; all share the fused representation
 (:class:`~mmkgc.models.fused.FusedRepresentation`), the RotatE scorer, the fake-triple construction and the
 alternating schedule (main/critic step, then the generator step over the generator's parameters only, see
-:class:`~mmkgc.training.steps.AuxiliaryStep`).
+:class:`~mmkgc.models.auxiliary.AuxiliaryStep`).
 
 Fake triples (all three methods): for a positive ``(h, r, t)`` the generator replaces the non-structural
 modality vectors of ``h`` and/or ``t`` (structure kept), the fused fake entity ``ĥ`` / ``t̂`` is scored under
@@ -37,7 +37,7 @@ Gradients: the main (critic) step sees the generated vectors detached: the fake 
 (structure, adapters, fusion, relations), never the generator -- a deliberate difference from the released
 AdaMF-MAT/NativE code, whose D step back-propagates the fake scores through the generator into the embeddings
 (docs/methods.md).  The generator and discriminator steps differentiate only their own parameters
-(:class:`~mmkgc.training.steps.AuxiliaryStep` uses ``torch.autograd.grad`` over its group).
+(:class:`~mmkgc.models.auxiliary.AuxiliaryStep` uses ``torch.autograd.grad`` over its group).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from mmkgc.nn.adversarial import (
 )
 from mmkgc.nn.scorers import RotatE
 from mmkgc.losses import SelfAdversarialSigmoidLoss
-from mmkgc.training.steps import AuxiliaryStep
+from mmkgc.models.auxiliary import AuxiliaryStep
 
 if TYPE_CHECKING:  # the annotation only: the model reads plain attributes, it never imports the config layer
     from mmkgc.config import AdversarialConfig

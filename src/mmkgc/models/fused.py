@@ -454,7 +454,7 @@ class FusedKGEModel(KGEModel):
         if len(set(heads) | set(tails)) == 1:  # one group: identical to the test metrics, skip a second ranking
             return {heads[0]: {"count": 2 * len(heads), "same_as": "test"}}
         result = evaluate(self.score_fn(), triples, split="test", per_relation=False,
-                          group_labels={"head": heads, "tail": tails})
+                          group_labels={"head": heads, "tail": tails}, distributed=False)
         return _group_summary(result.to_dict())
 
 

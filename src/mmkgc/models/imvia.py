@@ -42,7 +42,7 @@ from mmkgc.nn.fusion import DecisionFusion
 from mmkgc.nn.mutual_information import CLUBEstimator, draw_expert_pair
 from mmkgc.nn.scorers import TuckER
 from mmkgc.losses import BCEWithLabelSmoothing, SoftmaxCrossEntropyLoss, SymmetricInfoNCE
-from mmkgc.training.steps import AuxiliaryStep
+from mmkgc.models.auxiliary import AuxiliaryStep
 
 
 class ProjectedModalityTable(EntityRepresentation):
@@ -353,7 +353,7 @@ class IMVIAModel(KGEModel):
         fns = [(name, self.branch_score_fn(i, probabilities=False)) for i, name in enumerate(self.branch_names)]
         fns.append(("fused", self.branch_score_fn(None)))
         for name, fn in fns:
-            result = evaluate(fn, triples, split="test", policies=policies, per_relation=False)
+            result = evaluate(fn, triples, split="test", policies=policies, per_relation=False, distributed=False)
             full[name] = result.to_dict()
             summary[name] = {p: {k: result.get(k, side="both", policy=p) for k in ("mrr", "hits@1", "hits@3",
                                                                                  "hits@10")}

@@ -1,81 +1,17 @@
-"""Optimisation steps beyond the main KGC step: each owns a parameter group and its optimiser.
+"""Optimisation steps beyond the main KGC step.
 
-The :class:`~mmkgc.training.trainer.Trainer` runs, for every batch, the main step (the model's loss over the main
-parameter group) and then every :class:`AuxiliaryStep` the model declares (``KGEModel.auxiliary_steps``), on the
-same batch tensors.  Parameters owned by an auxiliary step are excluded from the main optimiser, so gradients that
-a step deposits on another group are never applied by the wrong optimiser: the generator step of an adversarial
-method (AdaMF-MAT, NativE, AFME; methods.md sections 5-7) updates only the generator, and a mutual-information
-estimator step (IMVIA's CLUB, section 4) updates only the estimator.
-
-Concrete steps live next to what they train: adversarial steps in :mod:`mmkgc.nn.adversarial` users, the
-estimator step with the IMVIA objectives, the contrastive pretraining of VEMP below.
+:class:`AuxiliaryStep` (one extra step per batch over its own parameter group) is defined with the models that
+declare such steps, in :mod:`mmkgc.models.auxiliary`, and re-exported here; the trainer runs them.  This module
+keeps :class:`ContrastivePretrainStep`, the contrastive pretraining of VEMP stage 1.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from typing import Any
-
 import torch
 
+from mmkgc.models.auxiliary import AuxiliaryStep
 
-class AuxiliaryStep(ABC):
-    """One extra optimisation step per batch over its own parameter group.
-
-    Subclasses implement :meth:`loss`; :meth:`step` differentiates the loss with respect to the group only
-    (``torch.autograd.grad``: other parameters receive no gradient), clips (if ``gradient_clip``) and steps the
-    group's optimiser.  The step's optimiser state is checkpointed under
-    :attr:`name`.
-
-    :param name: unique key of the step (``generator``, ``club_estimator``...), used in logs and checkpoints.
-    :param parameters: the parameters this step updates (excluded from the main optimiser).
-    :param lr: learning rate of the step's Adam optimiser.
-    :param gradient_clip: max gradient norm, or ``None``.
-    """
-
-    def __init__(self, name: str, parameters: Iterable[torch.nn.Parameter], lr: float,
-                 gradient_clip: float | None = None, betas: tuple[float, float] = (0.9, 0.999)):
-        self.name = name
-        self.params = [p for p in parameters if p.requires_grad]
-        if not self.params:
-            raise ValueError(f"auxiliary step {name!r} has no trainable parameters")
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas)
-        self.gradient_clip = gradient_clip
-
-    @abstractmethod
-    def loss(self, *tensors: torch.Tensor) -> torch.Tensor:
-        """The step's loss on the batch tensors the main step received (see ``Trainer._step_loss``)."""
-
-    def step(self, *tensors: torch.Tensor, check_finite: bool = True) -> dict[str, float | torch.Tensor]:
-        """Run one update of this step's group; returns ``{name: loss value}`` for the epoch log.
-
-        :param check_finite: read the loss now (a float; raises if it is not finite).  ``False`` returns the
-            detached loss tensor unread, so that a GPU is not waited for; the caller then checks it later
-            (the trainer does, every few steps).
-        :raises FloatingPointError: the loss is not finite (only with ``check_finite``).
-        """
-        for p in self.params:
-            p.grad = None
-        loss = self.loss(*tensors)
-        if check_finite and not torch.isfinite(loss):
-            raise FloatingPointError(f"auxiliary step {self.name!r}: loss became {loss.item()}")
-        # only this group is differentiated: no gradient is deposited on the main model's parameters
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        for p, g in zip(self.params, grads):
-            p.grad = g  # None (unused this batch): the optimiser skips it
-        if self.gradient_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.gradient_clip)
-        self.optimizer.step()
-        for p in self.params:  # gradients of this group never leak into the next main step
-            p.grad = None
-        return {self.name: float(loss.detach()) if check_finite else loss.detach()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+__all__ = ["AuxiliaryStep", "ContrastivePretrainStep"]
 
 
 class ContrastivePretrainStep:

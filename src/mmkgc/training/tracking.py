@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from class_resolver import ClassResolver
+
 from mmkgc.extras import require
 
 #: Status names passed to :meth:`ResultTracker.end_run`.
@@ -184,6 +186,11 @@ class WandbTracker(ResultTracker):
 #: Tracker names accepted by ``tracking.trackers`` and ``--tracker``.
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
+#: Every tracker class by name (``file``, ``tensorboard``, ``mlflow``, ``wandb``; class name without ``Tracker``,
+#: normalised).  ``file`` is the run directory's ``metrics.jsonl``, added by the trainer or the pipeline itself.
+tracker_resolver: ClassResolver[ResultTracker] = ClassResolver(
+    [FileTracker, TensorBoardTracker, MLflowTracker, WandbTracker], base=ResultTracker, suffix="Tracker")
+
 
 def build_trackers(names: list[str], *, tensorboard_dir: str | Path | None = None,
                    mlflow_tracking_uri: str | None = None,
@@ -194,14 +201,14 @@ def build_trackers(names: list[str], *, tensorboard_dir: str | Path | None = Non
     :raises ValueError: an unknown name.
     :raises MissingExtraError: the tracker's package is not installed (``pip install "mmkgc[trackers]"``).
     """
+    options: dict[str, dict[str, Any]] = {
+        "tensorboard": {"log_dir": tensorboard_dir},
+        "mlflow": {"tracking_uri": mlflow_tracking_uri, "experiment": project},
+        "wandb": {"project": project, "mode": wandb_mode, "directory": wandb_dir},
+    }
     out: list[ResultTracker] = []
     for name in names:
-        if name == "tensorboard":
-            out.append(TensorBoardTracker(tensorboard_dir))
-        elif name == "mlflow":
-            out.append(MLflowTracker(mlflow_tracking_uri, project))
-        elif name == "wandb":
-            out.append(WandbTracker(project, wandb_mode, wandb_dir))
-        else:
+        if name not in options:
             raise ValueError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
+        out.append(tracker_resolver.make(name, options[name]))
     return out

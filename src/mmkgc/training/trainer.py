@@ -1,12 +1,15 @@
-"""The training loop: epochs of optimisation steps, validation with early stopping, checkpoints and resume.
+"""The trainer: epochs of optimisation steps, validation with early stopping, checkpoints and resume.
 
-One loop serves both training regimes of the field:
+The training regime is a loop class (:mod:`mmkgc.training.loops`, resolved from ``training.loop``):
 
 * ``negative_sampling`` (sLCWA): each positive triple is scored against ``K`` corrupted triples (uniform or
   Bernoulli, filtered against train) under a pairwise or self-adversarial loss (Bordes et al. 2013; Sun et al.
   2019);
 * ``one_to_n`` (LCWA / 1-N scoring): each ``(h, r)`` query of train (with reciprocal relations for head queries)
   is scored against all entities under BCE with label smoothing (Dettmers et al. 2018).
+
+What happens around the epochs (selection and early stopping, time budget, the legacy reporting protocol,
+progress, trackers, the ``last`` checkpoint) are callbacks (:mod:`mmkgc.training.callbacks`).
 
 Determinism: every random draw (positive order, negatives, dropout) comes from generators seeded by the
 experiment seed, and their states are checkpointed, so a resumed run continues the same random streams.
@@ -17,9 +20,11 @@ stream seeded by ``(seed, epoch, rank)`` (``training.distributed_negatives: per_
 for the whole global batch (``replicated``: the same batches and negatives as one process).  The model is wrapped
 in :class:`torch.nn.parallel.DistributedDataParallel` through :class:`TrainingStep`, whose ``forward`` computes
 the loss, so DDP averages the gradients; each rank's loss is scaled so that the average is the gradient of the
-global batch's mean loss.  Only rank 0 logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model);
-every rank validates on its shard of the queries and gets the same gathered metrics, and rank 0's early-stopping
-and time-budget decisions are broadcast.  A checkpoint written by any world size resumes under any other, since
+global batch's mean loss.  Auxiliary steps (generators, discriminator, CLUB estimator) scale their loss the same
+way and average their gradients over the ranks themselves (their parameters are left out of DDP).  Only rank 0
+logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model); every rank validates on its shard of the
+queries and gets the same gathered metrics, and rank 0's early-stopping and time-budget decisions are broadcast
+(callbacks).  A checkpoint written by any world size resumes under any other, since
 the shared stream is identical on all ranks and the per-rank streams are re-derived from ``(seed, epoch, rank)``.
 """
 
@@ -30,34 +35,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mmkgc import distributed as dist_helpers
-from mmkgc.config import EvaluationConfig, SchedulerConfig, TrainingConfig
 from mmkgc.errors import ConfigError, TrainingInterrupted
-from mmkgc.data.triples import TripleSet
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
 from mmkgc.models.inductive import modality_structures, pop_auxiliary_losses
-from mmkgc.models.kge import KGEModel
-from mmkgc.training.checkpoint import (
-    load_checkpoint,
-    read_auxiliary_state,
-    read_checkpoint_state,
-    read_scheduler_state,
-    save_checkpoint,
+from mmkgc.training.callbacks import (
+    LEGACY_METRICS,
+    CheckpointCallback,
+    TrainingCallback,
+    default_callbacks,
 )
-from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
-from mmkgc.training.sampling import (
-    BernoulliNegativeSampler,
-    OneToNBatch,
-    OneToNBatcher,
-    TripleBatcher,
-    UniformNegativeSampler,
-)
+from mmkgc.training.checkpoint import load_checkpoint, read_checkpoint_state
+from mmkgc.training.loops import TrainingLoop, loop_resolver
 from mmkgc.training.tracking import FileTracker, ResultTracker
+
+if TYPE_CHECKING:  # configuration objects are duck-typed at run time (layering: training never imports config)
+    from mmkgc.config import EvaluationConfig, SchedulerConfig, TrainingConfig
+    from mmkgc.data.triples import TripleSet
+    from mmkgc.models.kge import KGEModel
+
+__all__ = ["LEGACY_METRICS", "Trainer", "TrainingStep", "TrainingSummary", "build_optimizer", "build_scheduler",
+           "evaluation_policies"]
 
 
 @dataclass
@@ -106,10 +109,6 @@ def evaluation_policies(cfg: EvaluationConfig) -> tuple[str, ...]:
     from mmkgc.evaluation.metrics import DEFAULT_POLICIES
 
     return tuple(DEFAULT_POLICIES) + ((cfg.tie_policy,) if cfg.tie_policy not in DEFAULT_POLICIES else ())
-
-
-#: Metrics tracked by ``evaluation.report: legacy_best_test_per_metric``.
-LEGACY_METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig,
@@ -184,10 +183,16 @@ class TrainingStep(torch.nn.Module):
 class Trainer:
     """Trains a :class:`~mmkgc.models.kge.KGEModel` on a :class:`~mmkgc.data.triples.TripleSet`.
 
+    The regime (batching and the loss of a batch) is a :class:`~mmkgc.training.loops.TrainingLoop` resolved from
+    ``training.loop``; what happens around the epochs (selection and early stopping, time budget, legacy test
+    reporting, progress, trackers, the ``last`` checkpoint) are :mod:`~mmkgc.training.callbacks`.  The trainer
+    keeps the optimisation itself: optimiser and scheduler, mixed precision, DDP, the model's auxiliary steps,
+    gradient clipping, and the state that checkpoints carry.
+
     :param model: the model (moved to ``device``).
     :param triples: the dataset; training uses ``train``, selection uses ``evaluation.split``.
-    :param training: optimisation options.
-    :param evaluation: validation / early-stopping options.
+    :param training: optimisation options (the ``training`` section; duck-typed).
+    :param evaluation: validation / early-stopping options (the ``evaluation`` section; duck-typed).
     :param seed: seeds every random stream of the run.
     :param run_dir: where ``metrics.jsonl`` and ``checkpoints/{last,best}`` go; ``None`` keeps nothing on disk
         (the best weights are kept in memory).
@@ -198,6 +203,9 @@ class Trainer:
     :param trackers: receive every epoch's record (:class:`~mmkgc.training.tracking.ResultTracker`, rank 0 only);
         default: a :class:`~mmkgc.training.tracking.FileTracker` writing ``run_dir/metrics.jsonl`` when there is a
         run directory.  A tracker may raise to stop training after the epoch is checkpointed (the tuner's pruning).
+    :param callbacks: extra :class:`~mmkgc.training.callbacks.TrainingCallback` objects, run after the default ones
+        (:func:`~mmkgc.training.callbacks.default_callbacks`).
+    :raises ConfigError: fp16 without CUDA, fp16 with sparse updates, sparse updates under DDP with NCCL.
     """
 
     def __init__(
@@ -213,16 +221,17 @@ class Trainer:
         progress: bool = False,
         log: Callable[[str], None] | None = None,
         trackers: list[ResultTracker] | None = None,
+        callbacks: list[TrainingCallback] | None = None,
     ):
         self.model = model.to(device)
         self.triples = triples
         self.cfg = training
         self.eval_cfg = evaluation
+        self.policies = evaluation_policies(evaluation)
         self.seed = seed
         self.device = torch.device(device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.fingerprint = fingerprint or {}
-        self.progress = progress
         self.rank = dist_helpers.get_rank()
         self.world_size = dist_helpers.get_world_size()
         main = self.rank == 0
@@ -230,7 +239,7 @@ class Trainer:
         #: read the step losses every this many steps (``None``: every step on the CPU, every 25 on a GPU)
         self.sync_every: int | None = None
         self.log = (log or (lambda line: None)) if main else (lambda line: None)
-        #: extra per-batch steps over their own parameter groups (generator, estimator; mmkgc.training.steps)
+        #: extra per-batch steps over their own parameter groups (generator, estimator; mmkgc.models.auxiliary)
         self.aux_steps = list(self.model.auxiliary_steps(training))
         owned = {id(p) for step in self.aux_steps for p in step.params}
         self.optimizer = build_optimizer(self.model, training, exclude=owned)
@@ -248,56 +257,19 @@ class Trainer:
         self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[training.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
         self.ddp: torch.nn.Module | None = None
-        if self.world_size > 1 and self.aux_steps:
-            raise ConfigError("auxiliary optimisation steps (adversarial generators, estimators) are not supported "
-                              "under DDP: their gradients would not be averaged across ranks; train with one process")
+        #: averages an auxiliary step's gradients over the ranks (``None`` in one process)
+        self._reduce_aux = dist_helpers.average_gradients if self.world_size > 1 else None
         if self.world_size > 1:
             if training.sparse and torch.distributed.get_backend() == "nccl":
                 raise ConfigError("training.sparse: true under DDP is supported with the gloo backend only")
-            import inspect
-
-            ddp_cls = torch.nn.parallel.DistributedDataParallel
-            # Buffers are frozen feature tables, identical on every rank: synced once at construction, never per step.
-            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
-                       else "broadcast_buffers")
-            self.ddp = ddp_cls(TrainingStep(self.model, self._step_loss),
-                               device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                               **{no_sync: False})
+            self.ddp = self._wrap_ddp(owned)
         #: negatives of this rank under DDP with ``distributed_negatives: per_rank`` (re-seeded every epoch).
         self.rank_generator = torch.Generator()
 
         self.generator = torch.Generator().manual_seed(seed)
-        train = triples.train
-        if training.loop == "negative_sampling":
-            self.batcher = TripleBatcher(train, training.batch_size, mode=training.positives, generator=self.generator)
-            filter_index = triples.train_index if training.filtered_negatives else None
-            if training.sampler == "bernoulli":
-                self.sampler = BernoulliNegativeSampler(
-                    triples.num_entities,
-                    training.num_negatives,
-                    triples.tail_corruption_probability,
-                    filtered_by=filter_index,
-                    generator=self.generator,
-                )
-            else:
-                self.sampler = UniformNegativeSampler(
-                    triples.num_entities,
-                    training.num_negatives,
-                    filtered_by=filter_index,
-                    generator=self.generator,
-                )
-            options: dict[str, Any] = {}
-            if training.loss == "nssa":
-                options["adversarial_temperature"] = training.adversarial_temperature
-            elif training.loss == "margin":
-                options["margin"] = training.margin
-            self.loss = build_loss(training.loss, **options)
-        else:
-            self.batcher = OneToNBatcher(
-                triples, training.batch_size, reciprocal=model.reciprocal, generator=self.generator
-            )
-            self.sampler = None
-            self.loss = build_loss(training.loss, label_smoothing=training.label_smoothing)
+        self.loop: TrainingLoop = loop_resolver.make(training.loop, model=self.model, triples=triples,
+                                                     training=training, generator=self.generator,
+                                                     device=self.device, amp_dtype=self._amp_dtype)
 
         self.epoch = 0
         self.step = 0
@@ -312,40 +284,58 @@ class Trainer:
         #: ``evaluation.report: legacy_best_test_per_metric`` only: metric -> {"value", "epoch"}, the best *test*
         #: value of each metric separately over the validation epochs (MoMoK/IMVIA reporting; selects on test).
         self.legacy_best_test: dict[str, dict[str, float]] = {}
+        self.callbacks: list[TrainingCallback] = default_callbacks(self) + list(callbacks or [])
+        #: writes and reads ``checkpoints/{last,best}`` (one of the default callbacks)
+        self.checkpointing = next(cb for cb in self.callbacks if isinstance(cb, CheckpointCallback))
+
+    def _wrap_ddp(self, aux_owned: set[int]) -> torch.nn.Module:
+        """:class:`TrainingStep` in DDP.  Parameters owned by auxiliary steps are left out of DDP's hooks: the main
+        step does not train them (their steps average their own gradients, :func:`dist_helpers.average_gradients`).
+        Models with auxiliary steps also have parts that some configurations leave out of the main loss (IMVIA's
+        gate-noise weights without ``noisy_gating``, its alignment heads with ``align_weight: 0``), so DDP looks for
+        unused parameters after each forward pass for them (one traversal of the autograd graph per step)."""
+        import inspect
+
+        ddp_cls = torch.nn.parallel.DistributedDataParallel
+        module = TrainingStep(self.model, self._step_loss)
+        ignored = [name for name, p in module.named_parameters() if id(p) in aux_owned]
+        if ignored:
+            ddp_cls._set_params_and_buffers_to_ignore_for_model(module, ignored)
+        # Buffers are frozen feature tables, identical on every rank: synced once at construction, never per step.
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
+                   else "broadcast_buffers")
+        return ddp_cls(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                       find_unused_parameters=bool(aux_owned), **{no_sync: False})
+
+    # ------------------------------------------------------------------------------------------ the loop's parts
+    @property
+    def batcher(self) -> Any:
+        """The loop's batch iterator (``len()`` = batches per epoch); assignable (benchmarks train on a subset)."""
+        return self.loop.batcher
+
+    @batcher.setter
+    def batcher(self, value: Any) -> None:
+        self.loop.batcher = value
+
+    @property
+    def sampler(self) -> Any:
+        """The negative sampler (``None`` for 1-N scoring)."""
+        return getattr(self.loop, "sampler", None)
+
+    @property
+    def loss(self) -> Any:
+        """The loss object the loop gives the model."""
+        return self.loop.loss
 
     # ------------------------------------------------------------------------------------------ steps
-    def _regularization(self, entities: list[torch.Tensor], relations: torch.Tensor) -> torch.Tensor | float:
-        """N3 (Lacroix et al., 2018; complex modulus for ComplEx/RotatE layouts) or L2 over the entity vectors
-        ``[B, De]`` and relation vectors ``[B, Dr]`` used by the batch."""
-        if self.cfg.regularizer == "none" or self.cfg.regularizer_weight == 0:
-            return 0.0
-        weight = self.cfg.regularizer_weight
-        if self.cfg.regularizer == "n3":
-            scorer = self.model.scorer
-            complex_entities = scorer.entity_dim == 2 * scorer.dim
-            complex_relations = scorer.relation_dim == 2 * scorer.dim
-            return (n3_regularizer(*entities, weight=weight, complex_layout=complex_entities)
-                    + n3_regularizer(relations, weight=weight, complex_layout=complex_relations))
-        return l2_regularizer(*entities, relations, weight=weight)
-
-    def _autocast(self):
-        """Autocast to ``training.precision`` (bf16/fp16) for the forward pass, or nothing for fp32."""
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
-
     def _step_loss(self, *tensors: torch.Tensor) -> torch.Tensor:
-        """The loss of one (local) batch given as tensors: ``(positives [B, 3], negative entities [B, K],
-        tail_corrupted [B, K])`` or ``(entities [B], relations [B], predict_tail [B], labels [B, N])``."""
+        """The loss of one (local) batch given as tensors (see :meth:`TrainingLoop.batch_loss`), plus the
+        alignment term of modality substitutes when the model has some."""
         if not self._substitutes:
-            if self.cfg.loop == "negative_sampling":
-                return self._negative_sampling_step(*tensors)
-            return self._one_to_n_step(OneToNBatch(*tensors))
+            loss, self._terms = self.loop.batch_loss(*tensors)
+            return loss
         pop_auxiliary_losses(self._substitutes)  # anything recorded outside this step (auxiliary steps) is dropped
-        if self.cfg.loop == "negative_sampling":
-            loss = self._negative_sampling_step(*tensors)
-        else:
-            loss = self._one_to_n_step(OneToNBatch(*tensors))
+        loss, self._terms = self.loop.batch_loss(*tensors)
         extra, terms = pop_auxiliary_losses(self._substitutes)
         if extra is not None:
             loss = loss + extra
@@ -354,63 +344,20 @@ class Trainer:
 
     def _negative_sampling_step(self, positives: torch.Tensor, entities: torch.Tensor | None = None,
                                 tail_corrupted: torch.Tensor | None = None) -> torch.Tensor:
-        if entities is None or tail_corrupted is None:
-            sample = self.sampler.sample(positives)
-            entities, tail_corrupted = sample.entities, sample.tail_corrupted
-        positives = positives.to(self.device)
-        with self._autocast():
-            loss, terms = self.model.negative_sampling_loss(
-                positives, entities.to(self.device), tail_corrupted.to(self.device), self.loss)
-        self._terms = terms
-        if self.cfg.regularizer == "l2" and self.cfg.regularizer_weight > 0:
-            # OpenKE / NativE: structural h, t, r of every row of the batch (positives and negatives)
-            loss = loss + self.cfg.regularizer_weight * self.model.l2_regularization(
-                positives, entities.to(self.device), tail_corrupted.to(self.device))
-        elif self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
-            h, r, t = self.model.embed(positives)
-            loss = loss + self._regularization([h, t], r)
+        """The negative-sampling loop's loss of one batch (negatives drawn from the shared stream when not given)."""
+        loss, self._terms = self.loop.batch_loss(positives, entities, tail_corrupted)
         return loss
 
-    def _one_to_n_step(self, batch: OneToNBatch) -> torch.Tensor:
-        """1-N scoring: every query against all entities under BCE (Dettmers et al., 2018)."""
-        known = batch.entities.to(self.device)
-        relations = batch.relations.to(self.device)
-        tail = batch.predict_tail.to(self.device)
-        zeros = torch.zeros_like(known)
-        # Tail queries are (e, r, ?); head queries without reciprocal relations are (?, r, e).
-        queries = torch.stack([torch.where(tail, known, zeros), relations, torch.where(tail, zeros, known)], 1)
-        with self._autocast():
-            loss, terms, ents = self.model.one_to_n_loss(queries, tail, batch.labels.to(self.device), self.loss)
-        self._terms = terms
-        ents = ents.float()
-        # 1-N batches hold queries, not triples: regularise the known entity and the relation of each query.
-        return loss + self._regularization([ents[known]], self.model.relations(relations))
-
     def _local_batches(self):
-        """This rank's part of every global batch of the epoch: ``(tensors for _step_loss, loss factor)``.
-
-        In a single process the factor is 1 and the batches and negatives are exactly those of the plain loop.
-        """
-        rank, world = self.rank, self.world_size
-        if self.cfg.loop == "negative_sampling":
-            replicated = world == 1 or self.cfg.distributed_negatives == "replicated"
-            for batch in self.batcher:
-                start, stop, factor = dist_helpers.batch_shard(batch.shape[0], rank, world)
-                if replicated:  # the whole global batch's negatives from the shared stream, then this rank's slice
-                    sample = self.sampler.sample(batch)
-                    yield (batch[start:stop], sample.entities[start:stop], sample.tail_corrupted[start:stop]), factor
-                else:
-                    local = batch[start:stop]
-                    sample = self.sampler.sample(local, generator=self.rank_generator)
-                    yield (local, sample.entities, sample.tail_corrupted), factor
-        else:
-            for idx in self.batcher.index_batches():
-                start, stop, factor = dist_helpers.batch_shard(idx.shape[0], rank, world)
-                b = self.batcher.make_batch(idx[start:stop])
-                yield (b.entities, b.relations, b.predict_tail, b.labels), factor
+        """This rank's part of every global batch of the epoch: ``(tensors for _step_loss, loss factor)``
+        (:meth:`TrainingLoop.local_batches`)."""
+        return self.loop.local_batches(self.rank, self.world_size, self.rank_generator)
 
     def _epoch(self, deadline: float | None) -> tuple[float, bool]:
-        """One pass; returns (mean loss, ran out of time)."""
+        """One pass; returns (mean loss, ran out of time).
+
+        :param deadline: a time on :meth:`_clock` after which the epoch ends (after the current batch), or ``None``.
+        """
         self.model.train()
         total, count, out_of_time = 0.0, 0, False
         term_sums: dict[str, float] = {}
@@ -452,15 +399,9 @@ class Trainer:
             state = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(2, dtype=np.uint32)
             self.rank_generator.manual_seed(int(state[0]) << 32 | int(state[1]))
         batches = self._local_batches()
-        num = len(self.batcher)
-        bar = None
-        if self.progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = Progress(TextColumn(f"epoch {self.epoch + 1}"), BarColumn(), TextColumn("{task.fields[loss]}"),
-                           TimeRemainingColumn(), transient=True)
-            task = bar.add_task("train", total=num, loss="")
-            bar.start()
+        num = len(self.loop)
+        for callback in self.callbacks:
+            callback.on_epoch_start(self, num)
         try:
             for tensors, factor in batches:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -489,7 +430,8 @@ class Trainer:
                 if self.scheduler is not None and self.cfg.scheduler.interval == "step":
                     self.scheduler.step()
                 for aux in self.aux_steps:  # generator / estimator steps on the same batch, own parameter groups
-                    for key, value in aux.step(*tensors, check_finite=sync_every == 1).items():
+                    for key, value in aux.step(*tensors, check_finite=sync_every == 1, scale=factor,
+                                               reduce=self._reduce_aux).items():
                         if isinstance(value, torch.Tensor):
                             pending_terms.setdefault(key, []).append(value)
                             aux_keys.add(key)
@@ -505,17 +447,17 @@ class Trainer:
                 count += 1
                 if len(pending_losses) >= sync_every:
                     total += settle()
-                if bar is not None:
-                    settled = count - len(pending_losses)
-                    bar.update(task, advance=1, loss=f"loss {total / max(settled, 1):.4f}" if settled else "")
+                settled = count - len(pending_losses)
+                for callback in self.callbacks:
+                    callback.on_batch_end(self, count, total / max(settled, 1) if settled else None)
                 if deadline is not None:
                     out_of_time = dist_helpers.broadcast_flag(self._clock() >= deadline)
                     if out_of_time:
                         break
             total += settle()
         finally:
-            if bar is not None:
-                bar.stop()
+            for callback in self.callbacks:
+                callback.on_epoch_trained(self)
         if self.world_size > 1:
             total = dist_helpers.all_reduce_sum([total])[0]
         self.epoch_terms = {k: v / max(count, 1) for k, v in term_sums.items()}
@@ -531,24 +473,9 @@ class Trainer:
             split=self.eval_cfg.split,
             batch_size=self.eval_cfg.batch_size,
             sampled_candidates=self.eval_cfg.sampled_candidates,
-            policies=evaluation_policies(self.eval_cfg),
+            policies=self.policies,
             seed=self.seed,
         )
-
-    def _legacy_test(self) -> dict[str, float]:
-        """Legacy report mode: evaluate on *test* now and keep each metric's best value so far (``mr``: lowest).
-        This selects on the test set and is only for reproducing the MoMoK/IMVIA numbers."""
-        self.model.eval()
-        result = evaluate(self.model.score_fn(), self.triples, split="test", batch_size=self.eval_cfg.batch_size,
-                          sampled_candidates=self.eval_cfg.sampled_candidates,
-                          policies=evaluation_policies(self.eval_cfg), seed=self.seed)
-        now = {k: float(result.get(k, side="both", policy=self.eval_cfg.tie_policy)) for k in LEGACY_METRICS}
-        for key, value in now.items():
-            best = self.legacy_best_test.get(key)
-            better = best is None or (value < best["value"] if key == "mr" else value > best["value"])
-            if better:
-                self.legacy_best_test[key] = {"value": value, "epoch": self.epoch}
-        return now
 
     def _selection_value(self, result: EvaluationResult) -> float:
         return float(result.get(self.eval_cfg.metric, side="both", policy=self.eval_cfg.tie_policy))
@@ -579,62 +506,15 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints" / which
 
     def save(self, which: str = "last") -> None:
-        """Checkpoint the unwrapped model (rank 0 only; the other ranks hold identical weights)."""
-        path = self._checkpoint_dir(which)
-        if path is not None and self.rank == 0:
-            save_checkpoint(path, self.model, self._state(), self.optimizer, self._rng_state(),
-                            auxiliary={step.name: step.state_dict() for step in self.aux_steps},
-                            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None)
+        """Checkpoint ``which`` (``last`` / ``best``): :meth:`CheckpointCallback.save`."""
+        self.checkpointing.save(self, which)
 
     def resume(self) -> bool:
-        """Continue from ``run_dir/checkpoints/last`` if it exists; returns whether it did.
+        """Continue from ``run_dir/checkpoints/last`` if it exists (:meth:`CheckpointCallback.resume`).
 
         :raises CheckpointError: the checkpoint is corrupt, or was written for another config or feature table.
         """
-        path = self._checkpoint_dir("last")
-        if path is None or not (path.exists() or path.with_name("last.old").exists()):
-            return False
-        from mmkgc.errors import CheckpointError
-
-        saved = read_checkpoint_state(path)
-        if saved.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
-                f"{path}: checkpoint was written for a different config or feature table "
-                f"(saved {saved.get('fingerprint')}, now {self.fingerprint}); start a new run directory"
-            )
-        state, rng = load_checkpoint(path, self.model, self.optimizer, map_location=self.device)
-        auxiliary = read_auxiliary_state(path, map_location=self.device)
-        for step in self.aux_steps:
-            if step.name not in auxiliary:
-                raise CheckpointError(f"{path}: no saved state for auxiliary step {step.name!r}")
-            step.load_state_dict(auxiliary[step.name])
-        if self.scheduler is not None:
-            saved_schedule = read_scheduler_state(path, map_location=self.device)
-            if saved_schedule is None:
-                raise CheckpointError(f"{path}: the config has training.scheduler {self.cfg.scheduler.name} but the "
-                                      "checkpoint holds no scheduler state; start a new run directory")
-            self.scheduler.load_state_dict(saved_schedule)
-        self.epoch = state["epoch"]
-        self.step = state["step"]
-        self.training_seconds = state["training_seconds"]
-        self.best_metric = state["best_metric"]
-        self.best_epoch = state["best_epoch"]
-        self.bad_validations = state["bad_validations"]
-        self.history = state["history"]
-        self.legacy_best_test = state.get("legacy_best_test") or {}
-        if state.get("grad_scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["grad_scaler"])
-        if "sampler" in rng:
-            self.generator.set_state(rng["sampler"])
-        if "torch_global" in rng:
-            torch.set_rng_state(rng["torch_global"])
-        self.log(f"resumed from {path} at epoch {self.epoch}")
-        return True
-
-    def _append_log(self, record: dict[str, Any]) -> None:
-        """Give the epoch's record to every tracker (``metrics.jsonl`` by default; rank 0 only)."""
-        for tracker in self.trackers:
-            tracker.log_metrics(record, step=int(record["epoch"]))
+        return self.checkpointing.resume(self)
 
     # ------------------------------------------------------------------------------------------ main loop
     def train(self, resume: bool = False) -> TrainingSummary:
@@ -671,17 +551,18 @@ class Trainer:
     def _train_loop(self) -> TrainingSummary:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
-        budget = self.cfg.time_budget_minutes * 60.0 if self.cfg.time_budget_minutes else None
         has_valid = self.triples.split(self.eval_cfg.split).shape[0] > 0
         stopped = "max_epochs"
         if self.epoch == 0:
             torch.manual_seed(self.seed)  # dropout and other global draws; restored from checkpoints on resume
         while self.epoch < self.cfg.epochs:
-            if budget is not None and self.training_seconds >= budget:
-                stopped = "time_budget"
+            reason = next((r for r in (cb.stop_before_epoch(self) for cb in self.callbacks) if r), None)
+            if reason is not None:
+                stopped = reason
                 break
             start, clock_start = time.perf_counter(), self._clock()
-            deadline = clock_start + (budget - self.training_seconds) if budget is not None else None
+            deadlines = [d for d in (cb.epoch_deadline(self, clock_start) for cb in self.callbacks) if d is not None]
+            deadline = min(deadlines) if deadlines else None
             lr = float(self.optimizer.param_groups[0]["lr"])  # the rate the epoch starts with
             loss, out_of_time = self._epoch(deadline)
             # rank 0's clock decides, so every rank sees the same training time and budget decisions
@@ -704,32 +585,24 @@ class Trainer:
                 record["valid"] = {k: result.get(k, side="both", policy=self.eval_cfg.tie_policy)
                                    for k in ("mrr", "hits@1", "hits@3", "hits@10")}
                 record["valid_seconds"] = time.perf_counter() - t0
-                if self.eval_cfg.report == "legacy_best_test_per_metric" and self.triples.test.shape[0] > 0:
-                    record["legacy_test"] = self._legacy_test()
-                if self.best_metric is None or value > self.best_metric:
-                    self.best_metric, self.best_epoch, self.bad_validations = value, self.epoch, 0
-                    self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                    self.save("best")
-                else:
-                    self.bad_validations += 1
+                for callback in self.callbacks:  # legacy test reporting, best-model selection
+                    callback.on_validation(self, result, value, record)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(value)
+                best = f"{self.best_metric:.4f}" if self.best_metric is not None else "none"
                 self.log(f"epoch {self.epoch}: loss {loss:.4f}, valid {self.eval_cfg.metric} {value:.4f} "
-                         f"(best {self.best_metric:.4f} at {self.best_epoch})")
+                         f"(best {best} at {self.best_epoch})")
             else:
                 self.log(f"epoch {self.epoch}: loss {loss:.4f} ({seconds:.1f} s)")
             if (self.scheduler is not None and self.cfg.scheduler.interval == "epoch"
                     and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
                 self.scheduler.step()
             self.history.append(record)
-            self._append_log(record)  # a tracker may stop the run here (the tuner's pruning)
-            self.save("last")
-            if out_of_time:
-                stopped = "time_budget"
-                break
-            early = self.eval_cfg.patience is not None and self.bad_validations >= self.eval_cfg.patience
-            if dist_helpers.broadcast_flag(early):  # every rank follows rank 0's decision
-                stopped = "early_stopping"
+            for callback in self.callbacks:  # trackers (may stop the run: the tuner's pruning), checkpoint "last"
+                callback.on_epoch_end(self, record)
+            reason = next((r for r in (cb.stop_after_epoch(self, record) for cb in self.callbacks) if r), None)
+            if reason is not None:
+                stopped = reason
                 break
         self._load_best()
         return TrainingSummary(self.epoch, stopped, self.best_epoch, self.best_metric, self.training_seconds,

@@ -1,0 +1,213 @@
+"""Training regimes as loop classes (the PyKEEN ``TrainingLoop`` split): how an epoch is cut into batches and
+what one batch's loss is.  The :class:`~mmkgc.training.trainer.Trainer` owns everything common (optimiser,
+mixed precision, DDP, auxiliary steps, gradient clipping, callbacks) and asks its loop for
+
+* :meth:`TrainingLoop.local_batches`: this rank's part of every global batch of the epoch, as the tensors
+  :meth:`TrainingLoop.batch_loss` takes plus the factor the rank's mean loss is multiplied by (1 in one process);
+* :meth:`TrainingLoop.batch_loss`: ``(loss [], logged terms)`` of one local batch.
+
+Loops are resolved by ``training.loop`` through :data:`loop_resolver` (``negative_sampling`` ->
+:class:`NegativeSamplingLoop`, ``one_to_n`` -> :class:`OneToNLoop`).  A new regime is one subclass registered
+there.  The link-BCE loop of VEMP stage 2 still lives in :mod:`mmkgc.models.vemp` (see docs/architecture.md).
+
+Determinism: every draw (positive order, negatives) comes from the ``generator`` the trainer passes (seeded by the
+experiment seed and checkpointed), so a loop never owns random state of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from class_resolver import ClassResolver
+
+from mmkgc import distributed as dist_helpers
+from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
+from mmkgc.training.sampling import (
+    BernoulliNegativeSampler,
+    OneToNBatch,
+    OneToNBatcher,
+    TripleBatcher,
+    UniformNegativeSampler,
+)
+
+if TYPE_CHECKING:  # configuration objects are duck-typed at run time (layering: training never imports config)
+    from mmkgc.config import TrainingConfig
+    from mmkgc.data.triples import TripleSet
+    from mmkgc.models.kge import KGEModel
+
+__all__ = ["NegativeSamplingLoop", "OneToNLoop", "TrainingLoop", "loop_resolver"]
+
+
+class TrainingLoop(ABC):
+    """One training regime: batching of the train split and the loss of a batch.
+
+    :param model: the :class:`~mmkgc.models.kge.KGEModel` (already on ``device``).
+    :param triples: the dataset (``train`` is batched).
+    :param training: the ``training`` section (duck-typed: ``batch_size``, ``loss``, ``regularizer``,
+        ``regularizer_weight`` and the fields each subclass names).
+    :param generator: the run's shared seeded stream (positive order, replicated negatives).
+    :param device: where batches are moved before scoring.
+    :param amp_dtype: autocast dtype of the forward pass (``torch.bfloat16`` / ``torch.float16``) or ``None``.
+    """
+
+    def __init__(self, model: KGEModel, triples: TripleSet, training: TrainingConfig,
+                 generator: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None):
+        self.model = model
+        self.triples = triples
+        self.cfg = training
+        self.generator = generator
+        self.device = torch.device(device)
+        self.amp_dtype = amp_dtype
+        #: the batch iterator (``len()`` = batches per epoch); replaceable, e.g. by a benchmark on a subset
+        self.batcher: Any = None
+        #: the loss object given to the model's loss method
+        self.loss: Any = None
+
+    def __len__(self) -> int:
+        return len(self.batcher)
+
+    def autocast(self):
+        """Autocast to ``amp_dtype`` for the forward pass, or nothing for fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def regularization(self, entities: list[torch.Tensor], relations: torch.Tensor) -> torch.Tensor | float:
+        """N3 (Lacroix et al., 2018; complex modulus for ComplEx/RotatE layouts) or L2 over the entity vectors
+        ``[B, De]`` and relation vectors ``[B, Dr]`` used by the batch (0.0 when off)."""
+        if self.cfg.regularizer == "none" or self.cfg.regularizer_weight == 0:
+            return 0.0
+        weight = self.cfg.regularizer_weight
+        if self.cfg.regularizer == "n3":
+            scorer = self.model.scorer
+            complex_entities = scorer.entity_dim == 2 * scorer.dim
+            complex_relations = scorer.relation_dim == 2 * scorer.dim
+            return (n3_regularizer(*entities, weight=weight, complex_layout=complex_entities)
+                    + n3_regularizer(relations, weight=weight, complex_layout=complex_relations))
+        return l2_regularizer(*entities, relations, weight=weight)
+
+    @abstractmethod
+    def local_batches(self, rank: int = 0, world_size: int = 1,
+                      rank_generator: torch.Generator | None = None
+                      ) -> Iterator[tuple[tuple[torch.Tensor, ...], float]]:
+        """This rank's part of every global batch of one epoch: ``(tensors for batch_loss, loss factor)``.
+
+        The factor is :func:`mmkgc.distributed.batch_shard`'s: averaged over ranks by DDP, the scaled losses give
+        the gradient of the global batch's mean loss.  In one process every factor is 1 and the batches are those
+        of the plain loop.
+
+        :param rank_generator: this rank's own stream (``distributed_negatives: per_rank``), re-seeded per epoch.
+        """
+
+    @abstractmethod
+    def batch_loss(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss [], {term name: detached value []})`` of one local batch given as tensors."""
+
+
+class NegativeSamplingLoop(TrainingLoop):
+    """sLCWA: each positive ``(h, r, t)`` against ``training.num_negatives`` corrupted triples (uniform or
+    Bernoulli corruption, filtered against train when ``filtered_negatives``) under a pairwise or self-adversarial
+    loss (Bordes et al. 2013; Sun et al. 2019).
+
+    Batch tensors: ``(positives [B, 3], negative entities [B, K], tail_corrupted [B, K])``.
+    Under DDP, ``distributed_negatives: replicated`` draws the whole global batch's negatives from the shared
+    stream (the same negatives as one process), ``per_rank`` draws the rank's slice from its own stream.
+    """
+
+    def __init__(self, model: KGEModel, triples: TripleSet, training: TrainingConfig,
+                 generator: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None):
+        super().__init__(model, triples, training, generator, device, amp_dtype)
+        self.batcher = TripleBatcher(triples.train, training.batch_size, mode=training.positives,
+                                     generator=generator)
+        filter_index = triples.train_index if training.filtered_negatives else None
+        if training.sampler == "bernoulli":
+            self.sampler: Any = BernoulliNegativeSampler(
+                triples.num_entities, training.num_negatives, triples.tail_corruption_probability,
+                filtered_by=filter_index, generator=generator)
+        else:
+            self.sampler = UniformNegativeSampler(
+                triples.num_entities, training.num_negatives, filtered_by=filter_index, generator=generator)
+        options: dict[str, Any] = {}
+        if training.loss == "nssa":
+            options["adversarial_temperature"] = training.adversarial_temperature
+        elif training.loss == "margin":
+            options["margin"] = training.margin
+        self.loss = build_loss(training.loss, **options)
+
+    def local_batches(self, rank=0, world_size=1, rank_generator=None):
+        replicated = world_size == 1 or self.cfg.distributed_negatives == "replicated"
+        for batch in self.batcher:
+            start, stop, factor = dist_helpers.batch_shard(batch.shape[0], rank, world_size)
+            if replicated:  # the whole global batch's negatives from the shared stream, then this rank's slice
+                sample = self.sampler.sample(batch)
+                yield (batch[start:stop], sample.entities[start:stop], sample.tail_corrupted[start:stop]), factor
+            else:
+                local = batch[start:stop]
+                sample = self.sampler.sample(local, generator=rank_generator)
+                yield (local, sample.entities, sample.tail_corrupted), factor
+
+    def batch_loss(self, positives: torch.Tensor, entities: torch.Tensor | None = None,
+                   tail_corrupted: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's ``negative_sampling_loss`` plus the regulariser; negatives are drawn from the shared stream
+        when not given."""
+        if entities is None or tail_corrupted is None:
+            sample = self.sampler.sample(positives)
+            entities, tail_corrupted = sample.entities, sample.tail_corrupted
+        positives = positives.to(self.device)
+        with self.autocast():
+            loss, terms = self.model.negative_sampling_loss(
+                positives, entities.to(self.device), tail_corrupted.to(self.device), self.loss)
+        if self.cfg.regularizer == "l2" and self.cfg.regularizer_weight > 0:
+            # OpenKE / NativE: structural h, t, r of every row of the batch (positives and negatives)
+            loss = loss + self.cfg.regularizer_weight * self.model.l2_regularization(
+                positives, entities.to(self.device), tail_corrupted.to(self.device))
+        elif self.cfg.regularizer != "none" and self.cfg.regularizer_weight > 0:
+            h, r, t = self.model.embed(positives)
+            loss = loss + self.regularization([h, t], r)
+        return loss, terms
+
+
+class OneToNLoop(TrainingLoop):
+    """LCWA / 1-N scoring (KvsAll): each ``(h, r)`` query of train (with reciprocal relations for head queries) is
+    scored against all entities under BCE with label smoothing (Dettmers et al. 2018) or softmax cross-entropy.
+
+    Batch tensors: ``(entities [B], relations [B], predict_tail [B] bool, labels [B, N])``.
+    """
+
+    def __init__(self, model: KGEModel, triples: TripleSet, training: TrainingConfig,
+                 generator: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None):
+        super().__init__(model, triples, training, generator, device, amp_dtype)
+        self.batcher = OneToNBatcher(triples, training.batch_size, reciprocal=model.reciprocal, generator=generator)
+        self.sampler = None
+        self.loss = build_loss(training.loss, label_smoothing=training.label_smoothing)
+
+    def local_batches(self, rank=0, world_size=1, rank_generator=None):
+        for idx in self.batcher.index_batches():
+            start, stop, factor = dist_helpers.batch_shard(idx.shape[0], rank, world_size)
+            b = self.batcher.make_batch(idx[start:stop])
+            yield (b.entities, b.relations, b.predict_tail, b.labels), factor
+
+    def batch_loss(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's ``one_to_n_loss`` plus the regulariser of the known entity and the relation of each query."""
+        batch = OneToNBatch(*tensors)
+        known = batch.entities.to(self.device)
+        relations = batch.relations.to(self.device)
+        tail = batch.predict_tail.to(self.device)
+        zeros = torch.zeros_like(known)
+        # Tail queries are (e, r, ?); head queries without reciprocal relations are (?, r, e).
+        queries = torch.stack([torch.where(tail, known, zeros), relations, torch.where(tail, zeros, known)], 1)
+        with self.autocast():
+            loss, terms, ents = self.model.one_to_n_loss(queries, tail, batch.labels.to(self.device), self.loss)
+        ents = ents.float()
+        # 1-N batches hold queries, not triples: regularise the known entity and the relation of each query.
+        return loss + self.regularization([ents[known]], self.model.relations(relations)), terms
+
+
+#: ``training.loop`` -> loop class (``negative_sampling``, ``one_to_n``; names are normalised, so
+#: ``NegativeSampling`` or ``negative-sampling`` resolve too).
+loop_resolver: ClassResolver[TrainingLoop] = ClassResolver(
+    [NegativeSamplingLoop, OneToNLoop], base=TrainingLoop, suffix="Loop")
