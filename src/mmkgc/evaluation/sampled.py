@@ -51,7 +51,7 @@ def sample_candidates(queries: torch.Tensor, side: str, num_candidates: int, num
     :param filter_index: known answers to exclude (usually train+valid+test); ``None`` draws from all entities.
     :returns: int64 ``[B, k]``.
     """
-    from mmkgc.training.sampling import UniformNegativeSampler
+    from mmkgc.data.sampling import UniformNegativeSampler
 
     sampler = UniformNegativeSampler(num_entities, num_candidates, corruption=check_side(side),
                                      filtered_by=filter_index, generator=generator)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mmkgc import __version__
+from mmkgc._version import __version__
 from mmkgc.errors import CheckpointError
 from mmkgc.fileio import atomic_write_text  # noqa: F401 - re-exported
 
