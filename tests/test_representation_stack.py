@@ -33,6 +33,8 @@ KINDS = {
     "modality_only": {"representation": "modality_only", "modalities": [{"name": "text"}]},
     "rgcn": {"representation": "rgcn", "scorer": "distmult", "scorer_options": {}, "gnn": {"hidden_dims": [8]}},
     "adamf": {"representation": "fused", "modalities": MODS, "trainable_features": True, "fusion": ATT},
+    "adamf_distmult": {"representation": "fused", "modalities": MODS, "trainable_features": True, "fusion": ATT,
+                       "scorer": "distmult", "scorer_options": {}},
     "native": {"representation": "fused", "modalities": MODS, "adapter": "mlp",
                "fusion": {**ATT, "relation_temperature": True}},
     "native_distmult_unseen": {"representation": "fused", "modalities": MODS, "adapter": "mlp",
@@ -177,3 +179,24 @@ def test_entity_tables_interface():
         model.entities.occurrences(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="reciprocal"):
         KGEModel(model.num_entities, model.num_relations, model.scorer, model.entities, reciprocal=True)
+
+
+@pytest.mark.parametrize("kind, exportable", [("structure_distmult", True), ("adamf_distmult", True),
+                                              ("native_distmult_unseen", False)])
+def test_pykeen_export_refuses_exactly_the_relation_conditioned_representations(kind, exportable):
+    """With one scoring code for every representation, export decides by ``relation_aware``: a relation-agnostic
+    fused representation gives one fixed vector per entity (exportable), a relation-conditioned one does not."""
+    from types import SimpleNamespace
+
+    from mmkgc.errors import ConfigError
+    from mmkgc.interop.pykeen import check_exportable
+
+    d = copy.deepcopy(BASE)
+    d["model"].update(copy.deepcopy(KINDS[kind]))
+    model, _ = build(kind)
+    trained = SimpleNamespace(config=parse_config(d), module=model)
+    if exportable:
+        assert check_exportable(trained) == "DistMult"
+    else:
+        with pytest.raises(ConfigError, match="one fixed vector per entity"):
+            check_exportable(trained)

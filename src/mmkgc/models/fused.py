@@ -233,8 +233,8 @@ class FusedRepresentation(EntityRepresentation):
 
         Relation-agnostic (AdaMF): the fused vector of each distinct id.  Relation-conditioned (NativE, AFME): the
         components ``[U, M, D]`` are computed once per distinct entity and every occurrence is a mixture
-        ``Σ_m β_m X_m`` (:meth:`mixtures`); the first ``sum(first)`` occurrences (a batch's positives) are materialised,
-        the rest stay gathered mixtures, so a scorer's ``match_gathered_mixture`` never stores their fused vectors.
+        ``Σ_m β_m X_m`` (:meth:`mixtures`); the first ``sum(first)`` occurrences (a batch's positives) are
+        materialised, the rest stay gathered mixtures, so a scorer's ``match_gathered_mixture`` never stores their fused vectors.
         With AFME's gate the first occurrences' pairs are gated apart from the rest (2B of B(K + 2) occurrences in
         a batch), so the gradient of the negatives' gated components comes from the mixture kernel alone.
 
@@ -280,8 +280,8 @@ class RelationTables(EntityTables):
     """All-entity fused tables per relation for one scoring session (LRU, bounded memory).
 
     The evaluator sorts queries by relation and scores both sides of a chunk together
-    (:meth:`~mmkgc.models.kge.KGEModel.score_sides`), so a relation's table is needed again only by the next chunk: two tables
-    are kept by default.
+    (:meth:`~mmkgc.models.kge.KGEModel.score_sides`), so a relation's table is needed again only by the next chunk:
+    two tables are kept by default.
 
     :param max_bytes: memory for cached ``[N, D]`` tables (at least one is always kept; default: two tables).
     """

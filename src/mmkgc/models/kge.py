@@ -51,8 +51,8 @@ class Occurrences:
     the scoring code (:meth:`EntityRepresentation.occurrences`).
 
     The first ``H = sum(sizes)`` occurrences are materialised in :attr:`first`, one tensor ``[size, D]`` per group
-    size asked for (a batch's heads, then its tails); the remaining ``P - H`` are kept in *gathered* form, so that distinct rows are computed once and a scorer can match queries
-    against them without building ``[P - H, D]``:
+    size asked for (a batch's heads, then its tails); the remaining ``P - H`` are kept in *gathered* form, so that
+    distinct rows are computed once and a scorer can match queries against them without building ``[P - H, D]``:
 
     * ``weights is None``: occurrence ``p`` is ``table[index[p]]`` with ``table [V, D]`` (one row per distinct id);
     * else a mixture ``Σ_m weights[p, m] table[index[p], m]`` with ``table [V, M, D]``, ``weights [P - H, M]``
