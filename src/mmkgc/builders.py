@@ -24,7 +24,7 @@ from torch import nn
 from mmkgc.config import ExperimentConfig, GNNConfig
 from mmkgc.errors import ConfigError
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
-from mmkgc.models.kge import ModalityFeatures
+from mmkgc.models.kge import KGEModel, ModalityFeatures, MultimodalRepresentation
 from mmkgc.models.rgcn import RGCNRepresentation
 from mmkgc.nn.gnn import MessageGraph
 
@@ -37,16 +37,18 @@ def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
     :param data: the :class:`~mmkgc.pipeline.LoadedData` (for the entity and relation counts).
     :param scorer: the built scorer (its ``entity_dim`` is the fused width ``D``).
     :param features: the loaded modality tables, in ``model.modalities`` order.
-    :raises ConfigError: a fusion kind other than ``attention``, attention heads that do not divide ``D``, or
+    A ``model.fusion.kind`` other than ``attention`` builds that operator over structure + modalities instead
+    (:func:`_operator_fused_model`).
+
+    :raises ConfigError: attention heads that do not divide ``D``, or
         ``reciprocal`` with a relation-conditioned fusion (each message names the field).
     """
     mc, fusion = cfg.model, cfg.model.fusion
     triples = data.triples
-    if fusion.kind != "attention":
-        raise ConfigError(f"model.fusion.kind: representation 'fused' combines modalities by attention; got "
-                          f"{fusion.kind!r} (use model.representation: concat for the concatenation baseline)")
     dim = scorer.entity_dim
     adv = cfg.training.adversarial
+    if fusion.kind != "attention":
+        return _operator_fused_model(cfg, data, scorer, features)
     if adv is not None and adv.generator == "moien" and dim % adv.heads:
         raise ConfigError(f"training.adversarial.heads: {adv.heads} heads do not divide the entity width {dim}")
     if mc.reciprocal and (fusion.relation_temperature or fusion.relation_gate):
@@ -65,6 +67,33 @@ def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
 
     return AdversarialFusedModel(triples.num_entities, triples.num_relations, scorer, rep, adv,
                                  adversarial_temperature=cfg.training.adversarial_temperature)
+
+
+def _operator_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
+                          features: Sequence[ModalityFeatures]) -> KGEModel:
+    """``representation: fused`` with any other operator of :data:`mmkgc.nn.fusion.fusion_resolver` (e.g. ``lowrank``):
+    structure + each modality adapted to ``D`` and fused by that operator, built with ``dim``, ``num_modalities`` and
+    the config's extra ``model.fusion`` keys; scored like every relation-agnostic representation.
+
+    :raises ConfigError: an adversarial method (its generators and critics are defined on the attention fusion), or
+        an operator whose constructor refuses the options (naming ``model.fusion``).
+    """
+    from mmkgc.nn.fusion import fusion_resolver
+
+    mc, fusion = cfg.model, cfg.model.fusion
+    if cfg.training.adversarial is not None:
+        raise ConfigError(f"training.adversarial: the adversarial methods need model.fusion.kind 'attention'; got "
+                          f"{fusion.kind!r}")
+    triples = data.triples
+    dim = scorer.entity_dim
+    try:
+        op = fusion_resolver.make(fusion.kind, dim=dim, num_modalities=len(features) + 1, **fusion.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.fusion: fusion {fusion.kind!r}: {err}") from None
+    rep = MultimodalRepresentation(triples.num_entities, dim, features, with_structure=True,
+                                   init=scorer.init_entity_, adapter=mc.adapter, dropout=mc.projection_dropout,
+                                   fusion=op)
+    return KGEModel(triples.num_entities, triples.num_relations, scorer, rep, reciprocal=mc.reciprocal)
 
 
 def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[ModalityFeatures],
@@ -96,6 +125,8 @@ def check_fusion_options(cfg: ExperimentConfig) -> None:
     :raises ConfigError: naming ``model.fusion.<key>``.
     """
     fusion = cfg.model.fusion
+    if cfg.model.representation == "fused" and fusion.kind != "attention":
+        return  # the operator is built from its options (_operator_fused_model)
     for key in fusion.options:
         raise ConfigError(f"model.fusion.{key}: representation {cfg.model.representation!r} builds its "
                           f"{fusion.kind!r} operator from the declared fusion fields and takes no other option")

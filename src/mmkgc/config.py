@@ -252,7 +252,7 @@ class FusionConfig(_Strict):
 
     @model_validator(mode="after")
     def _attention_only(self) -> "FusionConfig":
-        if self.kind == "concat" and (self.relation_temperature or self.confidence != "none" or self.relation_gate):
+        if self.kind != "attention" and (self.relation_temperature or self.confidence != "none" or self.relation_gate):
             raise ValueError("relation_temperature, confidence and relation_gate need fusion kind 'attention'")
         return self
 

@@ -245,7 +245,11 @@ class MultimodalRepresentation(EntityRepresentation):
 
     ``with_structure=True`` with concatenation fusion is the "concat" configuration (structure + each modality
     projected, concatenated, projected back); ``with_structure=False`` with a single modality is the
-    "modality only" model (e.g. text-only), whose entity vector is the projected feature.
+    "modality only" model (e.g. text-only), whose entity vector is the projected feature.  ``fusion`` replaces the
+    concatenation by any relation-agnostic operator of :data:`mmkgc.nn.fusion.fusion_resolver` built for
+    ``M = len(modalities) + with_structure`` inputs of width ``D`` (``representation: fused`` with a ``fusion.kind``
+    other than ``attention``, e.g. ``lowrank``); :raises ValueError: for an operator of another width or a
+    relation-conditioned one.
 
     Shapes: ``forward(ids [B] | None) -> [B, D]``; :meth:`fused` also returns the stacked per-modality
     vectors ``[B, M, D]`` and presence ``[B, M]``.
@@ -260,6 +264,7 @@ class MultimodalRepresentation(EntityRepresentation):
         init: Callable[[torch.Tensor], None] | None = None,
         adapter: str = "linear",
         dropout: float = 0.0,
+        fusion: nn.Module | None = None,
     ):
         super().__init__()
         if not modalities:
@@ -273,8 +278,16 @@ class MultimodalRepresentation(EntityRepresentation):
         self.structure = EmbeddingRepresentation(num_entities, dim, init) if with_structure else None
         self.inputs = nn.ModuleList(ModalityInput(m, dim, adapter, dropout) for m in modalities)
         num = len(self.inputs) + int(with_structure)
-        # Residual start: the fused vector begins as the structural embedding (slot 0) when there is one.
-        self.fusion = ConcatFusion(num, dim, residual_slot=0 if with_structure else None) if num > 1 else None
+        if fusion is not None:
+            if num < 2 or getattr(fusion, "num_modalities", num) != num:
+                raise ValueError(f"the fusion operator expects {getattr(fusion, 'num_modalities', '?')} inputs; this "
+                                 f"representation stacks {num} (structure + modalities)")
+            if getattr(fusion, "relation_aware", False):
+                raise ValueError("a relation-conditioned fusion operator needs the fused representation")
+            self.fusion = fusion
+        else:
+            # Residual start: the fused vector begins as the structural embedding (slot 0) when there is one.
+            self.fusion = ConcatFusion(num, dim, residual_slot=0 if with_structure else None) if num > 1 else None
 
     @property
     def modality_names(self) -> list[str]:
@@ -285,7 +298,7 @@ class MultimodalRepresentation(EntityRepresentation):
         return stack_modalities(self.structure, self.inputs, ids)
 
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        if self.fusion is not None and all(hasattr(m.adapter, "split_last_linear") for m in self.inputs):
+        if isinstance(self.fusion, ConcatFusion) and all(hasattr(m.adapter, "split_last_linear") for m in self.inputs):
             return self._concat_folded(ids)
         x, present = self.stacked(ids)
         if self.fusion is None:
