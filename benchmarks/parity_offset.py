@@ -472,13 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         "probe_fixed_model": {"batches": args.probe_batches, **probes},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=2))
     if args.json is not None:
+        from mmkgc.fileio import atomic_write_text
+
         old = json.loads(args.json.read_text()) if args.json.is_file() else {}
         old["loss_offset"] = result
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(old, indent=1) + "\n")
-        tmp.replace(args.json)
+        atomic_write_text(args.json, json.dumps(old, indent=2) + "\n")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
