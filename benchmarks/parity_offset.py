@@ -36,7 +36,7 @@ cause: OpenKE rounds the tail probability up to a multiple of 1/1000, so on DB15
 triples (p = 0.99904) are never corrupted; those rare negatives are among the hardest (many entities share a
 class) and, under self-adversarial weighting, raise mmkgc's loss.
 
-Usage (CPU; 30-40 minutes on a 2-core machine shared with other jobs, most of it the two official runs)::
+Usage (CPU; 56 minutes on a 2-core machine shared with other jobs, load average 7-11)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/parity_offset.py --reference /path/to/AdaMF-MAT \\
         --data-dir ../shared/datasets --json docs/results/parity.json
