@@ -284,3 +284,36 @@ def test_launcher_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "parity_launcher.py"), "--log", str(tmp_path / "l")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- parity_offset
+def test_offset_batch_layouts_round_trip_on_a_hand_made_openke_batch():
+    """OpenKE's flat layout (negative k of positive p at B (k + 1) + p) <-> mmkgc's (positives, entities, tail)."""
+    offset = _load("parity_offset")
+    # B = 2 positives (h, r, t) = (0, 5, 1) and (2, 6, 3); K = 2 negatives each
+    bh = [0, 2, 0, 9, 7, 2]   # k = 0: (0, 5, 4) tail replaced by 4; (9, 6, 3) head replaced by 9
+    bt = [1, 3, 4, 3, 1, 8]   # k = 1: (7, 5, 1) head replaced by 7; (2, 6, 8) tail replaced by 8
+    br = [5, 6, 5, 6, 5, 6]
+    pos, ent, tail = offset.openke_to_mmkgc(bh, bt, br, 2, 2)
+    assert pos.tolist() == [[0, 5, 1], [2, 6, 3]]
+    assert ent.tolist() == [[4, 7], [9, 8]]
+    assert tail.tolist() == [[True, False], [False, True]]
+    h, t, r = offset.mmkgc_to_openke(pos, ent, tail)
+    assert (h.tolist(), t.tolist(), r.tolist()) == (bh, bt, br)
+    # a self-loop positive (h == t): its corrupted tail still reads as a tail corruption
+    pos, ent, tail = offset.openke_to_mmkgc([4, 4], [4, 0], [1, 1], 1, 1)
+    assert (ent.tolist(), tail.tolist()) == ([[0]], [[True]])
+
+
+def test_offset_windows_and_weight_map():
+    offset = _load("parity_offset")
+    assert offset.windows([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.5, 3.5, 5.0]
+    # every official AdvMixRotatE weight maps onto a distinct mmkgc parameter
+    assert len(set(offset.WEIGHT_MAP.values())) == len(offset.WEIGHT_MAP) == 9
+
+
+def test_openke_rounds_the_bernoulli_probability_up_to_thousandths():
+    """OpenKE draws randd % 1000 < 1000 p: p is rounded up to k / 1000, so p > 0.999 never corrupts a head."""
+    offset = _load("parity_offset")
+    p = torch.tensor([0.5, 0.9991, 0.0004, 0.25, 1.0, 0.99904, 0.7123])
+    assert offset.openke_tail_probability(p).tolist() == pytest.approx([0.5, 1.0, 0.001, 0.25, 1.0, 1.0, 0.713])
