@@ -98,7 +98,9 @@ def mmkgc_to_openke(pos, entities, tail):
     h = torch.where(tail, pos[:, :1].expand(b, k), entities)
     t = torch.where(tail, entities, pos[:, 2:].expand(b, k))
     r = pos[:, 1:2].expand(b, k)
-    flat = lambda first, neg: torch.cat([first, neg.T.reshape(-1)]).numpy()
+    def flat(first, neg):
+        return torch.cat([first, neg.T.reshape(-1)]).numpy()
+
     return flat(pos[:, 0], h), flat(pos[:, 2], t), flat(pos[:, 1], r)
 
 
@@ -456,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             "openke positives + mmkgc negatives, OpenKE-rounded Bernoulli": probe(
                 weights, trainer, negatives_for(fresh, quantised, args.seed), s["adv_temp"]),
         }
-    mean = lambda xs: sum(xs) / len(xs)
+    def mean(xs):
+        return sum(xs) / len(xs)
+
     result = {
         "what": "AdaMF-MAT training loss, official vs mmkgc model/step x initial weights x batch stream "
                 "(benchmarks/parity_offset.py)",
