@@ -17,12 +17,13 @@ __all__ = ["Adapter", "LinearAdapter", "MLPAdapter", "MoEAdapter", "adapter_reso
 
 class Adapter(nn.Module):
     """Base class of modality adapters: constructed as ``cls(in_dim, out_dim, **options)``,
-    ``forward(x [..., in_dim]) -> [..., out_dim]``, and :meth:`split_last_linear` exposes the last linear map so
-    that a following linear map can be folded into it.  Registered in :data:`adapter_resolver`."""
+    ``forward(x [..., in_dim]) -> [..., out_dim]``.  Registered in :data:`adapter_resolver`.
 
-    def split_last_linear(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
-        """``(h, last)`` with ``forward(x) == last(h)``."""
-        raise NotImplementedError
+    Optional capability: an adapter whose output is a linear map of a hidden vector defines
+    ``split_last_linear(x) -> (h, last)`` with ``forward(x) == last(h)``, so that a following linear map can be
+    folded into ``last`` (the concat representation checks for the method with ``hasattr``; an adapter without it
+    takes the unfolded path).
+    """
 
 
 class LinearAdapter(Adapter):
