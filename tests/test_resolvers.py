@@ -13,6 +13,7 @@ from mmkgc.nn.adversarial import (
     MoIEnGenerator,
     SharedModalityGenerator,
     generator_resolver,
+    make_generator,
 )
 from mmkgc.nn.fusion import ConcatFusion, TanhAttentionFusion, fusion_resolver
 from mmkgc.nn.scorers import (
@@ -48,6 +49,8 @@ def test_the_built_in_names():
     # the generators answer to their method's ``training.adversarial.generator`` kind
     assert [generator_resolver.lookup(k) for k in ("mat", "wgan_gp", "moien")] == [
         ModalityGenerator, SharedModalityGenerator, MoIEnGenerator]
+    assert [generator_resolver.lookup(k) for k in ("per_modality", "shared")] == [
+        ModalityGenerator, SharedModalityGenerator]
     assert fusion_resolver.lookup("concat") is ConcatFusion and fusion_resolver.lookup("attention") is TanhAttentionFusion
 
 
@@ -89,3 +92,21 @@ def test_default_one_to_n_scoring_matches_the_built_in_overrides():
                                    rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(Scorer._score_h(scorer, cand, r, h), scorer.score_h(cand, r, h),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_make_generator_passes_each_class_only_its_options():
+    """One adversarial section builds any generator: the MLP generators take ``hidden_dim`` (and ignore
+    ``layers`` / ``heads``), MoIEn takes ``layers`` / ``heads`` (and ignores ``hidden_dim``); the sizes of the built
+    parameters show which options arrived."""
+    opts = dict(noise_dim=3, hidden_dim=7, layers=1, heads=2)
+    per = make_generator("per_modality", 4, 3, **opts)
+    assert isinstance(per, ModalityGenerator) and len(per.nets) == 2
+    assert per.nets[0][0].weight.shape == (7, 3 + 4)          # Linear(noise + D -> hidden)
+    shared = make_generator("shared", 4, 3, **opts)
+    assert shared.net[0].weight.shape == (7, 3 + 3 * 4)       # Linear(noise + M D -> hidden)
+    assert shared.net[2].weight.shape == (2 * 4, 7)           # -> (M - 1) D
+    moien = make_generator("moien", 4, 3, **opts)
+    assert moien.condition.weight.shape == (4, 4 + 3)         # W_e [e_s; z]
+    assert len(moien.attention.attention) == 1 and moien.attention.attention[0].num_heads == 2
+    with pytest.raises(KeyError):
+        make_generator("gan", 4, 3)

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from mmkgc.distributed import device_for_rank
 from mmkgc.errors import ConfigError, UnknownNameError
 
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -194,13 +195,6 @@ def weights_identity(resolved: ResolvedModel) -> dict[str, Any]:
     return {"revision": Path(cached).parent.name if cached else "main"}
 
 
-def default_device(device: str | torch.device | None = None) -> str:
-    """``device`` as a string; ``None`` picks ``"cuda"`` when available, else ``"cpu"``."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def _check_texts(texts: Any) -> list[str]:
     if isinstance(texts, str):
         raise TypeError("encode() takes a list of texts, not a single string")
@@ -281,7 +275,7 @@ class SentenceTransformerEncoder:
         require("sentence_transformers", "a sentence-transformers text encoder", extra="text")
         self.resolved = resolve_text_model(model_name_or_path)
         self.batch_size = int(batch_size)
-        self.device = default_device(device)
+        self.device = str(device_for_rank(device))
         self.normalize = bool(normalize)
         self.requested_max_length = None if max_length is None else int(max_length)
         self._model: Any = None
@@ -407,7 +401,7 @@ class HFAutoModelEncoder:
         self.resolved = resolve_text_model(name_or_path)
         self.pooling = pooling
         self.batch_size = int(batch_size)
-        self.device = default_device(device)
+        self.device = str(device_for_rank(device))
         self.normalize = bool(normalize)
         kw = {"local_files_only": self.resolved.local_files_only}
         quiet_transformers()

@@ -47,7 +47,8 @@ import torch
 
 from mmkgc.errors import ConfigError, DataFormatError, UnknownNameError
 from mmkgc.features.entity_text import EntityNameIndex
-from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
+from mmkgc.distributed import device_for_rank
+from mmkgc.features.text import quiet_transformers, weights_identity, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +406,7 @@ class HFImageEncoder:
         self.resolved = resolve_model(name_or_path, "image model")
         self.output = output
         self.batch_size = int(batch_size)
-        self.device = default_device(device)
+        self.device = str(device_for_rank(device))
         self.normalize = bool(normalize)
         self.dtype = dtype
         self.model, self.architecture = self._load_model(torch_dtype)

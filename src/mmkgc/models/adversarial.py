@@ -52,12 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
-from mmkgc.nn.adversarial import (
-    ModalityGenerator,
-    MoIEnGenerator,
-    SelfAttentionDiscriminator,
-    SharedModalityGenerator,
-)
+from mmkgc.nn.adversarial import SelfAttentionDiscriminator, make_generator
 from mmkgc.nn.scorers import RotatE
 from mmkgc.losses import SelfAdversarialSigmoidLoss
 from mmkgc.models.auxiliary import AuxiliaryStep
@@ -118,13 +113,9 @@ class AdversarialFusedModel(FusedKGEModel):
         super().__init__(num_entities, num_relations, scorer, representation)
         self.adv = adversarial
         dim, m = representation.dim, len(representation.modality_names)
-        kind = adversarial.generator
-        if kind == "per_modality":
-            self.generator = ModalityGenerator(dim, m, adversarial.noise_dim, adversarial.hidden_dim)
-        elif kind == "shared":
-            self.generator = SharedModalityGenerator(dim, m, adversarial.noise_dim, adversarial.hidden_dim)
-        else:
-            self.generator = MoIEnGenerator(dim, m, adversarial.noise_dim, adversarial.layers, adversarial.heads)
+        self.generator = make_generator(adversarial.generator, dim, m, noise_dim=adversarial.noise_dim,
+                                        hidden_dim=adversarial.hidden_dim, layers=adversarial.layers,
+                                        heads=adversarial.heads)
         self.discriminator = (SelfAttentionDiscriminator(dim, m, adversarial.discriminator_layers, adversarial.heads)
                               if adversarial.kind == "moien" else None)
         self.fake_loss = SelfAdversarialSigmoidLoss(adversarial_temperature)

@@ -17,7 +17,11 @@ the output holds one generated vector per non-structural modality, directly in t
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
+
 from class_resolver import ClassResolver
 from torch import nn
 
@@ -58,7 +62,7 @@ class ModalityGenerator(_Generator):
     Shapes: ``x [B, M, D]``, ``present [B, M]`` (unused) -> ``[B, M - 1, D]``.
     """
 
-    synonyms = ("mat",)
+    synonyms = ("mat", "per_modality")
 
     def __init__(self, dim: int, num_modalities: int, noise_dim: int = 64, hidden_dim: int = 512):
         super().__init__(dim, num_modalities, noise_dim)
@@ -78,7 +82,7 @@ class SharedModalityGenerator(_Generator):
     Shapes: ``x [B, M, D]`` -> ``[B, M - 1, D]``.
     """
 
-    synonyms = ("wgan_gp",)
+    synonyms = ("wgan_gp", "shared")
 
     def __init__(self, dim: int, num_modalities: int, noise_dim: int = 64, hidden_dim: int = 512):
         super().__init__(dim, num_modalities, noise_dim)
@@ -166,10 +170,24 @@ class SelfAttentionDiscriminator(nn.Module):
         return self.out(pooled).squeeze(-1)
 
 
-#: The modality generators by the name of their method's ``training.adversarial.generator`` kind: ``mat``
-#: (:class:`ModalityGenerator`), ``wgan_gp`` (:class:`SharedModalityGenerator`), ``moien`` (:class:`MoIEnGenerator`);
-#: every one is constructed as ``cls(dim, num_modalities, **options)``.
+#: The modality generators by name: ``per_modality`` / ``mat`` (:class:`ModalityGenerator`), ``shared`` /
+#: ``wgan_gp`` (:class:`SharedModalityGenerator`), ``moien`` (:class:`MoIEnGenerator`), the values of
+#: ``training.adversarial.generator`` and of its method ``kind``; every one is constructed as
+#: ``cls(dim, num_modalities, **options)`` (:func:`make_generator` passes each the options its constructor takes).
 generator_resolver: ClassResolver[_Generator] = ClassResolver(
     [ModalityGenerator, SharedModalityGenerator, MoIEnGenerator], base=_Generator, suffix="Generator",
     location="mmkgc.nn.adversarial.generator_resolver",
 )
+
+
+def make_generator(name: str, dim: int, num_modalities: int, **options: Any) -> _Generator:
+    """The generator ``name`` of :data:`generator_resolver` for ``D = dim`` and ``M = num_modalities``.
+
+    ``options`` may hold every generator's options at once (``noise_dim``, ``hidden_dim``, ``layers``, ``heads``):
+    each class receives only those its constructor names, so one adversarial config section builds any of them.
+
+    :raises KeyError: ``name`` is not a registered generator (class-resolver's message lists the valid names).
+    """
+    cls = generator_resolver.lookup(name)
+    accepted = inspect.signature(cls).parameters
+    return cls(dim, num_modalities, **{k: v for k, v in options.items() if k in accepted})

@@ -112,13 +112,14 @@ class Captioner:
         require("transformers", "captioning (mmkgc enrich caption)", extra="vision")
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
+        from mmkgc.distributed import device_for_rank
+        from mmkgc.features.text import quiet_transformers, weights_identity, resolve_model
 
         quiet_transformers()
         self.settings = settings or CaptionSettings()
         self.resolved = resolve_model(model, "captioning model")
         kw = {"local_files_only": self.resolved.local_files_only}
-        self.device = default_device(device)
+        self.device = str(device_for_rank(device))
         config = AutoConfig.from_pretrained(self.resolved.location, **kw)
         self.model_type = config.model_type
         try:

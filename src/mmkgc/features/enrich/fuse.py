@@ -115,13 +115,14 @@ class LLMFuser:
         require("transformers", "description fusion (mmkgc enrich fuse)", extra="text")
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from mmkgc.features.text import quiet_transformers, weights_identity, default_device, resolve_model
+        from mmkgc.distributed import device_for_rank
+        from mmkgc.features.text import quiet_transformers, weights_identity, resolve_model
 
         quiet_transformers()
         self.settings = settings or FusionSettings()
         self.resolved = resolve_model(model, "fusion model")
         kw = {"local_files_only": self.resolved.local_files_only}
-        self.device = default_device(device)
+        self.device = str(device_for_rank(device))
         config = AutoConfig.from_pretrained(self.resolved.location, **kw)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
