@@ -97,7 +97,8 @@ def main() -> None:
     from mmkgc.config import EvaluationConfig, TrainingConfig
     from mmkgc.evaluation.metrics import EvaluationResult, evaluate
     from mmkgc.evaluation.ranking import auto_max_memory_bytes, batch_size_for_memory, compute_ranks
-    from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, ModalityFeatures, MultimodalRepresentation
+    from mmkgc.features.store import FeatureTable
+    from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, MultimodalRepresentation
     from mmkgc.nn.scorers import build_scorer
     from mmkgc.training.sampling import TripleBatcher
     from mmkgc.training.trainer import Trainer
@@ -118,7 +119,7 @@ def main() -> None:
         rep = EmbeddingRepresentation(kg.num_entities, scorer.entity_dim, init=scorer.init_entity_, sparse=args.sparse)
     else:
         rep = MultimodalRepresentation(kg.num_entities, scorer.entity_dim,
-                                       [ModalityFeatures("text", text, torch.ones(kg.num_entities, dtype=torch.bool))],
+                                       [FeatureTable(text, "text", torch.ones(kg.num_entities, dtype=torch.bool))],
                                        with_structure=True, init=scorer.init_entity_)
     model = KGEModel(kg.num_entities, kg.num_relations, scorer, rep)
     training = TrainingConfig(epochs=1, batch_size=args.batch_size, num_negatives=args.negatives, lr=1e-3,

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mmkgc.models.kge import ModalityFeatures, MultimodalRepresentation
+from mmkgc.features.store import FeatureTable
+from mmkgc.models.kge import MultimodalRepresentation
 
 
 def _unfolded(rep: MultimodalRepresentation, ids):
@@ -18,11 +19,10 @@ def _unfolded(rep: MultimodalRepresentation, ids):
 def test_folded_concat_equals_stack_and_project(adapter, with_structure):
     torch.manual_seed(0)
     n, dim = 7, 6
-    mods = [ModalityFeatures("text", torch.randn(n, 5), torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool),
-                             "learned"),
-            ModalityFeatures("visual", torch.randn(n, 3), torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.bool),
-                             "zeros")]
-    rep = MultimodalRepresentation(n, dim, mods, with_structure=with_structure, adapter=adapter).double()
+    mods = [FeatureTable(torch.randn(n, 5), "text", torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)),
+            FeatureTable(torch.randn(n, 3), "visual", torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.bool))]
+    rep = MultimodalRepresentation(n, dim, mods, with_structure=with_structure, adapter=adapter,
+                                   missing={"text": "learned", "visual": "zeros"}).double()
     with torch.no_grad():  # move every parameter off its special initial value (identity block, zero fill)
         for p in rep.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -44,6 +44,6 @@ def test_folded_concat_equals_stack_and_project(adapter, with_structure):
 
 def test_single_modality_without_structure_is_its_adapter_output():
     torch.manual_seed(1)
-    mods = [ModalityFeatures("text", torch.randn(4, 3), torch.ones(4, dtype=torch.bool), "zeros")]
-    rep = MultimodalRepresentation(4, 2, mods, with_structure=False)
+    mods = [FeatureTable(torch.randn(4, 3), "text", torch.ones(4, dtype=torch.bool))]
+    rep = MultimodalRepresentation(4, 2, mods, with_structure=False, missing="zeros")
     torch.testing.assert_close(rep(None), rep.inputs[0].adapter(rep.inputs[0].values))

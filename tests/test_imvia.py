@@ -13,7 +13,7 @@ from mmkgc.config import ImviaConfig, load_config, parse_config
 from mmkgc.errors import ConfigError
 from mmkgc.features.pooling import imvia_pool_256
 from mmkgc.models.imvia import IMVIAModel
-from mmkgc.models.kge import ModalityFeatures
+from mmkgc.features.store import FeatureTable
 from mmkgc.nn.adapters import MoEAdapter
 from mmkgc.nn.fusion import DecisionFusion
 from mmkgc.nn.mutual_information import CLUBEstimator
@@ -194,7 +194,7 @@ def test_imvia_pooling_rules():
 def _model(**options):
     torch.manual_seed(0)
     n, r = 20, 3
-    feats = [ModalityFeatures("text", torch.randn(n, 12), torch.rand(n) > 0.2)]
+    feats = [FeatureTable(torch.randn(n, 12), "text", torch.rand(n) > 0.2)]
     opts = ImviaConfig(relation_dim=4, **options)
     return IMVIAModel(n, r, 8, feats, opts)
 
@@ -234,8 +234,8 @@ def test_imvia_loss_terms_and_estimator_step_own_group():
 def _three_branch_model(**options):
     torch.manual_seed(0)
     n = 20
-    feats = [ModalityFeatures("visual", torch.randn(n, 12), torch.ones(n, dtype=torch.bool)),
-             ModalityFeatures("text", torch.randn(n, 10), torch.ones(n, dtype=torch.bool))]
+    feats = [FeatureTable(torch.randn(n, 12), "visual", torch.ones(n, dtype=torch.bool)),
+             FeatureTable(torch.randn(n, 10), "text", torch.ones(n, dtype=torch.bool))]
     return IMVIAModel(n, 3, 8, feats, ImviaConfig(relation_dim=4, **options))
 
 

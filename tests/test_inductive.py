@@ -11,18 +11,19 @@ from mmkgc.config import load_config, parse_config
 from mmkgc.errors import ConfigError
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
 from mmkgc.models.inductive import (ModalityStructure, alignment_error, attach_modality_structure, pop_auxiliary_losses)
-from mmkgc.models.kge import KGEModel, ModalityFeatures, MultimodalRepresentation
+from mmkgc.features.store import FeatureTable
+from mmkgc.models.kge import KGEModel, MultimodalRepresentation
 from mmkgc.nn.scorers import build_scorer
 
 N, D = 6, 4
 SEEN = torch.tensor([True, True, True, True, False, False])  # entity 4: unseen with text; 5: unseen, no modality
 
 
-def _features() -> list[ModalityFeatures]:
+def _features() -> list[FeatureTable]:
     g = torch.Generator().manual_seed(0)
     text = torch.randn(N, 3, generator=g)
     present = torch.tensor([True, True, False, True, True, False])
-    return [ModalityFeatures("text", text, present, missing="learned")]
+    return [FeatureTable(text, "text", present)]
 
 
 def _concat(share: float = 0.5, dropout: bool = True, align_weight: float = 0.0, seed: int = 0):
@@ -89,7 +90,7 @@ def test_sample_share_determinism_and_restriction():
     big = 20000
     from mmkgc.models.kge import EmbeddingRepresentation
 
-    feats = [ModalityFeatures("text", torch.zeros(big, 2), torch.ones(big, dtype=torch.bool))]
+    feats = [FeatureTable(torch.zeros(big, 2), "text", torch.ones(big, dtype=torch.bool))]
     inputs = torch.nn.ModuleList([__import__("mmkgc.models.kge", fromlist=["ModalityInput"]).ModalityInput(f, 3)
                                   for f in feats])
     s = ModalityStructure(EmbeddingRepresentation(big, 3), inputs, torch.ones(big, dtype=torch.bool), share=0.15,

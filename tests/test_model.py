@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, ModalityFeatures, MultimodalRepresentation
+from mmkgc.features.store import FeatureTable
+from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, MultimodalRepresentation
 from mmkgc.nn.scorers import build_scorer, gathered_l1_distance
 
 SCORERS = [("transe", {"p": 1}), ("transe", {"p": 2}), ("distmult", {}), ("complex", {}),
@@ -14,7 +15,7 @@ def _model(name, options, multimodal=False, reciprocal=False, n=30, r=4):
     torch.manual_seed(0)
     scorer = build_scorer(name, 8, **options)
     if multimodal:
-        feats = [ModalityFeatures("text", torch.randn(n, 5), torch.rand(n) > 0.3)]
+        feats = [FeatureTable(torch.randn(n, 5), "text", torch.rand(n) > 0.3)]
         rep = MultimodalRepresentation(n, scorer.entity_dim, feats, init=scorer.init_entity_)
     else:
         rep = EmbeddingRepresentation(n, scorer.entity_dim, init=scorer.init_entity_)
@@ -82,18 +83,18 @@ def test_missing_modality_rows_use_the_fill():
     present = torch.ones(n, dtype=torch.bool)
     present[[2, 5]] = False
     values = torch.randn(n, 4)
-    rep = MultimodalRepresentation(n, 6, [ModalityFeatures("img", values, present, missing="zeros")],
-                                   with_structure=False)
+    rep = MultimodalRepresentation(n, 6, [FeatureTable(values, "img", present)], with_structure=False,
+                                   missing="zeros")
     out = rep(torch.arange(n))
     assert torch.count_nonzero(out[2]) == 0 and torch.count_nonzero(out[5]) == 0
     changed = values.clone()
     changed[[2, 5]] = 1e6  # whatever sits in a missing row must not leak into the representation
-    rep2 = MultimodalRepresentation(n, 6, [ModalityFeatures("img", changed, present, missing="zeros")],
-                                    with_structure=False)
+    rep2 = MultimodalRepresentation(n, 6, [FeatureTable(changed, "img", present)], with_structure=False,
+                                    missing="zeros")
     rep2.load_state_dict(rep.state_dict())
     torch.testing.assert_close(rep2(torch.arange(n)), out)
 
 
 def test_feature_rows_must_match_entities():
     with pytest.raises(ValueError, match="rows but the dataset has"):
-        MultimodalRepresentation(10, 4, [ModalityFeatures("t", torch.randn(9, 3), torch.ones(9, dtype=torch.bool))])
+        MultimodalRepresentation(10, 4, [FeatureTable(torch.randn(9, 3), "t", torch.ones(9, dtype=torch.bool))])

@@ -23,14 +23,29 @@ from torch import nn
 
 from mmkgc.config import ExperimentConfig, GNNConfig
 from mmkgc.errors import ConfigError
+from mmkgc.features.store import FeatureTable
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
-from mmkgc.models.kge import KGEModel, ModalityFeatures, MultimodalRepresentation
+from mmkgc.models.kge import KGEModel, MultimodalRepresentation
 from mmkgc.models.rgcn import RGCNRepresentation
 from mmkgc.nn.gnn import MessageGraph
 
 
+def fill_policies(cfg: ExperimentConfig) -> dict[str, str]:
+    """How the model fills absent rows, per modality name: ``model.modalities[].missing`` and, for the modality an
+    enrichment writes, ``model.enrichment.missing`` (:data:`~mmkgc.models.kge.FillPolicy`).
+
+    :raises ConfigError: an unknown enrichment policy.
+    """
+    fills = {m.name: m.missing for m in cfg.model.modalities}
+    if cfg.model.enrichment is not None:
+        from mmkgc.features.enrich.policy import enriched_modality
+
+        fills[enriched_modality(cfg.model.enrichment)] = cfg.model.enrichment.missing
+    return fills
+
+
 def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
-                      features: Sequence[ModalityFeatures]) -> FusedKGEModel:
+                      features: Sequence[FeatureTable]) -> FusedKGEModel:
     """The fused model of ``cfg`` (an :class:`~mmkgc.models.adversarial.AdversarialFusedModel` when
     ``training.adversarial`` is set).
 
@@ -59,7 +74,7 @@ def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
         adapter=mc.adapter, adapter_hidden=mc.adapter_hidden, dropout=mc.projection_dropout,
         trainable_features=mc.trainable_features, relation_temperature=fusion.relation_temperature,
         confidence=fusion.confidence, relation_gate=fusion.relation_gate, use_masks=fusion.mask_missing,
-        temperature_init_range=init_range, gate_rank=fusion.gate_rank,
+        temperature_init_range=init_range, gate_rank=fusion.gate_rank, missing=fill_policies(cfg),
     )
     if adv is None:
         return FusedKGEModel(triples.num_entities, triples.num_relations, scorer, rep, reciprocal=mc.reciprocal)
@@ -70,7 +85,7 @@ def build_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
 
 
 def _operator_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
-                          features: Sequence[ModalityFeatures]) -> KGEModel:
+                          features: Sequence[FeatureTable]) -> KGEModel:
     """``representation: fused`` with any other operator of :data:`mmkgc.nn.fusion.fusion_resolver` (e.g. ``lowrank``):
     structure + each modality adapted to ``D`` and fused by that operator, built with ``dim``, ``num_modalities`` and
     the config's extra ``model.fusion`` keys; scored like every relation-agnostic representation.
@@ -92,11 +107,11 @@ def _operator_fused_model(cfg: ExperimentConfig, data, scorer: nn.Module,
         raise ConfigError(f"model.fusion: fusion {fusion.kind!r}: {err}") from None
     rep = MultimodalRepresentation(triples.num_entities, dim, features, with_structure=True,
                                    init=scorer.init_entity_, adapter=mc.adapter, dropout=mc.projection_dropout,
-                                   fusion=op)
+                                   fusion=op, missing=fill_policies(cfg))
     return KGEModel(triples.num_entities, triples.num_relations, scorer, rep, reciprocal=mc.reciprocal)
 
 
-def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[ModalityFeatures],
+def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[FeatureTable],
                               seed: int = 0) -> RGCNRepresentation:
     """The R-GCN representation a ``model.gnn`` config section describes, over ``triples.train``.
 

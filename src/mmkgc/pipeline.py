@@ -32,8 +32,8 @@ import torch
 from mmkgc.config import ExperimentConfig, ModalityConfig, dump_config, load_config
 from mmkgc.data.triples import TripleSet
 from mmkgc.errors import ConfigError
-from mmkgc.models.kge import (EmbeddingRepresentation, KGEModel, ModalityFeatures, ModalityInput,
-                              MultimodalRepresentation)
+from mmkgc.features.store import FeatureTable
+from mmkgc.models.kge import EmbeddingRepresentation, KGEModel, ModalityInput, MultimodalRepresentation
 from mmkgc.nn.scorers import build_scorer
 from mmkgc.fileio import atomic_write_text as _atomic_write_text
 from mmkgc.training.checkpoint import load_checkpoint
@@ -48,7 +48,7 @@ class LoadedData:
     builtin_features: dict[str, tuple[torch.Tensor, torch.Tensor]]
     #: The modality inputs of the model once loaded (set by :func:`build_model`, or given by a saved model so
     #: nothing is read from a feature cache or re-encoded; see :mod:`mmkgc.saved_model`).
-    model_features: list[ModalityFeatures] | None = None
+    model_features: list[FeatureTable] | None = None
     #: The config part ``model_features`` were built from (``None``: given, valid for any config).
     model_features_key: str | None = None
 
@@ -85,7 +85,7 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
     return LoadedData(resolve_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
 
 
-def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> ModalityFeatures:
+def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> FeatureTable:
     triples = data.triples
     if m.file is not None:
         from mmkgc.features.io import load_feature_table
@@ -141,10 +141,13 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> M
             f"model.modalities[{m.name}].dim: the config declares {m.dim}-d features but the table has "
             f"{values.shape[1]} columns"
         )
-    return ModalityFeatures(m.name, values, torch.as_tensor(present, dtype=torch.bool), m.missing)
+    try:
+        return FeatureTable(values, m.name, torch.as_tensor(present, dtype=torch.bool))
+    except ValueError as err:
+        raise ConfigError(f"model.modalities[{m.name}]: {err}") from None
 
 
-def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[ModalityFeatures]:
+def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> list[FeatureTable]:
     """The modality inputs of a model: one per ``model.modalities`` entry, then ``model.enrichment``'s policy
     (generated descriptions as an extra modality or in place of the image/text one, methods.md §3.2).
     Computed once per :class:`LoadedData` and modality config, and kept in ``data.model_features`` (which a saved
@@ -158,15 +161,14 @@ def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> l
     if cfg.model.enrichment is not None:
         from mmkgc.features.enrich.policy import apply_enrichment
 
-        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples,
-                                 make_features=ModalityFeatures, progress=progress)
+        feats = apply_enrichment(feats, cfg.model.modalities, cfg.model.enrichment, data.triples, progress=progress)
     data.model_features, data.model_features_key = feats, key
     return feats
 
 
 def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     """The model a config describes: scorer, entity representation (structure / concat / modality only)."""
-    from mmkgc.builders import check_fusion_options
+    from mmkgc.builders import check_fusion_options, fill_policies
 
     mc = cfg.model
     check_fusion_options(cfg)
@@ -176,7 +178,8 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
         from mmkgc.models.imvia import IMVIAModel
 
         feats = model_features(cfg, data, progress)
-        return IMVIAModel(triples.num_entities, triples.num_relations, mc.dim, feats, mc.imvia)
+        return IMVIAModel(triples.num_entities, triples.num_relations, mc.dim, feats, mc.imvia,
+                          missing=fill_policies(cfg))
     scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     if mc.representation == "fused":  # AdaMF / AdaMF-MAT / NativE / AFME (methods.md sections 5-7)
         from mmkgc.builders import build_fused_model
@@ -199,6 +202,7 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
             with_structure=mc.representation == "concat",
             init=scorer.init_entity_,
             dropout=mc.projection_dropout,
+            missing=fill_policies(cfg),
         )
     return _with_unseen(cfg, data, KGEModel(triples.num_entities, triples.num_relations, scorer, rep,
                                             reciprocal=mc.reciprocal))

@@ -34,7 +34,8 @@ from mmkgc._version import __version__
 from mmkgc.config import ExperimentConfig, parse_config
 from mmkgc.data.triples import SPLITS, FilterIndex, TripleSet
 from mmkgc.errors import CheckpointError
-from mmkgc.models.kge import KGEModel, ModalityFeatures, feature_fingerprint
+from mmkgc.features.store import FeatureTable
+from mmkgc.models.kge import KGEModel, feature_fingerprint
 
 FORMAT = "mmkgc-saved-model"
 FORMAT_VERSION = 1
@@ -67,14 +68,14 @@ class TrainedModel:
     config: ExperimentConfig
     triples: TripleSet
     module: KGEModel
-    features: list[ModalityFeatures] = field(default_factory=list)
+    features: list[FeatureTable] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
     def __repr__(self) -> str:  # short: the dataclass repr would print every tensor and config field
         m, t = self.config.model, self.triples
         what = m.method if m.method != "kge" else f"{m.scorer} {m.representation}"
-        feats = ", ".join(f.name for f in self.features) or "none"
+        feats = ", ".join(f.modality for f in self.features) or "none"
         return (f"TrainedModel({what}, dim {m.dim}, dataset {t.name!r}: {t.num_entities} entities, "
                 f"{t.num_relations} relations; modalities: {feats}; source: {self.source})")
 
@@ -125,14 +126,17 @@ def save_model(model: TrainedModel, directory: str | Path, include_features: boo
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
         t = model.triples
         save_file({s: t.split(s).contiguous() for s in SPLITS}, str(tmp / TRIPLES_FILE))
+        from mmkgc.builders import fill_policies
+
         tables = []
         stored: dict[str, torch.Tensor] = {}
+        fills = fill_policies(model.config)
         for f in model.features:
             values = torch.as_tensor(f.values, dtype=torch.float32).detach().cpu().contiguous()
             present = torch.as_tensor(f.present, dtype=torch.bool).detach().cpu().contiguous()
-            tables.append({"name": f.name, "missing": f.missing, "shape": list(values.shape),
+            tables.append({"name": f.modality, "missing": fills.get(f.modality, "learned"), "shape": list(values.shape),
                            "fingerprint": feature_fingerprint(values, present)})
-            stored[f"{f.name}.values"], stored[f"{f.name}.present"] = values, present
+            stored[f"{f.modality}.values"], stored[f"{f.modality}.present"] = values, present
         files = {"weights": {"file": MODEL_FILE, "sha256": _sha256(tmp / MODEL_FILE)},
                  "triples": {"file": TRIPLES_FILE, "sha256": _sha256(tmp / TRIPLES_FILE)}}
         if include_features and stored:
@@ -198,7 +202,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable tensors ({err})") from None
 
 
-def _stored_features(directory: Path, manifest: dict[str, Any]) -> list[ModalityFeatures]:
+def _stored_features(directory: Path, manifest: dict[str, Any]) -> list[FeatureTable]:
     tables = manifest.get("features", [])
     if not tables:
         return []
@@ -214,11 +218,14 @@ def _stored_features(directory: Path, manifest: dict[str, Any]) -> list[Modality
             raise CheckpointError(f"{directory / FEATURES_FILE}: the feature table {name!r} differs from the one the "
                                   f"model was trained with (fingerprint {feature_fingerprint(values, present)}, "
                                   f"expected {t['fingerprint']})")
-        out.append(ModalityFeatures(name, values, present, t["missing"]))
+        try:
+            out.append(FeatureTable(values, name, present))
+        except ValueError as err:
+            raise CheckpointError(f"{directory / FEATURES_FILE}: {err}") from None
     return out
 
 
-def _rebuilt_features(directory: Path, cfg: ExperimentConfig, manifest: dict[str, Any]) -> list[ModalityFeatures]:
+def _rebuilt_features(directory: Path, cfg: ExperimentConfig, manifest: dict[str, Any]) -> list[FeatureTable]:
     """The tables of a model saved without them, rebuilt from its config and checked against the fingerprints."""
     from mmkgc.errors import MMKGCError
     from mmkgc.pipeline import model_features, load_data
@@ -230,7 +237,7 @@ def _rebuilt_features(directory: Path, cfg: ExperimentConfig, manifest: dict[str
         raise CheckpointError(
             f"{directory}: the model was saved without its feature tables ({', '.join(t['name'] for t in tables)}) "
             f"and they cannot be rebuilt from its config here: {err}") from None
-    now = {f.name: feature_fingerprint(torch.as_tensor(f.values, dtype=torch.float32), f.present) for f in feats}
+    now = {f.modality: feature_fingerprint(f.values, f.present) for f in feats}
     wrong = [t["name"] for t in tables if now.get(t["name"]) != t["fingerprint"]]
     if wrong:
         raise CheckpointError(

@@ -10,7 +10,6 @@ from mmkgc.models.kge import (
     EntityRepresentation,
     EntityTables,
     KGEModel,
-    ModalityFeatures,
     MultimodalRepresentation,
     Occurrences,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "EntityRepresentation",
     "EntityTables",
     "KGEModel",
-    "ModalityFeatures",
     "MultimodalRepresentation",
     "Occurrences",
 ]

@@ -28,13 +28,15 @@ from mmkgc.models.kge import (
     EmbeddingRepresentation,
     EntityRepresentation,
     EntityTables,
+    FillPolicy,
     KGEModel,
-    ModalityFeatures,
     ModalityInput,
     Occurrences,
+    fill_policy,
     mix_rows,
     stack_modalities,
 )
+from mmkgc.features.store import FeatureTable
 from mmkgc.nn.adapters import build_adapter
 from mmkgc.nn.fusion import (
     RelationGate,
@@ -52,6 +54,7 @@ class FusedRepresentation(EntityRepresentation):
     :param num_entities: ``N``.
     :param dim: entity width ``D`` (RotatE: ``2d``).
     :param modalities: the modality feature tables (``[N, d_m]`` each, with presence).
+    :param missing: fill of absent rows (:data:`~mmkgc.models.kge.FillPolicy`: one policy or one per modality).
     :param num_relations: ``R`` (for relation-conditioned fusion).
     :param init: initialiser of the structural table (the scorer's).
     :param adapter: ``linear`` (AdaMF) or ``mlp`` (NativE / AFME, hidden width ``adapter_hidden``, default ``D``).
@@ -67,11 +70,12 @@ class FusedRepresentation(EntityRepresentation):
     ``(x [B, M, D], present [B, M])``; :meth:`fuse` -> ``(fused [B, D], weights [B, M])``.
     """
 
-    def __init__(self, num_entities: int, dim: int, modalities: Sequence[ModalityFeatures], num_relations: int,
+    def __init__(self, num_entities: int, dim: int, modalities: Sequence[FeatureTable], num_relations: int,
                  init: Callable[[torch.Tensor], None] | None = None, adapter: str = "linear",
                  adapter_hidden: int | None = None, dropout: float = 0.0, trainable_features: bool = False,
                  relation_temperature: bool = False, confidence: str = "none", relation_gate: bool = False,
-                 use_masks: bool = True, temperature_init_range: float = 0.05, gate_rank: int | None = None):
+                 use_masks: bool = True, temperature_init_range: float = 0.05, gate_rank: int | None = None,
+                 missing: FillPolicy = "learned"):
         super().__init__()
         if not modalities:
             raise ValueError("a fused representation needs at least one modality")
@@ -80,9 +84,10 @@ class FusedRepresentation(EntityRepresentation):
         inputs = []
         for m in modalities:
             if m.values.shape[0] != num_entities:
-                raise ValueError(f"modality {m.name!r} has {m.values.shape[0]} rows but the dataset has "
+                raise ValueError(f"modality {m.modality!r} has {m.values.shape[0]} rows but the dataset has "
                                  f"{num_entities} entities")
-            mi = ModalityInput(m, dim, adapter, dropout, trainable=trainable_features)
+            mi = ModalityInput(m, dim, adapter, dropout, trainable=trainable_features,
+                               missing=fill_policy(missing, m.modality))
             if adapter == "mlp":
                 mi.adapter = build_adapter("mlp", mi.values.shape[1], dim, hidden_dim=adapter_hidden, dropout=dropout)
             inputs.append(mi)

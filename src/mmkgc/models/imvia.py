@@ -33,10 +33,12 @@ from mmkgc.fileio import atomic_write_text
 from mmkgc.models.kge import (
     EmbeddingRepresentation,
     EntityRepresentation,
+    FillPolicy,
     KGEModel,
-    ModalityFeatures,
     ModalityInput,
+    fill_policy,
 )
+from mmkgc.features.store import FeatureTable
 from mmkgc.nn.adapters import MoEAdapter
 from mmkgc.nn.fusion import DecisionFusion
 from mmkgc.nn.mutual_information import CLUBEstimator, draw_expert_pair
@@ -47,29 +49,29 @@ from mmkgc.models.auxiliary import AuxiliaryStep
 
 class ProjectedModalityTable(EntityRepresentation):
     """A frozen modality table projected to width ``D`` (:class:`ModalityInput` with a linear adapter and the
-    explicit fill of missing rows).  Shapes: ``forward(ids [B] | None) -> [B, D]``."""
+    explicit fill ``missing`` of absent rows).  Shapes: ``forward(ids [B] | None) -> [B, D]``."""
 
-    def __init__(self, features: ModalityFeatures, dim: int):
+    def __init__(self, features: FeatureTable, dim: int, missing: str = "learned"):
         super().__init__()
         self.num_entities, self.dim = int(features.values.shape[0]), dim
-        self.input = ModalityInput(features, dim, adapter="linear")
+        self.input = ModalityInput(features, dim, adapter="linear", missing=missing)
 
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.input(ids)[0]
 
 
-def feature_initialised_table(features: ModalityFeatures, dim: int) -> EmbeddingRepresentation:
+def feature_initialised_table(features: FeatureTable, dim: int) -> EmbeddingRepresentation:
     """The published trainable modality table ``[N, D]`` initialised from the features (rows of missing entities
     get ``N(0, 0.01^2)`` values instead).
 
     :raises ValueError: the feature width is not ``D`` (pool first, or use the projected input).
     """
-    values = torch.as_tensor(features.values, dtype=torch.float32)
+    values = features.values
     if values.shape[1] != dim:
-        raise ValueError(f"modality {features.name!r}: imvia.modality_input 'table' needs features of width "
+        raise ValueError(f"modality {features.modality!r}: imvia.modality_input 'table' needs features of width "
                          f"model.dim = {dim}, got {values.shape[1]} (set pooling: imvia_256 with dim 256, or use "
                          "modality_input: projected)")
-    present = torch.as_tensor(features.present, dtype=torch.bool)
+    present = features.present
 
     def init(weight: torch.Tensor) -> None:
         weight.copy_(torch.where(present.unsqueeze(-1), values, torch.randn_like(values) * 0.01))
@@ -104,11 +106,12 @@ class IMVIAModel(KGEModel):
     :param dim: entity width ``D`` of every branch.
     :param modalities: modality feature tables (the structure branch is added when ``options.structure``).
     :param options: a :class:`mmkgc.config.ImviaConfig`.
+    :param missing: fill of absent rows of the projected inputs (:data:`~mmkgc.models.kge.FillPolicy`).
     :raises ValueError: no branch, or a feature width that does not fit ``modality_input: table``.
     """
 
-    def __init__(self, num_entities: int, num_relations: int, dim: int, modalities: Sequence[ModalityFeatures],
-                 options: Any):
+    def __init__(self, num_entities: int, num_relations: int, dim: int, modalities: Sequence[FeatureTable],
+                 options: Any, missing: FillPolicy = "learned"):
         from mmkgc.features.pooling import imvia_pool_256
 
         rdim = options.relation_dim or dim
@@ -118,15 +121,15 @@ class IMVIAModel(KGEModel):
             names.append("structure")
             tables.append(EmbeddingRepresentation(num_entities, dim, init=nn.init.xavier_normal_))
         for feats in modalities:
-            values = torch.as_tensor(feats.values, dtype=torch.float32)
+            values = feats.values
             if options.l2_normalize_features:
                 values = nn.functional.normalize(values, dim=-1)
             if options.pooling == "imvia_256":
-                values = imvia_pool_256(values, feats.name)
-            prepared = ModalityFeatures(feats.name, values, feats.present, feats.missing)
-            names.append(feats.name)
+                values = imvia_pool_256(values, feats.modality)
+            prepared = feats.replace(values=values)
+            names.append(feats.modality)
             tables.append(feature_initialised_table(prepared, dim) if options.modality_input == "table"
-                          else ProjectedModalityTable(prepared, dim))
+                          else ProjectedModalityTable(prepared, dim, fill_policy(missing, feats.modality)))
         if not tables:
             raise ValueError("IMVIA needs at least one branch (structure or a modality)")
 

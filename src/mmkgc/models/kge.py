@@ -7,30 +7,32 @@ The evaluator sees only ``score_fn(queries, side) -> [B, N]`` (:meth:`KGEModel.s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mmkgc.features.store import FeatureTable
 from mmkgc.nn.adapters import build_adapter
 from mmkgc.nn.fusion import ConcatFusion
 
 
-@dataclass
-class ModalityFeatures:
-    """A frozen feature table handed to a multimodal representation.
+#: How a representation fills the rows of entities that lack a modality: one policy for every modality, or one per
+#: modality name (``learned``: one trainable vector per modality; ``zeros``: the zero vector).
+FillPolicy = str | Mapping[str, str]
 
-    :param name: modality name.
-    :param values: float32 ``[N, d_m]``.
-    :param present: bool ``[N]``; rows with ``False`` are replaced by the fill policy.
-    :param missing: ``learned`` (one trainable vector per modality) or ``zeros``.
+
+def fill_policy(missing: FillPolicy, modality: str) -> str:
+    """The fill policy of ``modality`` under ``missing`` (a policy, or a mapping by modality name).
+
+    :raises ValueError: a mapping without an entry for ``modality``.
     """
-
-    name: str
-    values: torch.Tensor
-    present: torch.Tensor
-    missing: str = "learned"
+    if isinstance(missing, str):
+        return missing
+    if modality not in missing:
+        raise ValueError(f"modality {modality!r}: no fill policy given (have: {', '.join(sorted(missing)) or 'none'})")
+    return missing[modality]
 
 
 def mix_rows(table: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -172,36 +174,36 @@ class EmbeddingRepresentation(EntityRepresentation):
 class ModalityInput(nn.Module):
     """One frozen modality table + its adapter + the explicit fill for missing rows.
 
+    :param features: a pooled :class:`~mmkgc.features.store.FeatureTable` (``values [N, d]``, ``present [N]``).
+    :param missing: the fill of absent rows, ``learned`` (a trainable vector) or ``zeros``.
+    :raises ValueError: a token table, or an unknown fill policy.
+
     Shapes: ``forward(ids [B] | None) -> [B, D]``.  Features are a non-persistent buffer: checkpoints store the
     adapter, not the (reproducible, cached) table; :attr:`fingerprint` records which table was used.  With
     ``trainable=True`` the table is a parameter instead (fine-tuned and checkpointed; AdaMF, methods.md 6.1).
     """
 
-    def __init__(self, features: ModalityFeatures, dim: int, adapter: str = "linear", dropout: float = 0.0,
-                 trainable: bool = False):
+    def __init__(self, features: FeatureTable, dim: int, adapter: str = "linear", dropout: float = 0.0,
+                 trainable: bool = False, missing: str = "learned"):
         super().__init__()
-        values = torch.as_tensor(features.values, dtype=torch.float32)
-        present = torch.as_tensor(features.present, dtype=torch.bool)
-        if values.ndim != 2 or present.shape != values.shape[:1]:
-            raise ValueError(
-                f"modality {features.name!r}: expected values [N, d] and present [N], got "
-                f"{tuple(values.shape)} and {tuple(present.shape)}"
-            )
-        self.name = features.name
+        values, present = features.values, features.present
+        if values.ndim != 2:
+            raise ValueError(f"modality {features.modality!r}: expected pooled values [N, d], got {tuple(values.shape)}")
+        self.name = features.modality
         if trainable:
             self.values = nn.Parameter(values.clone())
         else:
             self.register_buffer("values", values, persistent=False)
         self.register_buffer("present", present, persistent=False)
         self.adapter = build_adapter(adapter, values.shape[1], dim, dropout=dropout)
-        self.missing_policy = features.missing
-        if features.missing == "learned":
+        self.missing_policy = missing
+        if missing == "learned":
             self.missing = nn.Parameter(torch.zeros(dim))
             nn.init.normal_(self.missing, std=0.01)
-        elif features.missing == "zeros":
+        elif missing == "zeros":
             self.register_buffer("missing", torch.zeros(dim), persistent=False)
         else:
-            raise ValueError(f"modality {features.name!r}: unknown missing policy {features.missing!r}")
+            raise ValueError(f"modality {features.modality!r}: unknown missing policy {missing!r}")
         self.fingerprint = feature_fingerprint(values, present)
 
     def forward(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,6 +253,9 @@ class MultimodalRepresentation(EntityRepresentation):
     other than ``attention``, e.g. ``lowrank``); :raises ValueError: for an operator of another width or a
     relation-conditioned one.
 
+    :param modalities: pooled feature tables ``[N, d_m]`` with presence (:class:`~mmkgc.features.store.FeatureTable`).
+    :param missing: fill of absent rows (:data:`FillPolicy`: one policy, or one per modality name).
+
     Shapes: ``forward(ids [B] | None) -> [B, D]``; :meth:`fused` also returns the stacked per-modality
     vectors ``[B, M, D]`` and presence ``[B, M]``.
     """
@@ -259,12 +264,13 @@ class MultimodalRepresentation(EntityRepresentation):
         self,
         num_entities: int,
         dim: int,
-        modalities: Sequence[ModalityFeatures],
+        modalities: Sequence[FeatureTable],
         with_structure: bool = True,
         init: Callable[[torch.Tensor], None] | None = None,
         adapter: str = "linear",
         dropout: float = 0.0,
         fusion: nn.Module | None = None,
+        missing: FillPolicy = "learned",
     ):
         super().__init__()
         if not modalities:
@@ -273,10 +279,11 @@ class MultimodalRepresentation(EntityRepresentation):
         for m in modalities:
             if m.values.shape[0] != num_entities:
                 raise ValueError(
-                    f"modality {m.name!r} has {m.values.shape[0]} rows but the dataset has {num_entities} entities"
+                    f"modality {m.modality!r} has {m.values.shape[0]} rows but the dataset has {num_entities} entities"
                 )
         self.structure = EmbeddingRepresentation(num_entities, dim, init) if with_structure else None
-        self.inputs = nn.ModuleList(ModalityInput(m, dim, adapter, dropout) for m in modalities)
+        self.inputs = nn.ModuleList(ModalityInput(m, dim, adapter, dropout, missing=fill_policy(missing, m.modality))
+                                    for m in modalities)
         num = len(self.inputs) + int(with_structure)
         if fusion is not None:
             if num < 2 or getattr(fusion, "num_modalities", num) != num:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmkgc.models.kge import EntityRepresentation, ModalityFeatures
+from mmkgc.features.store import FeatureTable
+from mmkgc.models.kge import EntityRepresentation
 from mmkgc.nn.gnn import MessageGraph, RGCNEncoder, sample_subgraph
 
 
@@ -37,7 +38,7 @@ class RGCNRepresentation(EntityRepresentation):
     until the module is put back into training mode.
     """
 
-    def __init__(self, graph: MessageGraph, dim: int, features: Sequence[ModalityFeatures] = (),
+    def __init__(self, graph: MessageGraph, dim: int, features: Sequence[FeatureTable] = (),
                  hidden_dims: Sequence[int] = (256,), num_bases: int | None = None, dropout: float = 0.5,
                  final_activation: bool = True, fanouts: Sequence[int] | None = None, input_dim: int = 128,
                  seed: int = 0):
@@ -49,7 +50,7 @@ class RGCNRepresentation(EntityRepresentation):
             for f in features:
                 v = torch.as_tensor(f.values, dtype=torch.float32)
                 if v.ndim != 2 or v.shape[0] != graph.num_nodes:
-                    raise ValueError(f"modality {f.name!r}: expected [{graph.num_nodes}, d], got {tuple(v.shape)}")
+                    raise ValueError(f"modality {f.modality!r}: expected [{graph.num_nodes}, d], got {tuple(v.shape)}")
                 cols.append(v * torch.as_tensor(f.present, dtype=torch.bool).unsqueeze(1))
             self.register_buffer("features", torch.cat(cols, 1), persistent=False)
             self.table = None

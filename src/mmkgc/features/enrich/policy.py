@@ -17,13 +17,14 @@ encoder through the feature cache), from a fusion journal (``.jsonl``) or from a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmkgc.errors import ConfigError
+from mmkgc.features.store import FeatureTable
 
 POLICIES = ("extra_modality", "replace_image", "replace_text", "concat_text")
 _TARGET = {"replace_image": "image", "replace_text": "text", "concat_text": "text"}
@@ -39,6 +40,16 @@ def policy_target(policy: str, target: str | None) -> str | None:
     if policy == "extra_modality":
         return None
     return target or _TARGET[policy]
+
+
+def enriched_modality(enrichment: Any) -> str:
+    """The name of the modality an enrichment writes: the replaced one for ``concat_text`` (generated text joined
+    to its texts), else ``enrichment.modality`` (a new modality, or the one taking the target's place).
+
+    :raises ConfigError: unknown policy.
+    """
+    target = policy_target(enrichment.policy, enrichment.target)
+    return target if enrichment.policy == "concat_text" else enrichment.modality
 
 
 def enrichment_texts(enrichment: Any, triples: Any) -> tuple[list[str], dict[str, Any]]:
@@ -118,36 +129,33 @@ def generated_table(enrichment: Any, triples: Any, *, base_texts: Sequence[str] 
     return table.values, table.present, report
 
 
-def apply_enrichment(features: list, modality_configs: Sequence[Any], enrichment: Any, triples: Any,
-                     make_features: Callable[[str, torch.Tensor, torch.Tensor, str], Any],
-                     progress: bool = False, log: Any = None) -> list:
+def apply_enrichment(features: list[FeatureTable], modality_configs: Sequence[Any], enrichment: Any, triples: Any,
+                     progress: bool = False, log: Any = None) -> list[FeatureTable]:
     """Apply ``enrichment.policy`` to the modality inputs of a model.
 
-    :param features: the model's modality inputs built from ``modality_configs`` (same order; objects with a
-        ``name``, usually :class:`~mmkgc.models.kge.ModalityFeatures`).
-    :param make_features: ``(name, values float32 [N, d], present bool [N], missing) -> entry`` building the new
-        entry (the caller passes the model layer's class: the feature layer never imports the models).
-    :returns: the new list (the input list is not modified).
+    :param features: the model's modality tables built from ``modality_configs`` (same order).
+    :returns: the new list (the input list is not modified); the generated table is named
+        :func:`enriched_modality` (its fill policy, ``enrichment.missing``, is the model's business).
     :raises ConfigError: the policy's target modality is not among the configured ones, or the generated modality
         name clashes with an existing one.
     """
     target = policy_target(enrichment.policy, enrichment.target)
-    names = [f.name for f in features]
+    names = [f.modality for f in features]
     if target is not None and target not in names:
         raise ConfigError(f"model.enrichment.policy {enrichment.policy!r} replaces modality {target!r}, but the model "
                           f"has only {names or 'no modalities'}; add it or set model.enrichment.target")
     base = None
     if enrichment.policy == "concat_text":
         base = _base_texts(next(m for m in modality_configs if m.name == target), triples)
-    name = target if enrichment.policy == "concat_text" else enrichment.modality
+    name = enriched_modality(enrichment)
     if enrichment.policy != "concat_text" and name in [n for n in names if n != target]:
         raise ConfigError(f"model.enrichment.modality {name!r} clashes with a configured modality; rename it")
     values, present, report = generated_table(enrichment, triples, base_texts=base, modality=name, progress=progress)
     if log is not None:
         log(f"enrichment ({enrichment.policy}): {int(present.sum())}/{triples.num_entities} entities have "
             f"generated text ({report.get('matched', '?')} entries matched)")
-    new = make_features(name, torch.as_tensor(values, dtype=torch.float32),
-                           torch.as_tensor(present, dtype=torch.bool), enrichment.missing)
+    new = FeatureTable(torch.as_tensor(values, dtype=torch.float32), name, torch.as_tensor(present, dtype=torch.bool),
+                       provenance={"enrichment": enrichment.policy})
     if target is None:
         return [*features, new]
-    return [new if f.name == target else f for f in features]
+    return [new if f.modality == target else f for f in features]
