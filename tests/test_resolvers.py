@@ -110,3 +110,25 @@ def test_make_generator_passes_each_class_only_its_options():
     assert len(moien.attention.attention) == 1 and moien.attention.attention[0].num_heads == 2
     with pytest.raises(KeyError):
         make_generator("gan", 4, 3)
+
+
+@pytest.mark.parametrize("where", [
+    "mmkgc.nn.scorers:scorer_resolver", "mmkgc.nn.fusion:fusion_resolver", "mmkgc.nn.adapters:adapter_resolver",
+    "mmkgc.nn.adversarial:generator_resolver", "mmkgc.losses:loss_resolver", "mmkgc.training.loops:loop_resolver",
+    "mmkgc.training.tracking:tracker_resolver"])
+def test_every_declared_synonym_resolves_to_its_class(where):
+    """class-resolver matches a synonym only in its normalised spelling (``bce_label_smoothing`` once silently
+    never matched): every spelling a class declares in ``synonyms``, and its normalised form, must find that
+    class, in every family."""
+    import importlib
+
+    from class_resolver import normalize_string
+
+    module, name = where.split(":")
+    resolver = getattr(importlib.import_module(module), name)
+    declared = [(synonym, cls) for cls in resolver for synonym in getattr(cls, "synonyms", None) or ()]
+    declared += list((resolver.synonyms or {}).items())       # synonyms given to the resolver itself
+    for synonym, cls in declared:
+        assert resolver.lookup(synonym) is cls, (where, synonym)
+        assert resolver.lookup(normalize_string(synonym)) is cls, (where, synonym)
+        assert resolver.lookup(synonym.upper()) is cls, (where, synonym)
