@@ -60,3 +60,16 @@ def test_cli_choices_match_the_library_name_lists():
 
     assert set(_common.FeatureMode) == set(FEATURE_MODES)
     assert set(_common.EnrichText) == set(get_args(EnrichmentConfig.model_fields["text"].annotation))
+
+
+def test_tables_are_not_squeezed_to_80_columns_without_a_terminal(capsys):
+    """Piped or in CI, rich would lay a table out for 80 columns and wrap or cut its cells; the CLI console uses
+    200 columns there, so a scorer's one-sentence description stays on one line."""
+    from mmkgc.cli._common import console
+    from mmkgc.progress import is_terminal
+
+    assert not is_terminal() and console.width == 200
+    assert cli.run(["ls", "scorers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any('ComplEx (Trouillon et al., 2016, "Complex Embeddings for Simple Link Prediction").' in line
+               for line in lines)

@@ -20,9 +20,12 @@ from rich.table import Table
 from rich.text import Text
 
 from mmkgc.errors import ConfigError
+from mmkgc.progress import is_terminal
 
-# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped
-console = Console(markup=False, highlight=False, soft_wrap=True)
+# markup off: labels and paths such as "[/x]" print as they are; soft_wrap: long lines are not hard-wrapped.
+# Without a terminal (piped, CI, a log file) rich would lay tables out for 80 columns and squeeze or cut their
+# cells; 200 columns keep a metrics or `ls` table one row per line there.
+console = Console(markup=False, highlight=False, soft_wrap=True, width=None if is_terminal() else 200)
 # soft_wrap: messages and log lines are never hard-wrapped at the console width (80 columns without a terminal).
 err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 

@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mmkgc.cli._common import REPORTED, log_line, print_error
-from mmkgc.progress import is_terminal
+from mmkgc.cli._common import REPORTED, console, log_line, print_error
 
 # Without a terminal rich assumes 80 columns and would squeeze the parameter columns: allow the table's own width.
-console = Console(markup=False, highlight=False, soft_wrap=True, width=None if is_terminal() else 200)
 
 
 def tune_command(
