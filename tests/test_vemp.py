@@ -184,7 +184,7 @@ def test_vemp_meta_relations_unknown_relation_is_an_error():
 
 
 def test_training_negatives_binary_corrupts_both_endpoints_as_pyg():
-    from mmkgc.models.vemp import training_negatives
+    from mmkgc.training.loops import training_negatives
 
     src = torch.tensor([3, 3, 5, 7])
     neg_src, neg_dst = training_negatives(src, 50, "binary", torch.Generator().manual_seed(4))

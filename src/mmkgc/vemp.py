@@ -48,8 +48,26 @@ from mmkgc.evaluation.metrics import SELECTION_METRICS
 from mmkgc.fileio import atomic_write_text
 from mmkgc.nn.fusion import CrossAttentionTokenFusion
 from mmkgc.pipeline import resolve_device
-from mmkgc.models.vemp import VempLinkModel, random_negatives, training_negatives
-from mmkgc.nn.gnn import MessageGraph, sample_subgraph
+from mmkgc.evaluation.sampled import random_negative_edges as random_negatives
+from mmkgc.training.loops import training_negatives
+from mmkgc.nn.gnn import MessageGraph, MLPLinkPredictor, RGCNEncoder, sample_subgraph
+
+
+class VempLinkModel(nn.Module):
+    """R-GCN encoder + relation-agnostic MLP decoder over frozen node features ``x [N, d]`` (the old stage-2 path,
+    kept only until the comparison with the ordinary pipeline is in place)."""
+
+    def __init__(self, features, num_relations, hidden_dims, out_dim, num_bases, dropout, decoder_hidden,
+                 decoder_dropout):
+        super().__init__()
+        self.register_buffer("x", features.float(), persistent=False)
+        self.encoder = RGCNEncoder(features.shape[1], hidden_dims, out_dim, num_relations, num_bases,
+                                   dropout, final_activation=True)
+        self.decoder = MLPLinkPredictor(out_dim, decoder_hidden, decoder_dropout)
+
+    def encode(self, graph: MessageGraph) -> torch.Tensor:
+        dev = self.x.device
+        return self.encoder(self.x, graph.edge_index.to(dev), graph.edge_type.to(dev))
 
 
 # ------------------------------------------------------------------------------------------------ inputs
