@@ -1086,7 +1086,7 @@ def apply_override(data: dict, item: str, source: str = "<config>") -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected dotted.key=value")
     key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
+    parts = key.strip().replace("[", ".").replace("]", "").split(".")  # modalities[0].table == modalities.0.table
     if not all(parts):
         raise ConfigError(f"override {item!r}: the key must be dotted.names, e.g. training.epochs=5")
     try:
@@ -1099,16 +1099,32 @@ def apply_override(data: dict, item: str, source: str = "<config>") -> None:
 
 def set_dotted(data: dict, parts: list[str], value: Any, source: str = "<config>", item: str | None = None) -> None:
     """Set ``data[parts[0]][parts[1]]... = value`` in place, creating missing mappings (``--set`` overrides, and
-    the keyword overrides of :func:`mmkgc.api.pipeline`, whose values are Python objects, not YAML text).
+    the keyword overrides of :func:`mmkgc.api.pipeline`, whose values are Python objects, not YAML text).  A part
+    that meets a list is a position in it (``model.modalities.0.table``; ``apply_override`` also reads
+    ``modalities[0]``).
 
     :raises ConfigError: a part of the path holds a value that is not a mapping (named with ``item``).
     """
-    node = data
-    for p in parts[:-1]:
-        if not isinstance(node.setdefault(p, {}), dict):
+    node: Any = data
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {parts[i - 1]} is not a mapping")
+        if isinstance(node, list):  # a list entry by position: model.modalities.0.table
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {'.'.join(parts[:i]) or p} is a "
+                                  f"list of {len(node)}; {p!r} is not a position in it (0 to {len(node) - 1})")
+            if last:
+                node[int(p)] = value
+                return
+            node = node[int(p)]
+            continue
+        if last:
+            node[p] = value
+            return
+        if not isinstance(node.setdefault(p, {}), (dict, list)):
             raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {p} is not a mapping")
         node = node[p]
-    node[parts[-1]] = value
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
