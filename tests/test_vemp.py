@@ -518,3 +518,27 @@ def test_read_vemp_graph_errors(tmp_path: Path):
     (tmp_path / "raw" / "relations.csv").write_text("name\nx\n")
     with pytest.raises(DataFormatError, match="relation"):
         read_vemp_graph(tmp_path / "raw")
+
+
+def test_mlp_link_scorer_is_vemps_decoder_and_ignores_the_relation():
+    from mmkgc.nn.scorers import MLPLink, build_scorer
+
+    torch.manual_seed(0)
+    scorer = build_scorer("mlp_link", 4, hidden=3, dropout=0.0)
+    assert isinstance(scorer, MLPLink) and scorer.relation_dim == 1 and not scorer.factorises
+    w1, b1 = scorer.decoder.net[0].weight, scorer.decoder.net[0].bias
+    w2, b2 = scorer.decoder.net[3].weight, scorer.decoder.net[3].bias
+    h, t = torch.randn(5, 4), torch.randn(5, 4)
+    by_hand = (torch.relu(torch.cat([h, t], 1) @ w1.T + b1) @ w2.T + b2).squeeze(-1)
+    r = torch.randn(5, 1)
+    assert torch.allclose(scorer.score_hrt(h, r, t), by_hand, atol=1e-6)
+    assert torch.equal(scorer.score_hrt(h, r, t), scorer.score_hrt(h, -r, t))  # relation-agnostic
+    cand = torch.randn(7, 4)
+    all_t = scorer.score_t(h, r, cand)
+    assert torch.allclose(all_t[2, 5], scorer.score_hrt(h[2], r[2], cand[5]), atol=1e-6)
+    all_h = scorer.score_h(cand, r, t)
+    assert torch.allclose(all_h[1, 3], scorer.score_hrt(cand[3], r[1], t[1]), atol=1e-6)
+    from mmkgc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hidden"):
+        build_scorer("mlp_link", 4, hidden=0)

@@ -592,7 +592,8 @@ class MLPLink(Scorer):
 
 
 #: Every public :class:`Scorer` subclass of mmkgc by lower-cased class name (``transe``, ``distmult``, ``complex``,
-#: ``rotate``, ``tucker``); default RotatE.  Add an outside scorer with ``scorer_resolver.register(cls)``.
+#: ``rotate``, ``tucker``, ``mlplink`` = ``mlp_link``); default RotatE.  Add an outside scorer with
+#: ``scorer_resolver.register(cls)``.
 scorer_resolver: ClassResolver[Scorer] = ClassResolver.from_subclasses(
     Scorer, default=RotatE, location="mmkgc.nn.scorers.scorer_resolver"
 )
@@ -601,8 +602,8 @@ scorer_resolver: ClassResolver[Scorer] = ClassResolver.from_subclasses(
 def build_scorer(name: str, dim: int, **options) -> Scorer:
     """Create a registered scorer.
 
-    :param name: a name in :data:`scorer_resolver` (case-insensitive): ``transe``, ``distmult``, ``complex``,
-        ``rotate``, ``tucker``, or a registered one.
+    :param name: a name in :data:`scorer_resolver` (case-insensitive, ``_`` ignored): ``transe``, ``distmult``,
+        ``complex``, ``rotate``, ``tucker``, ``mlp_link``, or a registered one.
     :param dim: the rank ``d``.
     :param options: constructor options of that scorer (e.g. ``margin``, ``epsilon`` for RotatE).
     :raises UnknownNameError: for an unknown scorer name.
