@@ -542,3 +542,23 @@ def test_mlp_link_scorer_is_vemps_decoder_and_ignores_the_relation():
 
     with pytest.raises(ConfigError, match="hidden"):
         build_scorer("mlp_link", 4, hidden=0)
+
+
+def test_link_bce_run_resumes_to_the_same_numbers(tmp_path: Path):
+    """Two epochs in one go equal one epoch, then a resume for the second: the epoch's supervision edges,
+    negatives and subgraphs come from the checkpointed stream."""
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+    from mmkgc.pipeline import run_experiment
+
+    _tiny_vemp(tmp_path)
+    x = tmp_path / "x.safetensors"
+    save_feature_table(FeatureTable(torch.randn(40, 6, generator=torch.Generator().manual_seed(1)), "x"), x)
+    raw = _stage2(tmp_path, str(x))
+    whole = run_experiment(parse_config(raw), tmp_path / "whole", device="cpu", log=lambda s: None)
+    first = {**raw, "training": {**raw["training"], "epochs": 1}}
+    run_experiment(parse_config(first), tmp_path / "split", device="cpu", log=lambda s: None)
+    resumed = run_experiment(parse_config(raw), tmp_path / "split", resume=True, device="cpu", log=lambda s: None)
+    assert resumed["training"]["epochs"] == 2
+    assert resumed["summary"]["test"] == whole["summary"]["test"]
+    assert resumed["protocol"]["legacy"] == whole["protocol"]["legacy"]

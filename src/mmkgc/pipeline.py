@@ -229,10 +229,12 @@ def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KG
 
 def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     """What must not change between a checkpoint and the run resuming it: data, model, seed, feature tables."""
-    # Options added after runs existed (``model.unseen``, ``dataset.pykeen``) are not part of the hash while they are
-    # at their defaults, so a run started before an option existed still resumes with the newer code.
+    # Options added after runs existed (``model.unseen``, ``dataset.pykeen``, ``dataset.random_split``) are not part
+    # of the hash while they are at their defaults, so a run started before an option existed still resumes with the
+    # newer code.
     model_part = cfg.model.model_dump(mode="json", exclude={"unseen"} if cfg.model.unseen.mode == "none" else None)
-    dataset_part = cfg.dataset.model_dump(mode="json", exclude={"pykeen"} if cfg.dataset.pykeen is None else None)
+    new_at_default = {k for k in ("pykeen", "random_split") if getattr(cfg.dataset, k) is None}
+    dataset_part = cfg.dataset.model_dump(mode="json", exclude=new_at_default or None)
     payload = json.dumps({"dataset": dataset_part, "model": model_part, "seed": cfg.seed}, sort_keys=True)
     features = {}
     if isinstance(model.entities, MultimodalRepresentation):

@@ -53,7 +53,8 @@ def extract(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder (per-entity folders or "
                                           "<KEY>_<k>.jpg files) or a CSV/TSV/parquet table entity -> path."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME (in the dataset's feature folder) "
-                                         "or a .safetensors/.npy path; default: the modality name."),
+                                         "or a .safetensors/.npy path; default: the modality name. vemp: a NAME "
+                                         "prefix (default vemp: vemp_fused, ...) or a directory."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
     layout: ImageLayout = typer.Option(ImageLayout.auto, "--layout", help="Image layout."),
     names: Optional[Path] = typer.Option(None, "--names", help="Two-column map image key <-> dataset entity."),
