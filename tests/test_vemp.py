@@ -439,6 +439,16 @@ def test_cli_extract_then_sweep_over_the_tables(tmp_path: Path, monkeypatch, cap
         assert r["protocol"] == "vemp_sampled"
     assert "| 1-table=vemp_text_only | vemp_text_only | vemp_sampled |" in (out / "sweep.md").read_text()
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --output DIR: DIR/<mode>.safetensors, never replacing a file that is there
+    mine = tmp_path / "tables"
+    mine.mkdir()
+    (mine / "concat.safetensors").write_text("mine")
+    assert cli.run([*argv, "--table", "concat", "--output", str(mine)]) == 2
+    assert "concat.safetensors exist(s)" in capsys.readouterr().err
+    assert (mine / "concat.safetensors").read_text() == "mine"
+    assert cli.run([*argv, "--table", "text_only", "--output", str(mine)]) == 0
+    assert torch.equal(load_feature_table(mine / "text_only.safetensors").values,
+                       load_feature_table(folder / "vemp_text_only.safetensors").values)
 
 
 @pytest.mark.parametrize("argv_tail,message", [
@@ -452,6 +462,8 @@ def test_cli_extract_then_sweep_over_the_tables(tmp_path: Path, monkeypatch, cap
      "epochz: unknown key"),
     (["--text-tokens", "text.safetensors", "--image-tokens", "image.safetensors", "--modality", "text"],
      "--modality: not used by --encoder vemp"),
+    (["--text-tokens", "text.safetensors", "--image-tokens", "image.safetensors", "--output", "out/x.safetensors"],
+     "writes four tables; give a directory"),
 ])
 def test_cli_extract_vemp_errors(tmp_path: Path, monkeypatch, capsys, argv_tail, message):
     import re

@@ -196,6 +196,9 @@ def _extract_vemp(dataset: str, data_dir: Optional[Path], fmt: str, split: tuple
         targets = {mode: output_path(triples.name, f"{prefix}_{mode}", mode) for mode in modes}
     else:
         folder = Path(prefix).expanduser()
+        if folder.suffix.lower() in (".safetensors", ".npy", ".pt", ".pth"):
+            raise ConfigError(f"--output {folder}: --encoder vemp writes four tables; give a directory or a table "
+                              "NAME prefix, not a file")
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"--output {folder}: is a file; give a directory (or a table NAME)")
         targets = {mode: folder / f"{mode}.safetensors" for mode in modes}
