@@ -38,8 +38,11 @@ def test_resolvers_map_config_names_to_classes():
     assert loop_resolver.lookup("negative_sampling") is NegativeSamplingLoop
     assert loop_resolver.lookup("one_to_n") is OneToNLoop
     assert all(issubclass(cls, TrainingLoop) for cls in loop_resolver)
+    from mmkgc.training.loops import LinkBCELoop
+
+    assert loop_resolver.lookup("link_bce") is LinkBCELoop
     with pytest.raises(KeyError):
-        loop_resolver.lookup("link_bce")
+        loop_resolver.lookup("link_bce_typo")
     assert [tracker_resolver.lookup(n) for n in ("file", "tensorboard", "mlflow", "wandb")] == [
         FileTracker, TensorBoardTracker, MLflowTracker, WandbTracker]
 

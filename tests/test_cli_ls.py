@@ -56,7 +56,7 @@ def test_cli_choices_match_the_library_name_lists():
 
     from mmkgc.cli import _common
     from mmkgc.config import EnrichmentConfig
-    from mmkgc.config_vemp import FEATURE_MODES
+    from mmkgc.vemp import FEATURE_MODES
 
     assert set(_common.FeatureMode) == set(FEATURE_MODES)
     assert set(_common.EnrichText) == set(get_args(EnrichmentConfig.model_fields["text"].annotation))

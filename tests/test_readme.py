@@ -5,7 +5,7 @@ Budgets are made tiny without changing what a command does: ``train`` gets ``--s
 budget, no test evaluation), and the method presets of the "Methods" block train on the built-in synthetic KG
 (``--set dataset.synthetic=...``) instead of DB15K.  DB15K comes from ``../shared/datasets`` through
 ``MMKGC_DATA_DIR``, as the README says to use a local copy; nothing is downloaded.  Commands that need inputs the
-README says to prepare first (``mmkgc vemp``: token tables; ``mmkgc enrich all``: images and a captioning
+README says to prepare first (VEMP's ``features extract --encoder vemp`` and ``sweep``: token tables; ``mmkgc enrich all``: images and a captioning
 model) and ``mmkgc demo`` (run in full by tests/test_demo.py) are checked to parse (``--help``).
 """
 
@@ -25,7 +25,7 @@ README = REPO / "README.md"
 TINY_BUDGET = ["--set", "training.time_budget_minutes=0.02", "--set", "evaluation.test=false", "--device", "cpu"]
 SYNTHETIC = ["--set", "dataset.name=null",
              "--set", "dataset.synthetic={seed: 0, num_entities: 240, num_relations: 6, num_types: 6}"]
-NEEDS_PREPARED_INPUTS = {("vemp", "compare"), ("enrich", "all"), ("demo",)}
+NEEDS_PREPARED_INPUTS = {("features", "extract"), ("sweep",), ("enrich", "all"), ("demo",)}
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:

@@ -42,7 +42,7 @@ def registered():
 
 
 def test_the_built_in_names():
-    assert sorted(scorer_resolver.lookup_dict) == ["complex", "distmult", "rotate", "transe", "tucker"]
+    assert sorted(scorer_resolver.lookup_dict) == ["complex", "distmult", "mlplink", "rotate", "transe", "tucker"]
     assert scorer_resolver.lookup(None) is RotatE and scorer_resolver.lookup("TuckER") is TuckER
     assert sorted(adapter_resolver.lookup_dict) == ["linear", "mlp"]
     assert adapter_resolver.lookup("mlp") is MLPAdapter and isinstance(build_adapter("linear", 3, 2), LinearAdapter)
@@ -55,7 +55,7 @@ def test_the_built_in_names():
 
 
 def test_unknown_names_raise_the_library_error():
-    with pytest.raises(UnknownNameError, match="known scorers: complex, distmult, rotate, transe, tucker"):
+    with pytest.raises(UnknownNameError, match="known scorers: complex, distmult, mlplink, rotate, transe, tucker"):
         build_scorer("transh", 4)
     with pytest.raises(UnknownNameError, match="known: linear, mlp"):
         build_adapter("gru", 3, 2)

@@ -184,7 +184,7 @@ def test_vemp_meta_relations_unknown_relation_is_an_error():
 
 
 def test_training_negatives_binary_corrupts_both_endpoints_as_pyg():
-    from mmkgc.models.vemp import training_negatives
+    from mmkgc.training.loops import training_negatives
 
     src = torch.tensor([3, 3, 5, 7])
     neg_src, neg_dst = training_negatives(src, 50, "binary", torch.Generator().manual_seed(4))
@@ -231,6 +231,8 @@ def test_vemp_sampled_fixed_vs_legacy():
 
 # ------------------------------------------------------------------ pipeline on a tiny synthetic graph
 def _tiny_vemp(tmp_path: Path, num_nodes: int = 40, num_edges: int = 160) -> Path:
+    """VEMP's graph layout (``raw/``) and token tables ``text.safetensors`` ``[N, 6, 12]`` (masked) and
+    ``image.safetensors`` ``[N, 4, 10]`` under ``tmp_path``; returns ``tmp_path``."""
     import pandas as pd
 
     from mmkgc.features.io import save_feature_table
@@ -251,58 +253,117 @@ def _tiny_vemp(tmp_path: Path, num_nodes: int = 40, num_edges: int = 160) -> Pat
     save_feature_table(FeatureTable(torch.randn(num_nodes, 6, 12, generator=g), "text", token_mask=mask),
                        tmp_path / "text.safetensors")
     save_feature_table(FeatureTable(torch.randn(num_nodes, 4, 10, generator=g), "image"), tmp_path / "image.safetensors")
-    cfg = {
-        "name": "tiny-vemp", "seed": 0, "device": "cpu",
-        "graph": {"format": "vemp_csv", "path": "raw"},
-        "features": {"text_tokens": "text.safetensors", "image_tokens": "image.safetensors"},
-        "pretrain": {"dim": 16, "num_heads": 2, "proj_dim": 8, "batch_size": 16, "epochs": 2, "lr": 1e-3},
-        "linkpred": {"hidden_dims": [16], "out_dim": 8, "num_bases": 2, "relation_grouping": "none",
-                     "fanouts": [5, 3], "batch_size": 32, "epochs": 2, "eval_every": 1, "num_candidates": 20},
-    }
-    import yaml
+    return tmp_path
 
-    path = tmp_path / "vemp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+
+def _tiny_triples(tmp_path: Path):
+    from mmkgc.data.registry import resolve_dataset
+
+    return resolve_dataset(tmp_path / "raw", format="vemp_csv")
+
+
+def _stage2(tmp_path: Path, table: str, **training) -> dict:
+    """A stage-2 experiment over ``table`` on the tiny graph (the db15k.yaml preset, shrunk)."""
+    return {
+        "name": "tiny-vemp", "seed": 0,
+        "dataset": {"path": str(tmp_path / "raw"), "format": "vemp_csv"},
+        "model": {"scorer": "mlp_link", "dim": 8, "scorer_options": {"hidden": 16},
+                  "representation": "rgcn", "modalities": [{"name": "vemp", "table": table}],
+                  "gnn": {"hidden_dims": [16], "num_bases": 2, "fanouts": [5, 3]}},
+        "training": {"loop": "link_bce", "loss": "bce", "epochs": 2, "batch_size": 32, **training},
+        "evaluation": {"protocol": "vemp_sampled", "split": "valid", "every": 1, "patience": None,
+                       "sampled_candidates": 20, "vemp_legacy": True},
+    }
 
 
 @pytest.mark.parametrize("mode", ["binary", "tail"])
-def test_train_linkpred_draws_the_configured_negatives(tmp_path: Path, monkeypatch, mode):
-    import mmkgc.vemp as vemp
-    from mmkgc.config_vemp import load_vemp_config
+def test_link_bce_loop_draws_the_configured_negatives(tmp_path: Path, monkeypatch, mode):
+    import mmkgc.training.loops as loops
+    from mmkgc.pipeline import run_pipeline
 
-    cfg = load_vemp_config(_tiny_vemp(tmp_path))
-    cfg.linkpred.negatives, cfg.linkpred.epochs, cfg.linkpred.legacy = mode, 1, False
-    inputs = vemp.load_inputs(cfg)
+    _tiny_vemp(tmp_path)
+    x = tmp_path / "x.safetensors"
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+
+    save_feature_table(FeatureTable(torch.randn(40, 6), "x"), x)
     drawn = []
-    original = vemp.training_negatives
+    original = loops.training_negatives
 
     def spy(src, num_nodes, how, gen):
         out = original(src, num_nodes, how, gen)
         drawn.append((how, src.clone(), *out))
         return out
 
-    monkeypatch.setattr(vemp, "training_negatives", spy)
-    result = vemp.train_linkpred(cfg, inputs.triples, torch.randn(inputs.triples.num_entities, 6), "x",
-                                 log=lambda s: None)
-    assert drawn and all(how == mode for how, *_ in drawn) and result["protocol"]["negatives"] == mode
+    monkeypatch.setattr(loops, "training_negatives", spy)
+    cfg = parse_config(_stage2(tmp_path, str(x), epochs=1, link_bce={"negatives": mode}))
+    run_pipeline(cfg, None, device="cpu", log=lambda s: None)
+    assert drawn and all(how == mode for how, *_ in drawn)
     same_source = torch.cat([(ns == s) for _, s, ns, _ in drawn]).float().mean()
     assert float(same_source) == 1.0 if mode == "tail" else float(same_source) < 0.2
+    # one epoch: round(0.3 * train edges) supervision edges in batches of 32
+    n_train = _tiny_triples(tmp_path).train.shape[0]
+    assert sum(s.numel() for _, s, _, _ in drawn) == round(0.3 * n_train)
+
+
+def test_link_bce_epoch_graph_leaves_out_the_supervision_edges(tmp_path: Path):
+    """Each epoch's message graph is the training edges minus that epoch's supervision edges; evaluation uses the
+    whole training graph (valid) and train + valid (test)."""
+    from mmkgc.pipeline import build_model, load_data
+    from mmkgc.training.loops import LinkBCELoop
+
+    _tiny_vemp(tmp_path)
+    x = tmp_path / "x.safetensors"
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+
+    save_feature_table(FeatureTable(torch.randn(40, 6), "x"), x)
+    cfg = parse_config(_stage2(tmp_path, str(x)))
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    t = data.triples
+    loop = LinkBCELoop(model, t, cfg.training, torch.Generator().manual_seed(0), torch.device("cpu"))
+    batches = list(loop.local_batches())
+    supervised = torch.cat([b[0][0] for b in batches])
+    msg = model.entities.training_graph
+    assert supervised.shape[0] == round(0.3 * t.train.shape[0]) and len(batches) == len(loop)
+    assert msg.num_edges == t.train.shape[0] - supervised.shape[0]
+    sup_keys = sorted(map(tuple, supervised[:, [0, 1, 2]].tolist()))
+    msg_keys = sorted(zip(msg.edge_index[0].tolist(), msg.edge_type.tolist(), msg.edge_index[1].tolist()))
+    assert sorted(sup_keys + msg_keys) == sorted(map(tuple, t.train.tolist()))  # a partition of the train edges
+    model.eval()
+    assert model.entities.graph.num_edges == t.train.shape[0]  # evaluation: the full training graph
+    from mmkgc.evaluation.sampled import VempSampledProtocol
+    from mmkgc.models.vemp import SampledLinkEvaluator
+
+    ev = SampledLinkEvaluator(model, t, VempSampledProtocol(t, 20, seed=0))
+    seen = []
+    original = model.entities.full
+
+    def spy():
+        seen.append(model.entities.graph.num_edges)
+        return original()
+
+    model.entities.full = spy
+    ev.evaluate("valid")
+    ev.evaluate("test")
+    assert seen == [t.train.shape[0], t.train.shape[0] + t.valid.shape[0]]
+    assert model.entities.graph.num_edges == t.train.shape[0]  # restored
 
 
 def test_pretrain_uses_training_edges_only(tmp_path: Path):
-    from mmkgc.config_vemp import load_vemp_config
-    from mmkgc.vemp import load_inputs
     from mmkgc.training.steps import ContrastivePretrainStep
+    from mmkgc.vemp import held_out_pairs, load_inputs
 
-    cfg = load_vemp_config(_tiny_vemp(tmp_path))
-    inputs = load_inputs(cfg)
+    _tiny_vemp(tmp_path)
+    inputs = load_inputs(_tiny_triples(tmp_path), tmp_path / "text.safetensors", tmp_path / "image.safetensors")
     t = inputs.triples
     fusion = CrossAttentionTokenFusion(12, 10, 16, 2, proj_dim=8)
     train = t.train[:, [0, 2]]
     train_keys = set(map(tuple, train.tolist()))
     held_out = torch.tensor([e for e in torch.cat([t.valid, t.test])[:, [0, 2]].tolist()
                              if tuple(e) not in train_keys])
+    assert sorted(map(tuple, held_out_pairs(t).tolist())) == sorted(map(tuple, held_out.tolist()))
     step = ContrastivePretrainStep(fusion, inputs.text, inputs.text_mask, inputs.image, forbidden=held_out)
     bad = held_out[0].tolist()
     with pytest.raises(ValueError, match="validation/test edge"):
@@ -314,91 +375,143 @@ def test_pretrain_uses_training_edges_only(tmp_path: Path):
     assert any(not torch.equal(a, b) for a, b in zip(before, fusion.parameters()))
 
 
-def test_cli_compare_writes_table_and_plot(tmp_path: Path):
-    from typer.testing import CliRunner
+def test_extract_tables_values_and_provenance(tmp_path: Path):
+    """text_only / image_only are the masked / plain means of the tokens, concat their concatenation, fused the
+    trained module's encode() output; provenance names the source, the inputs and the pretraining record."""
+    from mmkgc.vemp import VempExtractOptions, build_fusion, extract_tables, load_inputs
 
-    from mmkgc.cli import app
+    _tiny_vemp(tmp_path)
+    inputs = load_inputs(_tiny_triples(tmp_path), tmp_path / "text.safetensors", tmp_path / "image.safetensors")
+    options = VempExtractOptions(dim=16, num_heads=2, proj_dim=8, batch_size=16, epochs=2, lr=1e-3, amp=False)
+    tables = extract_tables(inputs, options, seed=5, sources={"text_tokens": "t"}, log=lambda s: None)
+    m = inputs.text_mask.float().unsqueeze(-1)
+    assert torch.allclose(tables["text_only"].values, (inputs.text * m).sum(1) / m.sum(1), atol=1e-6)
+    assert torch.allclose(tables["image_only"].values, inputs.image.mean(1), atol=1e-6)
+    assert torch.equal(tables["concat"].values, torch.cat([tables["text_only"].values, tables["image_only"].values], 1))
+    prov = tables["fused"].provenance
+    assert prov["source"] == "mmkgc features extract --encoder vemp" and prov["options"]["text_tokens"] == "t"
+    record = prov["options"]["pretrain"]
+    n_train = inputs.triples.train.shape[0]
+    assert record["train_edges"] == n_train and [h["steps"] for h in record["history"]] == [n_train // 16] * 2
+    # the same seed trains the same module: rebuild it and compare the fused table with a fresh run
+    again = extract_tables(inputs, options, modes=["fused"], seed=5, log=lambda s: None)
+    assert torch.equal(again["fused"].values, tables["fused"].values)
+    untrained = build_fusion(options, inputs)
+    with torch.no_grad():
+        f0 = untrained.encode(inputs.text, inputs.text_mask, inputs.image)[0]
+    assert not torch.allclose(f0, tables["fused"].values)  # training moved it
 
-    config = _tiny_vemp(tmp_path)
-    run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["vemp", "compare", str(config), "--run-dir", str(run)])
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    for name in ("compare.md", "compare.json", "compare.png", "pretrain/fusion.safetensors",
-                 "features/fused.safetensors", "features/concat.safetensors", "linkpred/fused.json"):
-        assert (run / name).is_file(), name
-    assert (run / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((run / "compare.json").read_text())
-    assert [r["mode"] for r in summary["rows"]] == ["text_only", "image_only", "concat", "fused"]
-    dims = {r["mode"]: r["feature_dim"] for r in summary["rows"]}
-    assert dims == {"text_only": 12, "image_only": 10, "concat": 22, "fused": 16}
+
+def test_cli_extract_then_sweep_over_the_tables(tmp_path: Path, monkeypatch, capsys):
+    """`features extract --encoder vemp` writes the four tables into the feature folder; `sweep` trains stage 2
+    over each and writes the comparison, whose rows are the runs' own metrics."""
+    from mmkgc import cli
+
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    _tiny_vemp(tmp_path)
+    opts = tmp_path / "stage1.yaml"
+    opts.write_text("dim: 16\nnum_heads: 2\nproj_dim: 8\nbatch_size: 16\nepochs: 1\nlr: 1.0e-3\n")
+    argv = ["features", "extract", str(tmp_path / "raw"), "--dataset-format", "vemp_csv", "--encoder", "vemp",
+            "--text-tokens", str(tmp_path / "text.safetensors"), "--image-tokens", str(tmp_path / "image.safetensors"),
+            "--vemp-options", str(opts), "--device", "cpu"]
+    assert cli.run(argv) == 0, capsys.readouterr().err
+    folder = tmp_path / "home" / "features" / "DB15K-vemp"
+    from mmkgc.features.io import load_feature_table
+
+    widths = {m: load_feature_table(folder / f"vemp_{m}.safetensors").values.shape[1]
+              for m in ("text_only", "image_only", "concat", "fused")}
+    assert widths == {"text_only": 12, "image_only": 10, "concat": 22, "fused": 16}
+    config = tmp_path / "stage2.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(_stage2(tmp_path, "vemp_fused")))
+    out = tmp_path / "sweep"
+    tables = "vemp_text_only,vemp_fused"
+    assert cli.run(["sweep", str(config), "--param", f"model.modalities.0.table={tables}", "--out", str(out),
+                    "--device", "cpu"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [r["values"] for r in summary["rows"]] == [{"model.modalities.0.table": "vemp_text_only"},
+                                                      {"model.modalities.0.table": "vemp_fused"}]
     for r in summary["rows"]:
-        assert r["vemp_legacy"]["queries"] == 2 * r["vemp_fixed"]["queries"]
-        stored = json.loads((run / "linkpred" / f"{r['mode']}.json").read_text())["test"]["fixed"]
-        assert r["vemp_fixed"]["mrr"] == stored["mrr"]  # the table row is the mode's stored test result
-        fixed = r["vemp_fixed"]
-        # MRR >= Hits@1 and every query ranked below 1 contributes at most 1/2: MRR <= (1 + Hits@1) / 2;
-        # with 20 candidates per query every rank is at most 21: MRR >= 1/21
-        assert fixed["hits@1"] <= fixed["mrr"] <= (1 + fixed["hits@1"]) / 2 + 1e-12
-        assert fixed["mrr"] >= 1 / 21 - 1e-12 and fixed["hits@1"] <= fixed["hits@3"] <= fixed["hits@10"]
-    table = (run / "compare.md").read_text()
-    assert "| fused |" in table and "VEMP sampled (legacy) MRR" in table
-    history = json.loads((run / "pretrain" / "history.json").read_text())
-    assert history["train_edges"] + history["held_out_edges_excluded"] <= 160
+        metrics = json.loads((out / r["run_dir"] / "metrics.json").read_text())
+        assert r["test"]["mrr"] == metrics["test"]["metrics"]["realistic"]["tail"]["mrr"]
+        assert r["test_legacy"]["mrr"] == metrics["protocol"]["legacy"]["test"]["realistic"]["mrr"]
+        assert r["protocol"] == "vemp_sampled"
+    assert "| 1-table=vemp_text_only | vemp_text_only | vemp_sampled |" in (out / "sweep.md").read_text()
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --output DIR: DIR/<mode>.safetensors, never replacing a file that is there
+    mine = tmp_path / "tables"
+    mine.mkdir()
+    (mine / "concat.safetensors").write_text("mine")
+    assert cli.run([*argv, "--table", "concat", "--output", str(mine)]) == 2
+    assert "concat.safetensors exist(s)" in capsys.readouterr().err
+    assert (mine / "concat.safetensors").read_text() == "mine"
+    assert cli.run([*argv, "--table", "text_only", "--output", str(mine)]) == 0
+    assert torch.equal(load_feature_table(mine / "text_only.safetensors").values,
+                       load_feature_table(folder / "vemp_text_only.safetensors").values)
 
 
-def test_vemp_config_errors(tmp_path: Path):
-    from mmkgc.config_vemp import parse_vemp_config
+@pytest.mark.parametrize("argv_tail,message", [
+    ([], "needs --text-tokens and --image-tokens"),
+    (["--text-tokens", "missing.safetensors", "--image-tokens", "image.safetensors"], "--text-tokens: "),
+    (["--text-tokens", "image.safetensors", "--image-tokens", "text.safetensors", "--image-pooled",
+      "text.safetensors"], "--image-pooled: .* is a token table"),
+    (["--text-tokens", "text.safetensors", "--image-tokens", "image.safetensors", "--set", "num_heads=3"],
+     "dim 512 must be divisible by num_heads 3"),
+    (["--text-tokens", "text.safetensors", "--image-tokens", "image.safetensors", "--set", "epochz=3"],
+     "epochz: unknown key"),
+    (["--text-tokens", "text.safetensors", "--image-tokens", "image.safetensors", "--modality", "text"],
+     "--modality: not used by --encoder vemp"),
+    (["--text-tokens", "text.safetensors", "--image-tokens", "image.safetensors", "--output", "out/x.safetensors"],
+     "writes four tables; give a directory"),
+])
+def test_cli_extract_vemp_errors(tmp_path: Path, monkeypatch, capsys, argv_tail, message):
+    import re
+
+    from mmkgc import cli
+
+    monkeypatch.setenv("MMKGC_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(_tiny_vemp(tmp_path))
+    code = cli.run(["features", "extract", "raw", "--dataset-format", "vemp_csv", "--encoder", "vemp", *argv_tail])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "home" / "features").exists()  # nothing written
+
+
+def test_stage2_config_errors():
     from mmkgc.errors import ConfigError
 
-    base = {"graph": {"format": "vemp_csv", "path": "x"}, "features": {"text_tokens": "a", "image_tokens": "b"}}
-    with pytest.raises(ConfigError, match="pretrain"):
-        parse_vemp_config({**base, "pretrain": {"dim": 10, "num_heads": 3}})
-    with pytest.raises(ConfigError, match="openke"):
-        parse_vemp_config({**base, "compare": {"protocols": ["filtered"]}})
-    with pytest.raises(ConfigError, match="typo"):
-        parse_vemp_config({**base, "typo": 1})
-
-
-def test_filtered_protocol_on_standard_split(tmp_path: Path):
-    """R-GCN + DistMult through the ordinary Trainer on an OpenKE split, over an exported feature table."""
-    from mmkgc.config_vemp import load_vemp_config
-    from mmkgc.data.formats import write_openke
-    from mmkgc.vemp import load_inputs, node_features, run_filtered
-    from mmkgc.features.io import save_feature_table
-    from mmkgc.features.store import FeatureTable
-
-    cfg = load_vemp_config(_tiny_vemp(tmp_path))
-    inputs = load_inputs(cfg)
-    write_openke(inputs.triples, tmp_path / "openke")
-    cfg.graph.format, cfg.graph.path = "openke", tmp_path / "openke"
-    from mmkgc.config_vemp import FilteredConfig
-
-    cfg.filtered = FilteredConfig(dim=8, experiment={"training": {"epochs": 2, "batch_size": 64, "num_negatives": 4},
-                                                     "evaluation": {"every": 1, "patience": None}})
-    run = tmp_path / "run"
-    feats = node_features(cfg, inputs, None)
-    save_feature_table(FeatureTable(feats["concat"], "concat"), run / "features" / "concat.safetensors")
-    out = run_filtered(cfg, run, "concat", log=lambda s: None)
-    from rank_check import brute_force_mrr
-
-    from mmkgc.pipeline import load_run
-
-    _, loaded, trained = load_run(run / "filtered" / "concat", device="cpu")
-    trained.eval()
-    assert out["test"]["mrr"] == pytest.approx(brute_force_mrr(trained.score_fn(), loaded.triples), rel=1e-9)
-    assert (run / "filtered" / "concat" / "metrics.json").is_file()
+    base = {"dataset": {"synthetic": {"seed": 1}}}
+    with pytest.raises(ConfigError, match="loop 'link_bce' trains with loss 'bce'"):
+        parse_config({**base, "training": {"loop": "link_bce"}})
+    with pytest.raises(ConfigError, match="needs model.scorer 'mlp_link'"):
+        parse_config({**base, "evaluation": {"protocol": "vemp_sampled", "split": "valid"}})
+    with pytest.raises(ConfigError, match="set split: valid"):
+        parse_config({**base, "model": {"scorer": "mlp_link"}, "evaluation": {"protocol": "vemp_sampled"}})
+    with pytest.raises(ConfigError, match="vemp_legacy and max_queries apply"):
+        parse_config({**base, "evaluation": {"vemp_legacy": True}})
+    with pytest.raises(ConfigError, match="random_split applies to format 'vemp_csv'"):
+        parse_config({"dataset": {"path": "x", "random_split": {"seed": 1}}})
+    with pytest.raises(ConfigError, match="negatives"):
+        parse_config({**base, "training": {"loop": "link_bce", "loss": "bce", "link_bce": {"negatives": "head"}}})
 
 
 def test_presets_parse():
-    from mmkgc.config_vemp import load_vemp_config
+    from mmkgc.config import load_config
+    from mmkgc.vemp import load_options
 
     root = Path(__file__).resolve().parents[1] / "configs" / "vemp"
-    names = sorted(p.name for p in root.glob("*.yaml"))
-    assert {"vemp_graph.yaml", "db15k.yaml", "vemp_graph_cpu.yaml", "db15k_cpu.yaml"} <= set(names)
-    published = load_vemp_config(root / "vemp_graph.yaml")
-    assert (published.pretrain.dim, published.pretrain.proj_dim, published.pretrain.temperature) == (512, 256, 0.07)
-    assert (published.linkpred.num_bases, published.linkpred.num_candidates) == (31, 100)
-    assert load_vemp_config(root / "db15k.yaml").compare.protocols == ["vemp_sampled", "filtered"]
+    published = load_options(root / "stage1.yaml")
+    assert (published.dim, published.proj_dim, published.temperature, published.epochs) == (512, 256, 0.07, 20)
+    assert load_options(root / "stage1_cpu.yaml").max_seconds == 150
+    for name in ("db15k.yaml", "db15k_cpu.yaml", "vemp_graph.yaml", "vemp_graph_cpu.yaml"):
+        cfg = load_config(root / name)
+        assert (cfg.model.gnn.num_bases, cfg.evaluation.sampled_candidates, cfg.model.gnn.relation_grouping) == (
+            31, 100, "vemp_meta"), name
+        assert (cfg.training.loop, cfg.model.scorer, cfg.evaluation.protocol) == ("link_bce", "mlplink",
+                                                                                  "vemp_sampled")
+    assert load_config(root / "vemp_graph.yaml").dataset.format == "vemp_csv"
+    assert load_config(root / "db15k_filtered.yaml").model.scorer == "distmult"
 
 
 def test_read_vemp_graph_errors(tmp_path: Path):
@@ -417,3 +530,47 @@ def test_read_vemp_graph_errors(tmp_path: Path):
     (tmp_path / "raw" / "relations.csv").write_text("name\nx\n")
     with pytest.raises(DataFormatError, match="relation"):
         read_vemp_graph(tmp_path / "raw")
+
+
+def test_mlp_link_scorer_is_vemps_decoder_and_ignores_the_relation():
+    from mmkgc.nn.scorers import MLPLink, build_scorer
+
+    torch.manual_seed(0)
+    scorer = build_scorer("mlp_link", 4, hidden=3, dropout=0.0)
+    assert isinstance(scorer, MLPLink) and scorer.relation_dim == 1 and not scorer.factorises
+    w1, b1 = scorer.decoder.net[0].weight, scorer.decoder.net[0].bias
+    w2, b2 = scorer.decoder.net[3].weight, scorer.decoder.net[3].bias
+    h, t = torch.randn(5, 4), torch.randn(5, 4)
+    by_hand = (torch.relu(torch.cat([h, t], 1) @ w1.T + b1) @ w2.T + b2).squeeze(-1)
+    r = torch.randn(5, 1)
+    assert torch.allclose(scorer.score_hrt(h, r, t), by_hand, atol=1e-6)
+    assert torch.equal(scorer.score_hrt(h, r, t), scorer.score_hrt(h, -r, t))  # relation-agnostic
+    cand = torch.randn(7, 4)
+    all_t = scorer.score_t(h, r, cand)
+    assert torch.allclose(all_t[2, 5], scorer.score_hrt(h[2], r[2], cand[5]), atol=1e-6)
+    all_h = scorer.score_h(cand, r, t)
+    assert torch.allclose(all_h[1, 3], scorer.score_hrt(cand[3], r[1], t[1]), atol=1e-6)
+    from mmkgc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hidden"):
+        build_scorer("mlp_link", 4, hidden=0)
+
+
+def test_link_bce_run_resumes_to_the_same_numbers(tmp_path: Path):
+    """Two epochs in one go equal one epoch, then a resume for the second: the epoch's supervision edges,
+    negatives and subgraphs come from the checkpointed stream."""
+    from mmkgc.features.io import save_feature_table
+    from mmkgc.features.store import FeatureTable
+    from mmkgc.pipeline import run_experiment
+
+    _tiny_vemp(tmp_path)
+    x = tmp_path / "x.safetensors"
+    save_feature_table(FeatureTable(torch.randn(40, 6, generator=torch.Generator().manual_seed(1)), "x"), x)
+    raw = _stage2(tmp_path, str(x))
+    whole = run_experiment(parse_config(raw), tmp_path / "whole", device="cpu", log=lambda s: None)
+    first = {**raw, "training": {**raw["training"], "epochs": 1}}
+    run_experiment(parse_config(first), tmp_path / "split", device="cpu", log=lambda s: None)
+    resumed = run_experiment(parse_config(raw), tmp_path / "split", resume=True, device="cpu", log=lambda s: None)
+    assert resumed["training"]["epochs"] == 2
+    assert resumed["summary"]["test"] == whole["summary"]["test"]
+    assert resumed["protocol"]["legacy"] == whole["protocol"]["legacy"]

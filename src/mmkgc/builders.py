@@ -129,7 +129,8 @@ def build_rgcn_representation(gnn_cfg, triples, dim: int, features: Sequence[Fea
     graph = MessageGraph.from_triples(triples.train, triples.num_entities, num_types, relation_map)
     return RGCNRepresentation(graph, dim, features, gnn_cfg.hidden_dims, gnn_cfg.num_bases, gnn_cfg.dropout,
                               gnn_cfg.final_activation, getattr(gnn_cfg, "fanouts", None),
-                              input_dim=getattr(gnn_cfg, "input_dim", None) or dim, seed=seed)
+                              input_dim=getattr(gnn_cfg, "input_dim", None) or dim, seed=seed,
+                              relation_map=relation_map)
 
 
 def check_fusion_options(cfg: ExperimentConfig) -> None:

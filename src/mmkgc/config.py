@@ -136,6 +136,15 @@ class SyntheticConfig(_Strict):
         return self
 
 
+class RandomSplitConfig(_Strict):
+    """The seeded random edge split of an unsplit graph (``dataset.format: vemp_csv``: VEMP's ``entities.csv`` /
+    ``relations.csv`` / ``edge_index.parquet``, split like PyG's ``RandomLinkSplit``; default 80/10/10, seed 42)."""
+
+    valid_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    seed: int = 42
+
+
 class DatasetConfig(_Strict):
     """Where the triples come from: a registered dataset, a directory, or the built-in synthetic KG.
 
@@ -144,6 +153,8 @@ class DatasetConfig(_Strict):
     :param path: a directory in OpenKE layout (``format: openke``) or with ``train.tsv``/``valid.tsv``/
         ``test.tsv`` labeled triples (``format: tsv``).
     :param synthetic: generate the seeded synthetic multimodal KG instead.
+    :param format: also ``vemp_csv``: VEMP's graph layout under ``path``, split by ``random_split``
+        (:func:`mmkgc.data.formats.read_vemp_graph`).
     :param pykeen: a dataset of PyKEEN by name (``FB15k237``, ``Nations``, ...; ``pykeen.datasets``), loaded through
         PyKEEN (which downloads and caches it), when PyKEEN is installed (:mod:`mmkgc.interop.pykeen`).
     """
@@ -151,16 +162,19 @@ class DatasetConfig(_Strict):
     name: str | None = None
     data_dir: Path | None = None
     path: Path | None = None
-    format: Literal["openke", "tsv"] = "openke"
+    format: Literal["openke", "tsv", "vemp_csv"] = "openke"
     synthetic: SyntheticConfig | None = None
     pykeen: str | None = None
     allow_unpinned: bool = False
+    random_split: RandomSplitConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetConfig":
         given = [k for k in ("name", "path", "synthetic", "pykeen") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of name, path, synthetic or pykeen (got {given or 'none'})")
+        if self.random_split is not None and self.format != "vemp_csv":
+            raise ValueError("random_split applies to format 'vemp_csv' (the other formats come split)")
         return self
 
 
@@ -648,6 +662,22 @@ class SchedulerConfig(_Strict):
         return self
 
 
+class LinkBCEConfig(_Strict):
+    """Options of ``training.loop: link_bce`` (:class:`mmkgc.training.loops.LinkBCELoop`; VEMP stage 2, methods.md
+    2.4 with the fix of bug 2.7.3).
+
+    :param negatives: one negative per positive edge: ``binary`` (both endpoints uniform at random, unfiltered: PyG's
+        binary negative sampling, which VEMP's ``LinkNeighborLoader(neg_sampling_ratio=1.0)`` uses) or ``tail``
+        (the positive's source, a uniform destination).
+    :param disjoint_supervision: fraction of the training edges drawn each epoch as supervision edges and removed
+        from that epoch's message-passing graph; ``0`` reproduces the public code (every training edge is both a
+        supervision and a message edge).
+    """
+
+    negatives: Literal["binary", "tail"] = "binary"
+    disjoint_supervision: float = Field(0.3, ge=0.0, lt=1.0)
+
+
 class TrainingConfig(_Strict):
     """Optimisation.
 
@@ -677,9 +707,12 @@ class TrainingConfig(_Strict):
         whole global batch on every rank from the shared stream and keeps the rank's slice, so the run sees the
         same batches and negatives as a single process (at ``world_size`` times the sampling cost).
     :param scheduler: an optional learning-rate scheduler (:class:`SchedulerConfig`), checkpointed and resumed.
+    :param loop: also ``link_bce`` (VEMP stage 2: binary cross-entropy over each training edge and one random
+        negative edge, supervision edges out of the epoch's message graph; options in ``link_bce``,
+        :class:`LinkBCEConfig`; needs ``loss: bce``).
     """
 
-    loop: Literal["negative_sampling", "one_to_n"] = "negative_sampling"
+    loop: Literal["negative_sampling", "one_to_n", "link_bce"] = "negative_sampling"
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(1024, ge=1)
     num_negatives: int = Field(32, ge=1)
@@ -705,6 +738,7 @@ class TrainingConfig(_Strict):
     distributed_negatives: Literal["per_rank", "replicated"] = "per_rank"
     adversarial: AdversarialConfig | None = None
     scheduler: SchedulerConfig | None = None
+    link_bce: LinkBCEConfig = Field(default_factory=LinkBCEConfig)
 
     @field_validator("loss")
     @classmethod
@@ -717,9 +751,21 @@ class TrainingConfig(_Strict):
         return next(name for name, c in LOSSES.items() if c is found)
 
     @model_validator(mode="after")
+    def _link_bce(self) -> "TrainingConfig":
+        if self.loop == "link_bce":
+            if self.loss != "bce" or self.label_smoothing:
+                raise ValueError("loop 'link_bce' trains with loss 'bce' (binary cross-entropy over one positive and "
+                                 "one negative edge) and label_smoothing 0")
+            if self.regularizer != "none" or self.sparse:
+                raise ValueError("loop 'link_bce' supports neither a regularizer nor sparse: true")
+        return self
+
+    @model_validator(mode="after")
     def _loop_loss(self) -> "TrainingConfig":
         if self.loop == "one_to_n" and self.loss not in ("bce", "softmax_ce"):
             raise ValueError("loop 'one_to_n' trains with loss 'bce' or 'softmax_ce'")
+        if self.loop == "link_bce":
+            return self
         if self.loop == "negative_sampling" and self.loss in ("bce", "softmax_ce"):
             raise ValueError(f"loss {self.loss!r} belongs to loop 'one_to_n'; use nssa, margin or softplus")
         if self.sparse:
@@ -747,6 +793,14 @@ class EvaluationConfig(_Strict):
     :param report: ``selected`` (the model chosen on ``split``, tested once; the library's protocol) or
         ``legacy_best_test_per_metric`` (additionally report, for each metric separately, its best test value over
         the validation epochs -- the optimistic protocol of the MoMoK/IMVIA code, clearly labelled as such).
+    :param protocol: ``filtered`` (the library's all-entity ranking, both sides; ``sampled_candidates`` optional)
+        or ``vemp_sampled`` (VEMP's relation-agnostic tail ranking of each edge against ``sampled_candidates``
+        (default 100) filtered random nodes, :class:`mmkgc.evaluation.sampled.VempSampledProtocol`; needs
+        ``split: valid`` and the ``mlp_link`` scorer; an R-GCN passes messages along train edges for validation and
+        train + valid edges for test, as VEMP).  The two are never comparable.
+    :param vemp_legacy: ``vemp_sampled`` only: also report the public code's protocol (negative edges queried
+        too, unfiltered candidates) in ``metrics.json`` (``legacy``); selection always uses the fixed one.
+    :param max_queries: ``vemp_sampled`` only: rank at most this many edges per split (a seeded subset).
     """
 
     every: int = Field(10, ge=1)
@@ -758,6 +812,19 @@ class EvaluationConfig(_Strict):
     test: bool = True
     sampled_candidates: int | None = Field(None, ge=1)
     report: Literal["selected", "legacy_best_test_per_metric"] = "selected"
+    protocol: Literal["filtered", "vemp_sampled"] = "filtered"
+    vemp_legacy: bool = False
+    max_queries: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _protocol(self) -> "EvaluationConfig":
+        if self.protocol == "vemp_sampled" and self.split != "valid":
+            raise ValueError("protocol 'vemp_sampled' ranks the split's edges as VEMP does: set split: valid")
+        if self.protocol != "vemp_sampled" and (self.vemp_legacy or self.max_queries is not None):
+            raise ValueError("vemp_legacy and max_queries apply to protocol 'vemp_sampled'")
+        if self.protocol == "vemp_sampled" and self.report != "selected":
+            raise ValueError("protocol 'vemp_sampled' reports the selected model only (report: selected)")
+        return self
 
     @field_validator("metric")
     @classmethod
@@ -884,6 +951,11 @@ class ExperimentConfig(_Strict):
                 and (fusion.relation_temperature or fusion.relation_gate)):
             raise ValueError("model.reciprocal is not supported with a relation-conditioned fusion "
                              "(relation_temperature / relation_gate)")
+        if self.evaluation.protocol == "vemp_sampled" and self.model.scorer != "mlplink":
+            raise ValueError("evaluation.protocol 'vemp_sampled' ranks edges relation-agnostically: it needs "
+                             f"model.scorer 'mlp_link' (got {self.model.scorer!r})")
+        if self.training.loop == "link_bce" and (self.model.method != "kge" or self.model.reciprocal):
+            raise ValueError("training.loop 'link_bce' needs model.method 'kge' without reciprocal relations")
         if self.model.method == "imvia" and self.training.loop != "one_to_n":
             raise ValueError("model.method 'imvia' trains with training.loop 'one_to_n'")
         if self.model.scorer == "tucker" and self.training.loop != "one_to_n":
@@ -1014,7 +1086,7 @@ def apply_override(data: dict, item: str, source: str = "<config>") -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected dotted.key=value")
     key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
+    parts = key.strip().replace("[", ".").replace("]", "").split(".")  # modalities[0].table == modalities.0.table
     if not all(parts):
         raise ConfigError(f"override {item!r}: the key must be dotted.names, e.g. training.epochs=5")
     try:
@@ -1027,16 +1099,32 @@ def apply_override(data: dict, item: str, source: str = "<config>") -> None:
 
 def set_dotted(data: dict, parts: list[str], value: Any, source: str = "<config>", item: str | None = None) -> None:
     """Set ``data[parts[0]][parts[1]]... = value`` in place, creating missing mappings (``--set`` overrides, and
-    the keyword overrides of :func:`mmkgc.api.pipeline`, whose values are Python objects, not YAML text).
+    the keyword overrides of :func:`mmkgc.api.pipeline`, whose values are Python objects, not YAML text).  A part
+    that meets a list is a position in it (``model.modalities.0.table``; ``apply_override`` also reads
+    ``modalities[0]``).
 
     :raises ConfigError: a part of the path holds a value that is not a mapping (named with ``item``).
     """
-    node = data
-    for p in parts[:-1]:
-        if not isinstance(node.setdefault(p, {}), dict):
+    node: Any = data
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {parts[i - 1]} is not a mapping")
+        if isinstance(node, list):  # a list entry by position: model.modalities.0.table
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {'.'.join(parts[:i]) or p} is a "
+                                  f"list of {len(node)}; {p!r} is not a position in it (0 to {len(node) - 1})")
+            if last:
+                node[int(p)] = value
+                return
+            node = node[int(p)]
+            continue
+        if last:
+            node[p] = value
+            return
+        if not isinstance(node.setdefault(p, {}), (dict, list)):
             raise ConfigError(f"{source}: override {item or '.'.join(parts)!r}: {p} is not a mapping")
         node = node[p]
-    node[parts[-1]] = value
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -81,7 +81,9 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
     if ds.path is not None:
         if not ds.path.is_dir():
             raise ConfigError(f"dataset.path: {ds.path} is not a directory")
-        return LoadedData(resolve_dataset(ds.path, format=ds.format), {})
+        split = ds.random_split
+        return LoadedData(resolve_dataset(ds.path, format=ds.format, random_split=(
+            (0.1, 0.1, 42) if split is None else (split.valid_fraction, split.test_fraction, split.seed))), {})
     return LoadedData(resolve_dataset(ds.name, data_dir=ds.data_dir, allow_unpinned=ds.allow_unpinned), {})
 
 
@@ -192,7 +194,11 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
         from mmkgc.builders import build_rgcn_representation
 
         feats = model_features(cfg, data, progress)
+        # The encoder's parameters are drawn before the scorer's (VEMP's order: R-GCN, then the MLP decoder); a
+        # scorer without parameters (DistMult, RotatE, ...) draws nothing, so only the first build's draws are undone.
+        torch.manual_seed(cfg.seed)
         rep = build_rgcn_representation(mc.gnn, triples, scorer.entity_dim, feats, seed=cfg.seed)
+        scorer = build_scorer(mc.scorer, mc.dim, **mc.scorer_options)
     else:
         feats = model_features(cfg, data, progress)
         rep = MultimodalRepresentation(
@@ -227,10 +233,12 @@ def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KG
 
 def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     """What must not change between a checkpoint and the run resuming it: data, model, seed, feature tables."""
-    # Options added after runs existed (``model.unseen``, ``dataset.pykeen``) are not part of the hash while they are
-    # at their defaults, so a run started before an option existed still resumes with the newer code.
+    # Options added after runs existed (``model.unseen``, ``dataset.pykeen``, ``dataset.random_split``) are not part
+    # of the hash while they are at their defaults, so a run started before an option existed still resumes with the
+    # newer code.
     model_part = cfg.model.model_dump(mode="json", exclude={"unseen"} if cfg.model.unseen.mode == "none" else None)
-    dataset_part = cfg.dataset.model_dump(mode="json", exclude={"pykeen"} if cfg.dataset.pykeen is None else None)
+    new_at_default = {k for k in ("pykeen", "random_split") if getattr(cfg.dataset, k) is None}
+    dataset_part = cfg.dataset.model_dump(mode="json", exclude=new_at_default or None)
     payload = json.dumps({"dataset": dataset_part, "model": model_part, "seed": cfg.seed}, sort_keys=True)
     features = {}
     if isinstance(model.entities, MultimodalRepresentation):
@@ -580,9 +588,11 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     dev = resolve_device(device)
     # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
     model = build_model(cfg, data, progress=progress or main)
+    sampled = protocol_evaluator(cfg, model, triples)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
-                      trackers=trackers)
+                      trackers=trackers,
+                      validate_fn=None if sampled is None else (lambda: sampled.evaluate(cfg.evaluation.split)))
     summary = trainer.train(resume=resume)
 
     model.eval()
@@ -601,20 +611,26 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     }
     score_fn = model.score_fn()
     policies = evaluation_policies(cfg.evaluation)
+    def final(split: str) -> Any:
+        if sampled is not None:
+            return sampled.evaluate(split)
+        return evaluate(score_fn, triples, split=split, batch_size=cfg.evaluation.batch_size,
+                        sampled_candidates=cfg.evaluation.sampled_candidates, policies=policies, seed=cfg.seed)
+
     if triples.split(cfg.evaluation.split).shape[0] > 0:
-        result = evaluate(score_fn, triples, split=cfg.evaluation.split, batch_size=cfg.evaluation.batch_size,
-                          sampled_candidates=cfg.evaluation.sampled_candidates, policies=policies, seed=cfg.seed)
+        result = final(cfg.evaluation.split)
         metrics["valid"] = result.to_dict()
         metrics["summary"] = {"valid": headline(result)}
     if cfg.evaluation.test and triples.test.shape[0] > 0:
         t0 = time.perf_counter()
-        result = evaluate(score_fn, triples, split="test", batch_size=cfg.evaluation.batch_size,
-                          sampled_candidates=cfg.evaluation.sampled_candidates, policies=policies, seed=cfg.seed)
+        result = final("test")
         metrics["test"] = result.to_dict()
         metrics["test_seconds"] = time.perf_counter() - t0
         metrics.setdefault("summary", {})["test"] = headline(result)
         metrics["summary"]["test_by_seen"] = seen_headline(result)
         log(result.to_markdown())
+    if sampled is not None:
+        metrics["protocol"] = sampled_protocol_summary(cfg, sampled)
     if diagnostics:
         metrics["diagnostics"] = diagnostics
     if writes:
@@ -638,6 +654,34 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
             "TEST value over epochs (it selects on the test set); use the 'test' block for honest numbers")
     atomic_write_text(files / "metrics.json", json.dumps(metrics, indent=2))
     return metrics, model, data
+
+
+def protocol_evaluator(cfg: ExperimentConfig, model: KGEModel, triples: TripleSet) -> Any:
+    """The evaluator of ``evaluation.protocol`` when it is not the filtered all-entity one: for ``vemp_sampled`` a
+    :class:`~mmkgc.models.vemp.SampledLinkEvaluator` (queries and legacy negatives drawn now, from the seed);
+    ``None`` for ``filtered``."""
+    ec = cfg.evaluation
+    if ec.protocol != "vemp_sampled":
+        return None
+    from mmkgc.evaluation.sampled import VempSampledProtocol
+    from mmkgc.models.vemp import SampledLinkEvaluator
+    from mmkgc.training.trainer import evaluation_policies
+
+    protocol = VempSampledProtocol(triples, ec.sampled_candidates or 100, seed=cfg.seed, max_queries=ec.max_queries)
+    return SampledLinkEvaluator(model, triples, protocol, evaluation_policies(ec))
+
+
+def sampled_protocol_summary(cfg: ExperimentConfig, sampled: Any) -> dict[str, Any]:
+    """The ``protocol`` block of a ``vemp_sampled`` run's ``metrics.json``: what was ranked, and with
+    ``evaluation.vemp_legacy`` the selected model's metrics under the public code's protocol (``legacy``)."""
+    p = sampled.protocol
+    out: dict[str, Any] = {"name": "vemp_sampled", "sides": "tail", "num_candidates": p.num_candidates,
+                           "queries": {split: int(q.shape[0]) for split, q in p.queries.items()},
+                           "message_graph": {"valid": "train", "test": "train + valid"}}
+    if cfg.evaluation.vemp_legacy:
+        out["legacy"] = {split: headline(sampled.evaluate(split, legacy=True)) for split in ("valid", "test")
+                         if p.queries[split].shape[0] > 0}
+    return out
 
 
 def headline(result: Any) -> dict[str, dict[str, float]]:

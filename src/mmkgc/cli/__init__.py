@@ -2,7 +2,7 @@
 
 One module per command group (:mod:`~mmkgc.cli.train` for train/evaluate/predict/export/demo,
 :mod:`~mmkgc.cli.datasets`, :mod:`~mmkgc.cli.features`, :mod:`~mmkgc.cli.enrich`, :mod:`~mmkgc.cli.tune`,
-:mod:`~mmkgc.cli.vemp`); what they share is in :mod:`mmkgc.cli._common`.
+:mod:`~mmkgc.cli.sweep`); what they share is in :mod:`mmkgc.cli._common`.
 
 Exit statuses: 0 success, 1 a check that found a problem (``datasets check``), 2 a usage or user error (bad
 options, files, configs, unknown names, unwritable outputs), 130 interrupted (Ctrl-C, SIGTERM).  A user error is
@@ -32,15 +32,15 @@ import typer  # noqa: E402
 
 from mmkgc.errors import MMKGCError  # noqa: E402
 
-from mmkgc.cli import datasets, enrich, features, ls, train, tune, vemp  # noqa: E402
+from mmkgc.cli import datasets, enrich, features, ls, sweep, train, tune  # noqa: E402
 from mmkgc.cli._common import REPORTED, console, log_line, print_error, progress_enabled  # noqa: E402,F401
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-modal knowledge graph completion.")
 app.add_typer(datasets.datasets_app, name="datasets")
 app.add_typer(features.features_app, name="features")
 app.add_typer(enrich.enrich_app, name="enrich")
-app.add_typer(vemp.vemp_app, name="vemp")
 app.command("tune")(tune.tune_command)
+app.command("sweep")(sweep.sweep_command)
 app.command("ls")(ls.ls_command)
 for _command in (train.train, train.evaluate, train.predict, train.export, train.demo):
     app.command()(_command)

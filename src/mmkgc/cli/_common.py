@@ -151,15 +151,17 @@ class MultiVector(StrEnum):
     tokens = "tokens"
 
 
-class VempProtocol(StrEnum):
-    """Stage-2 protocol of ``mmkgc vemp linkpred``."""
+class DatasetFormat(StrEnum):
+    """``--dataset-format``: how a ``DATASET`` directory is laid out (:func:`mmkgc.data.resolve_dataset`)."""
 
-    vemp_sampled = "vemp_sampled"
-    filtered = "filtered"
+    openke = "openke"
+    tsv = "tsv"
+    vemp_csv = "vemp_csv"
 
 
 class FeatureMode(StrEnum):
-    """A node-feature table exported by VEMP's stage 1 (:data:`mmkgc.config_vemp.FEATURE_MODES`)."""
+    """A node-feature table written by VEMP's stage 1 (``features extract --encoder vemp --table``;
+    :data:`mmkgc.vemp.FEATURE_MODES`)."""
 
     text_only = "text_only"
     image_only = "image_only"

@@ -22,6 +22,8 @@ from typing import Any, Optional
 import typer
 
 from mmkgc.cli._common import (
+    DatasetFormat,
+    FeatureMode,
     ImageAggregate,
     ImageLayout,
     ImageOutput,
@@ -42,13 +44,17 @@ features_app = typer.Typer(no_args_is_help=True, help="Modality feature tables: 
 
 @features_app.command("extract")
 def extract(
-    dataset: str = typer.Argument(..., help="Registered dataset name (or an OpenKE directory)."),
-    modality: Modality = typer.Option(..., "--modality", help="Which encoder runs."),
-    encoder: str = typer.Option(..., "--encoder", help="Model name or local directory."),
+    dataset: str = typer.Argument(..., help="Registered dataset name (or a dataset directory, see "
+                                  "--dataset-format)."),
+    modality: Optional[Modality] = typer.Option(None, "--modality", help="Which encoder runs (not with "
+                                                "--encoder vemp)."),
+    encoder: str = typer.Option(..., "--encoder", help="Model name or local directory; 'vemp' trains VEMP's "
+                                "token fusion on the training edges (stage 1) and writes its node-feature tables."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder (per-entity folders or "
                                           "<KEY>_<k>.jpg files) or a CSV/TSV/parquet table entity -> path."),
     output: Optional[str] = typer.Option(None, "--output", help="Table NAME (in the dataset's feature folder) "
-                                         "or a .safetensors/.npy path; default: the modality name."),
+                                         "or a .safetensors/.npy path; default: the modality name. vemp: a NAME "
+                                         "prefix (default vemp: vemp_fused, ...) or a directory."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local dataset copies instead of the cache."),
     layout: ImageLayout = typer.Option(ImageLayout.auto, "--layout", help="Image layout."),
     names: Optional[Path] = typer.Option(None, "--names", help="Two-column map image key <-> dataset entity."),
@@ -62,10 +68,54 @@ def extract(
                                               "CSV/TSV/parquet table (entities it lacks fall back to their label)."),
     key_column: str = typer.Option("entity", "--key-column", help="Entity-name column of --text-table."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of --text-table."),
+    text_tokens: Optional[Path] = typer.Option(None, "--text-tokens", help="vemp: text token table [N, L, d] "
+                                               "with its mask (e.g. CLIP text last hidden state)."),
+    image_tokens: Optional[Path] = typer.Option(None, "--image-tokens", help="vemp: image patch token table "
+                                                "[N, L, d]."),
+    text_pooled: Optional[Path] = typer.Option(None, "--text-pooled", help="vemp: pooled text table for "
+                                               "text_only (default: masked mean of --text-tokens)."),
+    image_pooled: Optional[Path] = typer.Option(None, "--image-pooled", help="vemp: pooled image table for "
+                                                "image_only (default: mean of --image-tokens)."),
+    tables: list[FeatureMode] = typer.Option([], "--table", help="vemp: which tables to write (repeat; default "
+                                             "all four). 'fused' trains the fusion module."),
+    vemp_options: Optional[Path] = typer.Option(None, "--vemp-options", help="vemp: YAML file of stage-1 options "
+                                                "(dim, num_heads, epochs, lr, max_seconds, ...; see docs/usage.md)."),
+    overrides: list[str] = typer.Option([], "--set", help="vemp: override a stage-1 option: key=value."),
+    seed: int = typer.Option(42, "--seed", help="vemp: seeds the fusion's initialisation and the edge order."),
+    dataset_format: DatasetFormat = typer.Option(DatasetFormat.openke, "--dataset-format",
+                                                 help="Layout of a DATASET directory."),
+    valid_fraction: float = typer.Option(0.1, "--valid-fraction", min=0.0, max=0.49,
+                                         help="vemp_csv: validation edges of the random split."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", min=0.01, max=0.49,
+                                        help="vemp_csv: test edges of the random split."),
+    split_seed: int = typer.Option(42, "--split-seed", help="vemp_csv: seed of the random split."),
 ) -> None:
-    """Compute features with a frozen encoder (cached, resumable) and write a named table."""
+    """Compute features with a frozen encoder (cached, resumable) and write a named table; or, with
+    ``--encoder vemp``, VEMP's stage 1 (fused / text_only / image_only / concat tables)."""
     from mmkgc.features.cache import cached_image_features, cached_text_features
 
+    fmt = DatasetFormat(dataset_format).value
+    vemp_given = [flag for flag, value in (("--text-tokens", text_tokens), ("--image-tokens", image_tokens),
+                                           ("--text-pooled", text_pooled), ("--image-pooled", image_pooled),
+                                           ("--table", tables), ("--vemp-options", vemp_options),
+                                           ("--set", overrides)) if value]
+    if encoder == "vemp":
+        others = [flag for flag, value in (("--modality", modality), ("--images", images),
+                                           ("--text-table", text_table), ("--names", names)) if value is not None]
+        if others:
+            raise ConfigError(f"{', '.join(others)}: not used by --encoder vemp (it reads --text-tokens and "
+                              "--image-tokens)")
+        _extract_vemp(dataset, data_dir, fmt, (valid_fraction, test_fraction, split_seed), text_tokens,
+                      image_tokens, text_pooled, image_pooled, [FeatureMode(t).value for t in tables], vemp_options,
+                      overrides, seed, output, device)
+        return
+    if vemp_given:
+        raise ConfigError(f"{', '.join(vemp_given)}: only with --encoder vemp")
+    if modality is None:
+        raise ConfigError("--modality text|image is required (except with --encoder vemp)")
+    if fmt != "openke":
+        raise ConfigError("--dataset-format: text and image extraction read a registered dataset or an OpenKE "
+                          "directory")
     modality, layout = Modality(modality).value, ImageLayout(layout).value
     kind, aggregate = ImageOutput(kind).value, ImageAggregate(aggregate).value
     triples = load_triples(dataset, data_dir)
@@ -112,6 +162,60 @@ def extract(
         "seconds": f"{seconds:.1f}",
         "written": str(out),
         **({"image counts": table.provenance["options"].get("image_counts")} if modality == "image" else {}),
+    }))
+
+
+def _extract_vemp(dataset: str, data_dir: Optional[Path], fmt: str, split: tuple[float, float, int],
+                  text_tokens: Optional[Path], image_tokens: Optional[Path], text_pooled: Optional[Path],
+                  image_pooled: Optional[Path], tables: list[str], vemp_options: Optional[Path],
+                  overrides: list[str], seed: int, output: Optional[str], device: Optional[str]) -> None:
+    """``features extract --encoder vemp`` (:mod:`mmkgc.vemp`): every input and option is checked and every
+    table computed before the first file is written; ``--output NAME`` (default ``vemp``) writes the tables
+    ``NAME_<mode>`` into the dataset's feature folder, ``--output DIR`` (a path) writes ``DIR/<mode>.safetensors``
+    and refuses to replace a file there."""
+    from mmkgc.features.cache import is_table_name
+    from mmkgc.pipeline import resolve_device
+    from mmkgc.vemp import FEATURE_MODES, extract_tables, load_inputs, load_options
+
+    if text_tokens is None or image_tokens is None:
+        raise ConfigError("--encoder vemp needs --text-tokens and --image-tokens (token tables, one row per entity)")
+    options = load_options(vemp_options, overrides)
+    dev = resolve_device(device or "auto")
+    if fmt == "openke":
+        triples = load_triples(dataset, data_dir)
+    else:
+        from mmkgc.data.registry import resolve_dataset
+
+        path = Path(dataset)
+        if not path.is_dir():
+            raise ConfigError(f"DATASET {dataset}: --dataset-format {fmt} needs a directory")
+        triples = resolve_dataset(path, format=fmt, random_split=split)
+    modes = list(dict.fromkeys(tables)) or list(FEATURE_MODES)
+    prefix = output or "vemp"
+    if is_table_name(prefix):
+        targets = {mode: output_path(triples.name, f"{prefix}_{mode}", mode) for mode in modes}
+    else:
+        folder = Path(prefix).expanduser()
+        if folder.suffix.lower() in (".safetensors", ".npy", ".pt", ".pth"):
+            raise ConfigError(f"--output {folder}: --encoder vemp writes four tables; give a directory or a table "
+                              "NAME prefix, not a file")
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"--output {folder}: is a file; give a directory (or a table NAME)")
+        targets = {mode: folder / f"{mode}.safetensors" for mode in modes}
+        taken = [str(p) for p in targets.values() if p.exists()]
+        if taken:
+            raise ConfigError(f"--output {folder}: {', '.join(taken)} exist(s); choose another --output")
+    inputs = load_inputs(triples, text_tokens, image_tokens, text_pooled, image_pooled)
+    sources = {k: str(v) for k, v in (("text_tokens", text_tokens), ("image_tokens", image_tokens),
+                                      ("text_pooled", text_pooled), ("image_pooled", image_pooled)) if v}
+    t0 = time.perf_counter()
+    written = extract_tables(inputs, options, modes, seed=seed, device=dev, sources=sources,
+                             log=lambda line: err_console.print(line, markup=False, highlight=False))
+    for mode, table in written.items():
+        save_table(table, targets[mode])
+    console.print(coverage_table(f"{triples.name} VEMP stage-1 tables", {
+        **{mode: f"{list(written[mode].values.shape)} -> {targets[mode]}" for mode in modes},
+        "seconds": f"{time.perf_counter() - t0:.1f}",
     }))
 
 

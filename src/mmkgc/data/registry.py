@@ -465,6 +465,7 @@ def load_dataset(
     base_url: str | None = None,
     allow_unpinned: bool = False,
     progress: bool = False,
+    random_split: tuple[float, float, int] = (0.1, 0.1, 42),
 ) -> TripleSet:
     """Load a registered benchmark as a :class:`~mmkgc.data.triples.TripleSet`.
 
@@ -632,12 +633,14 @@ def resolve_dataset(
     format: str = "openke",
     allow_unpinned: bool = False,
     progress: bool = False,
+    random_split: tuple[float, float, int] = (0.1, 0.1, 42),
 ) -> TripleSet:
     """The one way ``train`` (a config's ``dataset.name`` / ``dataset.path``), ``features`` and ``enrich`` read
     their triples.
 
     :param spec: a :class:`~pathlib.Path`: a directory in ``format`` (``openke``: ``entity2id.txt`` ... ; ``tsv``:
-        ``train.tsv``/``valid.tsv``/``test.tsv`` labeled triples), named after the directory.  A ``str``: a
+        ``train.tsv``/``valid.tsv``/``test.tsv`` labeled triples; ``vemp_csv``: VEMP's unsplit graph, split by
+        ``random_split = (valid_fraction, test_fraction, seed)``), named after the directory.  A ``str``: a
         registered dataset name (:func:`load_dataset`: ``data_dir``, ``$MMKGC_DATA_DIR``, then the download
         cache), else an OpenKE directory when it is one (holds ``entity2id.txt``).
     :raises UnknownNameError: an unknown dataset name.
@@ -651,7 +654,12 @@ def resolve_dataset(
             return read_openke(spec)
         if format == "tsv":
             return read_labeled_tsv(spec)
-        raise ValueError(f"unknown dataset format {format!r}; expected openke or tsv")
+        if format == "vemp_csv":
+            from mmkgc.data.formats import read_vemp_graph
+
+            valid_fraction, test_fraction, seed = random_split
+            return read_vemp_graph(spec, valid_fraction, test_fraction, seed)[0]
+        raise ValueError(f"unknown dataset format {format!r}; expected openke, tsv or vemp_csv")
     try:
         get_dataset_spec(spec)
     except UnknownNameError:

@@ -182,3 +182,71 @@ def vemp_link_ranks(
 
     return compute_sampled_ranks(score_candidates, as_queries(queries), num_nodes, num_candidates,
                                  filter_index=filter_index, sides=("tail",), seed=seed)
+
+
+def random_negative_edges(positive_edges: torch.Tensor, num_nodes: int, known_edges: torch.Tensor,
+                          generator: torch.Generator) -> torch.Tensor:
+    """``len(positive_edges)`` random ``(src, dst)`` pairs that are not known edges: the negative edges PyG's
+    ``RandomLinkSplit`` adds to a validation/test split (``negative_sampling``), which the legacy VEMP protocol
+    queries.  Pairs are drawn ``2 E`` at a time, uniformly, and kept in draw order until ``E`` are found.
+
+    :param positive_edges: int64 ``[E, 2]`` (only the count is used).
+    :param known_edges: int64 ``[E', 2]`` pairs to avoid.
+    :returns: int64 ``[E, 2]``.
+    """
+    keys = torch.unique(known_edges[:, 0] * num_nodes + known_edges[:, 1])
+    out = torch.empty(0, 2, dtype=torch.long)
+    while out.shape[0] < positive_edges.shape[0]:
+        cand = torch.randint(num_nodes, (2 * positive_edges.shape[0], 2), generator=generator)
+        cand = cand[~torch.isin(cand[:, 0] * num_nodes + cand[:, 1], keys)]
+        out = torch.cat([out, cand])
+    return out[:positive_edges.shape[0]]
+
+
+class VempSampledProtocol:
+    """``evaluation.protocol: vemp_sampled``: VEMP's relation-agnostic, tail-only sampled ranking
+    (:func:`vemp_link_ranks`) of a dataset's validation and test edges, with the queries and the legacy negative
+    edges drawn once, when the protocol is built, so every evaluation of a run ranks the same queries.
+
+    Draw order (as VEMP stage 2 in mmkgc before the protocol became an evaluation option): with ``max_queries``,
+    the valid then the test subset from a generator seeded ``seed + 1``; the legacy negative edges of valid then
+    test from a generator seeded ``seed + 2`` (avoiding every known edge); the candidates of each evaluation from
+    ``seed`` (:func:`compute_sampled_ranks`).
+
+    :param triples: the dataset (a :class:`~mmkgc.data.triples.TripleSet`); ``(h, r, t)`` rows become ``(h, t)``
+        edges, and the known edges are those of train + valid + test.
+    :param num_candidates: ``k`` sampled candidates per query (VEMP: 100).
+    :param seed: the run's seed.
+    :param max_queries: at most this many queries per split (a seeded subset; ``None``: all).
+    """
+
+    def __init__(self, triples, num_candidates: int = 100, seed: int = 0, max_queries: int | None = None):
+        self.num_nodes = int(triples.num_entities)
+        self.num_candidates = int(num_candidates)
+        self.seed = int(seed)
+        self.known = torch.cat([triples.train, triples.valid, triples.test])[:, [0, 2]]
+        select = torch.Generator().manual_seed(self.seed + 1)
+        self.queries: dict[str, torch.Tensor] = {}
+        for split in ("valid", "test"):
+            edges = triples.split(split)[:, [0, 2]]
+            if max_queries is not None and edges.shape[0] > max_queries:
+                edges = edges[torch.randperm(edges.shape[0], generator=select)[:max_queries]]
+            self.queries[split] = edges
+        negatives = torch.Generator().manual_seed(self.seed + 2)
+        self.negatives = {split: random_negative_edges(q, self.num_nodes, self.known, negatives)
+                          for split, q in self.queries.items()}
+
+    def ranks(self, score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], split: str,
+              legacy: bool = False) -> RankResult:
+        """The tail ranks of ``split``'s queries under the fixed protocol (or the public code's, ``legacy``).
+
+        :param score_pairs: ``(src [B], dst [B, C]) -> [B, C]`` scores, higher is better.
+        :raises ValueError: a split other than ``valid`` / ``test``, or no query in it.
+        """
+        if split not in self.queries:
+            raise ValueError(f"the vemp_sampled protocol ranks the valid or test split, not {split!r}")
+        if self.queries[split].shape[0] == 0:
+            raise ValueError(f"the {split} split has no edges to rank")
+        return vemp_link_ranks(score_pairs, self.queries[split], self.num_nodes, known_edges=self.known,
+                               negative_edges=self.negatives[split] if legacy else None,
+                               num_candidates=self.num_candidates, legacy=legacy, seed=self.seed)

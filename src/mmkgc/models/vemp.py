@@ -1,72 +1,68 @@
-"""The model parts of VEMP's stage 2 (Sela et al., "Vision-Enhanced Message Passing"; methods.md section 2): the
-R-GCN + MLP link model and its training negatives.  Plain arguments only; the two-stage orchestration (inputs,
-pretraining, export, the sampled and filtered protocols, the comparison) is :mod:`mmkgc.vemp`, above the layers.
+"""The model side of VEMP's stage 2 (Sela et al., "Vision-Enhanced Message Passing"; methods.md section 2) in the
+ordinary pipeline: evaluating a :class:`~mmkgc.models.kge.KGEModel` (an R-GCN representation,
+:mod:`mmkgc.models.rgcn`, with the ``mlp_link`` scorer, :class:`~mmkgc.nn.scorers.MLPLink`) under VEMP's sampled
+protocol (:class:`~mmkgc.evaluation.sampled.VempSampledProtocol`).  The training loop is
+:class:`mmkgc.training.loops.LinkBCELoop`; stage 1 (token fusion pretraining and the feature tables) is
+:mod:`mmkgc.vemp`.  Plain arguments only.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
+
 import torch
-from torch import nn
 
-from mmkgc.nn.gnn import MessageGraph, MLPLinkPredictor, RGCNEncoder
+from mmkgc.evaluation.metrics import DEFAULT_POLICIES, EvaluationResult
+from mmkgc.evaluation.sampled import VempSampledProtocol
 
 
-# ------------------------------------------------------------------------------------------------ stage 2
-class VempLinkModel(nn.Module):
-    """R-GCN encoder + relation-agnostic MLP decoder over frozen node features ``x [N, d]``.
+class SampledLinkEvaluator:
+    """``evaluation.protocol: vemp_sampled`` for one model: ranks a split's edges by ``score(u, r_0, v)`` (the
+    relation-agnostic scorer ignores the relation) against the protocol's sampled candidates.
 
-    ``encode(graph) -> z [N, out_dim]``; ``decoder(z_u, z_v)`` link logits.
+    Message passing (representations with :meth:`~mmkgc.models.rgcn.RGCNRepresentation.use_graph`): the
+    representation's graph (train edges) for ``valid``; train + valid edges for ``test``, as VEMP.
 
-    :param features: float ``[N, d]`` frozen node features (a non-persistent buffer).
-    :param num_relations: edge types of the message graph.
-    :param hidden_dims: R-GCN hidden widths; ``out_dim`` the node-embedding width.
-    :param num_bases: basis matrices of the R-GCN weight decomposition; ``dropout`` between its layers.
-    :param decoder_hidden: hidden widths of the MLP decoder; ``decoder_dropout`` its dropout.
+    :param model: the model (put in eval mode by :meth:`evaluate`).
+    :param triples: the dataset the protocol was built on.
+    :param protocol: the queries, negatives and candidate seed.
+    :param policies: tie policies of the result (headline first).
     """
 
-    def __init__(self, features: torch.Tensor, num_relations: int, hidden_dims, out_dim: int, num_bases,
-                 dropout: float, decoder_hidden, decoder_dropout: float):
-        super().__init__()
-        self.register_buffer("x", features.float(), persistent=False)
-        self.encoder = RGCNEncoder(features.shape[1], hidden_dims, out_dim, num_relations, num_bases,
-                                   dropout, final_activation=True)
-        self.decoder = MLPLinkPredictor(out_dim, decoder_hidden, decoder_dropout)
+    def __init__(self, model, triples, protocol: VempSampledProtocol,
+                 policies: Sequence[str] = DEFAULT_POLICIES):
+        self.model = model
+        self.triples = triples
+        self.protocol = protocol
+        self.policies = tuple(policies)
 
-    def encode(self, graph: MessageGraph) -> torch.Tensor:
-        dev = self.x.device
-        return self.encoder(self.x, graph.edge_index.to(dev), graph.edge_type.to(dev))
+    def _graph(self, split: str):
+        rep = self.model.entities
+        if split != "test" or not hasattr(rep, "use_graph"):
+            return contextlib.nullcontext()
+        return rep.use_graph(rep.graph_of(torch.cat([self.triples.train, self.triples.valid])))
 
+    @torch.no_grad()
+    def ranks(self, split: str, legacy: bool = False):
+        """The :class:`~mmkgc.evaluation.ranking.RankResult` of ``split`` (``valid`` / ``test``; ``legacy``: the
+        public code's protocol)."""
+        model = self.model
+        model.eval()
+        with self._graph(split):
+            z = model.entities.tables(detach=True).table(None)  # [N, De]
+            dev = z.device
+            r = model.relations.weight[:1].detach()  # relation 0; the scorer ignores it
 
+            def score_pairs(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+                return model.scorer.score_hrt(z[src.to(dev)].unsqueeze(1), r, z[dst.to(dev)]).float().cpu()
 
-def random_negatives(pos: torch.Tensor, num_nodes: int, known: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """``len(pos)`` random ``(src, dst)`` pairs that are not known edges (PyG ``negative_sampling`` style)."""
-    keys = torch.unique(known[:, 0] * num_nodes + known[:, 1])
-    out = torch.empty(0, 2, dtype=torch.long)
-    while out.shape[0] < pos.shape[0]:
-        cand = torch.randint(num_nodes, (2 * pos.shape[0], 2), generator=gen)
-        cand = cand[~torch.isin(cand[:, 0] * num_nodes + cand[:, 1], keys)]
-        out = torch.cat([out, cand])
-    return out[:pos.shape[0]]
+            return self.protocol.ranks(score_pairs, split, legacy)
 
+    def evaluate(self, split: str, legacy: bool = False) -> EvaluationResult:
+        """Tail-only metrics of ``split`` (``sampled_candidates = k``; ``filtered`` unless ``legacy``).
 
-def training_negatives(src: torch.Tensor, num_nodes: int, mode: str, gen: torch.Generator
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One negative ``(source, destination)`` pair per positive edge for the binary link loss.
-
-    * ``binary``: both endpoints uniform over the ``num_nodes`` nodes, drawn independently (sources first) and not
-      checked against known edges -- PyG's binary negative sampling, which VEMP's ``LinkNeighborLoader(...,
-      neg_sampling_ratio=1.0)`` uses (PyG 2.8 ``sampler/neighbor_sampler.py``, ``edge_sample``: ``src_neg`` and
-      ``dst_neg`` from ``torch.randint``);
-    * ``tail``: the positive's source and a uniform destination.
-
-    :param src: int64 ``[B]`` sources of the positive edges.
-    :returns: int64 ``[B]`` negative sources and ``[B]`` negative destinations.
-    :raises ValueError: unknown ``mode``.
-    """
-    b = src.shape[0]
-    if mode == "binary":
-        neg_src = torch.randint(num_nodes, (b,), generator=gen)
-        return neg_src, torch.randint(num_nodes, (b,), generator=gen)
-    if mode == "tail":
-        return src, torch.randint(num_nodes, (b,), generator=gen)
-    raise ValueError(f"negatives must be 'binary' or 'tail', got {mode!r}")
+        :raises ValueError: a split other than ``valid`` / ``test``, or an empty one.
+        """
+        return EvaluationResult.from_ranks(self.ranks(split, legacy), policies=self.policies, per_relation=False,
+                                           seed=self.protocol.seed, split=split, dataset=self.triples.name)

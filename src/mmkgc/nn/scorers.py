@@ -47,6 +47,7 @@ from mmkgc.nn.distances import (
 __all__ = [
     "ComplEx",
     "DistMult",
+    "MLPLink",
     "RotatE",
     "Scorer",
     "TransE",
@@ -561,8 +562,38 @@ class TuckER(Scorer):
         return super().extra_repr() + f", batch_norm={not isinstance(self.bn0, nn.Identity)}"
 
 
+class MLPLink(Scorer):
+    """VEMP's relation-agnostic link decoder as a scorer (Sela et al.; methods.md 2.4):
+    ``score(h, r, t) = w_2ᵀ Dropout(ReLU(W_1 [h; t] + b_1)) + b_2`` (a logit; ``r`` is ignored), the
+    :class:`~mmkgc.nn.gnn.MLPLinkPredictor` module.  Config name ``mlp_link`` (or ``mlplink``).
+
+    :param dim: entity width ``De`` (the R-GCN output width; VEMP 128).
+    :param hidden: hidden width (VEMP 128).
+    :param dropout: dropout after the hidden ReLU (VEMP 0.3).
+
+    The relation table the model builds for it has width 1 and gets no gradient.  The score does not factorise
+    into a query and a match, so negatives are scored pointwise and all-entity scoring broadcasts over chunks of
+    candidates.  Shapes as :meth:`Scorer.score_hrt`.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, dropout: float = 0.3):
+        super().__init__(dim)
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
+            raise ConfigError(f"scorer 'mlplink': hidden must be a positive integer, got {hidden!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ConfigError(f"scorer 'mlplink': dropout must be in [0, 1), got {dropout!r}")
+        from mmkgc.nn.gnn import MLPLinkPredictor
+
+        self.relation_dim = 1
+        self.decoder = MLPLinkPredictor(dim, hidden, dropout)
+
+    def _score_hrt(self, h, r, t):
+        return self.decoder(h, t)
+
+
 #: Every public :class:`Scorer` subclass of mmkgc by lower-cased class name (``transe``, ``distmult``, ``complex``,
-#: ``rotate``, ``tucker``); default RotatE.  Add an outside scorer with ``scorer_resolver.register(cls)``.
+#: ``rotate``, ``tucker``, ``mlplink`` = ``mlp_link``); default RotatE.  Add an outside scorer with
+#: ``scorer_resolver.register(cls)``.
 scorer_resolver: ClassResolver[Scorer] = ClassResolver.from_subclasses(
     Scorer, default=RotatE, location="mmkgc.nn.scorers.scorer_resolver"
 )
@@ -571,8 +602,8 @@ scorer_resolver: ClassResolver[Scorer] = ClassResolver.from_subclasses(
 def build_scorer(name: str, dim: int, **options) -> Scorer:
     """Create a registered scorer.
 
-    :param name: a name in :data:`scorer_resolver` (case-insensitive): ``transe``, ``distmult``, ``complex``,
-        ``rotate``, ``tucker``, or a registered one.
+    :param name: a name in :data:`scorer_resolver` (case-insensitive, ``_`` ignored): ``transe``, ``distmult``,
+        ``complex``, ``rotate``, ``tucker``, ``mlp_link``, or a registered one.
     :param dim: the rank ``d``.
     :param options: constructor options of that scorer (e.g. ``margin``, ``epsilon`` for RotatE).
     :raises UnknownNameError: for an unknown scorer name.

@@ -7,8 +7,8 @@ mixed precision, DDP, auxiliary steps, gradient clipping, callbacks) and asks it
 * :meth:`TrainingLoop.batch_loss`: ``(loss [], logged terms)`` of one local batch.
 
 Loops are resolved by ``training.loop`` through :data:`loop_resolver` (``negative_sampling`` ->
-:class:`NegativeSamplingLoop`, ``one_to_n`` -> :class:`OneToNLoop`).  A new regime is one subclass registered
-there.  The link-BCE loop of VEMP stage 2 still lives in :mod:`mmkgc.models.vemp` (see docs/architecture.md).
+:class:`NegativeSamplingLoop`, ``one_to_n`` -> :class:`OneToNLoop`, ``link_bce`` -> :class:`LinkBCELoop`, VEMP's
+stage 2).  A new regime is one subclass registered there.
 
 Determinism: every draw (positive order, negatives) comes from the ``generator`` the trainer passes (seeded by the
 experiment seed and checkpointed), so a loop never owns random state of its own.
@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # configuration objects are duck-typed at run time (layering:
     from mmkgc.data.triples import TripleSet
     from mmkgc.models.kge import KGEModel
 
-__all__ = ["NegativeSamplingLoop", "OneToNLoop", "TrainingLoop", "loop_resolver"]
+__all__ = ["LinkBCELoop", "NegativeSamplingLoop", "OneToNLoop", "TrainingLoop", "loop_resolver",
+           "training_negatives"]
 
 
 class TrainingLoop(ABC):
@@ -207,7 +208,114 @@ class OneToNLoop(TrainingLoop):
         return loss + self.regularization([ents[known]], self.model.relations(relations)), terms
 
 
-#: ``training.loop`` -> loop class (``negative_sampling``, ``one_to_n``; names are normalised, so
+def training_negatives(src: torch.Tensor, num_nodes: int, mode: str, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One negative ``(source, destination)`` pair per positive edge for the binary link loss.
+
+    * ``binary``: both endpoints uniform over the ``num_nodes`` nodes, drawn independently (sources first) and not
+      checked against known edges -- PyG's binary negative sampling, which VEMP's ``LinkNeighborLoader(...,
+      neg_sampling_ratio=1.0)`` uses (PyG 2.8 ``sampler/neighbor_sampler.py``, ``edge_sample``: ``src_neg`` and
+      ``dst_neg`` from ``torch.randint``);
+    * ``tail``: the positive's source and a uniform destination.
+
+    :param src: int64 ``[B]`` sources of the positive edges.
+    :returns: int64 ``[B]`` negative sources and ``[B]`` negative destinations.
+    :raises ValueError: unknown ``mode``.
+    """
+    b = src.shape[0]
+    if mode == "binary":
+        neg_src = torch.randint(num_nodes, (b,), generator=generator)
+        return neg_src, torch.randint(num_nodes, (b,), generator=generator)
+    if mode == "tail":
+        return src, torch.randint(num_nodes, (b,), generator=generator)
+    raise ValueError(f"negatives must be 'binary' or 'tail', got {mode!r}")
+
+
+class _EdgeBatches:
+    """Batches per epoch of the link-BCE loop: ``ceil(supervision edges / batch_size)``."""
+
+    def __init__(self, num_edges: int, batch_size: int):
+        self.num_edges, self.batch_size = num_edges, batch_size
+
+    def __len__(self) -> int:
+        return -(-self.num_edges // self.batch_size)
+
+
+class LinkBCELoop(TrainingLoop):
+    """VEMP's stage-2 regime (Sela et al.; methods.md 2.4, with the fix of bug 2.7.3): binary cross-entropy over
+    each supervision edge ``(u, r, v)`` (label 1) and one negative edge (label 0) per positive,
+    ``L = mean BCEWithLogits([s(u, r, v); s(u', r, v')], [1; 0])`` over the ``2B`` logits of a batch.
+
+    Each epoch draws a permutation of the training triples; the first ``link_bce.disjoint_supervision`` fraction
+    are the epoch's supervision edges, in batches of ``batch_size``, and the rest its message-passing graph
+    (:attr:`~mmkgc.models.rgcn.RGCNRepresentation.training_graph`, for representations that have one), so a
+    supervised edge never carries a message (``0``: every training edge is both, as the public code).  Negatives:
+    :func:`training_negatives` (``link_bce.negatives``).  The batch's nodes ``[src, dst, (neg_src,) neg_dst]`` are
+    encoded together (:meth:`~mmkgc.models.rgcn.RGCNRepresentation.encode`: one subgraph sampled around them with
+    the run's stream when the representation has fan-outs), then scored by the model's scorer; the negative takes
+    the positive's relation (ignored by the relation-agnostic ``mlp_link`` scorer).
+
+    Draw order on the run's stream (one process): the epoch's permutation, then per batch the negatives and the
+    subgraph, so a run repeats VEMP stage 2 as mmkgc ran it before this loop existed.  Under DDP every rank draws
+    the same permutation and negatives for the global batch and samples its subgraph from its own stream.
+
+    Batch tensors: ``(positives [B, 3], negative sources [B], negative destinations [B])``.
+    """
+
+    def __init__(self, model: KGEModel, triples: TripleSet, training: TrainingConfig,
+                 generator: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None):
+        super().__init__(model, triples, training, generator, device, amp_dtype)
+        options = training.link_bce
+        self.negatives = options.negatives
+        self.disjoint_supervision = float(options.disjoint_supervision)
+        n = triples.train.shape[0]
+        supervised = int(round(self.disjoint_supervision * n)) or n
+        self.batcher = _EdgeBatches(supervised, training.batch_size)
+        self.loss = torch.nn.BCEWithLogitsLoss()
+        self._subgraph_generator: torch.Generator = generator
+
+    def local_batches(self, rank=0, world_size=1, rank_generator=None):
+        train = self.triples.train
+        perm = torch.randperm(train.shape[0], generator=self.generator)
+        n_sup = int(round(self.disjoint_supervision * train.shape[0]))
+        if n_sup > 0:
+            sup, msg = train[perm[:n_sup]], train[perm[n_sup:]]
+        else:  # the public code: supervision edges are the message-passing edges
+            sup, msg = train[perm], train
+        rep = self.model.entities
+        if hasattr(rep, "training_graph"):
+            rep.training_graph = rep.graph_of(msg)
+        self._subgraph_generator = self.generator if world_size == 1 or rank_generator is None else rank_generator
+        size = self.cfg.batch_size
+        for s in range(0, sup.shape[0], size):
+            batch = sup[s:s + size]
+            neg_src, neg_dst = training_negatives(batch[:, 0], self.triples.num_entities, self.negatives,
+                                                  self.generator)
+            start, stop, factor = dist_helpers.batch_shard(batch.shape[0], rank, world_size)
+            yield (batch[start:stop], neg_src[start:stop], neg_dst[start:stop]), factor
+
+    def batch_loss(self, positives: torch.Tensor, neg_src: torch.Tensor, neg_dst: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(BCE loss [], {})`` of one batch (see the class docstring)."""
+        b = positives.shape[0]
+        src, dst = positives[:, 0], positives[:, 2]
+        tail = self.negatives == "tail"
+        seeds = torch.cat([src, dst, neg_dst] if tail else [src, dst, neg_src, neg_dst]).to(self.device)
+        rep = self.model.entities
+        scorer = self.model.scorer
+        with self.autocast():
+            if hasattr(rep, "encode"):
+                z = rep.encode(seeds, generator=self._subgraph_generator)
+            else:
+                z = rep(seeds)
+            r = self.model.relations(positives[:, 1].to(self.device))
+            z_neg_src = z[:b] if tail else z[2 * b:3 * b]
+            logits = torch.cat([scorer.score_hrt(z[:b], r, z[b:2 * b]), scorer.score_hrt(z_neg_src, r, z[-b:])])
+        labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(self.device)
+        return self.loss(logits.float(), labels), {}
+
+
+#: ``training.loop`` -> loop class (``negative_sampling``, ``one_to_n``, ``link_bce``; names are normalised, so
 #: ``NegativeSampling`` or ``negative-sampling`` resolve too).
 loop_resolver: ClassResolver[TrainingLoop] = ClassResolver(
-    [NegativeSamplingLoop, OneToNLoop], base=TrainingLoop, suffix="Loop")
+    [NegativeSamplingLoop, OneToNLoop, LinkBCELoop], base=TrainingLoop, suffix="Loop")

@@ -205,6 +205,8 @@ class Trainer:
         run directory.  A tracker may raise to stop training after the epoch is checkpointed (the tuner's pruning).
     :param callbacks: extra :class:`~mmkgc.training.callbacks.TrainingCallback` objects, run after the default ones
         (:func:`~mmkgc.training.callbacks.default_callbacks`).
+    :param validate_fn: ``() -> EvaluationResult`` of the selection split under another evaluation protocol
+        (``evaluation.protocol``); selection reads the result's :attr:`~EvaluationResult.default_side`.
     :raises ConfigError: fp16 without CUDA, fp16 with sparse updates, sparse updates under DDP with NCCL.
     """
 
@@ -222,8 +224,11 @@ class Trainer:
         log: Callable[[str], None] | None = None,
         trackers: list[ResultTracker] | None = None,
         callbacks: list[TrainingCallback] | None = None,
+        validate_fn: Callable[[], EvaluationResult] | None = None,
     ):
         self.model = model.to(device)
+        #: replaces the filtered evaluation of :meth:`validate` (another protocol, e.g. VEMP's sampled one)
+        self.validate_fn = validate_fn
         self.triples = triples
         self.cfg = training
         self.eval_cfg = evaluation
@@ -465,8 +470,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> EvaluationResult:
-        """Filtered ranks on the selection split (``evaluation.split``)."""
+        """Filtered ranks on the selection split (``evaluation.split``), or ``validate_fn``'s result."""
         self.model.eval()
+        if self.validate_fn is not None:
+            return self.validate_fn()
         return evaluate(
             self.model.score_fn(),
             self.triples,
@@ -478,7 +485,7 @@ class Trainer:
         )
 
     def _selection_value(self, result: EvaluationResult) -> float:
-        return float(result.get(self.eval_cfg.metric, side="both", policy=self.eval_cfg.tie_policy))
+        return float(result.get(self.eval_cfg.metric, side=result.default_side, policy=self.eval_cfg.tie_policy))
 
     # ------------------------------------------------------------------------------------------ state
     def _rng_state(self) -> dict[str, torch.Tensor]:
@@ -582,7 +589,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 result = self.validate()
                 value = self._selection_value(result)
-                record["valid"] = {k: result.get(k, side="both", policy=self.eval_cfg.tie_policy)
+                record["valid"] = {k: result.get(k, side=result.default_side, policy=self.eval_cfg.tie_policy)
                                    for k in ("mrr", "hits@1", "hits@3", "hits@10")}
                 record["valid_seconds"] = time.perf_counter() - t0
                 for callback in self.callbacks:  # legacy test reporting, best-model selection
