@@ -42,10 +42,10 @@ from mmkgc.evaluation.metrics import HEADLINE_METRICS
 
 @dataclass
 class LoadedData:
-    """A dataset and, for the synthetic KG, its built-in modality tables (name -> (values [N, d], present [N]))."""
+    """A dataset and, for the synthetic KG, its built-in modality tables (modality name -> pooled table)."""
 
     triples: TripleSet
-    builtin_features: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    builtin_features: dict[str, FeatureTable]
     #: The modality inputs of the model once loaded (set by :func:`build_model`, or given by a saved model so
     #: nothing is read from a feature cache or re-encoded; see :mod:`mmkgc.saved_model`).
     model_features: list[FeatureTable] | None = None
@@ -67,10 +67,8 @@ def load_data(cfg: ExperimentConfig) -> LoadedData:
             syn = make_synthetic_mmkg(**options)
         except (ValueError, TypeError) as err:  # a value or combination of values the generator refuses
             raise ConfigError(f"dataset.synthetic: {err}") from None
-        feats = {
-            name: (torch.as_tensor(values, dtype=torch.float32), torch.as_tensor(syn.present[name], dtype=torch.bool))
-            for name, values in syn.features.items()
-        }
+        feats = {name: FeatureTable(values, name, syn.present[name], provenance={"synthetic": options})
+                 for name, values in syn.features.items()}
         return LoadedData(syn.triples, feats)
     if ds.pykeen is not None:
         from mmkgc.interop.pykeen import load_pykeen_dataset
@@ -123,7 +121,8 @@ def _modality_features(m: ModalityConfig, data: LoadedData, progress: bool) -> F
             table = table.pooled(m.pool)
         values, present = table.values, table.present
     elif m.name in data.builtin_features:
-        values, present = data.builtin_features[m.name]
+        table = data.builtin_features[m.name]
+        values, present = table.values, table.present
     else:
         available = sorted(data.builtin_features) or "none built in"
         raise ConfigError(
