@@ -100,3 +100,27 @@ def test_sweep_refuses_bad_input_before_anything_runs(tmp_path: Path, capsys):
         assert code == 2 and re.search(message, err) and "Traceback" not in err, (argv, err)
     assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     assert not any((tmp_path / d).exists() for d in "abcd")  # refused before the directory was made
+
+
+def test_an_interrupted_sweep_says_how_to_resume_and_keeps_finished_runs(tmp_path: Path, monkeypatch, capsys):
+    import mmkgc.pipeline as pipeline
+
+    config, out = _config(tmp_path), tmp_path / "sweep"
+    real = pipeline.run_experiment
+    calls = []
+
+    def second_interrupted(cfg, run_dir, **kwargs):
+        calls.append(run_dir.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, run_dir, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_experiment", second_interrupted)
+    assert cli.run(["sweep", str(config), "--param", "model.dim=4,8", "--out", str(out), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "finished runs are kept" in err and "--resume" in err and "Traceback" not in err
+    assert [r["label"] for r in json.loads((out / "sweep.json").read_text())["rows"]] == ["1-dim=4"]
+    monkeypatch.setattr(pipeline, "run_experiment", real)
+    assert cli.run(["sweep", str(config), "--param", "model.dim=4,8", "--out", str(out), "--resume",
+                    "--device", "cpu"]) == 0
+    assert [r["label"] for r in json.loads((out / "sweep.json").read_text())["rows"]] == ["1-dim=4", "2-dim=8"]
