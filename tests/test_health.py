@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mmkgc.data.health import health_report
@@ -101,3 +102,27 @@ def test_mkgw_unseen_entities(mkgw):
     assert rep.overlaps == {"train&valid": 0, "train&test": 0, "valid&test": 0}
     assert rep.valid_clean == 4276
     assert not any(w.startswith("valid has") for w in rep.warnings)
+
+
+def test_the_warning_names_the_selection_split_the_run_uses():
+    """``evaluation.split: valid`` (or the sampled protocol) must not be reported as the cleaned validation set."""
+    ts = TripleSet(train=torch.tensor([[0, 0, 1], [1, 0, 2]]), valid=torch.tensor([[0, 0, 1], [2, 0, 0]]),
+                   test=torch.tensor([[1, 0, 0]]), entity_labels=["a", "b", "c"], relation_labels=["r"])
+    clean = health_report(ts)
+    assert clean.valid_clean == 1
+    assert clean.warnings[0] == ("valid has 2 rows but 2 unique triples; 1 also in train, 0 in test; model "
+                                 "selection uses the cleaned validation set of 1 triples")
+    raw = health_report(ts, "valid")
+    assert raw.warnings[0] == ("valid has 2 rows but 2 unique triples; 1 also in train, 0 in test; model selection "
+                               "uses the validation split as given (duplicates and triples shared with train or "
+                               "test included)")
+    assert "Model selection uses the validation split as given" in raw.to_markdown()
+    sampled = health_report(ts, "valid_clean", "vemp_sampled")
+    assert sampled.selection == "the cleaned validation set, ranked by the vemp_sampled protocol"
+    with pytest.raises(ValueError, match="unknown selection split 'test'"):
+        health_report(ts, "test")
+    # an empty cleaned set only matters when selection uses it
+    empty = TripleSet(train=torch.tensor([[0, 0, 1]]), valid=torch.tensor([[0, 0, 1]]), test=torch.tensor([[1, 0, 0]]),
+                      entity_labels=["a", "b"], relation_labels=["r"])
+    assert any("cleaned validation set is empty" in w for w in health_report(empty).warnings)
+    assert not any("cleaned validation set is empty" in w for w in health_report(empty, "valid").warnings)

@@ -578,7 +578,7 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     atomic_write_text(files / "config.yaml", dump_config(cfg))
 
     triples = data.triples
-    report = health_report(triples)
+    report = health_report(triples, cfg.evaluation.split, cfg.evaluation.protocol)
     atomic_write_text(files / "health.json", json.dumps(report.to_dict(), indent=2))
     atomic_write_text(files / "health.md", report.to_markdown())
     for warning in getattr(report, "warnings", []):

@@ -61,7 +61,8 @@ class HealthReport:
     :param splits: ``train`` / ``valid`` / ``test`` -> :class:`SplitStats`.
     :param overlaps: ``"train&valid"``, ``"train&test"``, ``"valid&test"`` -> number of distinct triples in both.
     :param unseen: ``valid`` / ``test`` -> :class:`UnseenStats` (relative to train).
-    :param valid_clean: size of the cleaned validation set used for model selection.
+    :param valid_clean: size of the cleaned validation set (the default selection split).
+    :param selection: what model selection uses, in words (``evaluation.split`` / ``evaluation.protocol``).
     :param entities_without_train_triples: entities that occur in no train triple (isolated in training).
     :param repeated_entity_labels, repeated_relation_labels: labels shared by more than one id.
     :param warnings: human-readable findings, most important first.
@@ -77,6 +78,7 @@ class HealthReport:
     entities_without_train_triples: int
     repeated_entity_labels: int = 0
     repeated_relation_labels: int = 0
+    selection: str = "the cleaned validation set"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -103,7 +105,7 @@ class HealthReport:
         for split, u in self.unseen.items():
             lines.append(f"| {split} | {u.triples_with_unseen_entity:,} | {u.unseen_entities:,} "
                          f"| {u.triples_with_unseen_relation:,} | {u.unseen_relations:,} |")
-        lines += ["", f"Cleaned validation set (model selection): {self.valid_clean:,} triples.",
+        lines += ["", f"Cleaned validation set: {self.valid_clean:,} triples. Model selection uses {self.selection}.",
                   f"Entities without any train triple: {self.entities_without_train_triples:,}.", ""]
         if self.warnings:
             lines.append("**Warnings**")
@@ -127,7 +129,15 @@ def _repeated(labels: list[str]) -> int:
     return sum(c - 1 for c in Counter(labels).values() if c > 1)
 
 
-def health_report(triples: TripleSet) -> HealthReport:
+#: How the health report words the selection split (``evaluation.split``).
+SELECTION_WORDS = {
+    "valid_clean": "the cleaned validation set",
+    "valid": "the validation split as given (duplicates and triples shared with train or test included)",
+}
+
+
+def health_report(triples: TripleSet, selection_split: str = "valid_clean", protocol: str = "filtered"
+                  ) -> HealthReport:
     """Measure duplicates, split overlaps and unseen entities of a dataset.
 
     All counts are exact.  Overlaps count distinct triples present in both splits; unseen counts are relative
@@ -135,6 +145,11 @@ def health_report(triples: TripleSet) -> HealthReport:
     head or tail for entities).
 
     :param triples: the dataset.
+    :param selection_split: the split model selection ranks (``evaluation.split``: ``valid_clean`` or ``valid``);
+        the warnings say which one a run uses.
+    :param protocol: ``evaluation.protocol`` (``filtered``, or ``vemp_sampled``: ranked against sampled
+        candidates, said in the report).
+    :raises ValueError: an unknown ``selection_split``.
     :returns: a :class:`HealthReport`; ``report.warnings`` lists every finding in words, for example for
         DB15K: ``"valid has 9,904 rows but 7,481 unique triples; 6,584 also in train, 824 in test; model
         selection uses the cleaned validation set of 73 triples"``.
@@ -185,8 +200,9 @@ def health_report(triples: TripleSet) -> HealthReport:
         entities_without_train_triples=int((~seen_entity).sum()),
         repeated_entity_labels=_repeated(triples.entity_labels),
         repeated_relation_labels=_repeated(triples.relation_labels),
+        selection=_selection_words(selection_split, protocol),
     )
-    report.warnings = _warnings(report)
+    report.warnings = _warnings(report, selection_split)
     return report
 
 
@@ -195,16 +211,25 @@ def _n(count: int, singular: str, plural: str | None = None) -> str:
     return f"{count:,} {singular if count == 1 else (plural or singular + 's')}"
 
 
-def _warnings(rep: HealthReport) -> list[str]:
+def _selection_words(split: str, protocol: str) -> str:
+    if split not in SELECTION_WORDS:
+        raise ValueError(f"unknown selection split {split!r} (expected one of {', '.join(SELECTION_WORDS)})")
+    words = SELECTION_WORDS[split]
+    return words if protocol == "filtered" else f"{words}, ranked by the {protocol} protocol"
+
+
+def _warnings(rep: HealthReport, selection_split: str = "valid_clean") -> list[str]:
     out: list[str] = []
     v = rep.splits["valid"]
     in_train, in_test = rep.overlaps["train&valid"], rep.overlaps["valid&test"]
     if v.rows and (v.duplicates or in_train or in_test):
         out.append(
             f"valid has {v.rows:,} rows but {v.unique:,} unique triples; {in_train:,} also in train, "
-            f"{in_test:,} in test; model selection uses the cleaned validation set of {rep.valid_clean:,} triples"
+            f"{in_test:,} in test; "
+            + (f"model selection uses the cleaned validation set of {rep.valid_clean:,} triples"
+               if selection_split == "valid_clean" else f"model selection uses {rep.selection}")
         )
-    if v.rows and rep.valid_clean == 0:
+    if v.rows and rep.valid_clean == 0 and selection_split == "valid_clean":
         out.append("the cleaned validation set is empty: validation-based model selection is impossible")
     if v.rows == 0:
         out.append("there is no validation split: model selection must use the final epoch")
