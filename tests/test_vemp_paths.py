@@ -76,3 +76,11 @@ def test_pipeline_reproduces_the_old_stage2_loop(tmp_path: Path, negatives, fano
     assert legacy["hits@10"] == pytest.approx(old["test_legacy"]["hits@10"], rel=1e-9)
     assert metrics["protocol"]["queries"] == {"valid": 12, "test": 12}
     assert metrics["training"]["best_epoch"] == (3 if negatives == "binary" else 2)
+    # `mmkgc evaluate` / api.evaluate of the run use its protocol: the same sampled ranks as its metrics.json
+    from mmkgc.api import evaluate, load
+
+    trained = load(tmp_path / "run", device="cpu")
+    again = evaluate(trained, split="test").to_dict()["metrics"]["realistic"]["tail"]
+    assert again == pytest.approx(metrics["test"]["metrics"]["realistic"]["tail"], rel=1e-12)
+    everything = evaluate(trained, split="test", protocol="filtered").to_dict()["metrics"]["realistic"]["tail"]
+    assert everything["count"] == trained.triples.test.shape[0] != 12

@@ -165,19 +165,40 @@ def load(path: str | Path, device: str | None = "auto", which: str = "best") -> 
                         state=read_checkpoint_state(ckpt), source=path)
 
 
-def evaluate(model: TrainedModel, split: str = "test", batch_size: int | str | None = 256, **options: Any) -> Any:
-    """Filtered ranks of a model's split (all tie policies, per side, per relation category):
-    :func:`mmkgc.evaluation.metrics.evaluate` on the model's score function and triples.
+def evaluate(model: TrainedModel, split: str = "test", batch_size: int | str | None = 256,
+             protocol: str | None = None, **options: Any) -> Any:
+    """Ranks of a model's split under its run's evaluation protocol (``evaluation.protocol``): the filtered
+    all-entity ranking (all tie policies, per side, per relation category; :func:`mmkgc.evaluation.metrics.evaluate`
+    on the model's score function and triples), or for a ``vemp_sampled`` run VEMP's sampled tail ranking with the
+    run's seed, candidates and message graphs (:func:`mmkgc.pipeline.protocol_evaluator`), as its ``metrics.json``.
 
-    :param split: ``test``, ``valid`` or ``valid_clean``.
-    :param options: further keywords of :func:`mmkgc.evaluation.metrics.evaluate` (``policies``, ``ks``, ...).
+    :param split: ``test``, ``valid`` or ``valid_clean`` (``vemp_sampled``: ``test`` or ``valid``).
+    :param protocol: ``None`` = the run's; ``filtered`` ranks any model against all entities.
+    :param options: further keywords of :func:`mmkgc.evaluation.metrics.evaluate` (``policies``, ``ks``, ...;
+        filtered protocol only).
     :returns: an :class:`~mmkgc.evaluation.metrics.EvaluationResult` (``to_dict()``, ``to_markdown()``,
         ``get("mrr", side="both", policy="realistic")``).
+    :raises ConfigError: an unknown protocol, options with the sampled protocol, or a split it does not rank.
     """
     from mmkgc.evaluation.metrics import evaluate as evaluate_fn
 
+    protocol = protocol or model.config.evaluation.protocol
     model.module.eval()
-    return evaluate_fn(model.module.score_fn(), model.triples, split=split, batch_size=batch_size, **options)
+    if protocol == "filtered":
+        return evaluate_fn(model.module.score_fn(), model.triples, split=split, batch_size=batch_size, **options)
+    if protocol != "vemp_sampled":
+        raise ConfigError(f"protocol: unknown evaluation protocol {protocol!r} (filtered or vemp_sampled)")
+    if options:
+        raise ConfigError(f"{', '.join(sorted(options))}: options of the filtered protocol; this run is evaluated "
+                          "with vemp_sampled (pass protocol='filtered' to rank against all entities)")
+    from mmkgc.pipeline import protocol_evaluator
+
+    cfg = model.config.model_copy(deep=True)
+    cfg.evaluation.protocol = "vemp_sampled"
+    try:
+        return protocol_evaluator(cfg, model.module, model.triples).evaluate(split)
+    except ValueError as err:
+        raise ConfigError(f"split {split!r}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------ predictions

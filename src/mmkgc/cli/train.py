@@ -111,7 +111,8 @@ def evaluate(
                                          help="--output layout: mmkgc (everything) or pykeen (side -> rank type -> metric, "
                                     "as PyKEEN's RankBasedMetricResults.to_dict())."),
 ) -> None:
-    """Evaluate a run's model with filtered ranks (all tie policies, per relation category)."""
+    """Evaluate a run's model under its evaluation protocol: filtered ranks (all tie policies, per relation
+    category), or the sampled protocol of a `vemp_sampled` run."""
     split, checkpoint, layout = Split(split).value, Checkpoint(checkpoint).value, MetricsLayout(layout).value
     from mmkgc.api import evaluate as evaluate_model
     from mmkgc.api import load
