@@ -430,6 +430,8 @@ class UnseenConfig(_Strict):
         ``align_weight > 0`` leaves the training of every other parameter as without the option.
     :param projection: the map from the entity's adapted modality vectors to its substitute structural row:
         ``mlp`` (one hidden ReLU layer of the entity width; default) or ``linear``.
+    :param sparsest: draw only among this share of the seen entities, the sparsest by training triples (ties at the
+        cut included; ``1``: all seen entities).
     """
 
     mode: Literal["none", "modality"] = "none"
@@ -437,6 +439,7 @@ class UnseenConfig(_Strict):
     dropout: bool = True
     align_weight: float = Field(0.0, ge=0.0, le=100.0)
     projection: Literal["linear", "mlp"] = "mlp"
+    sparsest: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _trained(self) -> "UnseenConfig":
