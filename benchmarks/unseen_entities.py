@@ -9,7 +9,7 @@ Two experiments, each writing run directories and a JSON summary:
 
     * ``structure``        -- structure only (the control: an unseen entity is an untrained row);
     * ``concat``           -- structure + text + visual by concatenation, without the option;
-    * ``concat_unseen``    -- the same with ``model.unseen.mode: modality`` (structure dropout, share 0.15);
+    * ``concat_unseen``    -- the same with ``model.unseen.mode: modality`` (structure dropout, the config defaults; ``--unseen`` overrides);
     * ``concat_align``     -- the same with alignment only (``dropout: false``, ``align_weight: 1``);
     * ``fused_unseen``     -- attention fusion (AdaMF-style) with the option;
     * ``modality_only``    -- no structural table at all, every entity from its features (a reference: what the

@@ -299,6 +299,8 @@ MODS = [{"name": "text"}, {"name": "visual"}]
     ({"representation": "rgcn"}, "rgcn"),
     ({"representation": "concat", "modalities": MODS, "unseen": {"mode": "modality", "dropout": False}},
      "nothing would train"),
+    ({"representation": "concat", "modalities": MODS, "unseen": {"mode": "modality", "sparsest": 0}},
+     "sparsest"),
 ])
 def test_config_rejects_the_option_where_it_cannot_apply(model, message):
     model = {"unseen": {"mode": "modality"}, **model}
@@ -341,7 +343,9 @@ def test_default_option_leaves_the_config_hash_unchanged():
     off = parse_config(_raw(representation="concat", modalities=MODS))
     assert run_fingerprint(on, build_model(on, load_data(on)))["config"] != \
         run_fingerprint(off, build_model(off, load_data(off)))["config"]
-    # ``sparsest`` came later: at its default it leaves the hash of a run with the option as it was
+    # ``sparsest`` came later: at 1 (all seen entities, the behaviour before it existed) it leaves the hash of a run
+    # with the option as it was
+    on = parse_config(_raw(representation="concat", modalities=MODS, unseen={"mode": "modality", "sparsest": 1.0}))
     model = build_model(on, load_data(on))
     before = {k: v for k, v in on.model.model_dump(mode="json").items()}
     before["unseen"] = {k: v for k, v in before["unseen"].items() if k != "sparsest"}
