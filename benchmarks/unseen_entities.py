@@ -9,7 +9,7 @@ Two experiments, each writing run directories and a JSON summary:
 
     * ``structure``        -- structure only (the control: an unseen entity is an untrained row);
     * ``concat``           -- structure + text + visual by concatenation, without the option;
-    * ``concat_unseen``    -- the same with ``model.unseen.mode: modality`` (structure dropout, share 0.15);
+    * ``concat_unseen``    -- the same with ``model.unseen.mode: modality`` (structure dropout, the config defaults; ``--unseen`` overrides);
     * ``concat_align``     -- the same with alignment only (``dropout: false``, ``align_weight: 1``);
     * ``fused_unseen``     -- attention fusion (AdaMF-style) with the option;
     * ``modality_only``    -- no structural table at all, every entity from its features (a reference: what the
@@ -74,7 +74,35 @@ def breakdown(run_dir: Path) -> dict:
     return {"test": {k: test[k] for k in ("mrr", "hits@1", "hits@10")}, "by_answer": groups,
             "test_by_seen": metrics["summary"].get("test_by_seen"), "epochs": metrics["training"]["epochs"],
             "best_epoch": metrics["training"]["best_epoch"],
-            "training_seconds": metrics["training"]["training_seconds"]}
+            "training_seconds": metrics["training"]["training_seconds"], **epoch_log(run_dir)}
+
+
+def checkpoint_breakdown(run_dir: Path, which: str = "last") -> dict:
+    """Test MRR (%, realistic ties) of a run directory's ``which`` checkpoint, by triple (``seen`` / ``unseen``: the
+    triple involves an entity without training triples) and by task (:func:`answer_seen_labels`), and its epoch;
+    for checkpoints copied out of a running run (equal-epoch comparisons of time-budgeted runs)."""
+    from mmkgc.pipeline import load_run
+    from mmkgc.training.checkpoint import read_checkpoint_state
+
+    _, data, model = load_run(run_dir, device="cpu", which=which)
+    result = evaluate(model.score_fn(), data.triples, split="test", per_relation=False,
+                      group_labels=answer_seen_labels(data.triples))
+    out = {"epoch": read_checkpoint_state(run_dir / "checkpoints" / which)["epoch"],
+           "test_mrr": 100 * result.get("mrr", side="both")}
+    for group in ("seen", "unseen"):
+        out[f"triples_{group}"] = {m: result.get(m, side="both", seen=group) for m in ("count", "mrr", "mr")}
+    for label, by_policy in result.to_dict()["by_group"].items():
+        out[f"task_{label}"] = {k: by_policy["realistic"]["both"][k] for k in ("count", "mrr")}
+    return out
+
+
+def epoch_log(run_dir: Path) -> dict:
+    """From a run's ``metrics.jsonl``: ``valid_mrr`` by epoch (the epochs validated; equal-epoch comparisons of runs
+    with different budgets) and the CPU seconds of each full epoch (``cpu_seconds_per_epoch``, when logged)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    valid = {str(r["epoch"]): r["valid"]["mrr"] for r in records if "valid" in r}
+    cpu = [r["cpu_seconds"] for r in records if "cpu_seconds" in r and not r.get("partial")]
+    return {"valid_mrr": valid, "cpu_seconds_per_epoch": cpu}
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -178,9 +206,18 @@ def main(argv: list[str] | None = None) -> None:
                     metavar="NAME[:KEY=VALUE,...]",
                     help="the runs started together, each with its --set overrides (default: without and with the "
                          "option)")
+    ev = sub.add_parser("checkpoints", help="test breakdown of run directories' checkpoints (see checkpoint_breakdown)")
+    ev.add_argument("run_dirs", nargs="+")
+    ev.add_argument("--which", default="last", choices=["last", "best"])
+    ev.add_argument("--json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = run_synthetic(args) if args.experiment == "synthetic" else run_db15k(args)
+    if args.experiment == "checkpoints":
+        result = {"experiment": "checkpoints", "which": args.which,
+                  "runs": {d: checkpoint_breakdown(Path(d), args.which) for d in args.run_dirs}}
+        print(json.dumps(result["runs"], indent=1))
+    else:
+        result = run_synthetic(args) if args.experiment == "synthetic" else run_db15k(args)
     result["torch"] = torch.__version__
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=2))

@@ -10,8 +10,9 @@ import yaml
 from mmkgc.config import load_config, parse_config
 from mmkgc.errors import ConfigError
 from mmkgc.models.fused import FusedKGEModel, FusedRepresentation
-from mmkgc.models.inductive import (ModalityStructure, alignment_error, attach_modality_structure, pop_auxiliary_losses)
 from mmkgc.features.store import FeatureTable
+from mmkgc.models.inductive import (ModalityStructure, alignment_error, attach_modality_structure, pop_auxiliary_losses,
+                                    sparsest_cut, training_degree)
 from mmkgc.models.kge import KGEModel, MultimodalRepresentation
 from mmkgc.nn.scorers import build_scorer
 
@@ -120,6 +121,53 @@ def test_sample_share_determinism_and_restriction():
     rep.eval()
     structure(None)
     assert int(structure.draws) == 6  # evaluation draws nothing
+
+
+def test_training_degree_and_the_sparsest_cut_by_hand():
+    # (h, r, t) rows: entity 0 in 3 triples, 1 in 2, 2 in 1, 3 in 2 (one self-loop, counted twice), 4 and 5 in none
+    train = torch.tensor([[0, 0, 1], [0, 1, 2], [1, 0, 0], [3, 2, 3]])
+    assert training_degree(train, 6).tolist() == [3, 2, 1, 2, 0, 0]
+    assert training_degree(torch.zeros(0, 3, dtype=torch.long), 3).tolist() == [0, 0, 0]
+    degrees = torch.tensor([8, 1, 5, 2, 1, 3])  # sorted: 1 1 2 3 5 8
+    assert sparsest_cut(degrees, 0.5) == 2  # ceil(3.0) = 3 smallest -> the third, 2
+    assert sparsest_cut(degrees, 0.51) == 3  # ceil(3.06) = 4 -> 3
+    assert sparsest_cut(degrees, 0.1) == 1  # at least one entity: ceil(0.6) = 1 -> 1 (both entities of degree 1)
+    assert sparsest_cut(degrees, 1.0) == 8
+    assert sparsest_cut(torch.tensor([], dtype=torch.long), 0.5) == 0
+
+
+def test_sparsest_restricts_the_draw_to_the_sparse_seen_entities():
+    # degrees of the 6 entities: 0 and 1 sparse (1, 2), 2 sparse but without a modality, 3 frequent, 4-5 unseen
+    degree = torch.tensor([1, 2, 1, 9, 0, 0])
+    torch.manual_seed(0)
+    rep = MultimodalRepresentation(N, D, _features(), with_structure=True)
+    structure = attach_modality_structure(rep, SEEN, share=0.5, seed=0, projection="linear", degree=degree,
+                                          sparsest=0.5)
+    # seen with a modality: entities 0, 1, 3 with degrees 1, 2, 9 -> ceil(1.5) = 2 smallest -> cut 2 -> {0, 1}
+    assert structure.eligible.tolist() == [True, True, False, False, False, False]
+    assert "eligible" not in structure.state_dict()  # derived from the training triples, not saved
+    rep.train()
+    table = structure.embedding.weight
+    hit = set()
+    for draw in range(8):
+        mask = structure.sample_mask(draw)
+        rows = structure(None)
+        for e in range(N):
+            substituted = not torch.equal(rows[e], table[e])
+            assert substituted == (bool(mask[e]) and e in (0, 1)), (draw, e)
+            if substituted:
+                hit.add(e)
+    assert hit == {0, 1}
+    # sparsest 1 (the default): every seen entity with a modality, as before the option existed
+    every = attach_modality_structure(MultimodalRepresentation(N, D, _features()), SEEN, degree=degree)
+    assert every.eligible.tolist() == (SEEN & every.has_modality).tolist() == [True, True, False, True, False, False]
+    with pytest.raises(ValueError, match="training degrees"):
+        attach_modality_structure(MultimodalRepresentation(N, D, _features()), SEEN, sparsest=0.5)
+    with pytest.raises(ValueError, match="sparsest must lie"):
+        attach_modality_structure(MultimodalRepresentation(N, D, _features()), SEEN, degree=degree, sparsest=0.0)
+    with pytest.raises(ValueError, match="degree has 3 entries"):
+        attach_modality_structure(MultimodalRepresentation(N, D, _features()), SEEN, degree=degree[:3],
+                                  sparsest=0.5)
 
 
 def test_alignment_value_only_trains_the_projection():
@@ -252,6 +300,8 @@ MODS = [{"name": "text"}, {"name": "visual"}]
     ({"representation": "rgcn"}, "rgcn"),
     ({"representation": "concat", "modalities": MODS, "unseen": {"mode": "modality", "dropout": False}},
      "nothing would train"),
+    ({"representation": "concat", "modalities": MODS, "unseen": {"mode": "modality", "sparsest": 0}},
+     "sparsest"),
 ])
 def test_config_rejects_the_option_where_it_cannot_apply(model, message):
     model = {"unseen": {"mode": "modality"}, **model}
@@ -295,10 +345,24 @@ def test_default_option_leaves_the_config_hash_unchanged():
     off = parse_config(_raw(representation="concat", modalities=MODS))
     assert run_fingerprint(on, build_model(on, load_data(on)))["config"] != \
         run_fingerprint(off, build_model(off, load_data(off)))["config"]
+    # ``sparsest`` came later: at 1 (all seen entities, the behaviour before it existed) it leaves the hash of a run
+    # with the option as it was
+    on = parse_config(_raw(representation="concat", modalities=MODS, unseen={"mode": "modality", "sparsest": 1.0}))
+    model = build_model(on, load_data(on))
+    before = {k: v for k, v in on.model.model_dump(mode="json").items()}
+    before["unseen"] = {k: v for k, v in before["unseen"].items() if k != "sparsest"}
+    payload = json.dumps({"dataset": {k: v for k, v in on.dataset.model_dump(mode="json").items()
+                                      if k not in ("pykeen", "random_split")},
+                          "model": before, "seed": on.seed}, sort_keys=True)
+    assert run_fingerprint(on, model)["config"] == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    sparse = parse_config(_raw(representation="concat", modalities=MODS, unseen={"mode": "modality", "sparsest": 0.5}))
+    assert run_fingerprint(sparse, build_model(sparse, load_data(sparse)))["config"] != \
+        run_fingerprint(on, model)["config"]
 
 
 @pytest.mark.parametrize("model", [
     {"representation": "concat", "modalities": MODS, "unseen": {"mode": "modality", "align_weight": 0.5}},
+    {"representation": "concat", "modalities": MODS, "unseen": {"mode": "modality", "share": 0.4, "sparsest": 0.3}},
     {"representation": "fused", "modalities": MODS, "adapter": "mlp",
      "fusion": {"kind": "attention", "relation_temperature": True}, "unseen": {"mode": "modality"}},
 ])

@@ -219,12 +219,13 @@ def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KG
     if options.mode == "none":
         return model
     from mmkgc.evaluation.metrics import seen_in_training
-    from mmkgc.models.inductive import attach_modality_structure
+    from mmkgc.models.inductive import attach_modality_structure, training_degree
 
     try:
         attach_modality_structure(model.entities, seen_in_training(data.triples), share=options.share,
                                   dropout=options.dropout, align_weight=options.align_weight, seed=cfg.seed,
-                                  projection=options.projection)
+                                  projection=options.projection, sparsest=options.sparsest,
+                                  degree=training_degree(data.triples.train, data.triples.num_entities))
     except ValueError as err:
         raise ConfigError(f"model.unseen: {err}") from None
     return model
@@ -236,6 +237,8 @@ def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     # of the hash while they are at their defaults, so a run started before an option existed still resumes with the
     # newer code.
     model_part = cfg.model.model_dump(mode="json", exclude={"unseen"} if cfg.model.unseen.mode == "none" else None)
+    if "unseen" in model_part and cfg.model.unseen.sparsest == 1.0:  # added later: hashed only when set
+        model_part["unseen"].pop("sparsest", None)
     new_at_default = {k for k in ("pykeen", "random_split") if getattr(cfg.dataset, k) is None}
     dataset_part = cfg.dataset.model_dump(mode="json", exclude=new_at_default or None)
     payload = json.dumps({"dataset": dataset_part, "model": model_part, "seed": cfg.seed}, sort_keys=True)

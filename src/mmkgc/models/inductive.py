@@ -40,13 +40,16 @@ dropout" idea of training a network to work with a missing input.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from mmkgc.models.kge import EmbeddingRepresentation, EntityRepresentation
 
-__all__ = ["ModalityStructure", "attach_modality_structure", "modality_structures", "pop_auxiliary_losses"]
+__all__ = ["ModalityStructure", "attach_modality_structure", "modality_structures", "pop_auxiliary_losses",
+           "sparsest_cut", "training_degree"]
 
 
 #: alignment values kept between two :meth:`ModalityStructure.pop_losses` calls (a trainer step makes one or two)
@@ -72,14 +75,22 @@ class ModalityStructure(EntityRepresentation):
     :param seed: seed of the sample draws.
     :param projection: ``mlp`` (``W_2 relu(W_1 a + b_1) + b_2``, hidden width ``D``; the first layer keeps
         PyTorch's default initialisation, drawn from a forked random stream) or ``linear`` (``W a + b``).
+    :param degree: int ``[N]``, training triples per entity (:func:`training_degree`); needed for ``sparsest < 1``.
+    :param sparsest: draw only among the sparsest share of the seen entities with a modality: those whose
+        ``degree`` is at most the cut :func:`sparsest_cut` (``1``: all of them).  The entities a model must
+        represent from modalities alone are, like those without training triples, mostly sparse ones; and a sparse
+        entity's structural row carries little of the signal the other queries are ranked with, so leaving it out
+        of a step costs them less than leaving out a frequent one.
 
     Shapes: ``forward(ids [B] | None) -> [B, D]`` (``None``: all ``N`` rows); :meth:`substitute` ``[S] -> [S, D]``.
-    :raises ValueError: ``seen`` of the wrong length, a share outside ``[0, 1)``, a negative ``align_weight``, or
-        neither dropout nor alignment (nothing would train the projection).
+    :raises ValueError: ``seen`` or ``degree`` of the wrong length, a share outside ``[0, 1)``, ``sparsest``
+        outside ``(0, 1]`` or below 1 without ``degree``, a negative ``align_weight``, or neither dropout nor
+        alignment (nothing would train the projection).
     """
 
     def __init__(self, base: EmbeddingRepresentation, inputs: nn.ModuleList, seen: torch.Tensor, share: float = 0.15,
-                 dropout: bool = True, align_weight: float = 0.0, seed: int = 0, projection: str = "mlp"):
+                 dropout: bool = True, align_weight: float = 0.0, seed: int = 0, projection: str = "mlp",
+                 degree: torch.Tensor | None = None, sparsest: float = 1.0):
         super().__init__()
         seen = torch.as_tensor(seen, dtype=torch.bool).reshape(-1)
         if seen.shape[0] != base.num_entities:
@@ -114,6 +125,20 @@ class ModalityStructure(EntityRepresentation):
         self.register_buffer("draws", torch.zeros(1, dtype=torch.long))
         has = torch.stack([torch.as_tensor(m.present, dtype=torch.bool) for m in inputs]).any(0)
         self.register_buffer("has_modality", has, persistent=False)
+        if not 0.0 < sparsest <= 1.0:
+            raise ValueError(f"sparsest must lie in (0, 1], got {sparsest}")
+        eligible = self.seen & has
+        if sparsest < 1.0:
+            if degree is None:
+                raise ValueError("sparsest < 1 needs the entities' training degrees")
+            degree = torch.as_tensor(degree).reshape(-1).to(self.seen.device)
+            if degree.shape[0] != self.num_entities:
+                raise ValueError(f"degree has {degree.shape[0]} entries but the table has {self.num_entities} rows")
+            eligible = eligible & (degree <= sparsest_cut(degree[eligible], sparsest))
+        self.sparsest = float(sparsest)
+        #: entities a training draw may pick (seen, with a modality, within the ``sparsest`` cut); derived from the
+        #: training triples at construction, so not saved
+        self.register_buffer("eligible", eligible, persistent=False)
         #: alignment values recorded by training forward passes since the last :meth:`pop_losses`
         self._pending: list[torch.Tensor] = []
 
@@ -132,7 +157,7 @@ class ModalityStructure(EntityRepresentation):
 
     def sample_mask(self, draw: int) -> torch.Tensor:
         """Bool ``[N]``: the entities drawn by training draw ``draw`` (each with probability ``share``, independently;
-        seen entities without a modality and unseen entities are then ignored by the caller)."""
+        the caller keeps only the :attr:`eligible` ones)."""
         g = torch.Generator().manual_seed(_draw_seed(self.seed, draw))
         return (torch.rand(self.num_entities, generator=g) < self.share).to(self.seen.device)
 
@@ -157,10 +182,8 @@ class ModalityStructure(EntityRepresentation):
             draw = int(self.draws[0])
             with torch.no_grad():
                 self.draws += 1
-            mask = self.sample_mask(draw)
-            seen = self.seen if ids is None else self.seen[ids]
-            has = self.has_modality if ids is None else self.has_modality[ids]
-            sample = (mask if ids is None else mask[ids]) & seen & has
+            mask = self.sample_mask(draw) & self.eligible
+            sample = mask if ids is None else mask[ids]
             if self.dropout:
                 replace = replace | sample
         align = sample is not None and self.align_weight > 0
@@ -191,7 +214,28 @@ class ModalityStructure(EntityRepresentation):
 
     def extra_repr(self) -> str:
         return (f"share={self.share}, dropout={self.dropout}, align_weight={self.align_weight}, "
+                f"sparsest={self.sparsest} ({int(self.eligible.sum())} eligible), "
                 f"unseen_with_modality={int(self.substituted().sum())}")
+
+
+def training_degree(train: torch.Tensor, num_entities: int) -> torch.Tensor:
+    """Training triples per entity: long ``[N]``, the number of rows of ``train [T, 3]`` (``(h, r, t)``) with the entity
+    as head or tail (a self-loop counts twice)."""
+    train = torch.as_tensor(train).reshape(-1, 3).long()
+    return torch.bincount(train[:, [0, 2]].reshape(-1).cpu(), minlength=num_entities)
+
+
+def sparsest_cut(degree: torch.Tensor, share: float) -> int:
+    """The degree cut of the sparsest ``share`` of entities with degrees ``degree [S]``: the smallest ``d`` with at least
+    ``ceil(share · S)`` of the degrees ``<= d`` (entities with a degree equal to the cut all count, so the drawn set
+    can exceed the share).  ``S = 0`` gives 0.
+
+    Example: degrees ``[1, 1, 2, 3, 5, 8]`` and share 0.5 -> ``ceil(3) = 3`` smallest -> cut 2."""
+    degree = torch.as_tensor(degree).reshape(-1)
+    if degree.numel() == 0:
+        return 0
+    k = max(1, math.ceil(share * degree.numel() - 1e-9))
+    return int(torch.sort(degree).values[k - 1])
 
 
 def alignment_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -202,7 +246,8 @@ def alignment_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def attach_modality_structure(representation: nn.Module, seen: torch.Tensor, share: float = 0.15,
                               dropout: bool = True, align_weight: float = 0.0, seed: int = 0,
-                              projection: str = "mlp") -> ModalityStructure:
+                              projection: str = "mlp", degree: torch.Tensor | None = None,
+                              sparsest: float = 1.0) -> ModalityStructure:
     """Give a multimodal representation modality substitutes for its structural rows (in place).
 
     Works for any representation with ``structure`` (an :class:`~mmkgc.models.kge.EmbeddingRepresentation`) and
@@ -222,7 +267,7 @@ def attach_modality_structure(representation: nn.Module, seen: torch.Tensor, sha
     if not inputs:
         raise ValueError("modality substitutes need at least one modality")
     structure = ModalityStructure(base, inputs, seen, share=share, dropout=dropout, align_weight=align_weight,
-                                  seed=seed, projection=projection)
+                                  seed=seed, projection=projection, degree=degree, sparsest=sparsest)
     device = base.embedding.weight.device
     representation.structure = structure.to(device)
     return structure
