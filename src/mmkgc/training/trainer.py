@@ -310,7 +310,8 @@ class Trainer:
         no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
                    else "broadcast_buffers")
         return ddp_cls(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                       find_unused_parameters=bool(aux_owned), **{no_sync: False})
+                       find_unused_parameters=bool(aux_owned) or loop_resolver.lookup(self.cfg.loop).unused_parameters,
+                       **{no_sync: False})
 
     # ------------------------------------------------------------------------------------------ the loop's parts
     @property
