@@ -382,12 +382,8 @@ class Trainer:
                 return 0.0
             values = torch.stack([v.float() for v in pending_losses]).tolist()
             first_step = self.step - len(values)
-            for i, value in enumerate(values):
-                if not np.isfinite(value):
-                    raise FloatingPointError(
-                        f"training loss became {value} at epoch {self.epoch + 1}, step {first_step + i}; "
-                        "lower the learning rate or check the features"
-                    )
+            if sync_every > 1:  # every rank raises together (with sync_every 1 each step was checked already)
+                dist_helpers.raise_if_nonfinite(values, self.epoch + 1, first_step)
             settled = 0.0
             for value, weight in zip(values, pending_weights):
                 settled += value * weight
@@ -415,11 +411,8 @@ class Trainer:
                     loss = self.ddp(*tensors)
                 else:
                     loss = self._step_loss(*tensors)
-                if sync_every == 1 and not torch.isfinite(loss):  # CPU: stop before the step is applied
-                    raise FloatingPointError(
-                        f"training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
-                        "lower the learning rate or check the features"
-                    )
+                if sync_every == 1:  # CPU: stop before the step is applied, on every rank if one rank's is bad
+                    dist_helpers.raise_if_nonfinite([loss.item()], self.epoch + 1, self.step)
                 scaled = loss * factor if factor != 1.0 else loss
                 if self.scaler.is_enabled():
                     self.scaler.scale(scaled).backward()
@@ -466,7 +459,7 @@ class Trainer:
                 callback.on_epoch_trained(self)
         if self.world_size > 1:
             total = dist_helpers.all_reduce_sum([total])[0]
-        self.epoch_terms = {k: v / max(count, 1) for k, v in term_sums.items()}
+        self.epoch_terms = dist_helpers.mean_over_ranks({k: v / max(count, 1) for k, v in term_sums.items()})
         return total / max(count, 1), out_of_time
 
     # ------------------------------------------------------------------------------------------ validation
