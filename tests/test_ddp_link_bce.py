@@ -22,7 +22,6 @@ What is compared, and why:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest

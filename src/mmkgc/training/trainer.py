@@ -24,7 +24,9 @@ global batch's mean loss.  Auxiliary steps (generators, discriminator, CLUB esti
 way and average their gradients over the ranks themselves (their parameters are left out of DDP).  Only rank 0
 logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model); every rank validates on its shard of the
 queries and gets the same gathered metrics, and rank 0's early-stopping and time-budget decisions are broadcast
-(callbacks).  A checkpoint written by any world size resumes under any other, since
+(callbacks).  The logged loss and terms are means over the ranks, and a non-finite loss on any rank raises on
+every rank (:func:`~mmkgc.distributed.raise_if_nonfinite`).  A checkpoint written by any world size resumes under
+any other, since
 the shared stream is identical on all ranks and the per-rank streams are re-derived from ``(seed, epoch, rank)``.
 """
 
@@ -298,7 +300,8 @@ class Trainer:
         step does not train them (their steps average their own gradients, :func:`dist_helpers.average_gradients`).
         Models with auxiliary steps also have parts that some configurations leave out of the main loss (IMVIA's
         gate-noise weights without ``noisy_gating``, its alignment heads with ``align_weight: 0``), so DDP looks for
-        unused parameters after each forward pass for them (one traversal of the autograd graph per step)."""
+        unused parameters after each forward pass for them (one traversal of the autograd graph per step), and for
+        loops that declare :attr:`TrainingLoop.unused_parameters` (link-BCE: ``mlp_link``'s relation table)."""
         import inspect
 
         ddp_cls = torch.nn.parallel.DistributedDataParallel
