@@ -1,5 +1,5 @@
-"""What the ranks of a DDP run (gloo, 2 CPU processes) must agree on: a non-finite training loss on one rank stops
-every rank promptly with the same error, and the logged per-epoch loss terms are the mean over the ranks.
+"""What the ranks of a DDP run (gloo, 2 CPU processes) must agree on: a non-finite training loss (or auxiliary-step
+loss) on one rank stops every rank promptly with the same error, and the logged per-epoch loss terms are the mean over the ranks.
 
 Before this was fixed, the rank whose loss was NaN raised alone and the other one waited in the next gradient
 all-reduce until the process group's timeout (30 minutes by default; 30 s in this test, whose run then fails the
@@ -96,6 +96,39 @@ def _poisoned_run(rank: int, sync_every: int) -> dict:
     return {**outcome, "seconds": time.monotonic() - start, "batches": len(trainer.batcher)}
 
 
+def _poisoned_aux_run(rank: int) -> dict:
+    """One epoch of a tiny IMVIA with rank 1's second CLUB-estimator loss NaN (the auxiliary step, whose
+    gradients are averaged outside DDP)."""
+    from test_distributed import _aux_config
+
+    cfg = _aux_config("imvia")
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 1})})
+    from mmkgc.pipeline import build_model, load_data
+    from mmkgc.training.trainer import Trainer
+
+    data = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(build_model(cfg, data), data.triples, cfg.training, cfg.evaluation, seed=cfg.seed,
+                      device="cpu")
+    (aux,) = trainer.aux_steps
+    calls = {"n": 0}
+    loss = aux.loss
+
+    def poisoned(*tensors):
+        calls["n"] += 1
+        value = loss(*tensors)
+        return value + float("nan") if rank == 1 and calls["n"] == 2 else value
+
+    aux.loss = poisoned
+    start = time.monotonic()
+    try:
+        trainer.train()
+        outcome = {"error": None, "message": None}
+    except Exception as err:  # noqa: BLE001 - the test compares what each rank raised
+        outcome = {"error": type(err).__name__, "message": str(err)}
+    return {**outcome, "seconds": time.monotonic() - start, "batches": len(trainer.batcher), "name": aux.name}
+
+
 def _imvia_terms_run(out: Path, rank: int) -> None:
     """2 epochs of a tiny IMVIA (terms of the main loss and of the CLUB-estimator step); records the terms each
     rank computed, step by step, independently of the trainer's epoch reduction."""
@@ -135,6 +168,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     init_group(rank, world, port)
     try:
         results = {f"sync{k}": _poisoned_run(rank, k) for k in (1, 3)}
+        results["aux"] = _poisoned_aux_run(rank)
         (Path(out) / f"poison{rank}.json").write_text(json.dumps(results))
         _imvia_terms_run(Path(out), rank)
     finally:
@@ -156,6 +190,18 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(ddp_agreeme
     assert ranks[0]["batches"] >= 3  # the poisoned step (index 1) is not the last one
     expected = ("training loss became nan on rank 1 of 2 at epoch 1, step 1; lower the learning rate or check "
                 "the features")
+    for rank, result in enumerate(ranks):
+        assert result["error"] == "FloatingPointError", (rank, result)
+        assert result["message"] == expected, (rank, result)
+        assert result["seconds"] < PROMPT_S, (rank, result)
+
+
+def test_a_nan_auxiliary_loss_on_one_rank_stops_every_rank(ddp_agreement):
+    """The auxiliary step's loss is read with every rank after the step (one process reads it before)."""
+    ranks = [json.loads((ddp_agreement / f"poison{r}.json").read_text())["aux"] for r in (0, 1)]
+    assert ranks[0]["batches"] >= 3
+    expected = (f"auxiliary step {ranks[0]['name']!r}: loss became nan on rank 1 of 2 at epoch 1, step 1; lower "
+                "the learning rate or check the features")
     for rank, result in enumerate(ranks):
         assert result["error"] == "FloatingPointError", (rank, result)
         assert result["message"] == expected, (rank, result)

@@ -249,7 +249,7 @@ def all_gather_variable(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [g[:n].cpu() for g, n in zip(gathered, sizes)]
 
 
-def raise_if_nonfinite(values: Sequence[float], epoch: int, first_step: int) -> None:
+def raise_if_nonfinite(values: Sequence[float], epoch: int, first_step: int, what: str = "training loss") -> None:
     """Raise the trainer's non-finite-loss error on *every* rank when any rank's training loss is not finite.
 
     Under DDP a rank that raised alone would leave the others waiting in the next gradient all-reduce until the
@@ -261,8 +261,9 @@ def raise_if_nonfinite(values: Sequence[float], epoch: int, first_step: int) -> 
     :param values: this rank's step losses (floats), in step order; ranks may pass different counts.
     :param epoch: the 1-based epoch, for the message.
     :param first_step: the global step index of ``values[0]``, for the message.
-    :raises FloatingPointError: ``training loss became VALUE [on rank R of W] at epoch E, step S; lower the
-        learning rate or check the features`` (the rank is named only in a multi-process run).
+    :param what: what the values are, for the message (e.g. ``auxiliary step 'generator': loss``).
+    :raises FloatingPointError: ``WHAT became VALUE [on rank R of W] at epoch E, step S; lower the learning rate
+        or check the features`` (the rank is named only in a multi-process run).
     """
     local = [float(v) for v in values]
     bad_here = not all(math.isfinite(v) for v in local)
@@ -280,7 +281,7 @@ def raise_if_nonfinite(values: Sequence[float], epoch: int, first_step: int) -> 
         if not bad_here:
             return
         index, value = next((i, v) for i, v in enumerate(local) if not math.isfinite(v))
-    raise FloatingPointError(f"training loss became {value}{where} at epoch {epoch}, step {first_step + index}; "
+    raise FloatingPointError(f"{what} became {value}{where} at epoch {epoch}, step {first_step + index}; "
                              "lower the learning rate or check the features")
 
 

@@ -393,10 +393,11 @@ class Trainer:
             pending_losses.clear()
             pending_weights.clear()
             for key, vals in pending_terms.items():
-                for value in torch.stack([v.float() for v in vals]).tolist():
-                    if key in aux_keys and not np.isfinite(value):
-                        raise FloatingPointError(f"auxiliary step {key!r}: loss became {value} in epoch "
-                                                 f"{self.epoch + 1}")
+                values = torch.stack([v.float() for v in vals]).tolist()
+                if key in aux_keys:  # every rank raises together
+                    dist_helpers.raise_if_nonfinite(values, self.epoch + 1, self.step - len(values),
+                                                    f"auxiliary step {key!r}: loss")
+                for value in values:
                     term_sums[key] = term_sums.get(key, 0.0) + value
             pending_terms.clear()
             return settled
@@ -432,8 +433,9 @@ class Trainer:
                 if self.scheduler is not None and self.cfg.scheduler.interval == "step":
                     self.scheduler.step()
                 for aux in self.aux_steps:  # generator / estimator steps on the same batch, own parameter groups
-                    for key, value in aux.step(*tensors, check_finite=sync_every == 1, scale=factor,
-                                               reduce=self._reduce_aux).items():
+                    # under DDP its loss is checked by settle() with every rank (a rank raising alone would hang)
+                    for key, value in aux.step(*tensors, check_finite=sync_every == 1 and self.world_size == 1,
+                                               scale=factor, reduce=self._reduce_aux).items():
                         if isinstance(value, torch.Tensor):
                             pending_terms.setdefault(key, []).append(value)
                             aux_keys.add(key)
