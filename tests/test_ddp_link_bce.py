@@ -65,6 +65,14 @@ def _config(root: Path, case: str):
     })
 
 
+def _pipeline_config(root: Path):
+    """The replicated case as a whole experiment: validation and test under VEMP's sampled tail protocol."""
+    cfg = _config(root, "replicated")
+    evaluation = cfg.evaluation.model_copy(update={"protocol": "vemp_sampled", "split": "valid",
+                                                   "sampled_candidates": 20, "vemp_legacy": True, "max_queries": 12})
+    return cfg.model_copy(update={"evaluation": evaluation})
+
+
 def _train(root: Path, case: str) -> dict[str, torch.Tensor]:
     """Train ``case`` in this process (group); returns losses, final parameters, and per step the positive rows
     this rank scored and its flattened parameters after the update."""
@@ -108,6 +116,9 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     try:
         for case in CASES:
             torch.save(_train(Path(root), case), Path(root) / f"{case}.{rank}.pt")
+        from mmkgc.pipeline import run_pipeline
+
+        run_pipeline(_pipeline_config(Path(root)), Path(root) / "run-ddp", device="cpu", log=lambda line: None)
     finally:
         dist.destroy_process_group()
 
@@ -169,3 +180,27 @@ def test_link_bce_per_rank_subgraphs_shard_the_batch_and_keep_the_ranks_in_step(
     assert torch.equal(ranks[0]["after_step"], ranks[1]["after_step"])
     # ... but per-rank subgraphs make the run differ from one process (see the module docstring)
     assert (ranks[0]["after_step"][-1] - single["after_step"][-1]).abs().max().item() > 1e-4
+
+
+def test_link_bce_pipeline_under_ddp_gives_the_one_process_metrics(link_bce_runs):
+    """``run_pipeline`` in 2 processes (rank 0 writes the run; the sampled-protocol validation and test run on
+    every rank) against 1 process: the same per-epoch losses and validation MRR, the same final metrics."""
+    import json
+
+    from mmkgc.pipeline import run_pipeline
+
+    torch.set_num_threads(1)
+    single, _, _ = run_pipeline(_pipeline_config(link_bce_runs), link_bce_runs / "run-1", device="cpu",
+                                log=lambda line: None)
+    ddp = json.loads((link_bce_runs / "run-ddp" / "metrics.json").read_text())
+    logs = [[json.loads(line) for line in (link_bce_runs / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("run-1", "run-ddp")]
+    assert [r["epoch"] for r in logs[1]] == [1, 2]
+    for a, b in zip(*logs):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["valid"]["mrr"] == pytest.approx(a["valid"]["mrr"], abs=1e-3)
+    for split in ("valid", "test"):
+        one, two = single[split]["metrics"]["realistic"]["tail"], ddp[split]["metrics"]["realistic"]["tail"]
+        assert one["count"] == two["count"] == 12
+        for metric in ("mrr", "hits@1", "hits@10"):
+            assert two[metric] == pytest.approx(one[metric], abs=1e-3), (split, metric)
