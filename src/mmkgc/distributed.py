@@ -301,6 +301,8 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     encoded = torch.frombuffer(bytearray(json.dumps(sorted(values)).encode("utf-8")), dtype=torch.uint8)
     names = sorted({name for part in all_gather_variable(encoded)
                     for name in json.loads(bytes(part.numpy().tobytes()).decode("utf-8"))})
+    if not names:  # no rank has a value (the same decision on every rank: the union is shared)
+        return {}
     local = torch.zeros(2, len(names), dtype=torch.float64)
     for j, name in enumerate(names):
         if name in values:
