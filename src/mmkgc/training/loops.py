@@ -266,7 +266,8 @@ class LinkBCELoop(TrainingLoop):
 
     * ``replicated``: every rank encodes the subgraph sampled from the shared stream around the *whole* global
       batch's nodes (one process's draw) and keeps its slice's vectors, so two processes take the one-process
-      updates (up to summation order) at the cost of running the encoder on the global batch on every rank;
+      updates (up to summation order; the decoder's dropout masks are drawn for the rank's rows, so with dropout
+      the match is in distribution) at the cost of running the encoder on the global batch on every rank;
     * ``per_rank`` (default): a rank samples its subgraph around its slice's nodes from its own stream, so the
       encoder's work is split, but a node's sampled neighbourhood (and so its vector) differs from one process's
       and the updates are not the one-process ones (the gradients are still averaged, every rank still holds the
