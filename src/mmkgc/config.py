@@ -712,7 +712,10 @@ class TrainingConfig(_Strict):
     :param distributed_negatives: under DDP (``torchrun`` / ``--nproc``): ``per_rank`` draws each rank's
         negatives from its own stream seeded by ``(seed, epoch, rank)``; ``replicated`` draws the negatives of the
         whole global batch on every rank from the shared stream and keeps the rank's slice, so the run sees the
-        same batches and negatives as a single process (at ``world_size`` times the sampling cost).
+        same batches and negatives as a single process (at ``world_size`` times the sampling cost).  The
+        ``link_bce`` loop always draws the global batch's negatives from the shared stream; this option picks its
+        subgraph (``gnn.fanouts``): ``replicated`` encodes the one-process subgraph of the global batch on every
+        rank, ``per_rank`` samples around the rank's slice from its own stream.
     :param scheduler: an optional learning-rate scheduler (:class:`SchedulerConfig`), checkpointed and resumed.
     :param loop: also ``link_bce`` (VEMP stage 2: binary cross-entropy over each training edge and one random
         negative edge, supervision edges out of the epoch's message graph; options in ``link_bce``,

@@ -14,6 +14,7 @@ size 1), so library code calls them unconditionally.
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import timedelta
 from typing import Any, Sequence
@@ -40,6 +41,8 @@ __all__ = [
     "is_main_process",
     "launch",
     "local_rank",
+    "mean_over_ranks",
+    "raise_if_nonfinite",
     "shard_bounds",
 ]
 
@@ -244,6 +247,70 @@ def all_gather_variable(tensor: torch.Tensor) -> list[torch.Tensor]:
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return [g[:n].cpu() for g, n in zip(gathered, sizes)]
+
+
+def raise_if_nonfinite(values: Sequence[float], epoch: int, first_step: int, what: str = "training loss") -> None:
+    """Raise the trainer's non-finite-loss error on *every* rank when any rank's training loss is not finite.
+
+    Under DDP a rank that raised alone would leave the others waiting in the next gradient all-reduce until the
+    process group's timeout (30 minutes).  So the ranks first agree on one flag (an all-reduce with ``MAX`` of
+    "some value here is not finite"); only when it is set are the values gathered (:func:`all_gather_variable`),
+    and every rank raises the same message naming the first bad value in rank order.  Every rank must call this
+    at the same point of its loop (the trainer does: all ranks run the same number of steps).
+
+    :param values: this rank's step losses (floats), in step order; ranks may pass different counts.
+    :param epoch: the 1-based epoch, for the message.
+    :param first_step: the global step index of ``values[0]``, for the message.
+    :param what: what the values are, for the message (e.g. ``auxiliary step 'generator': loss``).
+    :raises FloatingPointError: ``WHAT became VALUE [on rank R of W] at epoch E, step S; lower the learning rate
+        or check the features`` (the rank is named only in a multi-process run).
+    """
+    local = [float(v) for v in values]
+    bad_here = not all(math.isfinite(v) for v in local)
+    where = ""
+    if is_distributed():
+        flag = torch.tensor([1 if bad_here else 0], dtype=torch.int32, device=_comm_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not int(flag.item()):
+            return
+        gathered = [t.tolist() for t in all_gather_variable(torch.tensor(local, dtype=torch.float64))]
+        rank, index, value = next((r, i, v) for r, vals in enumerate(gathered) for i, v in enumerate(vals)
+                                  if not math.isfinite(v))
+        where = f" on rank {rank} of {len(gathered)}"
+    else:
+        if not bad_here:
+            return
+        index, value = next((i, v) for i, v in enumerate(local) if not math.isfinite(v))
+    raise FloatingPointError(f"{what} became {value}{where} at epoch {epoch}, step {first_step + index}; "
+                             "lower the learning rate or check the features")
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of each named value (the trainer's logged per-epoch loss terms), the same on every rank.
+
+    The names are exchanged first (UTF-8 JSON through :func:`all_gather_variable`, nothing is unpickled), so a
+    name that only some ranks have is averaged over the ranks that have it; then sums and counts travel in one
+    float64 all-reduce.  Three small collectives: call it once per epoch or logging interval, not per step, and
+    on every rank.  One process: a copy of ``values``.
+
+    :param values: name -> this rank's value (e.g. its mean of a term over its local batches).
+    :returns: name -> ``sum over ranks having it / number of those ranks`` (names sorted; one process: as given).
+    """
+    if not is_distributed():
+        return {k: float(v) for k, v in values.items()}
+    encoded = torch.frombuffer(bytearray(json.dumps(sorted(values)).encode("utf-8")), dtype=torch.uint8)
+    names = sorted({name for part in all_gather_variable(encoded)
+                    for name in json.loads(bytes(part.numpy().tobytes()).decode("utf-8"))})
+    if not names:  # no rank has a value (the same decision on every rank: the union is shared)
+        return {}
+    local = torch.zeros(2, len(names), dtype=torch.float64)
+    for j, name in enumerate(names):
+        if name in values:
+            local[0, j], local[1, j] = float(values[name]), 1.0
+    local = local.to(_comm_device())
+    dist.all_reduce(local, op=dist.ReduceOp.SUM)
+    sums, counts = local.cpu().tolist()
+    return {name: total / count for name, total, count in zip(names, sums, counts)}
 
 
 def shard_bounds(n: int, rank: int, world_size: int, align: int = 1) -> tuple[int, int]:

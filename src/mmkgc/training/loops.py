@@ -55,6 +55,10 @@ class TrainingLoop(ABC):
     :param amp_dtype: autocast dtype of the forward pass (``torch.bfloat16`` / ``torch.float16``) or ``None``.
     """
 
+    #: whether a batch's loss may leave some trainable parameters out (DDP must then look for unused parameters
+    #: after each forward pass, :class:`torch.nn.parallel.DistributedDataParallel`'s ``find_unused_parameters``)
+    unused_parameters: bool = False
+
     def __init__(self, model: KGEModel, triples: TripleSet, training: TrainingConfig,
                  generator: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None):
         self.model = model
@@ -257,10 +261,28 @@ class LinkBCELoop(TrainingLoop):
 
     Draw order on the run's stream (one process): the epoch's permutation, then per batch the negatives and the
     subgraph, so a run repeats VEMP stage 2 as mmkgc ran it before this loop existed.  Under DDP every rank draws
-    the same permutation and negatives for the global batch and samples its subgraph from its own stream.
+    the same permutation and negatives for the global batch and scores its contiguous slice of it
+    (:func:`~mmkgc.distributed.batch_shard`); the subgraph depends on ``training.distributed_negatives``:
 
-    Batch tensors: ``(positives [B, 3], negative sources [B], negative destinations [B])``.
+    * ``replicated``: every rank encodes the subgraph sampled from the shared stream around the *whole* global
+      batch's nodes (one process's draw) and keeps its slice's vectors, so two processes take the one-process
+      updates (up to summation order; the decoder's dropout masks are drawn for the rank's rows, so with dropout
+      the match is in distribution) at the cost of running the encoder on the global batch on every rank;
+    * ``per_rank`` (default): a rank samples its subgraph around its slice's nodes from its own stream, so the
+      encoder's work is split, but a node's sampled neighbourhood (and so its vector) differs from one process's
+      and the updates are not the one-process ones (the gradients are still averaged, every rank still holds the
+      same parameters after each step).
+
+    Without ``fanouts`` (full-graph encoding) nothing is sampled and both modes take the one-process updates.
+
+    Batch tensors: ``(positives [B, 3], negative sources [B], negative destinations [B])``, plus under DDP with
+    ``replicated`` the rows ``[2]`` (start, stop) of the rank's slice, the other tensors then being the global
+    batch's.
     """
+
+    #: the relation table of a relation-agnostic scorer (``mlp_link``) gets no gradient, and a sampled subgraph
+    #: may hold no edge of some relation types (their R-GCN weights then get none in that step)
+    unused_parameters = True
 
     def __init__(self, model: KGEModel, triples: TripleSet, training: TrainingConfig,
                  generator: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None):
@@ -285,19 +307,25 @@ class LinkBCELoop(TrainingLoop):
         rep = self.model.entities
         if hasattr(rep, "training_graph"):
             rep.training_graph = rep.graph_of(msg)
-        self._subgraph_generator = self.generator if world_size == 1 or rank_generator is None else rank_generator
+        per_rank = world_size > 1 and rank_generator is not None and self.cfg.distributed_negatives == "per_rank"
+        self._subgraph_generator = rank_generator if per_rank else self.generator
         size = self.cfg.batch_size
         for s in range(0, sup.shape[0], size):
             batch = sup[s:s + size]
             neg_src, neg_dst = training_negatives(batch[:, 0], self.triples.num_entities, self.negatives,
                                                   self.generator)
             start, stop, factor = dist_helpers.batch_shard(batch.shape[0], rank, world_size)
-            yield (batch[start:stop], neg_src[start:stop], neg_dst[start:stop]), factor
+            if world_size == 1 or per_rank:
+                yield (batch[start:stop], neg_src[start:stop], neg_dst[start:stop]), factor
+            else:  # replicated: the global batch's nodes are encoded (the one-process subgraph), the slice scored
+                yield (batch, neg_src, neg_dst, torch.tensor([start, stop])), factor
 
-    def batch_loss(self, positives: torch.Tensor, neg_src: torch.Tensor, neg_dst: torch.Tensor
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(BCE loss [], {})`` of one batch (see the class docstring)."""
+    def batch_loss(self, positives: torch.Tensor, neg_src: torch.Tensor, neg_dst: torch.Tensor,
+                   rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(BCE loss [], {})`` of one batch (see the class docstring); with ``rows`` (start, stop) the nodes of
+        every row are encoded and only rows ``start:stop`` are scored."""
         b = positives.shape[0]
+        lo, hi = (0, b) if rows is None else (int(rows[0]), int(rows[1]))
         src, dst = positives[:, 0], positives[:, 2]
         tail = self.negatives == "tail"
         seeds = torch.cat([src, dst, neg_dst] if tail else [src, dst, neg_src, neg_dst]).to(self.device)
@@ -308,10 +336,12 @@ class LinkBCELoop(TrainingLoop):
                 z = rep.encode(seeds, generator=self._subgraph_generator)
             else:
                 z = rep(seeds)
-            r = self.model.relations(positives[:, 1].to(self.device))
-            z_neg_src = z[:b] if tail else z[2 * b:3 * b]
-            logits = torch.cat([scorer.score_hrt(z[:b], r, z[b:2 * b]), scorer.score_hrt(z_neg_src, r, z[-b:])])
-        labels = torch.cat([torch.ones(b), torch.zeros(b)]).to(self.device)
+            r = self.model.relations(positives[lo:hi, 1].to(self.device))
+            last = z.shape[0] - b  # first row of the negative destinations' block
+            z_src, z_dst, z_neg_dst = z[lo:hi], z[b + lo:b + hi], z[last + lo:last + hi]
+            z_neg_src = z_src if tail else z[2 * b + lo:2 * b + hi]
+            logits = torch.cat([scorer.score_hrt(z_src, r, z_dst), scorer.score_hrt(z_neg_src, r, z_neg_dst)])
+        labels = torch.cat([torch.ones(hi - lo), torch.zeros(hi - lo)]).to(self.device)
         return self.loss(logits.float(), labels), {}
 
 

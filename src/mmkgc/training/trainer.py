@@ -24,7 +24,9 @@ global batch's mean loss.  Auxiliary steps (generators, discriminator, CLUB esti
 way and average their gradients over the ranks themselves (their parameters are left out of DDP).  Only rank 0
 logs, writes ``metrics.jsonl`` and checkpoints (of the unwrapped model); every rank validates on its shard of the
 queries and gets the same gathered metrics, and rank 0's early-stopping and time-budget decisions are broadcast
-(callbacks).  A checkpoint written by any world size resumes under any other, since
+(callbacks).  The logged loss and terms are means over the ranks, and a non-finite loss on any rank raises on
+every rank (:func:`~mmkgc.distributed.raise_if_nonfinite`).  A checkpoint written by any world size resumes under
+any other, since
 the shared stream is identical on all ranks and the per-rank streams are re-derived from ``(seed, epoch, rank)``.
 """
 
@@ -298,7 +300,8 @@ class Trainer:
         step does not train them (their steps average their own gradients, :func:`dist_helpers.average_gradients`).
         Models with auxiliary steps also have parts that some configurations leave out of the main loss (IMVIA's
         gate-noise weights without ``noisy_gating``, its alignment heads with ``align_weight: 0``), so DDP looks for
-        unused parameters after each forward pass for them (one traversal of the autograd graph per step)."""
+        unused parameters after each forward pass for them (one traversal of the autograd graph per step), and for
+        loops that declare :attr:`TrainingLoop.unused_parameters` (link-BCE: ``mlp_link``'s relation table)."""
         import inspect
 
         ddp_cls = torch.nn.parallel.DistributedDataParallel
@@ -310,7 +313,8 @@ class Trainer:
         no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
                    else "broadcast_buffers")
         return ddp_cls(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                       find_unused_parameters=bool(aux_owned), **{no_sync: False})
+                       find_unused_parameters=bool(aux_owned) or loop_resolver.lookup(self.cfg.loop).unused_parameters,
+                       **{no_sync: False})
 
     # ------------------------------------------------------------------------------------------ the loop's parts
     @property
@@ -381,22 +385,19 @@ class Trainer:
                 return 0.0
             values = torch.stack([v.float() for v in pending_losses]).tolist()
             first_step = self.step - len(values)
-            for i, value in enumerate(values):
-                if not np.isfinite(value):
-                    raise FloatingPointError(
-                        f"training loss became {value} at epoch {self.epoch + 1}, step {first_step + i}; "
-                        "lower the learning rate or check the features"
-                    )
+            if sync_every > 1:  # every rank raises together (with sync_every 1 each step was checked already)
+                dist_helpers.raise_if_nonfinite(values, self.epoch + 1, first_step)
             settled = 0.0
             for value, weight in zip(values, pending_weights):
                 settled += value * weight
             pending_losses.clear()
             pending_weights.clear()
             for key, vals in pending_terms.items():
-                for value in torch.stack([v.float() for v in vals]).tolist():
-                    if key in aux_keys and not np.isfinite(value):
-                        raise FloatingPointError(f"auxiliary step {key!r}: loss became {value} in epoch "
-                                                 f"{self.epoch + 1}")
+                values = torch.stack([v.float() for v in vals]).tolist()
+                if key in aux_keys:  # every rank raises together
+                    dist_helpers.raise_if_nonfinite(values, self.epoch + 1, self.step - len(values),
+                                                    f"auxiliary step {key!r}: loss")
+                for value in values:
                     term_sums[key] = term_sums.get(key, 0.0) + value
             pending_terms.clear()
             return settled
@@ -414,11 +415,8 @@ class Trainer:
                     loss = self.ddp(*tensors)
                 else:
                     loss = self._step_loss(*tensors)
-                if sync_every == 1 and not torch.isfinite(loss):  # CPU: stop before the step is applied
-                    raise FloatingPointError(
-                        f"training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
-                        "lower the learning rate or check the features"
-                    )
+                if sync_every == 1:  # CPU: stop before the step is applied, on every rank if one rank's is bad
+                    dist_helpers.raise_if_nonfinite([loss.item()], self.epoch + 1, self.step)
                 scaled = loss * factor if factor != 1.0 else loss
                 if self.scaler.is_enabled():
                     self.scaler.scale(scaled).backward()
@@ -435,8 +433,9 @@ class Trainer:
                 if self.scheduler is not None and self.cfg.scheduler.interval == "step":
                     self.scheduler.step()
                 for aux in self.aux_steps:  # generator / estimator steps on the same batch, own parameter groups
-                    for key, value in aux.step(*tensors, check_finite=sync_every == 1, scale=factor,
-                                               reduce=self._reduce_aux).items():
+                    # under DDP its loss is checked by settle() with every rank (a rank raising alone would hang)
+                    for key, value in aux.step(*tensors, check_finite=sync_every == 1 and self.world_size == 1,
+                                               scale=factor, reduce=self._reduce_aux).items():
                         if isinstance(value, torch.Tensor):
                             pending_terms.setdefault(key, []).append(value)
                             aux_keys.add(key)
@@ -465,7 +464,7 @@ class Trainer:
                 callback.on_epoch_trained(self)
         if self.world_size > 1:
             total = dist_helpers.all_reduce_sum([total])[0]
-        self.epoch_terms = {k: v / max(count, 1) for k, v in term_sums.items()}
+        self.epoch_terms = dist_helpers.mean_over_ranks({k: v / max(count, 1) for k, v in term_sums.items()})
         return total / max(count, 1), out_of_time
 
     # ------------------------------------------------------------------------------------------ validation
