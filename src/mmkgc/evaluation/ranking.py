@@ -228,6 +228,20 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def _host_pair_keys(rows: torch.Tensor, cols: torch.Tensor, num_rows: int, num_entities: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host filter pairs (int64 ``[A]`` each, CPU) checked and turned into strictly increasing keys
+    ``row * N + col`` and their rows, still on the host (reading them back costs no device synchronisation).
+
+    :raises ValueError: a pair outside ``[0, num_rows) x [0, num_entities)``.
+    """
+    _check_pairs(num_rows, num_entities, (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max())))
+    keys = rows * num_entities + cols
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        keys = torch.unique(keys)
+    return torch.div(keys, num_entities, rounding_mode="floor"), keys
+
+
 def _rank_targets_torch(scores: torch.Tensor, targets: torch.Tensor, filter_rows, filter_cols
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`rank_targets` with PyTorch ops on the device of ``scores`` (CUDA, or CPU scores of another dtype),
@@ -252,12 +266,8 @@ def _rank_targets_torch(scores: torch.Tensor, targets: torch.Tensor, filter_rows
         if rows.numel() == 0:
             rows = None
         elif rows.device.type == "cpu" and cols.device.type == "cpu":
-            _check_pairs(num_rows, num_entities, (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max())))
-            keys = rows * num_entities + cols
-            if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
-                keys = torch.unique(keys)
-            rows = _to_device(torch.div(keys, num_entities, rounding_mode="floor"), device)
-            keys = _to_device(keys, device)
+            rows, keys = _host_pair_keys(rows, cols, num_rows, num_entities)
+            rows, keys = _to_device(rows, device), _to_device(keys, device)
         else:
             device_pairs = True
             rows, cols = rows.to(device), cols.to(device)
