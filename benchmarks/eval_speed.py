@@ -78,7 +78,8 @@ def run_one(src: Path, config: Path, threads: int, data_dir: str | None, ranks_p
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="*", default=["native_text", "afme_text", "rotate"], help="names in configs/db15k/")
+    p.add_argument("--configs", nargs="*", default=["native_text", "afme_text", "rotate"],
+                   help="names in configs/db15k/")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--baseline-commit", default=None)
@@ -110,15 +111,17 @@ def main(argv: list[str] | None = None) -> int:
                     a, b = (np.load(f"{tmp}/{t}-{name}.npy", allow_pickle=False) for t in trees)
                     differing[name] = int((a != b).sum())
     print()
-    print("| config | eval CPU s (median) | eval wall s | baseline CPU s | baseline wall s | CPU speed-up | ranks differing |")
+    print("| config | eval CPU s (median) | eval wall s | baseline CPU s | baseline wall s | CPU speed-up | "
+          "ranks differing |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     summary = {}
+    def med(tree: str, name: str, key: str) -> float | None:
+        values = [r[key] for r in records.get(tree, {}).get(name, []) if key in r]
+        return statistics.median(values) if values else None
+
     for name in args.configs:
-        def med(tree: str, key: str) -> float | None:
-            values = [r[key] for r in records.get(tree, {}).get(name, []) if key in r]
-            return statistics.median(values) if values else None
-        cur_cpu, cur_wall, base_cpu, base_wall = (med("current", "eval_cpu_s"), med("current", "eval_s"),
-                                                  med("baseline", "eval_cpu_s"), med("baseline", "eval_s"))
+        cur_cpu, cur_wall, base_cpu, base_wall = (med("current", name, "eval_cpu_s"), med("current", name, "eval_s"),
+                                                  med("baseline", name, "eval_cpu_s"), med("baseline", name, "eval_s"))
         summary[name] = {"cpu_s": cur_cpu, "wall_s": cur_wall, "baseline_cpu_s": base_cpu, "baseline_wall_s": base_wall,
                          "ranks_differing": differing.get(name)}
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
