@@ -218,9 +218,10 @@ def _filtered_counts_sorted(
     return greater, greater_equal, count
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device_nonblocking(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``t`` on ``device``; a host tensor goes to a CUDA device through pinned memory with ``non_blocking=True`` (a
-    copy from pageable memory waits for everything queued on the GPU before it)."""
+    copy from pageable memory waits for everything queued on the GPU before it: a host synchronisation).  Used by
+    the ranking code and the trainer's batches."""
     if t.device == device:
         return t
     if t.device.type == "cpu" and device.type == "cuda":
@@ -251,7 +252,7 @@ def _rank_targets_torch(scores: torch.Tensor, targets: torch.Tensor, filter_rows
     non-blocking copy.  The same counts and errors as the NumPy path."""
     num_rows, num_entities = scores.shape
     device = scores.device
-    targets = _to_device(targets.long(), device)
+    targets = to_device_nonblocking(targets.long(), device)
     if (filter_rows is None) != (filter_cols is None):
         raise ValueError("filter_rows and filter_cols must both be given or both be None")
     rows = keys = None
@@ -267,7 +268,7 @@ def _rank_targets_torch(scores: torch.Tensor, targets: torch.Tensor, filter_rows
             rows = None
         elif rows.device.type == "cpu" and cols.device.type == "cpu":
             rows, keys = _host_pair_keys(rows, cols, num_rows, num_entities)
-            rows, keys = _to_device(rows, device), _to_device(keys, device)
+            rows, keys = to_device_nonblocking(rows, device), to_device_nonblocking(keys, device)
         else:
             device_pairs = True
             rows, cols = rows.to(device), cols.to(device)

@@ -43,6 +43,7 @@ import torch
 from mmkgc import distributed as dist_helpers
 from mmkgc.errors import ConfigError, TrainingInterrupted
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
+from mmkgc.evaluation.ranking import to_device_nonblocking
 from mmkgc.models.inductive import modality_structures, pop_auxiliary_losses
 from mmkgc.training.callbacks import (
     LEGACY_METRICS,
@@ -361,8 +362,7 @@ class Trainer:
         of a step."""
         if self.device.type != "cuda":
             return tensors
-        return tuple(t.pin_memory().to(self.device, non_blocking=True)
-                     if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t for t in tensors)
+        return tuple(to_device_nonblocking(t, self.device) if isinstance(t, torch.Tensor) else t for t in tensors)
 
     def _epoch(self, deadline: float | None) -> tuple[float, bool]:
         """One pass; returns (mean loss, ran out of time).
