@@ -183,7 +183,6 @@ def _filtered_counts_torch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same as :func:`_filtered_counts_numpy` with PyTorch ops on the device of ``scores`` (e.g. CUDA)."""
     num_rows, num_entities = scores.shape
-    device = scores.device
     row_min, row_max = torch.aminmax(rows)
     col_min, col_max = torch.aminmax(cols)
     _check_pairs(num_rows, num_entities, (int(row_min), int(row_max)), (int(col_min), int(col_max)))
@@ -191,6 +190,16 @@ def _filtered_counts_torch(
     if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
         keys = torch.unique(keys)
         rows = torch.div(keys, num_entities, rounding_mode="floor")
+    return _filtered_counts_sorted(scores, target_score, targets, rows, keys)
+
+
+def _filtered_counts_sorted(
+    scores: torch.Tensor, target_score: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The counts of :func:`_filtered_counts_torch` from checked, strictly increasing keys ``row * N + col`` and
+    their rows, with PyTorch ops and no host synchronisation."""
+    num_rows, num_entities = scores.shape
+    device = scores.device
     pair_scores = scores.reshape(-1)[keys] if scores.is_contiguous() else scores[rows, keys - rows * num_entities]
     pair_target = target_score.reshape(-1)[rows]
     bounds = torch.searchsorted(rows, torch.arange(num_rows + 1, device=device))
@@ -207,6 +216,91 @@ def _filtered_counts_torch(
     greater_equal = per_row(pair_scores >= pair_target) - has_target
     count = (bounds[1:] - bounds[:-1]) - has_target
     return greater, greater_equal, count
+
+
+def to_device_nonblocking(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor goes to a CUDA device through pinned memory with ``non_blocking=True`` (a
+    copy from pageable memory waits for everything queued on the GPU before it: a host synchronisation).  Used by
+    the ranking code and the trainer's batches."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _host_pair_keys(rows: torch.Tensor, cols: torch.Tensor, num_rows: int, num_entities: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host filter pairs (int64 ``[A]`` each, CPU) checked and turned into strictly increasing keys
+    ``row * N + col`` and their rows, still on the host (reading them back costs no device synchronisation).
+
+    :raises ValueError: a pair outside ``[0, num_rows) x [0, num_entities)``.
+    """
+    _check_pairs(num_rows, num_entities, (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max())))
+    keys = rows * num_entities + cols
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        keys = torch.unique(keys)
+    return torch.div(keys, num_entities, rounding_mode="floor"), keys
+
+
+def _rank_targets_torch(scores: torch.Tensor, targets: torch.Tensor, filter_rows, filter_cols
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rank_targets` with PyTorch ops on the device of ``scores`` (CUDA, or CPU scores of another dtype),
+    with **one** host synchronisation: the target range, the NaN check and (for filter pairs given on the device)
+    their range and order are read back together as one small tensor; pairs given on the host (what
+    :meth:`~mmkgc.data.triples.FilterIndex.known` returns) are checked, de-duplicated and keyed there and sent with a
+    non-blocking copy.  The same counts and errors as the NumPy path."""
+    num_rows, num_entities = scores.shape
+    device = scores.device
+    targets = to_device_nonblocking(targets.long(), device)
+    if (filter_rows is None) != (filter_cols is None):
+        raise ValueError("filter_rows and filter_cols must both be given or both be None")
+    rows = keys = None
+    device_pairs = False
+    if filter_rows is not None:
+        rows = torch.as_tensor(filter_rows).long().reshape(-1)
+        cols = torch.as_tensor(filter_cols).long().reshape(-1)
+        if rows.numel() != cols.numel():
+            raise ValueError(
+                f"filter_rows and filter_cols must have equal length, got {rows.numel()} and {cols.numel()}"
+            )
+        if rows.numel() == 0:
+            rows = None
+        elif rows.device.type == "cpu" and cols.device.type == "cpu":
+            rows, keys = _host_pair_keys(rows, cols, num_rows, num_entities)
+            rows, keys = to_device_nonblocking(rows, device), to_device_nonblocking(keys, device)
+        else:
+            device_pairs = True
+            rows, cols = rows.to(device), cols.to(device)
+    # targets are clamped for the gather (an out-of-range index would abort a CUDA kernel) and checked below
+    target_score = scores.gather(1, targets.clamp(0, num_entities - 1).unsqueeze(1))  # [B, 1]
+    greater, greater_equal = (scores > target_score).sum(dim=1), (scores >= target_score).sum(dim=1)
+    # a row sum is NaN when the row holds a NaN (or +inf and -inf together: then the exact check below decides)
+    suspicious = torch.isnan(scores.sum(dim=1))
+    stats = [targets.min(), targets.max(), suspicious.sum()]
+    if device_pairs:
+        stats += [rows.min(), rows.max(), cols.min(), cols.max()]
+    values = torch.stack([v.long() for v in stats]).tolist()  # the one host synchronisation
+    if values[0] < 0 or values[1] >= num_entities:
+        raise ValueError(f"target ids must lie in [0, {num_entities}) (the number of score columns); "
+                         f"got min {values[0]}, max {values[1]}")
+    if values[2] > 0:  # only on the error path (or with infinities of both signs): the exact NaN rows
+        nan = _nan_rows(scores)
+        if bool(nan.any()):
+            raise ValueError(
+                f"scores contain NaN in {int(nan.sum())} of {num_rows} rows (first such row: "
+                f"{int(nan.nonzero()[0, 0])}); a NaN cannot be ranked (OpenKE would silently report rank 1)"
+            )
+    num_candidates = torch.full((num_rows,), num_entities, dtype=torch.long, device=device)
+    if rows is not None:
+        if device_pairs:
+            filtered = _filtered_counts_torch(scores, target_score, targets, rows, cols)
+        else:
+            filtered = _filtered_counts_sorted(scores, target_score, targets, rows, keys)
+        greater = greater - filtered[0]
+        greater_equal = greater_equal - filtered[1]
+        num_candidates = num_candidates - filtered[2]
+    return greater + 1, greater_equal, num_candidates
 
 
 def rank_targets(
@@ -244,12 +338,15 @@ def rank_targets(
         raise ValueError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
     num_rows, num_entities = scores.shape
     device = scores.device
-    targets = torch.as_tensor(targets).to(device=device, dtype=torch.long).reshape(-1)
+    targets = torch.as_tensor(targets).reshape(-1)
     if targets.numel() != num_rows:
         raise ValueError(f"targets must have shape [{num_rows}] to match scores, got {tuple(targets.shape)}")
     if num_rows == 0:
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty.clone(), empty.clone()
+    if not _use_numpy(scores):
+        return _rank_targets_torch(scores.detach(), targets, filter_rows, filter_cols)
+    targets = targets.to(device=device, dtype=torch.long)
     if int(targets.min()) < 0 or int(targets.max()) >= num_entities:
         raise ValueError(
             f"target ids must lie in [0, {num_entities}) (the number of score columns); "
@@ -664,7 +761,8 @@ def compute_ranks(
                     )
                 except ValueError as err:
                     raise ValueError(f"{side} queries {start}..{stop - 1}: {err}") from None
-                parts[side].append((optimistic.cpu(), pessimistic.cpu(), candidates.cpu()))
+                # kept where they were computed: one transfer per side at the end, not a wait per chunk
+                parts[side].append((optimistic, pessimistic, candidates))
                 del scores
                 if bar is not None:
                     bar.advance(task, stop - start)
@@ -677,11 +775,12 @@ def compute_ranks(
     result_sides = {}
     for side in sides:
         chunks = parts[side]
-        result_sides[side] = SideRanks(
-            optimistic=torch.cat([c[0] for c in chunks]) if chunks else empty.clone(),
-            pessimistic=torch.cat([c[1] for c in chunks]) if chunks else empty.clone(),
-            num_candidates=torch.cat([c[2] for c in chunks]) if chunks else empty.clone(),
-        )
+        if chunks:
+            joined = torch.stack([torch.cat([c[i] for c in chunks]).long() for i in range(3)]).cpu()
+            result_sides[side] = SideRanks(optimistic=joined[0], pessimistic=joined[1], num_candidates=joined[2])
+        else:
+            result_sides[side] = SideRanks(optimistic=empty.clone(), pessimistic=empty.clone(),
+                                           num_candidates=empty.clone())
     if order is not None:  # back to the caller's query order
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel())

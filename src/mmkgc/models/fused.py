@@ -45,6 +45,7 @@ from mmkgc.nn.fusion import (
     gated_pair_mixtures,
     masked_softmax,
 )
+from mmkgc.nn.distances import mixture_columns
 from mmkgc.nn.scorers import mixture_table_transposed, scorer_kernel_available
 
 
@@ -289,6 +290,11 @@ class RelationTables(EntityTables):
     two tables are kept by default.
 
     :param max_bytes: memory for cached ``[N, D]`` tables (at least one is always kept; default: two tables).
+
+    Without a gate (NativE's temperature) the components do not depend on the relation: a detached session on the
+    CPU with the compiled kernels keeps them once in the transposed layout ``[M, D, N]`` (:attr:`columns`, one more
+    ``N x M x D`` float32 copy) and builds each relation's table from it in one streaming pass
+    (:func:`~mmkgc.nn.distances.mixture_columns`), equal bit for bit to :meth:`FusedRepresentation.relation_table`.
     """
 
     relation_aware = True
@@ -301,6 +307,10 @@ class RelationTables(EntityTables):
         self.detach = detach
         # without a gate the attention logits only change by the temperature: compute tanh/confidence once
         self.base = rep.fusion.base_logits(self.x) if rep.gate is None else None
+        #: the components ``[M, D, N]`` (transposed once) for the streaming table of a gate-free detached session
+        self.columns = (self.x.permute(1, 2, 0).contiguous()
+                        if detach and rep.gate is None and self.x.device.type == "cpu"
+                        and self.x.dtype == torch.float32 and scorer_kernel_available() else None)
         per = self.x.shape[0] * self.x.shape[-1] * 4
         self.capacity = (2 if max_bytes is None else max(1, max_bytes // max(per, 1))) if detach else 1
         self.cache: OrderedDict[int, torch.Tensor] = OrderedDict()
@@ -316,7 +326,13 @@ class RelationTables(EntityTables):
         if r in self.cache:
             self.cache.move_to_end(r)
             return self.cache[r]
-        out = self.rep.relation_table(self.x, self.present, r, base=self.base)
+        if self.columns is not None and not torch.is_grad_enabled():
+            # relation_table's kernel path, reading the components already transposed
+            rel = torch.full((self.x.shape[0],), int(r), dtype=torch.long, device=self.x.device)
+            beta = masked_softmax(self.rep.fusion.logits(self.x, rel, base=self.base), self.present)
+            out = mixture_columns(self.columns, beta.to(self.x.dtype)).t()
+        else:
+            out = self.rep.relation_table(self.x, self.present, r, base=self.base)
         if self.detach:
             out = out.detach()
         self.cache[r] = out

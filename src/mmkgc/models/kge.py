@@ -47,6 +47,24 @@ def mix_rows(table: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) ->
     return out
 
 
+def relation_groups(relations: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """The distinct relations of ``relations`` int64 ``[B]``, ascending, each with the positions that hold it
+    (ascending): ``[(r, idx [B_r])]``.
+
+    One host synchronisation for the whole batch (the distinct ids and their counts are read back as one small
+    tensor); the position tensors stay on the device of ``relations``.  Equal to ``torch.unique(relations)`` with
+    ``(relations == r).nonzero()`` per relation, which synchronises once per relation.
+    """
+    order = torch.argsort(relations, stable=True)
+    ids, counts = torch.unique_consecutive(relations.index_select(0, order), return_counts=True)
+    ids_l, counts_l = torch.stack([ids, counts]).tolist()  # the one host sync
+    groups, start = [], 0
+    for r, c in zip(ids_l, counts_l):
+        groups.append((int(r), order[start:start + c]))
+        start += c
+    return groups
+
+
 @dataclass
 class Occurrences:
     """Entity vectors of ``P`` occurrences (an entity in a triple of a relation), as a representation hands them to
@@ -546,11 +564,9 @@ class KGEModel(nn.Module):
         else once per distinct relation of ``queries [B, 3]`` with its rows and table, reassembled in query order."""
         if not tables.relation_aware:
             return fn(queries, None, tables.table(None))
-        rels = queries[:, 1]
         out = None
-        for r in torch.unique(rels).tolist():
-            idx = (rels == r).nonzero(as_tuple=True)[0]
-            part = fn(queries[idx], idx, tables.table(int(r)))
+        for r, idx in relation_groups(queries[:, 1]):
+            part = fn(queries[idx], idx, tables.table(r))
             if out is None:
                 out = part.new_empty((queries.shape[0], *part.shape[1:]))
             out = out.index_put((idx,), part)
@@ -619,6 +635,12 @@ class KGEModel(nn.Module):
         a relation-conditioned session builds the table of each distinct relation of the queries once for all
         sides (equal to :meth:`score_t` / :meth:`score_h`).
 
+        With a relation-conditioned session and a scorer whose all-entity kernel does not depend on the batch
+        (:attr:`~mmkgc.nn.scorers.Scorer.stacks_queries`: RotatE, TransE-L1) the query vectors of every side of a
+        relation are scored against its table in one call (:meth:`~mmkgc.nn.scorers.Scorer.match_all`), which
+        writes them straight into the rows of the returned matrices (views of one ``[len(sides), B, N]`` buffer);
+        the scores are the same bit for bit.  Host synchronisations: one per call (:func:`relation_groups`).
+
         :raises ValueError: an unknown side.
         """
         for side in sides:
@@ -627,12 +649,12 @@ class KGEModel(nn.Module):
         if not tables.relation_aware:
             return {side: self.score_t(queries, tables) if side == "tail" else self.score_h(queries, tables)
                     for side in sides}
-        rels = queries[:, 1]
+        if self.scorer.stacks_queries and not torch.is_grad_enabled():
+            return self._score_sides_stacked(queries, tuple(sides), tables)
         out: dict[str, torch.Tensor] = {}
-        for r in torch.unique(rels).tolist():
-            idx = (rels == r).nonzero(as_tuple=True)[0]
+        for r, idx in relation_groups(queries[:, 1]):
             q = queries.index_select(0, idx)
-            ents = tables.table(int(r))
+            ents = tables.table(r)
             rv = self.relations(q[:, 1])
             for side in sides:
                 if side == "tail":
@@ -643,6 +665,28 @@ class KGEModel(nn.Module):
                     out[side] = part.new_empty((queries.shape[0], part.shape[1]))
                 out[side].index_copy_(0, idx, part)
         return out
+
+    def _score_sides_stacked(self, queries: torch.Tensor, sides: tuple[str, ...], tables: EntityTables
+                             ) -> dict[str, torch.Tensor]:
+        """:meth:`score_sides` of a relation-conditioned session with a :attr:`~mmkgc.nn.scorers.Scorer.stacks_queries`
+        scorer: per relation one :meth:`~mmkgc.nn.scorers.Scorer.match_all` call over the query vectors of all
+        sides, written into rows ``s * B + idx`` of one ``[S, B, N]`` buffer (no per-side copies)."""
+        scorer = self.scorer
+        b = queries.shape[0]
+        buffer = None
+        for r, idx in relation_groups(queries[:, 1]):
+            q = queries.index_select(0, idx)
+            ents = tables.table(r)
+            rv = self.relations(q[:, 1])
+            vectors = [scorer.tail_query(ents.index_select(0, q[:, 0]), rv) if side == "tail"
+                       else scorer.head_query(rv, ents.index_select(0, q[:, 2])) for side in sides]
+            if buffer is None:
+                buffer = torch.empty((len(sides), b, ents.shape[0]), dtype=torch.float32, device=queries.device)
+            rows = torch.cat([idx + s * b for s in range(len(sides))])
+            scorer.match_all(torch.cat(vectors), ents, out=buffer.view(len(sides) * b, -1), out_rows=rows)
+        if buffer is None:  # no queries
+            buffer = torch.empty((len(sides), 0, self.num_entities), dtype=torch.float32, device=queries.device)
+        return {side: buffer[s] for s, side in enumerate(sides)}
 
     @torch.no_grad()
     def scoring_context(self) -> tuple[EntityTables, torch.device]:

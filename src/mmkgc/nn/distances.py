@@ -25,6 +25,7 @@ __all__ = [
     "complex_modulus",
     "gathered_l1_distance",
     "gathered_mixture_l1_distance",
+    "mixture_columns",
     "mixture_table_transposed",
     "pairwise_complex_l1_distance",
     "pairwise_l1_distance",
@@ -268,6 +269,37 @@ def mixture_table_transposed(x: torch.Tensor, weights: torch.Tensor) -> torch.Te
     return out
 
 
+def mixture_columns(x_columns: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out_t[d, n] = sum_m weights[n, m] x_columns[m, d, n]``: :func:`mixture_table_transposed` for components
+    already in the transposed layout ``[M, D, N]`` (``x.permute(1, 2, 0)``), which a scoring session of NativE-style
+    fusion makes once because the components do not depend on the relation.  One streaming pass per table instead
+    of a transposing one (about 4x fewer CPU seconds per DB15K table); equal bit for bit to
+    :func:`mixture_table_transposed` of the same components and weights (same products, summed over ``m`` in the same
+    order; tested).
+
+    Compiled CPU kernel (float32, no autograd) when available, else ``(x_columns * weights.t()[:, None]).sum(0)``.
+
+    :param x_columns: float ``[M, D, N]``; ``weights``: float ``[N, M]``.
+    :returns: contiguous ``[D, N]``.
+    :raises ValueError: inconsistent shapes.
+    """
+    if x_columns.ndim != 3 or weights.shape != (x_columns.shape[2], x_columns.shape[0]):
+        raise ValueError(f"mixture_columns: x_columns [M, D, N] and weights [N, M] expected, got "
+                         f"{tuple(x_columns.shape)} and {tuple(weights.shape)}")
+    w_t = weights.detach().t().contiguous()
+    lib = _kernels() if _kernel_applicable(x_columns, weights) else None
+    if lib is None:
+        out = x_columns[0] * w_t[0]
+        for m in range(1, x_columns.shape[0]):
+            out = out + x_columns[m] * w_t[m]
+        return out.contiguous()
+    xc = x_columns.detach().contiguous()
+    m, d, n = xc.shape
+    out = torch.empty(d, n, dtype=torch.float32)
+    lib.mmkgc_mix_columns(xc.data_ptr(), w_t.data_ptr(), n, m, d, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
 def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Reduce a broadcast gradient ``x`` back to ``shape``."""
     if x.shape == shape:
@@ -349,43 +381,87 @@ def _eager_l1(q: torch.Tensor, x: torch.Tensor, bias: float, complex_layout: boo
     return torch.cat(parts, dim=1)
 
 
+def _output(q: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None, out_rows: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``[R, N]`` matrix the all-entity kernels write into and the int64 row map (``None``: rows ``0..B-1`` of a
+    new ``[B, N]``).
+
+    :raises ValueError: ``out`` without ``out_rows`` (or the reverse), a non-contiguous float32 ``out`` of another
+        width, ``out_rows`` of another length or outside ``[0, R)``.
+    """
+    if out is None and out_rows is None:
+        return torch.empty(q.shape[0], x.shape[0], dtype=torch.float32), None
+    if out is None or out_rows is None:
+        raise ValueError("give both out and out_rows, or neither")
+    if (out.ndim != 2 or out.shape[1] != x.shape[0] or out.dtype != torch.float32 or not out.is_contiguous()
+            or out.device.type != "cpu"):
+        raise ValueError(f"out must be a contiguous CPU float32 [R, {x.shape[0]}] tensor, got {tuple(out.shape)} "
+                         f"{out.dtype} on {out.device}")
+    rows = out_rows.to(dtype=torch.long).contiguous()
+    if rows.shape != (q.shape[0],):
+        raise ValueError(f"out_rows must have shape [{q.shape[0]}], got {tuple(rows.shape)}")
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= out.shape[0]):
+        raise ValueError(f"out_rows must lie in [0, {out.shape[0]})")
+    return out, rows
+
+
+def _eager_into(scores: torch.Tensor, out: torch.Tensor | None, out_rows: torch.Tensor | None) -> torch.Tensor:
+    """The eager path's ``[B, N]`` scores, or ``out`` with them copied into rows ``out_rows``."""
+    if out is None and out_rows is None:
+        return scores
+    if out is None or out_rows is None:
+        raise ValueError("give both out and out_rows, or neither")
+    return out.index_copy_(0, out_rows.to(device=out.device, dtype=torch.long), scores.to(out.dtype))
+
+
 def pairwise_l1_distance(q: torch.Tensor, x: torch.Tensor, bias: float = 0.0,
-                         cache: _TransposeCache | None = None) -> torch.Tensor:
+                         cache: _TransposeCache | None = None, out: torch.Tensor | None = None,
+                         out_rows: torch.Tensor | None = None) -> torch.Tensor:
     """``out[b, n] = bias - sum_k |q[b, k] - x[n, k]|`` for all pairs.
 
     :param q: queries, float ``[B, D]``.
     :param x: candidates, float ``[N, D]`` (same dtype and device).
     :param bias: added to every score (a margin), float.
     :param cache: optional transposed-candidate cache (see module docstring).
-    :returns: ``[B, N]`` in ``q.dtype``.  Uses the compiled CPU kernel when applicable, else chunked eager.
+    :param out, out_rows: write query ``b``'s scores into row ``out_rows[b]`` of ``out [R, N]`` (contiguous float32;
+        the kernel writes there directly, no ``[B, N]`` copy) and return ``out``; both or neither.
+    :returns: ``[B, N]`` in ``q.dtype`` (or ``out``).  Uses the compiled CPU kernel when applicable, else chunked
+        eager.  A (query, candidate) score does not depend on the other queries of the batch.
+    :raises ValueError: see :func:`_output`.
     """
     lib = _kernels() if _kernel_applicable(q, x) else None
     if lib is None:
-        return _eager_l1(q, x, bias, complex_layout=False)
+        return _eager_into(_eager_l1(q, x, bias, complex_layout=False), out, out_rows)
     q_t = q.detach().t().contiguous()
     x_t = cache.get(x) if cache is not None else x.detach().t().contiguous()
-    out = torch.empty(q.shape[0], x.shape[0], dtype=torch.float32)
+    out, rows = _output(q, x, out, out_rows)
     lib.mmkgc_l1_dist(q_t.data_ptr(), x_t.data_ptr(), q.shape[0], x.shape[0], q.shape[1], float(bias),
-                      out.data_ptr(), torch.get_num_threads())
+                      out.data_ptr(), None if rows is None else rows.data_ptr(), torch.get_num_threads())
     return out
 
 
 def pairwise_complex_l1_distance(q: torch.Tensor, x: torch.Tensor, bias: float = 0.0,
-                                 cache: _TransposeCache | None = None) -> torch.Tensor:
+                                 cache: _TransposeCache | None = None, out: torch.Tensor | None = None,
+                                 out_rows: torch.Tensor | None = None) -> torch.Tensor:
     """``out[b, n] = bias - sum_k |q_b,k - x_n,k|`` with complex vectors in ``[re | im]`` layout.
 
     :param q: queries, float ``[B, 2d]`` (real parts then imaginary parts).
     :param x: candidates, float ``[N, 2d]``.
     :param bias: added to every score (RotatE's margin gamma).
-    :returns: ``[B, N]``; the modulus of each complex difference is summed over the ``d`` coordinates.
+    :param out, out_rows: as :func:`pairwise_l1_distance` (scores written into rows ``out_rows`` of ``out``).
+    :returns: ``[B, N]`` (or ``out``); the modulus of each complex difference is summed over the ``d`` coordinates.
+        A (query, candidate) score does not depend on the other queries of the batch (every tile of the kernel runs
+        the same instructions), so splitting or stacking query batches gives equal scores bit for bit.
+    :raises ValueError: see :func:`_output`.
     """
     lib = _kernels() if _kernel_applicable(q, x) else None
     if lib is None:
-        return _eager_l1(q, x, bias, complex_layout=True)
+        return _eager_into(_eager_l1(q, x, bias, complex_layout=True), out, out_rows)
     d = q.shape[1] // 2
     q_t = q.detach().t().contiguous()
     x_t = cache.get(x) if cache is not None else x.detach().t().contiguous()
-    out = torch.empty(q.shape[0], x.shape[0], dtype=torch.float32)
+    out, rows = _output(q, x, out, out_rows)
     lib.mmkgc_complex_l1_dist(q_t[:d].data_ptr(), q_t[d:].data_ptr(), x_t[:d].data_ptr(), x_t[d:].data_ptr(),
-                              q.shape[0], x.shape[0], d, float(bias), out.data_ptr(), torch.get_num_threads())
+                              q.shape[0], x.shape[0], d, float(bias), out.data_ptr(),
+                              None if rows is None else rows.data_ptr(), torch.get_num_threads())
     return out

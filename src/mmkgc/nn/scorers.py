@@ -166,6 +166,30 @@ class Scorer(nn.Module, abc.ABC):
         """Whether :meth:`tail_query` / :meth:`head_query` / :meth:`match` are implemented."""
         return type(self).match is not Scorer.match
 
+    def match_all(self, queries: torch.Tensor, candidates: torch.Tensor, out: torch.Tensor | None = None,
+                  out_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Every query vector against every candidate: ``queries [Q, De], candidates [N, De] -> [Q, N]`` with
+        ``out[q, n] == match(queries[q], candidates[n])`` (queries from :meth:`tail_query` / :meth:`head_query`).
+
+        With ``out [R, N]`` and ``out_rows`` int64 ``[Q]`` the scores of query ``q`` go into row ``out_rows[q]`` of
+        ``out`` (the distance kernels write there directly), and ``out`` is returned.  The default broadcasts
+        :meth:`match` over chunks of candidates; scorers with an all-entity kernel override it.
+        """
+        self._check_width(queries, self.entity_dim, "query vectors")
+        self._check_width(candidates, self.entity_dim, "candidate embeddings")
+        scores = self._broadcast_all(lambda c: self.match(queries[:, None], c[None]), queries.shape[0], candidates)
+        if out is None:
+            return scores
+        return out.index_copy_(0, out_rows.to(device=out.device, dtype=torch.long), scores.to(out.dtype))
+
+    @property
+    def stacks_queries(self) -> bool:
+        """Whether :meth:`match_all` of :meth:`tail_query` / :meth:`head_query` vectors equals :meth:`score_t` /
+        :meth:`score_h` bit for bit whatever other queries share the call, so that a caller may score the queries
+        of both sides in one call (the evaluation of relation-conditioned fusion does: one pass over each relation's
+        table).  ``False`` unless a subclass says so (a matrix product's rounding may depend on the batch)."""
+        return False
+
     def score_all(self, known: torch.Tensor, r: torch.Tensor, candidates: torch.Tensor, side: Side) -> torch.Tensor:
         """``score_t(known, r, candidates)`` if ``side == "tail"``, ``score_h(candidates, r, known)`` if
         ``side == "head"``; ``[B, N]``.
@@ -298,6 +322,18 @@ class TransE(Scorer):
             return self._bias() - gathered_mixture_l1_distance(queries, query_index, mixtures, weights,
                                                                entity_index, False)
         return super().match_gathered_mixture(queries, query_index, mixtures, weights, entity_index)
+
+    def match_all(self, queries, candidates, out=None, out_rows=None):
+        if self.p != 1:
+            return super().match_all(queries, candidates, out, out_rows)
+        self._check_width(queries, self.entity_dim, "query vectors")
+        return pairwise_l1_distance(queries, self._norm(candidates), self._bias(),
+                                    None if self.normalize else self._cache, out, out_rows)
+
+    @property
+    def stacks_queries(self) -> bool:
+        """True for ``p = 1`` (the compiled L1 kernel, the same arithmetic as :meth:`score_t` in any batch)."""
+        return self.p == 1
 
     def _score_t(self, h, r, t_all):
         return self._all(self.tail_query(h, r), t_all)
@@ -441,6 +477,13 @@ class RotatE(Scorer):
 
     def match_gathered_mixture(self, queries, query_index, mixtures, weights, entity_index):
         return self.margin - gathered_mixture_l1_distance(queries, query_index, mixtures, weights, entity_index, True)
+
+    def match_all(self, queries, candidates, out=None, out_rows=None):
+        self._check_width(queries, self.entity_dim, "query vectors")
+        return pairwise_complex_l1_distance(queries, candidates, self.margin, self._cache, out, out_rows)
+
+    #: :meth:`match_all` is the kernel of :meth:`score_t` / :meth:`score_h`, whose scores do not depend on the batch
+    stacks_queries = True
 
     def _score_t(self, h, r, t_all):
         return pairwise_complex_l1_distance(self.tail_query(h, r), t_all, self.margin, self._cache)

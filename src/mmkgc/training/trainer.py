@@ -45,6 +45,7 @@ import torch
 from mmkgc import distributed as dist_helpers
 from mmkgc.errors import ConfigError, TrainingInterrupted
 from mmkgc.evaluation.metrics import EvaluationResult, evaluate
+from mmkgc.evaluation.ranking import to_device_nonblocking
 from mmkgc.models.inductive import modality_structures, pop_auxiliary_losses
 from mmkgc.training.callbacks import (
     LEGACY_METRICS,
@@ -362,6 +363,16 @@ class Trainer:
         (:meth:`TrainingLoop.local_batches`)."""
         return self.loop.local_batches(self.rank, self.world_size, self.rank_generator)
 
+    def _to_device(self, tensors: tuple) -> tuple:
+        """A batch's host tensors moved to a CUDA training device without a host synchronisation: staged in pinned
+        memory and copied with ``non_blocking=True`` (a copy from pageable memory waits until the GPU has finished
+        everything queued before it, i.e. the previous step).  Unchanged on other devices and for tensors already
+        there.  The batch is built on the host (sampler, batcher: data/sampling.py), so this is the one transfer
+        of a step."""
+        if self.device.type != "cuda":
+            return tensors
+        return tuple(to_device_nonblocking(t, self.device) if isinstance(t, torch.Tensor) else t for t in tensors)
+
     def _epoch(self, deadline: float | None) -> tuple[float, bool]:
         """One pass; returns (mean loss, ran out of time).
 
@@ -410,6 +421,7 @@ class Trainer:
             callback.on_epoch_start(self, num)
         try:
             for tensors, factor in batches:
+                tensors = self._to_device(tensors)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ddp is not None:
                     loss = self.ddp(*tensors)

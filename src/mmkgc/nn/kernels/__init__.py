@@ -51,8 +51,8 @@ COMPILE_FLAGS = (
 _P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 #: ctypes argument types of every exported kernel (all return ``void``).
 SIGNATURES: dict[str, list] = {
-    "mmkgc_l1_dist": [_P, _P, _I64, _I64, _I64, _F, _P, _INT],
-    "mmkgc_complex_l1_dist": [_P] * 4 + [_I64, _I64, _I64, _F, _P, _INT],
+    "mmkgc_l1_dist": [_P, _P, _I64, _I64, _I64, _F, _P, _P, _INT],
+    "mmkgc_complex_l1_dist": [_P] * 4 + [_I64, _I64, _I64, _F, _P, _P, _INT],
     "mmkgc_gather_l1": [_P] * 4 + [_I64, _I64, _INT, _P, _INT],
     "mmkgc_gather_l1_grad": [_P] * 5 + [_I64, _I64, _INT, _P, _INT],
     "mmkgc_gather_mix_l1": [_P] * 5 + [_I64] * 3 + [_INT, _P, _INT],
@@ -62,6 +62,7 @@ SIGNATURES: dict[str, list] = {
     "mmkgc_gate_backward1": [_P] * 12 + [_I64] * 3 + [_INT] + [_P] * 5,
     "mmkgc_gate_backward2": [_P] * 6 + [_I64] * 3 + [_P] * 2,
     "mmkgc_mix_transposed": [_P] * 2 + [_I64] * 3 + [_P, _INT],
+    "mmkgc_mix_columns": [_P] * 2 + [_I64] * 3 + [_P, _INT],
     "mmkgc_pair_mix": [_P] * 2 + [_I64] * 3 + [_P],
     "mmkgc_pair_dot": [_P] * 2 + [_I64] * 3 + [_P],
     "mmkgc_pair_scale": [_P] * 2 + [_I64] * 3 + [_P],

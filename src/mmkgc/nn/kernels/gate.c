@@ -211,6 +211,29 @@ MMKGC_EXPORT void mmkgc_mix_transposed(const float* x, const float* beta, int64_
     }
   }
 }
+/* The same fused table from components already in the transposed layout (evaluation of NativE-style fusion: the
+ * components do not depend on the relation, so they are transposed once per scoring session):
+ * out_t[d, n] = sum_m beta_t[m, n] xt[m, d, n] for xt [M, D, N], beta_t [M, N], out_t [D, N].  Every read and write
+ * is contiguous along n (one streaming pass); each element is summed over m in the order and with the expression
+ * of mmkgc_mix_transposed, so the two tables are equal bit for bit. */
+MMKGC_EXPORT void mmkgc_mix_columns(const float* xt, const float* beta_t, int64_t N, int64_t M, int64_t D, float* out_t,
+                       int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t d = 0; d < D; d++) {
+    for (int64_t n0 = 0; n0 < N; n0 += 512) {  /* 512 sums in L1 while the M components are added */
+      const int64_t nb = mmkgc_min(512, N - n0);
+      float acc[512];
+      for (int64_t n = 0; n < nb; n++) acc[n] = 0.0f;
+      for (int64_t m = 0; m < M; m++) {
+        const float* x = xt + (m * D + d) * N + n0;
+        const float* b = beta_t + m * N + n0;
+#pragma omp simd
+        for (int64_t n = 0; n < nb; n++) acc[n] += b[n] * x[n];
+      }
+      memcpy(out_t + d * N + n0, acc, (size_t)nb * sizeof(float));
+    }
+  }
+}
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
 #pragma GCC pop_options
 #endif
