@@ -37,6 +37,13 @@ METHODS = {
     "afme_text": "AFME (gate + confidence + MoIEn)",
     "imvia_text": "IMVIA (published 1-N BCE)",
     "imvia_text_budget": "IMVIA budget variant (softmax cross-entropy)",
+    # the CPU-budget variant (batch 4096, lr 2e-3, same 64 negatives), applied to every method alike
+    "rotate_b4096": "RotatE, structure only [batch 4096]",
+    "rotate_text_b4096": "RotatE + name text, concat [batch 4096]",
+    "adamf_text_b4096": "AdaMF (tanh attention) [batch 4096]",
+    "adamf_mat_text_b4096": "AdaMF-MAT (mu 0.1) [batch 4096]",
+    "native_text_b4096": "NativE-style (relation temperature + WGAN-GP) [batch 4096]",
+    "afme_text_b4096": "AFME (gate + confidence + MoIEn) [batch 4096]",
 }
 
 
