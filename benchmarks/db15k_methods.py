@@ -48,6 +48,9 @@ METHODS = {
     "adamf_mat_text_b4096": "AdaMF-MAT (mu 0.004 every 4th batch) [batch 4096]",
     "native_text_b4096": "NativE-style (relation temperature + WGAN-GP) [batch 4096]",
     "afme_text_b4096": "AFME (gate + confidence + MoIEn) [batch 4096]",
+    # the batch-1024 settings with the adversarial part on every 4th batch only (training.adversarial.every: 4)
+    "native_text_every4": "NativE-style (relation temperature + WGAN-GP) [adversarial every 4th batch]",
+    "adamf_mat_text_every4": "AdaMF-MAT (mu 0.004) [adversarial every 4th batch]",
 }
 
 

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 _spec = importlib.util.spec_from_file_location("db15k_methods", BENCH / "db15k_methods.py")
 methods = importlib.util.module_from_spec(_spec)
@@ -30,3 +32,38 @@ def test_merge_keeps_old_rows_and_marks_the_replaced_one():
                       {"config": "b", "test_mrr": 0.2, "current": False},
                       {"config": "a", "test_mrr": 0.3, "current": True},
                       {"config": "c", "test_mrr": 0.4, "current": True}]
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+VARIANT_CHANGES = {  # what each CPU-budget variant changes against its method config, and nothing else
+    "b4096": {"name", "training.batch_size", "training.lr", "evaluation.every", "evaluation.patience"},
+    "every4": {"name", "training.adversarial.every", "evaluation.every", "evaluation.patience"},
+}
+
+
+@pytest.mark.parametrize("path", sorted((BENCH.parent / "configs" / "db15k").glob("*_b4096.yaml"))
+                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_every4.yaml")), ids=lambda p: p.stem)
+def test_budget_variants_change_only_what_they_say(path):
+    from mmkgc.config import load_config
+
+    base_name, kind = path.stem.rsplit("_", 1)
+    variant_cfg = _flat(load_config(path).model_dump())
+    base = _flat(load_config(path.with_name(f"{base_name}.yaml")).model_dump())
+    changed = {k for k in set(base) | set(variant_cfg) if base.get(k) != variant_cfg.get(k)}
+    expected = set(VARIANT_CHANGES[kind])
+    if base_name == "adamf_mat_text":  # the lighter adversarial term (mu 0.1 -> 0.004 on every 4th batch)
+        expected |= {"training.adversarial.mu", "training.adversarial.every"}
+    assert changed == expected
+    if kind == "b4096":
+        assert variant_cfg["training.batch_size"] == 4 * base["training.batch_size"]
+        assert variant_cfg["training.num_negatives"] == base["training.num_negatives"]
+        assert variant_cfg["training.lr"] == pytest.approx(2 * base["training.lr"])
