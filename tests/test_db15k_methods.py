@@ -67,3 +67,18 @@ def test_budget_variants_change_only_what_they_say(path):
         assert variant_cfg["training.batch_size"] == 4 * base["training.batch_size"]
         assert variant_cfg["training.num_negatives"] == base["training.num_negatives"]
         assert variant_cfg["training.lr"] == pytest.approx(2 * base["training.lr"])
+
+
+def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config():
+    import json
+
+    rows = json.loads((BENCH.parent / "docs" / "results" / "db15k_methods.json").read_text(encoding="utf-8"))
+    current: dict[str, int] = {}
+    for row in rows:
+        for key in ("config", "method", "epochs", "training_seconds", "test_mrr", "test_hits1", "test_hits10",
+                    "variant", "current"):
+            assert key in row, (row["config"], key)
+        assert 0.0 <= row["test_hits1"] <= row["test_mrr"] <= row["test_hits10"] <= 1.0, row["config"]
+        assert (BENCH.parent / row["config"]).is_file(), row["config"]
+        current[row["config"]] = current.get(row["config"], 0) + bool(row["current"])
+    assert all(n <= 1 for n in current.values()), current
