@@ -41,7 +41,7 @@ METHODS = {
     "afme_text": "AFME (gate + confidence + MoIEn)",
     "imvia_text": "IMVIA (published 1-N BCE)",
     "imvia_text_budget": "IMVIA budget variant (softmax cross-entropy)",
-    # the CPU-budget variant (batch 4096, lr 2e-3, same 64 negatives), applied to every method alike
+    # the CPU-budget variant (batch 4096, lr 4e-3, same 64 negatives), applied to every method alike
     "rotate_b4096": "RotatE, structure only [batch 4096]",
     "rotate_text_b4096": "RotatE + name text, concat [batch 4096]",
     "adamf_text_b4096": "AdaMF (tanh attention) [batch 4096]",

@@ -66,7 +66,7 @@ def test_budget_variants_change_only_what_they_say(path):
     if kind == "b4096":
         assert variant_cfg["training.batch_size"] == 4 * base["training.batch_size"]
         assert variant_cfg["training.num_negatives"] == base["training.num_negatives"]
-        assert variant_cfg["training.lr"] == pytest.approx(2 * base["training.lr"])
+        assert variant_cfg["training.lr"] == pytest.approx(4 * base["training.lr"])
 
 
 def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config():
