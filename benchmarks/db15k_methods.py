@@ -11,12 +11,16 @@ Usage::
     MMKGC_DATA_DIR=../shared/datasets python benchmarks/db15k_methods.py --runs /tmp/db15k-runs \
         [--parallel 2] [--only rotate native_text] [--json docs/results/db15k_methods.json]
 
-With ``--collect`` the runs are not started again: finished run directories are read as they are.
+With ``--collect`` the runs are not started again: finished run directories are read as they are.  With
+``--append`` the rows are merged into the existing ``--json`` list instead of replacing it: a row of the same config
+is kept, marked ``"current": false``, and the new row is added with ``"current": true`` (every row carries a
+``variant`` string: batch size, negatives, learning rate and adversarial settings of its run).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -37,11 +41,53 @@ METHODS = {
     "afme_text": "AFME (gate + confidence + MoIEn)",
     "imvia_text": "IMVIA (published 1-N BCE)",
     "imvia_text_budget": "IMVIA budget variant (softmax cross-entropy)",
+    # the CPU-budget variant (batch 4096, lr 4e-3, same 64 negatives), applied to every method alike
+    "rotate_b4096": "RotatE, structure only [batch 4096]",
+    "rotate_text_b4096": "RotatE + name text, concat [batch 4096]",
+    "adamf_text_b4096": "AdaMF (tanh attention) [batch 4096]",
+    "adamf_mat_text_b4096": "AdaMF-MAT (mu 0.004 every 4th batch) [batch 4096]",
+    "native_text_b4096": "NativE-style (relation temperature + WGAN-GP) [batch 4096]",
+    "afme_text_b4096": "AFME (gate + confidence + MoIEn) [batch 4096]",
+    # the batch-1024 settings with the adversarial part on every 4th batch only (training.adversarial.every: 4)
+    "native_text_every4": "NativE-style (relation temperature + WGAN-GP) [adversarial every 4th batch]",
+    "adamf_mat_text_every4": "AdaMF-MAT (mu 0.004) [adversarial every 4th batch]",
 }
+
+
+def variant(run_config: dict) -> str:
+    """What a row's run trained with, in words: ``batch B, K negatives, lr L`` (+ the adversarial ``mu`` and
+    ``every`` when the run has an adversarial part), from the run directory's ``config.yaml``."""
+    training = run_config["training"]
+    parts = [f"batch {training['batch_size']}"]
+    if training.get("loop", "negative_sampling") == "negative_sampling":
+        parts.append(f"{training['num_negatives']} negatives")
+    parts.append(f"lr {training['lr']:g}")
+    adversarial = training.get("adversarial")
+    if adversarial:
+        parts.append(f"{adversarial['kind']} mu {adversarial['mu']:g} every {adversarial.get('every', 1)}")
+    return ", ".join(parts)
+
+
+def merge(previous: list[dict], rows: list[dict]) -> list[dict]:
+    """``previous`` rows (a row of a config in ``rows`` marked ``current: false``, the others keep their mark,
+    ``current: true`` when they had none) followed by ``rows`` (each ``current: true``)."""
+    new = {r["config"] for r in rows}
+    kept = [{**r, "current": False} if r["config"] in new else {**r, "current": r.get("current", True)}
+            for r in previous]
+    return kept + [{**r, "current": True} for r in rows]
+
+
+def _code_version() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _row(config: str, run_dir: Path, load: list[float]) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    run_config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     test = metrics["summary"]["test"]["realistic"]
     training = metrics["training"]
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -55,8 +101,8 @@ def _row(config: str, run_dir: Path, load: list[float]) -> dict:
         "best_epoch": training["best_epoch"],
         "training_seconds": training["training_seconds"],
         "seconds_per_full_epoch": sum(full) / len(full) if full else None,
-        "budget_clock": (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["training"]
-                         .get("time_budget_clock", "wall")),
+        "budget_clock": run_config["training"].get("time_budget_clock", "wall"),
+        "variant": variant(run_config),
         "cpu_seconds_per_full_epoch": (sum(r["cpu_seconds"] for r in epochs if not r.get("partial"))
                                        / len(full) if full and "cpu_seconds" in epochs[0] else None),
         "valid_clean_mrr": training["best_valid_metric"],
@@ -68,6 +114,9 @@ def _row(config: str, run_dir: Path, load: list[float]) -> dict:
         "test_mrr_optimistic": metrics["summary"]["test"].get("optimistic", {}).get("mrr"),
         "test_seconds": metrics.get("test_seconds"),
         "load_average_1min": {"median": sorted(load)[len(load) // 2], "max": max(load)} if load else None,
+        "date": datetime.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime,
+                                                datetime.timezone.utc).date().isoformat(),
+        "code": _code_version(),
     }
 
 
@@ -78,6 +127,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=list(METHODS))
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "db15k_methods.json")
     ap.add_argument("--collect", action="store_true", help="only read finished runs")
+    ap.add_argument("--append", action="store_true",
+                    help="merge the rows into the existing --json list (same config: the old row is kept, "
+                         "marked current: false)")
     ap.add_argument("--clock", choices=["wall", "process_cpu"], default="process_cpu",
                     help="what the 10-minute budget counts (training.time_budget_clock); process_cpu keeps the "
                          "budget fair when other jobs share the machine")
@@ -119,7 +171,12 @@ def main() -> int:
             continue
         rows.append(_row(config, args.runs / config, loads.get(config, [])))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    written = rows
+    if args.append and args.json.is_file():
+        written = merge(json.loads(args.json.read_text(encoding="utf-8")), rows)
+    tmp = args.json.with_name(args.json.name + ".tmp")
+    tmp.write_text(json.dumps(written, indent=2) + "\n")
+    tmp.replace(args.json)
     print("| method | config | epochs | s/epoch | test MRR | H@1 | H@10 |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -165,6 +165,58 @@ def test_moien_completion_waits_for_its_warm_up_and_the_count_is_checkpointed(tm
     assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["mat", "moien"])
+def test_every_k_runs_the_adversarial_part_on_every_kth_batch_and_the_count_is_checkpointed(tmp_path, kind):
+    raw = adversarial_raw(kind)
+    raw["training"]["adversarial"]["every"] = 3
+    cfg = parse_config(raw)
+    data = load_data(cfg)
+    model = build_model(cfg, data).train()
+    steps = model.auxiliary_steps(cfg.training)
+    loss_fn = SelfAdversarialSigmoidLoss(2.0)
+    adversarial_batches, updated = [], []
+    for i in range(7):
+        batch = _batch(data, seed=i)
+        loss, terms = model.negative_sampling_loss(*batch, loss_fn)
+        pos, neg = model.score_positives_and_negatives(*batch)
+        plain = loss_fn(pos, neg)
+        if "adversarial" in terms:  # loss = plain KGC loss + mu * adversarial term
+            adversarial_batches.append(i)
+            assert torch.allclose(loss, plain + 0.1 * terms["adversarial"], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.allclose(loss, plain, rtol=1e-6, atol=1e-7)
+        before = [p.detach().clone() for s in steps for p in s.params]
+        logged = [s.step(*batch) for s in steps]
+        after = [p.detach() for s in steps for p in s.params]
+        if any(not torch.equal(a, b) for a, b in zip(before, after)):
+            updated.append(i)
+            assert all(log for log in logged)
+        else:
+            assert all(log == {} for log in logged)
+    assert adversarial_batches == [0, 3, 6] and updated == [0, 3, 6]
+    assert int(model.state_dict()["adversarial_batches"]) == 7
+    # a model loaded from these weights continues the schedule: batches 7 and 8 plain, 9 adversarial
+    fresh = build_model(cfg, data).train()
+    fresh.load_state_dict(model.state_dict())
+    seen = ["adversarial" in fresh.negative_sampling_loss(*_batch(data, seed=i), loss_fn)[1] for i in range(7, 10)]
+    assert seen == [False, False, True]
+    # without the option the weights carry no counter (checkpoints from before the option still load)
+    assert "adversarial_batches" not in build_model(parse_config(adversarial_raw(kind)), data).state_dict()
+
+
+def test_every_k_resumed_run_matches_the_uninterrupted_one(tmp_path):
+    raw = adversarial_raw("mat")
+    data = load_data(parse_config(raw))
+    steps_per_epoch = -(-data.triples.train.shape[0] // raw["training"]["batch_size"])
+    raw["training"]["adversarial"]["every"] = steps_per_epoch + 1  # the schedule crosses the epoch boundary
+    full = parse_config({**raw, "training": {**raw["training"], "epochs": 3}})
+    run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
+    run_experiment(parse_config({**raw, "training": {**raw["training"], "epochs": 1}}), tmp_path / "split",
+                   device="cpu", log=lambda line: None)
+    run_experiment(full, tmp_path / "split", resume=True, device="cpu", log=lambda line: None)
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5, abs=1e-6)
+
+
 def test_config_errors_name_the_field(tmp_path):
     raw = adversarial_raw("mat")
     raw["model"]["modalities"] = [{"name": "audio"}]
@@ -175,7 +227,8 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"modalities\[text\]\.dim"):
         build_model(parse_config(raw), load_data(parse_config(raw)))
     for key, value in (("mu", -1.0), ("mu", 50.0), ("generator_lr", 0.0), ("generator_lr", 3.0),
-                       ("fake_types", ["head", "head"]), ("kind", "gan"), ("complete_after_steps", -1)):
+                       ("fake_types", ["head", "head"]), ("kind", "gan"), ("complete_after_steps", -1),
+                       ("every", 0)):
         raw = adversarial_raw("mat")
         raw["training"]["adversarial"][key] = value
         with pytest.raises(ConfigError, match="training.adversarial"):

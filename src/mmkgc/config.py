@@ -599,6 +599,11 @@ class AdversarialConfig(_Strict):
     :param complete_after_steps: ``moien`` with ``complete_missing``: generator updates before completion starts;
         until then absent modalities are masked (zero fusion weight).  ``0`` completes from the first batch (an
         untrained generator's output is then fused).  Counted in the checkpointed model, so resuming keeps it.
+    :param every: run the adversarial part (the fake term of the main step, the generator step and, for
+        ``moien``, the discriminator step) on every ``every``-th training batch only (the 1st, the ``every + 1``-th,
+        ...); the other batches are plain KGC steps.  ``1`` (default): every batch, as published.  A CPU-budget
+        option: the adversarial part's cost per epoch falls by ``every`` (docs/benchmarks.md, DB15K method table).
+        The batch count is checkpointed, so resuming keeps the schedule.
     """
 
     kind: Literal["mat", "wgan_gp", "moien"] = "mat"
@@ -620,6 +625,7 @@ class AdversarialConfig(_Strict):
     reconstruction_weight: float = Field(1.0, ge=0.0, le=100.0)
     complete_missing: bool = True
     complete_after_steps: int = Field(0, ge=0)
+    every: int = Field(1, ge=1, le=10000)
 
     @model_validator(mode="after")
     def _generator_default(self) -> "AdversarialConfig":

@@ -33,6 +33,10 @@ keyed on the batch positives (value equality), dropped at the start of every mai
 step, and never copied or checkpointed. The noise-free completion of absent modalities (AFME) is a separate,
 detached pass on the rows that have an absent modality only.
 
+Schedule: by default every batch runs the main step with its fake term, then the discriminator (AFME) and generator
+steps.  ``training.adversarial.every: k`` runs the adversarial part (fake term, discriminator and generator steps) on
+batches ``0, k, 2k, ...`` of the run only; the other batches are plain KGC steps (the count is a checkpointed buffer).
+
 Gradients: the main (critic) step sees the generated vectors detached: the fake scores train the KGC model
 (structure, adapters, fusion, relations), never the generator -- a deliberate difference from the released
 AdaMF-MAT/NativE code, whose D step back-propagates the fake scores through the generator into the embeddings
@@ -124,6 +128,13 @@ class AdversarialFusedModel(FusedKGEModel):
         #: other configuration keep the weights they always had
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long)
                              if adversarial.complete_after_steps > 0 else None)
+        #: training batches seen, kept only with ``every > 1`` (the same pattern): which batches run the
+        #: adversarial part; mirrored in :attr:`_batch_count` so that no step reads the buffer back from a GPU
+        self.register_buffer("adversarial_batches", torch.zeros((), dtype=torch.long)
+                             if adversarial.every > 1 else None)
+        self._batch_count: int | None = None  # None: read the buffer once (fresh model, or after loading weights)
+        self._adversarial_now = True  # whether the current batch runs the adversarial part (read by _ModelStep)
+        self.register_load_state_dict_post_hook(_forget_batch_count)
         self._generation = _GenerationCache()
         if adversarial.kind == "moien" and adversarial.complete_missing:
             representation.completer = self._complete
@@ -214,6 +225,18 @@ class AdversarialFusedModel(FusedKGEModel):
                 "relation_h": rel if relation is not None else None}
         return score(h, r, t), fakes, vecs
 
+    def _start_batch(self) -> bool:
+        """Count a training batch and say whether it runs the adversarial part (``training.adversarial.every``):
+        batches ``0, every, 2 every, ...`` of the run do.  Always ``True`` with ``every == 1``."""
+        if self.adversarial_batches is None:
+            return True
+        if self._batch_count is None:
+            self._batch_count = int(self.adversarial_batches)
+        now = self._batch_count % self.adv.every == 0
+        self._batch_count += 1
+        self.adversarial_batches.fill_(self._batch_count)
+        return now
+
     # -------------------------------------------------------------------------------- main (D / critic) step
     def _mat_fake_term(self, positive: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """``L_sig(p, n)`` with the fake as the negative: weight 1 per positive, or the released across-batch
@@ -223,7 +246,9 @@ class AdversarialFusedModel(FusedKGEModel):
 
     def negative_sampling_loss(self, positives, negative_entities, tail_corrupted, loss_fn):
         self._generation.value = None  # a new batch: never reuse a previous one's generation
-        mu = self.adv.mu
+        if self.training and torch.is_grad_enabled():  # a training batch: counted for ``every``
+            self._adversarial_now = self._start_batch()
+        mu = self.adv.mu if self._adversarial_now else 0.0
         # the fake term needs the real components of the positives' heads and tails: the relation-aware scoring path
         # has computed them (with the same parameters, in the same graph) for its distinct entities; reuse them
         self.keep_batch_components = mu != 0.0
@@ -367,3 +392,15 @@ class _ModelStep(AuxiliaryStep):
     def loss(self, positives: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
         return self.loss_of(positives.to(device))
+
+    def step(self, *tensors: torch.Tensor, **kwargs) -> dict[str, float | torch.Tensor]:
+        """:meth:`AuxiliaryStep.step`, skipped (no update, ``{}``) on a batch that the model's main step ran
+        without its adversarial part (``training.adversarial.every > 1``)."""
+        if not getattr(self.model, "_adversarial_now", True):
+            return {}
+        return super().step(*tensors, **kwargs)
+
+
+def _forget_batch_count(module: AdversarialFusedModel, incompatible_keys) -> None:
+    """After ``load_state_dict``: the batch count is read again from the loaded buffer (resume)."""
+    module._batch_count = None

@@ -1,0 +1,86 @@
+"""``benchmarks/db15k_methods.py``: the row's variant string and the merge of new rows into the method table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+_spec = importlib.util.spec_from_file_location("db15k_methods", BENCH / "db15k_methods.py")
+methods = importlib.util.module_from_spec(_spec)
+sys.modules["db15k_methods"] = methods
+_spec.loader.exec_module(methods)
+
+
+def test_variant_names_batch_negatives_lr_and_the_adversarial_schedule():
+    plain = {"training": {"batch_size": 4096, "num_negatives": 64, "lr": 0.002}}
+    assert methods.variant(plain) == "batch 4096, 64 negatives, lr 0.002"
+    mat = {"training": {"batch_size": 4096, "num_negatives": 64, "lr": 0.002,
+                        "adversarial": {"kind": "mat", "mu": 0.004, "every": 4}}}
+    assert methods.variant(mat) == "batch 4096, 64 negatives, lr 0.002, mat mu 0.004 every 4"
+    one_to_n = {"training": {"loop": "one_to_n", "batch_size": 1024, "lr": 0.01}}
+    assert methods.variant(one_to_n) == "batch 1024, lr 0.01"
+
+
+def test_merge_keeps_old_rows_and_marks_the_replaced_one():
+    previous = [{"config": "a", "test_mrr": 0.1}, {"config": "b", "test_mrr": 0.2, "current": False}]
+    merged = methods.merge(previous, [{"config": "a", "test_mrr": 0.3}, {"config": "c", "test_mrr": 0.4}])
+    assert merged == [{"config": "a", "test_mrr": 0.1, "current": False},
+                      {"config": "b", "test_mrr": 0.2, "current": False},
+                      {"config": "a", "test_mrr": 0.3, "current": True},
+                      {"config": "c", "test_mrr": 0.4, "current": True}]
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+VARIANT_CHANGES = {  # what each CPU-budget variant changes against its method config, and nothing else
+    "b4096": {"name", "training.batch_size", "training.lr", "evaluation.every", "evaluation.patience"},
+    "every4": {"name", "training.adversarial.every", "evaluation.every", "evaluation.patience"},
+}
+
+
+@pytest.mark.parametrize("path", sorted((BENCH.parent / "configs" / "db15k").glob("*_b4096.yaml"))
+                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_every4.yaml")), ids=lambda p: p.stem)
+def test_budget_variants_change_only_what_they_say(path):
+    from mmkgc.config import load_config
+
+    base_name, kind = path.stem.rsplit("_", 1)
+    variant_cfg = _flat(load_config(path).model_dump())
+    base = _flat(load_config(path.with_name(f"{base_name}.yaml")).model_dump())
+    changed = {k for k in set(base) | set(variant_cfg) if base.get(k) != variant_cfg.get(k)}
+    expected = set(VARIANT_CHANGES[kind])
+    if base_name == "adamf_mat_text":  # the lighter adversarial term (mu 0.1 -> 0.004 on every 4th batch)
+        expected |= {"training.adversarial.mu", "training.adversarial.every"}
+    assert changed == expected
+    if kind == "b4096":
+        assert variant_cfg["training.batch_size"] == 4 * base["training.batch_size"]
+        assert variant_cfg["training.num_negatives"] == base["training.num_negatives"]
+        assert variant_cfg["training.lr"] == pytest.approx(4 * base["training.lr"])
+
+
+def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config():
+    import json
+
+    rows = json.loads((BENCH.parent / "docs" / "results" / "db15k_methods.json").read_text(encoding="utf-8"))
+    current: dict[str, int] = {}
+    for row in rows:
+        for key in ("config", "method", "epochs", "training_seconds", "test_mrr", "test_hits1", "test_hits10",
+                    "variant", "current"):
+            assert key in row, (row["config"], key)
+        h1, mrr, h10 = row["test_hits1"], row["test_mrr"], row["test_hits10"]
+        # fractions; a reciprocal rank is 1 at rank 1 and at most 1/11 beyond rank 10
+        assert 0.0 <= h1 <= mrr <= h10 + (1.0 - h10) / 11 and h10 <= 1.0, row["config"]
+        assert (BENCH.parent / row["config"]).is_file(), row["config"]
+        current[row["config"]] = current.get(row["config"], 0) + bool(row["current"])
+    assert all(n <= 1 for n in current.values()), current
