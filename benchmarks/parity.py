@@ -379,7 +379,8 @@ def mmkgc_config(method: str, settings: dict[str, Any], seed: int, visual_file: 
         native = method == "native"
         training: dict[str, Any] = {
             "loop": "negative_sampling", "epochs": s["epochs"], "batch_size": s["batch_size"],
-            "num_negatives": s["num_negatives"], "sampler": "bernoulli", "filtered_negatives": True,
+            "num_negatives": s["num_negatives"], "sampler": s.get("mmkgc_sampler", "bernoulli"),
+            "filtered_negatives": True,
             "positives": "with_replacement", "loss": "nssa", "adversarial_temperature": s["adv_temp"],
             "optimizer": "adam", "lr": s["lr"], "num_threads": None,
         }
@@ -651,6 +652,10 @@ def run_parity(args: argparse.Namespace) -> int:
                                        "batch_size": args.batch_size})
     if method == "imvia" and args.negatives is not None:
         raise ParityError("--negatives: IMVIA scores every entity (1-N); it has no negative sampling")
+    if args.mmkgc_sampler != "bernoulli":
+        if method == "imvia":
+            raise ParityError("--mmkgc-sampler: IMVIA scores every entity (1-N); it has no negative sampling")
+        settings["mmkgc_sampler"] = args.mmkgc_sampler
     visual = args.visual or METHODS[method].visual
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -781,6 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--visual", choices=["text", "zeros"], help="what stands in for the visual table")
     ap.add_argument("--side", choices=["both", "reference", "mmkgc"], default="both")
+    ap.add_argument("--mmkgc-sampler", choices=["bernoulli", "openke_bernoulli"], default="bernoulli",
+                    help="mmkgc's negative sampler for AdaMF-MAT / NativE: the exact Bernoulli rule (default) or "
+                         "OpenKE's rounded tail probability (training.sampler: openke_bernoulli)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=1.0, help="allowed |mean MRR gap| in points")

@@ -279,18 +279,11 @@ def probe(init_final: dict[str, Any], trainer, batches, adv_temp: float) -> dict
 
 
 def openke_tail_probability(tail_probability):
-    """The tail-corruption probability OpenKE's sampler actually uses: it draws ``randd(id) % 1000 < 1000 p``
-    (``Base.cpp``, ``bern_flag``), so ``p`` is rounded *up* to a multiple of 1/1000, and every relation with
-    ``p > 0.999`` never gets a corrupted head.  On DB15K that is relation 278 (``rdf:type``, 10,422 of the 79,222
-    train triples, ``p = 0.99904``).
+    """OpenKE's rounded tail probability: :func:`mmkgc.data.sampling.openke_tail_probability` (the library's
+    ``sampler: openke_bernoulli``)."""
+    from mmkgc.data.sampling import openke_tail_probability as rounded
 
-    :param tail_probability: float ``[R]`` (``TripleSet.tail_corruption_probability``).
-    :returns: float ``[R]``, ``ceil(1000 p) / 1000`` capped at 1.
-    """
-    import torch
-
-    p = torch.as_tensor(tail_probability, dtype=torch.float64)
-    return (torch.ceil(p * 1000).clamp(max=1000) / 1000).to(torch.float32)
+    return rounded(tail_probability)
 
 
 def negatives_for(positives_batches, sampler, seed: int):

@@ -184,3 +184,47 @@ def test_one_to_n_labels_of_reciprocal_head_query():
     labels = batcher.labels(torch.tensor([0]), torch.tensor([ts.num_relations + 2]), torch.tensor([False]))
     expected = {t for h, r, t in _train_set(ts) if h == 0 and r == 2}
     assert set(torch.nonzero(labels[0]).flatten().tolist()) == expected
+
+
+def test_openke_rounding_of_the_tail_probability():
+    """OpenKE corrupts the tail when ``randd % 1000 < 1000 p``: p rounded up to a multiple of 1/1000."""
+    from mmkgc.data.sampling import openke_tail_probability
+
+    p = torch.tensor([0.99904, 0.5, 0.1234, 0.0, 1.0, 0.9991, 2 / 5])
+    # 2/5: OpenKE's float 1000 * 2 / 5 is exactly 400, so P(tail) stays 0.4 (not 0.401)
+    assert openke_tail_probability(p).tolist() == pytest.approx([1.0, 0.5, 0.124, 0.0, 1.0, 1.0, 0.4], abs=1e-7)
+
+
+def test_openke_bernoulli_never_corrupts_rdf_type_heads_on_db15k():
+    """``training.sampler: openke_bernoulli`` reproduces the official samplers' rounding: on DB15K the heads of
+    ``rdf:type`` triples (p_tail = 0.99904) are never corrupted, which the exact rule does about once per
+    thousand; every other relation keeps (nearly) its exact probability."""
+    from types import SimpleNamespace
+
+    from mmkgc.data.registry import resolve_dataset
+    from mmkgc.data.sampling import openke_tail_probability
+    from mmkgc.training.loops import NegativeSamplingLoop
+
+    if not (DATASETS / "DB15K" / "train2id.txt").exists():
+        pytest.skip("DB15K not available")
+    ts = resolve_dataset("DB15K", data_dir=DATASETS)
+    rdf_type = ts.relation_labels.index("<http://www.w3.org/1999/02/22-rdf-syntax-ns#type>")
+    exact = ts.tail_corruption_probability
+    assert float(exact[rdf_type]) == pytest.approx(0.99904, abs=1e-5)
+    training = SimpleNamespace(batch_size=1024, positives="with_replacement", filtered_negatives=True,
+                               sampler="openke_bernoulli", num_negatives=64, loss="nssa", adversarial_temperature=1.0)
+    loops = {}
+    for sampler in ("bernoulli", "openke_bernoulli"):
+        training.sampler = sampler
+        loops[sampler] = NegativeSamplingLoop.__new__(NegativeSamplingLoop)
+        NegativeSamplingLoop.__init__(loops[sampler], torch.nn.Linear(1, 1), ts, training,
+                                      torch.Generator().manual_seed(0), torch.device("cpu"))
+    rounded = loops["openke_bernoulli"].sampler.tail_probability
+    assert torch.equal(rounded, openke_tail_probability(exact)) and float(rounded[rdf_type]) == 1.0
+    assert torch.equal(loops["bernoulli"].sampler.tail_probability, exact)
+    assert float((rounded - exact).abs().max()) <= 1e-3
+    rows = ts.train[ts.train[:, 1] == rdf_type]
+    g = torch.Generator().manual_seed(3)
+    heads_exact = int((~loops["bernoulli"].sampler.sample(rows, generator=g).tail_corrupted).sum())
+    heads_rounded = int((~loops["openke_bernoulli"].sampler.sample(rows, generator=g).tail_corrupted).sum())
+    assert heads_rounded == 0 and heads_exact > 0   # ~0.00096 x 10,422 x 64 = ~640 expected

@@ -696,7 +696,10 @@ class TrainingConfig(_Strict):
 
     :param loop: ``negative_sampling`` (sLCWA: each positive against ``num_negatives`` corrupted triples) or
         ``one_to_n`` (1-N scoring against all entities with BCE; needs ``reciprocal: true``).
-    :param sampler: ``bernoulli`` (TransH/OpenKE head-or-tail choice) or ``uniform``.
+    :param sampler: ``bernoulli`` (TransH's head-or-tail choice, Wang et al. 2014), ``openke_bernoulli`` (the same
+        as OpenKE's C++ sampler applies it: the tail probability rounded up to a multiple of 1/1000, so DB15K's
+        ``rdf:type`` heads are never corrupted; only to reproduce the official AdaMF-MAT / NativE code) or
+        ``uniform``.
     :param filtered_negatives: redraw negatives that are training triples.
     :param positives: ``permutation`` (a shuffled pass over train) or ``with_replacement`` (OpenKE:
         ``floor(n / batch_size)`` batches drawn uniformly with replacement).
@@ -732,7 +735,7 @@ class TrainingConfig(_Strict):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(1024, ge=1)
     num_negatives: int = Field(32, ge=1)
-    sampler: Literal["bernoulli", "uniform"] = "bernoulli"
+    sampler: Literal["bernoulli", "openke_bernoulli", "uniform"] = "bernoulli"
     filtered_negatives: bool = True
     positives: Literal["permutation", "with_replacement"] = "permutation"
     loss: str = "nssa"

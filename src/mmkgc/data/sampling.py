@@ -26,6 +26,7 @@ __all__ = [
     "TripleBatcher",
     "OneToNBatch",
     "OneToNBatcher",
+    "openke_tail_probability",
 ]
 
 Corruption = Literal["both", "head", "tail"]
@@ -225,6 +226,23 @@ class BernoulliNegativeSampler(NegativeSampler):
         """OpenKE's sampler for ``triples``: statistics and filter from its train split."""
         return cls(triples.num_entities, num_negatives, triples.tail_corruption_probability,
                    triples.train_index if filtered else None, generator)
+
+
+def openke_tail_probability(tail_probability: torch.Tensor) -> torch.Tensor:
+    """The tail-corruption probability OpenKE's sampler actually applies (``sampler: openke_bernoulli``).
+
+    OpenKE (``Base.cpp``, ``bern_flag``; the AdaMF-MAT and NativE checkouts ship it) corrupts the tail when
+    ``randd(id) % 1000 < 1000 p``, so ``p`` is rounded *up* to a multiple of 1/1000 and a relation with
+    ``p > 0.999`` never has its head corrupted (DB15K ``rdf:type``: ``p = 0.99904``).  Only for reproducing the
+    official code's negatives; Wang et al. (2014) define the exact ``p`` (``sampler: bernoulli``).
+
+    :param tail_probability: float ``[R]`` (:attr:`TripleSet.tail_corruption_probability`).
+    :returns: float32 ``[R]``, ``ceil(1000 p) / 1000`` capped at 1 (computed in float32, as OpenKE does).
+    """
+    # float32 as OpenKE's ``REAL``: 1000 p of a ratio like 2/5 is exactly 400 there (P = 0.4), where float64
+    # arithmetic on the float32 value would give 400.0000059 and round it up to 0.401
+    p = torch.as_tensor(tail_probability, dtype=torch.float32)
+    return torch.ceil(p * 1000).clamp(max=1000) / 1000
 
 
 class TripleBatcher:

@@ -26,6 +26,7 @@ from class_resolver import ClassResolver
 
 from mmkgc import distributed as dist_helpers
 from mmkgc.training.losses import build_loss, l2_regularizer, n3_regularizer
+from mmkgc.data.sampling import openke_tail_probability
 from mmkgc.training.sampling import (
     BernoulliNegativeSampler,
     OneToNBatch,
@@ -129,9 +130,12 @@ class NegativeSamplingLoop(TrainingLoop):
         self.batcher = TripleBatcher(triples.train, training.batch_size, mode=training.positives,
                                      generator=generator)
         filter_index = triples.train_index if training.filtered_negatives else None
-        if training.sampler == "bernoulli":
+        if training.sampler in ("bernoulli", "openke_bernoulli"):
+            tail_probability = triples.tail_corruption_probability
+            if training.sampler == "openke_bernoulli":
+                tail_probability = openke_tail_probability(tail_probability)
             self.sampler: Any = BernoulliNegativeSampler(
-                triples.num_entities, training.num_negatives, triples.tail_corruption_probability,
+                triples.num_entities, training.num_negatives, tail_probability,
                 filtered_by=filter_index, generator=generator)
         else:
             self.sampler = UniformNegativeSampler(
