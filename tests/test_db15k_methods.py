@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from benchmark_modules import BENCH, load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-_spec = importlib.util.spec_from_file_location("db15k_methods", BENCH / "db15k_methods.py")
-methods = importlib.util.module_from_spec(_spec)
-sys.modules["db15k_methods"] = methods
-_spec.loader.exec_module(methods)
+methods = load_benchmark("db15k_methods")
 
 
 def test_variant_names_batch_negatives_lr_and_the_adversarial_schedule():

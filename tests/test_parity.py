@@ -4,7 +4,6 @@ comparison, the argument errors, and the launcher's loss/test recording (against
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,15 +15,7 @@ import torch
 
 from mmkgc.config import parse_config
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_modules import BENCH, load_benchmark as _load
 
 
 parity = _load("parity")
