@@ -285,21 +285,14 @@ def _rank_targets_torch(scores: torch.Tensor, targets: torch.Tensor, filter_rows
         raise ValueError(f"target ids must lie in [0, {num_entities}) (the number of score columns); "
                          f"got min {values[0]}, max {values[1]}")
     if values[2] > 0:  # only on the error path (or with infinities of both signs): the exact NaN rows
-        nan = _nan_rows(scores)
-        if bool(nan.any()):
-            raise ValueError(
-                f"scores contain NaN in {int(nan.sum())} of {num_rows} rows (first such row: "
-                f"{int(nan.nonzero()[0, 0])}); a NaN cannot be ranked (OpenKE would silently report rank 1)"
-            )
+        _raise_on_nan_rows(_nan_rows(scores))
     num_candidates = torch.full((num_rows,), num_entities, dtype=torch.long, device=device)
     if rows is not None:
         if device_pairs:
             filtered = _filtered_counts_torch(scores, target_score, targets, rows, cols)
         else:
             filtered = _filtered_counts_sorted(scores, target_score, targets, rows, keys)
-        greater = greater - filtered[0]
-        greater_equal = greater_equal - filtered[1]
-        num_candidates = num_candidates - filtered[2]
+        return _without_filtered(greater, greater_equal, num_candidates, filtered)
     return greater + 1, greater_equal, num_candidates
 
 
@@ -358,11 +351,7 @@ def rank_targets(
     target_score = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
     # ``>=`` counts the target itself (its score is not NaN), which supplies the "1 +" of the pessimistic rank.
     greater, greater_equal, nan = _count(scores, target_score)
-    if bool(nan.any()):
-        raise ValueError(
-            f"scores contain NaN in {int(nan.sum())} of {num_rows} rows (first such row: "
-            f"{int(nan.nonzero()[0, 0])}); a NaN cannot be ranked (OpenKE would silently report rank 1)"
-        )
+    _raise_on_nan_rows(nan)
     num_candidates = torch.full((num_rows,), num_entities, dtype=torch.long, device=device)
 
     if filter_rows is not None and filter_cols is not None:
@@ -377,10 +366,25 @@ def rank_targets(
                 filtered = _filtered_counts_numpy(scores, target_score, targets, rows, cols)
             else:
                 filtered = _filtered_counts_torch(scores, target_score, targets, rows, cols)
-            greater = greater - filtered[0]
-            greater_equal = greater_equal - filtered[1]
-            num_candidates = num_candidates - filtered[2]
+            return _without_filtered(greater, greater_equal, num_candidates, filtered)
     return greater + 1, greater_equal, num_candidates
+
+
+def _raise_on_nan_rows(nan: torch.Tensor) -> None:
+    """:raises ValueError: a row of ``nan [B]`` (bool, rows whose scores hold NaN) is set, naming the first."""
+    if bool(nan.any()):
+        raise ValueError(
+            f"scores contain NaN in {int(nan.sum())} of {nan.shape[0]} rows (first such row: "
+            f"{int(nan.nonzero()[0, 0])}); a NaN cannot be ranked (OpenKE would silently report rank 1)"
+        )
+
+
+def _without_filtered(greater: torch.Tensor, greater_equal: torch.Tensor, num_candidates: torch.Tensor,
+                      filtered: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The raw counts ``[B]`` less the filtered known triples' (``filtered``: their ``>``, ``>=`` and candidate
+    counts): ``(optimistic rank, pessimistic rank, candidates)`` of the filtered setting."""
+    return greater - filtered[0] + 1, greater_equal - filtered[1], num_candidates - filtered[2]
 
 
 def tie_break(
