@@ -11,6 +11,9 @@ Usage::
     MMKGC_DATA_DIR=../shared/datasets python benchmarks/db15k_methods.py --runs /tmp/db15k-runs \
         [--parallel 2] [--only rotate native_text] [--json docs/results/db15k_methods.json]
 
+With ``--seed N`` every run uses seed ``N`` instead of its config's (run directories ``<config>-seed<N>``, rows with
+``"seed": N``; the seed study of docs/benchmarks.md writes these rows to their own ``--json``).
+
 With ``--collect`` the runs are not started again: finished run directories are read as they are.  With
 ``--append`` the rows are merged into the existing ``--json`` list instead of replacing it: a row of the same config
 is kept, marked ``"current": false``, and the new row is added with ``"current": true`` (every row carries a
@@ -36,7 +39,7 @@ METHODS = {
     "rotate": "RotatE, structure only",
     "rotate_text": "RotatE + name text, concat",
     "adamf_text": "AdaMF (tanh attention)",
-    "adamf_mat_text": "AdaMF-MAT (mu 0.1)",
+    "adamf_mat_text": "AdaMF-MAT (mu 0.004)",
     "native_text": "NativE-style (relation temperature + WGAN-GP)",
     "afme_text": "AFME (gate + confidence + MoIEn)",
     "imvia_text": "IMVIA (published 1-N BCE)",
@@ -69,10 +72,10 @@ def variant(run_config: dict) -> str:
 
 
 def merge(previous: list[dict], rows: list[dict]) -> list[dict]:
-    """``previous`` rows (a row of a config in ``rows`` marked ``current: false``, the others keep their mark,
+    """``previous`` rows (a row of a config and seed in ``rows`` marked ``current: false``, the others keep their mark,
     ``current: true`` when they had none) followed by ``rows`` (each ``current: true``)."""
-    new = {r["config"] for r in rows}
-    kept = [{**r, "current": False} if r["config"] in new else {**r, "current": r.get("current", True)}
+    new = {(r["config"], r.get("seed")) for r in rows}
+    kept = [{**r, "current": False} if (r["config"], r.get("seed")) in new else {**r, "current": r.get("current", True)}
             for r in previous]
     return kept + [{**r, "current": True} for r in rows]
 
@@ -83,6 +86,11 @@ def _code_version() -> str | None:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def run_name(config: str, seed: int | None) -> str:
+    """The run directory's name under ``--runs``: the config's stem, with ``-seed<N>`` for ``--seed N``."""
+    return config if seed is None else f"{config}-seed{seed}"
 
 
 def _row(config: str, run_dir: Path, load: list[float]) -> dict:
@@ -96,6 +104,7 @@ def _row(config: str, run_dir: Path, load: list[float]) -> dict:
     return {
         "config": f"configs/db15k/{config}.yaml",
         "method": METHODS.get(config, config),
+        "seed": run_config.get("seed"),
         "epochs": training["epochs"],
         "partial_last_epoch": bool(epochs and epochs[-1].get("partial")),
         "best_epoch": training["best_epoch"],
@@ -133,28 +142,32 @@ def main() -> int:
     ap.add_argument("--clock", choices=["wall", "process_cpu"], default="process_cpu",
                     help="what the 10-minute budget counts (training.time_budget_clock); process_cpu keeps the "
                          "budget fair when other jobs share the machine")
+    ap.add_argument("--seed", type=int, help="train every run with this seed instead of its config's")
     args = ap.parse_args()
     unknown = [c for c in args.only if c not in METHODS]
     if unknown:
         print(f"error: unknown config(s) {unknown}; known: {list(METHODS)}", file=sys.stderr)
         return 2
     args.runs.mkdir(parents=True, exist_ok=True)
-    loads: dict[str, list[float]] = {c: [] for c in args.only}
+    names = {c: run_name(c, args.seed) for c in args.only}
+    loads: dict[str, list[float]] = {names[c]: [] for c in args.only}
     if not args.collect:
         pending, running = list(args.only), {}
         while pending or running:
             while pending and len(running) < args.parallel:
                 config = pending.pop(0)
-                run_dir = args.runs / config
+                run_dir = args.runs / names[config]
                 cmd = [sys.executable, "-m", "mmkgc", "train", str(ROOT / "configs" / "db15k" / f"{config}.yaml"),
                        "--run-dir", str(run_dir), "--set", "training.num_threads=1",
                        "--set", f"training.time_budget_clock={args.clock}"]
-                log = open(args.runs / f"{config}.log", "w")
+                if args.seed is not None:
+                    cmd += ["--set", f"seed={args.seed}"]
+                log = open(args.runs / f"{names[config]}.log", "w")
                 running[config] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log)
                 print(f"started {config}", flush=True)
             time.sleep(30)
             for config in list(running):
-                loads[config].append(os.getloadavg()[0])
+                loads[names[config]].append(os.getloadavg()[0])
                 proc, log = running[config]
                 if proc.poll() is not None:
                     log.close()
@@ -166,10 +179,10 @@ def main() -> int:
         loads.update(json.loads((args.runs / "load.json").read_text()))
     rows = []
     for config in args.only:
-        if not (args.runs / config / "metrics.json").is_file():
-            print(f"warning: {config}: no metrics.json, left out", file=sys.stderr)
+        if not (args.runs / names[config] / "metrics.json").is_file():
+            print(f"warning: {names[config]}: no metrics.json, left out", file=sys.stderr)
             continue
-        rows.append(_row(config, args.runs / config, loads.get(config, [])))
+        rows.append(_row(config, args.runs / names[config], loads.get(names[config], [])))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     written = rows
     if args.append and args.json.is_file():

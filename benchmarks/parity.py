@@ -139,8 +139,8 @@ def merge_settings(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
         if key not in settings:
             raise ParityError(f"setting {key!r} does not apply to {method} (its settings: {', '.join(settings)})")
         settings[key] = value
-    for key in ("epochs", "lr", "dim", "batch_size"):
-        if not settings[key] > 0:
+    for key in ("epochs", "lr", "dim", "batch_size", "relation_dim"):
+        if key in settings and not settings[key] > 0:
             raise ParityError(f"--{key.replace('_', '-')}: must be positive, got {settings[key]}")
     return settings
 
@@ -647,7 +647,10 @@ def run_parity(args: argparse.Namespace) -> int:
         check_split(reference, data_dir)
     elif not (data_dir / "DB15K" / "train2id.txt").is_file():
         raise ParityError(f"--data-dir: {data_dir}/DB15K/train2id.txt does not exist")
+    if method != "imvia" and args.relation_dim is not None:
+        raise ParityError("--relation-dim: only IMVIA has a separate relation width")
     settings = merge_settings(method, {"epochs": args.epochs, "lr": args.lr, "dim": args.dim,
+                                       "relation_dim": args.relation_dim,
                                        "num_negatives": args.negatives if method != "imvia" else None,
                                        "batch_size": args.batch_size})
     if method == "imvia" and args.negatives is not None:
@@ -778,6 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, help="epochs on both sides (default: the published count)")
     ap.add_argument("--lr", type=float, help="learning rate on both sides (default: the published one)")
     ap.add_argument("--dim", type=int, help="embedding rank on both sides (default: the published one)")
+    ap.add_argument("--relation-dim", type=int, help="IMVIA: relation width r_dim of the TuckER cores on both sides "
+                    "(default: the published 256; the cores are r_dim x 256 x 256, most of a CPU step)")
     ap.add_argument("--negatives", type=int, help="negatives per positive (AdaMF-MAT, NativE)")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--text-table", type=Path, help="the name-text table as an mmkgc feature-table file "

@@ -53,8 +53,8 @@ def test_budget_variants_change_only_what_they_say(path):
     base = _flat(load_config(path.with_name(f"{base_name}.yaml")).model_dump())
     changed = {k for k in set(base) | set(variant_cfg) if base.get(k) != variant_cfg.get(k)}
     expected = set(VARIANT_CHANGES[kind])
-    if base_name == "adamf_mat_text":  # the lighter adversarial term (mu 0.1 -> 0.004 on every 4th batch)
-        expected |= {"training.adversarial.mu", "training.adversarial.every"}
+    if base_name == "adamf_mat_text":  # its batch-4096 variant also runs the adversarial part on every 4th batch
+        expected |= {"training.adversarial.every"}
     assert changed == expected
     if kind == "b4096":
         assert variant_cfg["training.batch_size"] == 4 * base["training.batch_size"]
@@ -77,3 +77,13 @@ def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config
         assert (BENCH.parent / row["config"]).is_file(), row["config"]
         current[row["config"]] = current.get(row["config"], 0) + bool(row["current"])
     assert all(n <= 1 for n in current.values()), current
+
+
+def test_seed_runs_get_their_own_directory_and_replace_only_their_own_row():
+    assert methods.run_name("rotate", None) == "rotate"
+    assert methods.run_name("rotate", 43) == "rotate-seed43"
+    previous = [{"config": "a", "seed": 42, "test_mrr": 0.1}, {"config": "a", "seed": 43, "test_mrr": 0.2}]
+    merged = methods.merge(previous, [{"config": "a", "seed": 43, "test_mrr": 0.3}])
+    assert merged == [{"config": "a", "seed": 42, "test_mrr": 0.1, "current": True},
+                      {"config": "a", "seed": 43, "test_mrr": 0.2, "current": False},
+                      {"config": "a", "seed": 43, "test_mrr": 0.3, "current": True}]

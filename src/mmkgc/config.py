@@ -486,6 +486,13 @@ class ModelConfig(_Strict):
     :param method: ``kge`` (one entity representation + one scorer) or ``imvia`` (per-modality decoders with
         decision fusion, options in ``imvia``).
     :param unseen: representations of entities without training triples (:class:`UnseenConfig`; default off).
+    :param structure_init: start the structural entity table and the relation table from a trained
+        structure-only model with the same scorer, ``dim`` and ``reciprocal`` (PyKEEN's ``PretrainedInitializer``,
+        applied to the structural part of a multimodal model): a run directory (its selected checkpoint,
+        ``checkpoints/best``), a checkpoint directory (e.g. ``RUN/checkpoints/last``) or that directory's
+        ``model.safetensors``.  A relative path is taken from the config file's folder.  Every other parameter
+        keeps its own initialisation.  Used by the warm-start rows of docs/benchmarks.md (a structure-only run
+        first, then the multimodal model from its tables, the two budgets summed).
     """
 
     scorer: str = "rotate"
@@ -504,6 +511,7 @@ class ModelConfig(_Strict):
     imvia: ImviaConfig | None = None
     enrichment: EnrichmentConfig | None = None
     unseen: UnseenConfig = Field(default_factory=UnseenConfig)
+    structure_init: Path | None = None
 
     @field_validator("scorer")
     @classmethod
@@ -552,6 +560,11 @@ class ModelConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"modality names must be unique, got {names}")
         self._unseen_applies()
+        if self.structure_init is not None and (self.method != "kge"
+                                                or self.representation not in ("structure", "concat", "fused")):
+            what = f"method {self.method!r}" if self.method != "kge" else f"representation {self.representation!r}"
+            raise ValueError(f"structure_init needs a structural embedding table (representation structure, concat "
+                             f"or fused with method kge); {what} has none")
         return self
 
     def _unseen_applies(self) -> None:
@@ -1016,6 +1029,7 @@ def _resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
 
     cfg.dataset.path = fix(cfg.dataset.path)
     cfg.dataset.data_dir = fix(cfg.dataset.data_dir)
+    cfg.model.structure_init = fix(cfg.model.structure_init)
     for m in cfg.model.modalities:
         m.file = fix(m.file)
         m.table_path = fix(m.table_path)

@@ -168,7 +168,15 @@ def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> l
 
 
 def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
-    """The model a config describes: scorer, entity representation (structure / concat / modality only)."""
+    """The model a config describes: scorer, entity representation (structure / concat / modality only / fused /
+    R-GCN, or IMVIA), with ``model.structure_init`` applied.
+
+    :raises ConfigError: an invalid combination of options, or a ``structure_init`` model that does not fit.
+    """
+    return _built(cfg, _build_model(cfg, data, progress))
+
+
+def _build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     from mmkgc.builders import check_fusion_options, fill_policies
 
     mc = cfg.model
@@ -213,6 +221,96 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
                                             reciprocal=mc.reciprocal))
 
 
+def _built(cfg: ExperimentConfig, model: KGEModel) -> KGEModel:
+    """A built model with ``model.structure_init`` applied (see :func:`init_structure`)."""
+    if cfg.model.structure_init is not None:
+        #: where the structural tables came from (the run's metrics.json records it next to training_seconds)
+        model.structure_init_info = init_structure(model, cfg.model.structure_init, cfg)
+    return model
+
+
+def structure_init_file(path: str | Path) -> Path:
+    """The ``model.safetensors`` that ``model.structure_init`` names: the file itself, a checkpoint directory that
+    holds it, or a run directory (its selected checkpoint, ``checkpoints/best``).
+
+    :raises ConfigError: nothing of the three at ``path``.
+    """
+    path = Path(path)
+    for candidate in (path, path / "model.safetensors", path / "checkpoints" / "best" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"model.structure_init: {path}: no model here (expected a run directory, a checkpoint "
+                      "directory with model.safetensors, or the model.safetensors file)")
+
+
+def init_structure(model: KGEModel, path: str | Path, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
+    """Copy a trained structure-only model's entity table and relation table into ``model``'s structural table and
+    relation table (``model.structure_init``; PyKEEN's ``PretrainedInitializer`` for the structural part).
+
+    The source is a checkpoint of ``representation: structure`` (keys ``entities.embedding.weight [N, D]`` and
+    ``relations.weight [R', d_r]``), read with safetensors (no pickle).  When the source run's ``config.yaml`` is
+    found (two folders above a checkpoint's file), its scorer, ``dim``, ``reciprocal`` and representation must equal
+    ``cfg``'s; the shapes must always match.  Every other parameter of ``model`` keeps its initialisation.
+
+    :returns: ``{"file", "epoch", "training_seconds"}``: the file read, the checkpoint's epoch, and the seconds the
+        source run trained (its ``metrics.json``; else the checkpoint's own record; ``None`` when neither is there).
+    :raises ConfigError: no such model, not a structure-only model, another scorer / dim / reciprocity, or a model
+        without a structural table; the message names ``model.structure_init`` and the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = structure_init_file(path)
+    where = f"model.structure_init: {file}"
+    table = model.entities if isinstance(model.entities, EmbeddingRepresentation) else \
+        getattr(model.entities, "structure", None)
+    if not isinstance(table, EmbeddingRepresentation):
+        raise ConfigError(f"{where}: this model's entity representation ({type(model.entities).__name__}) has no "
+                          "structural table to initialise")
+    source_cfg = file.parent.parent.parent / "config.yaml"
+    if cfg is not None and source_cfg.is_file():
+        try:
+            src = load_config(source_cfg).model
+        except ConfigError as err:
+            raise ConfigError(f"{where}: the source run's config is invalid ({err})") from None
+        mc = cfg.model
+        for field, mine, theirs in (("representation", "structure", src.representation), ("scorer", mc.scorer, src.scorer),
+                                    ("dim", mc.dim, src.dim), ("reciprocal", mc.reciprocal, src.reciprocal)):
+            if mine != theirs:
+                raise ConfigError(f"{where}: the source run has model.{field} {theirs!r}, this run needs {mine!r} "
+                                  f"(the source must be a structure-only model with the same scorer, dim and "
+                                  f"reciprocal; its config: {source_cfg})")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{where}: unreadable ({err})") from None
+    pairs = (("entities.embedding.weight", table.embedding.weight), ("relations.weight", model.relations.weight))
+    for key, target in pairs:
+        if key not in tensors:
+            raise ConfigError(f"{where}: not a structure-only model (no {key!r}; it holds "
+                              f"{', '.join(sorted(tensors)[:6])}{' ...' if len(tensors) > 6 else ''})")
+        if tuple(tensors[key].shape) != tuple(target.shape):
+            raise ConfigError(f"{where}: {key} is {list(tensors[key].shape)}, this model's is {list(target.shape)} "
+                              "(same dataset, scorer, dim and reciprocal needed)")
+    with torch.no_grad():
+        for key, target in pairs:
+            target.copy_(tensors[key].to(target.dtype))
+    info: dict[str, Any] = {"file": str(file), "epoch": None, "training_seconds": None}
+    try:  # the checkpoint's epoch; the source run's training time (its metrics.json, else the checkpoint's record)
+        state = json.loads((file.parent / "state.json").read_text(encoding="utf-8"))
+        info["epoch"] = state.get("epoch")
+        done = [h for h in state.get("history", []) if h.get("epoch") == info["epoch"]]
+        info["training_seconds"] = done[-1].get("training_seconds") if done else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    try:
+        run_metrics = json.loads((file.parent.parent.parent / "metrics.json").read_text(encoding="utf-8"))
+        info["training_seconds"] = run_metrics["training"]["training_seconds"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        pass
+    return info
+
+
 def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KGEModel:
     """Attach ``model.unseen`` (modality substitutes for entities without training triples) to a built model."""
     options = cfg.model.unseen
@@ -233,10 +331,13 @@ def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KG
 
 def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     """What must not change between a checkpoint and the run resuming it: data, model, seed, feature tables."""
-    # Options added after runs existed (``model.unseen``, ``dataset.pykeen``, ``dataset.random_split``) are not part
+    # Options added after runs existed (``model.unseen``, ``model.structure_init``, ``dataset.pykeen``,
+    # ``dataset.random_split``) are not part
     # of the hash while they are at their defaults, so a run started before an option existed still resumes with the
     # newer code.
-    model_part = cfg.model.model_dump(mode="json", exclude={"unseen"} if cfg.model.unseen.mode == "none" else None)
+    model_exclude = ({"unseen"} if cfg.model.unseen.mode == "none" else set()) | \
+        ({"structure_init"} if cfg.model.structure_init is None else set())
+    model_part = cfg.model.model_dump(mode="json", exclude=model_exclude or None)
     if "unseen" in model_part and cfg.model.unseen.sparsest == 1.0:  # added later: hashed only when set
         model_part["unseen"].pop("sparsest", None)
     new_at_default = {k for k in ("pykeen", "random_split") if getattr(cfg.dataset, k) is None}
@@ -590,6 +691,11 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     dev = resolve_device(device)
     # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
     model = build_model(cfg, data, progress=progress or main)
+    if getattr(model, "structure_init_info", None) is not None and not resume:
+        info = model.structure_init_info
+        log(f"structural table and relations initialised from {info['file']}"
+            + (f" (epoch {info['epoch']}, {info['training_seconds']:.0f} s of training)"
+               if info["training_seconds"] is not None else ""))
     sampled = protocol_evaluator(cfg, model, triples)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
@@ -611,6 +717,9 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
             "training_seconds": summary.training_seconds,
         },
     }
+    if getattr(model, "structure_init_info", None) is not None:
+        # the source model's training time is not in training_seconds: a warm start's total is the sum
+        metrics["training"]["structure_init"] = model.structure_init_info
     score_fn = model.score_fn()
     policies = evaluation_policies(cfg.evaluation)
     def final(split: str) -> Any:
