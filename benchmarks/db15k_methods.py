@@ -54,6 +54,8 @@ METHODS = {
     # the batch-1024 settings with the adversarial part on every 4th batch only (training.adversarial.every: 4)
     "native_text_every4": "NativE-style (relation temperature + WGAN-GP) [adversarial every 4th batch]",
     "adamf_mat_text_every4": "AdaMF-MAT (mu 0.004) [adversarial every 4th batch]",
+    "afme_text_every4": "AFME (gate + confidence + MoIEn) [adversarial every 4th batch]",
+    "imvia_text_budget_nodropout": "IMVIA budget variant without decoder dropout",
 }
 
 
