@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from mmkgc.config import parse_config
 from mmkgc.errors import ConfigError
-from mmkgc.pipeline import build_model, load_data, run_experiment, structure_init_file
+from mmkgc.pipeline import build_model, init_structure, load_data, load_run, run_experiment, structure_init_file
 
 SMALL = {"num_entities": 120, "num_relations": 4, "num_types": 4}
 
@@ -49,6 +49,8 @@ def test_copies_the_structural_table_and_relations_and_nothing_else(source_run: 
     plain = build_model(plain_cfg, data)
     cfg = parse_config(_raw(**model, structure_init=str(source_run / "checkpoints" / "last")))
     warm = build_model(cfg, data)
+    assert torch.equal(warm.entities.structure.embedding.weight, plain.entities.structure.embedding.weight)
+    info = init_structure(warm, cfg.model.structure_init, cfg)
     assert torch.equal(warm.entities.structure.embedding.weight, trained["entities.embedding.weight"])
     assert torch.equal(warm.relations.weight, trained["relations.weight"])
     # the source really is trained: its table differs from the fresh initialisation of the same seed
@@ -58,8 +60,9 @@ def test_copies_the_structural_table_and_relations_and_nothing_else(source_run: 
     assert set(plain_state) == set(warm_state)
     for key in set(plain_state) - copied:  # every other parameter and buffer keeps its own initialisation
         assert torch.equal(plain_state[key], warm_state[key]), key
-    assert warm.structure_init_info["epoch"] == 2
-    assert warm.structure_init_info["training_seconds"] > 0
+    assert info["epoch"] == 2
+    source_seconds = json.loads((source_run / "metrics.json").read_text())["training"]["training_seconds"]
+    assert info["training_seconds"] == pytest.approx(source_seconds)
 
 
 def test_a_run_directory_means_its_selected_checkpoint(source_run: Path):
@@ -89,6 +92,24 @@ def test_the_warm_run_records_its_source_and_trains_from_it(source_run: Path, tm
     assert loss[0] < cold_loss[0]
 
 
+def test_a_finished_warm_run_needs_its_source_neither_to_evaluate_nor_to_resume(source_run: Path, tmp_path: Path):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(source_run, source)
+    raw = _raw(**TEXT, structure_init=str(source))
+    raw["training"]["epochs"] = 1
+    run_experiment(parse_config(raw), tmp_path / "warm", device="cpu", log=lambda line: None)
+    trained = load_file(str(tmp_path / "warm" / "checkpoints" / "best" / "model.safetensors"))
+    shutil.rmtree(source)
+    _, _, model = load_run(tmp_path / "warm", device="cpu")  # rebuilt from its own checkpoint, not the source
+    assert torch.equal(model.entities.structure.embedding.weight, trained["entities.structure.embedding.weight"])
+    raw["training"]["epochs"] = 2
+    metrics = run_experiment(parse_config(raw), tmp_path / "warm", resume=True, device="cpu", log=lambda line: None)
+    assert metrics["training"]["epochs"] == 2
+    assert metrics["training"]["structure_init"] == {"file": str(source), "epoch": None, "training_seconds": None}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"dim": 6}, "model.dim 8, this run needs 6"),
     ({"scorer": "transe", "scorer_options": {}}, "model.scorer 'rotate', this run needs 'transe'"),
@@ -97,7 +118,7 @@ def test_the_warm_run_records_its_source_and_trains_from_it(source_run: Path, tm
 def test_refuses_a_source_of_another_shape(source_run: Path, change: dict, message: str):
     cfg = parse_config(_raw(**{**TEXT, **change, "structure_init": str(source_run)}))
     with pytest.raises(ConfigError, match="model.structure_init: .*" + message.replace("(", r"\(")):
-        build_model(cfg, load_data(cfg))
+        init_structure(build_model(cfg, load_data(cfg)), cfg.model.structure_init, cfg)
 
 
 def test_refuses_a_multimodal_source_and_a_missing_one(source_run: Path, tmp_path: Path):
@@ -106,16 +127,16 @@ def test_refuses_a_multimodal_source_and_a_missing_one(source_run: Path, tmp_pat
                    log=lambda line: None)
     cfg = parse_config(_raw(**TEXT, structure_init=str(mm)))
     with pytest.raises(ConfigError, match="source run has model.representation 'concat'"):
-        build_model(cfg, load_data(cfg))
+        init_structure(build_model(cfg, load_data(cfg)), cfg.model.structure_init, cfg)
     # without the source config next to it, the keys decide: a concat model has no plain entity table
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes((mm / "checkpoints" / "best" / "model.safetensors").read_bytes())
     cfg = parse_config(_raw(**TEXT, structure_init=str(lone)))
     with pytest.raises(ConfigError, match="not a structure-only model"):
-        build_model(cfg, load_data(cfg))
+        init_structure(build_model(cfg, load_data(cfg)), cfg.model.structure_init, cfg)
     cfg = parse_config(_raw(**TEXT, structure_init=str(tmp_path / "nowhere")))
     with pytest.raises(ConfigError, match="model.structure_init: .*nowhere: no model here"):
-        build_model(cfg, load_data(cfg))
+        init_structure(build_model(cfg, load_data(cfg)), cfg.model.structure_init, cfg)
 
 
 def test_config_refuses_a_model_without_a_structural_table():
@@ -135,5 +156,6 @@ def test_cli_reports_a_bad_source_with_exit_2(tmp_path: Path):
                                "MMKGC_HOME": str(tmp_path / "home")})
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "config.yaml").exists()  # refused before the run directory was written
     # the relative path is taken from the config file's folder
     assert f"model.structure_init: {tmp_path / 'missing_run'}: no model here" in proc.stderr

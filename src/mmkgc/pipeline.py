@@ -169,11 +169,10 @@ def model_features(cfg: ExperimentConfig, data: LoadedData, progress: bool) -> l
 
 def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     """The model a config describes: scorer, entity representation (structure / concat / modality only / fused /
-    R-GCN, or IMVIA), with ``model.structure_init`` applied.
-
-    :raises ConfigError: an invalid combination of options, or a ``structure_init`` model that does not fit.
-    """
-    return _built(cfg, _build_model(cfg, data, progress))
+    R-GCN, or IMVIA), freshly initialised.  ``model.structure_init`` is applied by the training pipeline
+    (:func:`init_structure`), not here, so rebuilding a trained run for ``evaluate`` or ``predict`` never needs the
+    source model."""
+    return _build_model(cfg, data, progress)
 
 
 def _build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
@@ -221,14 +220,6 @@ def _build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False
                                             reciprocal=mc.reciprocal))
 
 
-def _built(cfg: ExperimentConfig, model: KGEModel) -> KGEModel:
-    """A built model with ``model.structure_init`` applied (see :func:`init_structure`)."""
-    if cfg.model.structure_init is not None:
-        #: where the structural tables came from (the run's metrics.json records it next to training_seconds)
-        model.structure_init_info = init_structure(model, cfg.model.structure_init, cfg)
-    return model
-
-
 def structure_init_file(path: str | Path) -> Path:
     """The ``model.safetensors`` that ``model.structure_init`` names: the file itself, a checkpoint directory that
     holds it, or a run directory (its selected checkpoint, ``checkpoints/best``).
@@ -241,6 +232,26 @@ def structure_init_file(path: str | Path) -> Path:
             return candidate
     raise ConfigError(f"model.structure_init: {path}: no model here (expected a run directory, a checkpoint "
                       "directory with model.safetensors, or the model.safetensors file)")
+
+
+def structure_init_record(file: Path) -> dict[str, Any]:
+    """What ``metrics.json`` records of a ``model.structure_init`` source file: ``{"file", "epoch",
+    "training_seconds"}``, the checkpoint's epoch and the seconds its run trained (the run's ``metrics.json``, else
+    the checkpoint's own record; ``None`` where neither can be read)."""
+    info: dict[str, Any] = {"file": str(file), "epoch": None, "training_seconds": None}
+    try:  # the checkpoint's epoch; the source run's training time (its metrics.json, else the checkpoint's record)
+        state = json.loads((file.parent / "state.json").read_text(encoding="utf-8"))
+        info["epoch"] = state.get("epoch")
+        done = [h for h in state.get("history", []) if h.get("epoch") == info["epoch"]]
+        info["training_seconds"] = done[-1].get("training_seconds") if done else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    try:
+        run_metrics = json.loads((file.parent.parent.parent / "metrics.json").read_text(encoding="utf-8"))
+        info["training_seconds"] = run_metrics["training"]["training_seconds"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        pass
+    return info
 
 
 def init_structure(model: KGEModel, path: str | Path, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
@@ -295,20 +306,7 @@ def init_structure(model: KGEModel, path: str | Path, cfg: ExperimentConfig | No
     with torch.no_grad():
         for key, target in pairs:
             target.copy_(tensors[key].to(target.dtype))
-    info: dict[str, Any] = {"file": str(file), "epoch": None, "training_seconds": None}
-    try:  # the checkpoint's epoch; the source run's training time (its metrics.json, else the checkpoint's record)
-        state = json.loads((file.parent / "state.json").read_text(encoding="utf-8"))
-        info["epoch"] = state.get("epoch")
-        done = [h for h in state.get("history", []) if h.get("epoch") == info["epoch"]]
-        info["training_seconds"] = done[-1].get("training_seconds") if done else None
-    except (OSError, json.JSONDecodeError, AttributeError):
-        pass
-    try:
-        run_metrics = json.loads((file.parent.parent.parent / "metrics.json").read_text(encoding="utf-8"))
-        info["training_seconds"] = run_metrics["training"]["training_seconds"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        pass
-    return info
+    return structure_init_record(file)
 
 
 def _with_unseen(cfg: ExperimentConfig, data: LoadedData, model: KGEModel) -> KGEModel:
@@ -674,6 +672,8 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
 
     writes = main and run_dir is not None  # an in-memory run (run_dir None) writes nothing
     files = run_dir if run_dir is not None else Path(".")
+    if cfg.model.structure_init is not None and not (resume and run_dir is not None and has_checkpoint(run_dir)):
+        structure_init_file(cfg.model.structure_init)  # a missing source is refused before anything is written
 
     def atomic_write_text(path: Path, text: str) -> None:
         if writes:
@@ -691,11 +691,18 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
     dev = resolve_device(device)
     # feature encoding reports progress on rank 0 also when output is not a terminal (lines every 30 s)
     model = build_model(cfg, data, progress=progress or main)
-    if getattr(model, "structure_init_info", None) is not None and not resume:
-        info = model.structure_init_info
-        log(f"structural table and relations initialised from {info['file']}"
-            + (f" (epoch {info['epoch']}, {info['training_seconds']:.0f} s of training)"
-               if info["training_seconds"] is not None else ""))
+    structure_init = None
+    if cfg.model.structure_init is not None:
+        if resume and run_dir is not None and has_checkpoint(run_dir):  # the checkpoint has the weights
+            try:
+                structure_init = structure_init_record(structure_init_file(cfg.model.structure_init))
+            except ConfigError:  # the source may be gone by now: it is not needed to resume
+                structure_init = {"file": str(cfg.model.structure_init), "epoch": None, "training_seconds": None}
+        else:
+            structure_init = init_structure(model, cfg.model.structure_init, cfg)
+            log(f"structural table and relations initialised from {structure_init['file']}"
+                + (f" (epoch {structure_init['epoch']}, {structure_init['training_seconds']:.0f} s of training)"
+                   if structure_init["training_seconds"] is not None else ""))
     sampled = protocol_evaluator(cfg, model, triples)
     trainer = Trainer(model, triples, cfg.training, cfg.evaluation, seed=cfg.seed, run_dir=run_dir,
                       fingerprint=run_fingerprint(cfg, model), device=dev, progress=progress, log=log,
@@ -717,9 +724,9 @@ def _run_locked(cfg: ExperimentConfig, data: LoadedData, run_dir: Path | None, r
             "training_seconds": summary.training_seconds,
         },
     }
-    if getattr(model, "structure_init_info", None) is not None:
+    if structure_init is not None:
         # the source model's training time is not in training_seconds: a warm start's total is the sum
-        metrics["training"]["structure_init"] = model.structure_init_info
+        metrics["training"]["structure_init"] = structure_init
     score_fn = model.score_fn()
     policies = evaluation_policies(cfg.evaluation)
     def final(split: str) -> Any:
