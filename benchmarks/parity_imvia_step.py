@@ -28,19 +28,29 @@ permutations are fixed per step (:func:`club_draws`; injected in place of ``rand
 Dropout is disabled (``p = 0`` on every ``nn.Dropout`` of both models) while the models stay in training mode, so
 batch norms use batch statistics as in training.
 
-Two mmkgc variants run against the same official record:
+Four mmkgc variants (:data:`VARIANTS`) run against the same official record:
 
 * ``exact``: parity.py's config plus ``align_temperature_parameterization: raw`` and the three alignment heads tied
   to one module (the official single ``Conv2d(256, 256, 1) + BatchNorm2d(256)``); everything should agree to float32
   noise;
-* ``parity_config``: parity.py's config as it is (per-branch heads, ``log tau``), the deliberate deviations
-  quantified.
+* ``per_branch_heads``: raw temperature, mmkgc's separate per-branch heads (initialised from the official head);
+* ``log_temperature``: tied heads, mmkgc's ``log tau`` parameterisation (parity.py's setting);
+* ``parity_config``: parity.py's config as it is (per-branch heads, ``log tau``).
 
-Usage (CPU; about 4 minutes on a 2-core machine at the published size, batch 1024)::
+The last three quantify the deliberate deviations.  Adam's first step moves every parameter by about ``lr sign(g)``,
+so a gradient entry that is float32 noise (``|g|`` near Adam's ``eps``) can move by up to ``lr`` on one side only;
+:func:`adam_sign_noise` lists such entries with their gradients, and :func:`exact_verdict` accepts them only when
+the official gradient there is below ``1e-6``.
+
+Usage (CPU; about 6 minutes on a 2-core machine shared with other jobs, at the published size, batch 1024)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/parity_imvia_step.py \\
         --reference /path/to/ICASSP2025_IMVIA_Code --data-dir ../shared/datasets \\
-        --text-table db15k_name_text.safetensors --steps 5 --json docs/results/parity_imvia_step.json
+        --text-table db15k_name_text.safetensors --steps 5 \\
+        --json docs/results/parity_imvia_step.json --json-key five_steps
+
+``--json-key`` stores the report under that key of the file's JSON object (other keys kept); without it the file is
+replaced.  ``--variants`` picks variants; ``--batch-size`` (default 1024) and ``--out`` (scratch directory).
 
 Exit codes: 0 every exact-variant quantity within float32 noise (:data:`TOLERANCE`), 1 one is not, 2 bad input
 (missing or wrong ``--reference``, missing files, bad numbers), 130 interrupted.
@@ -50,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -389,6 +398,22 @@ def official_batch_to_one_to_n(indices: torch.Tensor, label_rows: torch.Tensor, 
     return e, torch.where(tail, r, r - num_relations), tail, labels
 
 
+class LazyBatches:
+    """The worker's batches (``batch<i>.safetensors``) as mmkgc 1-N batch tensors, converted when indexed (a dense
+    ``[B, N]`` label matrix per batch would not fit in memory for a whole epoch)."""
+
+    def __init__(self, job_dir: Path, count: int, num_entities: int, num_relations: int):
+        self.job_dir, self.count, self.num_entities, self.num_relations = job_dir, count, num_entities, num_relations
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int):
+        b = _load(self.job_dir / f"batch{i}.safetensors")
+        return official_batch_to_one_to_n(b["indices"], b["label_rows"], b["label_cols"], self.num_entities,
+                                          self.num_relations)
+
+
 # ------------------------------------------------------------------------------------------ comparison
 def diff(official: torch.Tensor | float, ours: torch.Tensor | float) -> dict[str, float]:
     """``{"max_abs", "max_rel", "max_official"}`` of ``ours - official`` (rel: ``|d| / max(|official|, 1e-6)``, the
@@ -521,7 +546,7 @@ def worker(job_dir: Path) -> int:
         y[pos[:, 0], pos[:, 1]] = 1.0
         if not torch.allclose(values, 0.9 * y + 1.0 / len(entity2id)):
             raise RuntimeError("ConvECorpus.get_batch values are not 0.9 y + 1/N")
-        batches.append((idx, pos, values))
+        batches.append(idx)  # the values are taken again from get_batch at each step (deterministic)
         _save(job_dir / f"batch{i}.safetensors", {"indices": idx, "label_rows": pos[:, 0], "label_cols": pos[:, 1]})
     dropouts = disable_dropout(model) + disable_dropout(estimator)
     rng = SharedRandomness(seed, args.n_exp)
@@ -538,13 +563,13 @@ def worker(job_dir: Path) -> int:
         # eval-mode decision-fused scores with the initial weights (the ensemble of data_loader.py:175)
         model.eval()
         with torch.no_grad():
-            preds, _, _ = model(batches[0][0])
+            preds, _, _ = model(batches[0])
         record["eval/fused"] = (preds[0] + preds[1] + preds[2]) / 3.0
         for name, p in zip(BRANCHES, preds[:3]):
             record[f"eval/prob_{name}"] = p
-        losses, est_losses = [], []
+        losses, est_losses, align_sums, bce_sums, temperatures = [], [], [], [], []
         for step in range(steps):
-            idx, _, target = batches[step]
+            idx, target = batches[step], corpus.get_batch(step)[1]
             model.train()
             estimator.eval()
             optimizer.zero_grad()
@@ -587,8 +612,11 @@ def worker(job_dir: Path) -> int:
             if step == 0:
                 for k, v in estimator.state_dict().items():
                     record[f"estimator_after1/{k}"] = v.detach().clone()
-            losses.append(float(loss))
-            est_losses.append(float(est_loss))
+            losses.append(float(loss.detach()))
+            est_losses.append(float(est_loss.detach()))
+            align_sums.append(float(sum(clip)))
+            temperatures.append(float(model.cliploss.temp))
+            bce_sums.append(float(sum(bce)))
         for k, v in model.state_dict().items():
             if k in mapped:
                 record[f"final/{k}"] = v
@@ -596,13 +624,14 @@ def worker(job_dir: Path) -> int:
             record[f"estimator_final/{k}"] = v
         model.eval()
         with torch.no_grad():
-            preds, _, _ = model(batches[0][0])
+            preds, _, _ = model(batches[0])
         record["final_eval/fused"] = (preds[0] + preds[1] + preds[2]) / 3.0
     _save(job_dir / "official_record.safetensors", record)
     (job_dir / "official.json").write_text(json.dumps({
-        "losses": losses, "estimator_losses": est_losses, "dropouts_disabled": dropouts,
+        "losses": losses, "estimator_losses": est_losses, "align_sums": align_sums, "bce_sums": bce_sums,
+        "temperatures": temperatures, "dropouts_disabled": dropouts,
         "noise_calls": rng.noise_calls, "perm_calls": rng.perm_calls, "num_entities": len(entity2id),
-        "num_relations": len(relation2id), "batches": [int(b[0].shape[0]) for b in batches]}))
+        "num_relations": len(relation2id), "batches": [int(b.shape[0]) for b in batches]}))
     return 0
 
 
@@ -663,10 +692,7 @@ def run_mmkgc(variant: str, settings, seed, vis_file, txt_file, data_dir, job_di
     imvia_module.draw_expert_pair = lambda n, generator=None: rng.pair()
     ref = _load(job_dir / "official_record.safetensors")
     nE, nR = summary["num_entities"], summary["num_relations"]
-    batches = []
-    for i in range(len(summary["batches"])):
-        b = _load(job_dir / f"batch{i}.safetensors")
-        batches.append(official_batch_to_one_to_n(b["indices"], b["label_rows"], b["label_cols"], nE, nR))
+    batches = LazyBatches(job_dir, len(summary["batches"]), nE, nR)
     out: dict[str, Any] = {"variant": variant, "dropouts_disabled": dropouts}
     try:
         with rng.active():
@@ -764,25 +790,36 @@ def _mmkgc_steps(trainer, model, batches, ref, rng: SharedRandomness, n_exp: int
         official_view(model, num_experts=n_exp, estimators=True))
     # steps 1.. through the trainer's own step loop, one replayed batch per call
     losses = [float(loss.detach())]
-    est_losses = [float(est_loss)]
+    est_losses = [float(est_loss.detach())]
+    align_sums = [float(terms["align"])]
+    bce_sums = [float(sum(terms[f"bce_{n}"] for n in BRANCHES))]
+    temperatures = [float(model.align_loss.temperature.detach())]
+    estimator_step = trainer.aux_steps[0].step
+    current = [0]
+
+    def aux_step(*tensors, **kw):  # the estimator step draws the step's "estimator" pair, as the worker does
+        rng.set_phase(current[0], "estimator")
+        return estimator_step(*tensors, **kw)
+
+    trainer.aux_steps[0].step = aux_step
     for step in range(1, len(batches)):
         rng.set_phase(step, "bound")
+        current[0] = step
         queue = iter([(batches[step], 1.0)])
         trainer._local_batches = lambda q=queue: q
-        orig_step = trainer.aux_steps[0].step
-
-        def aux_step(*tensors, _orig=orig_step, _step=step, **kw):
-            rng.set_phase(_step, "estimator")
-            return _orig(*tensors, **kw)
-
-        trainer.aux_steps[0].step = aux_step
         mean_loss, _ = trainer._epoch(None)
         losses.append(mean_loss)
         est_losses.append(trainer.epoch_terms.get("club_estimator", float("nan")))
+        align_sums.append(trainer.epoch_terms["align"])
+        bce_sums.append(sum(trainer.epoch_terms[f"bce_{n}"] for n in BRANCHES))
+        temperatures.append(float(model.align_loss.temperature.detach()))
     res["losses"] = {"official": summary["losses"], "mmkgc": losses,
                      "max_abs": max(abs(a - b) for a, b in zip(summary["losses"], losses))}
     res["estimator_losses"] = {"official": summary["estimator_losses"], "mmkgc": est_losses,
                                "max_abs": max(abs(a - b) for a, b in zip(summary["estimator_losses"], est_losses))}
+    res["align_sums"] = {"official": summary["align_sums"], "mmkgc": align_sums}
+    res["bce_sums"] = {"official": summary["bce_sums"], "mmkgc": bce_sums}
+    res["temperatures"] = {"official": summary["temperatures"], "mmkgc": temperatures}
     final_ref = {k[len("final/"):]: v for k, v in ref.items() if k.startswith("final/")}
     res["final"] = compare_dicts({k: v for k, v in final_ref.items() if k in _mapped_keys(n_exp)},
                                  official_view(model, num_experts=n_exp))
@@ -806,15 +843,16 @@ STRICT = ("eval_fused", "eval_prob", "prob", "bce", "align", "align_sum", "mi", 
 def exact_verdict(result: dict[str, Any], sign_noise_grad: float = 1e-6) -> list[str]:
     """The quantities of an ``exact`` comparison that fail: a :data:`STRICT` quantity beyond float32 noise;
     parameters after one Adam step differing where the official gradient is not noise-sized (``|g| >=
-    sign_noise_grad``, see :func:`adam_sign_noise`); a per-step loss differing by more than ``1e-3`` relative (the
-    sign noise of the first steps compounds over the later ones)."""
+    sign_noise_grad``, see :func:`adam_sign_noise`); a per-step loss or estimator loss differing by more than
+    ``1e-3`` relative (the sign noise of the first steps compounds over the later ones)."""
     summary = summarise(result)
     bad = [k for k in STRICT if k in summary and not summary[k].get("within_noise", True)]
     if any(e["max_abs_grad_there"] >= sign_noise_grad for e in result.get("after1_adam_sign_noise", {}).values()):
         bad.append("after1")
-    losses = result.get("losses")
-    if losses and any(abs(a - b) > 1e-3 * max(1.0, abs(a)) for a, b in zip(losses["official"], losses["mmkgc"])):
-        bad.append("losses")
+    for key in ("losses", "estimator_losses"):
+        pair = result.get(key)
+        if pair and any(abs(a - b) > 1e-3 * max(1.0, abs(a)) for a, b in zip(pair["official"], pair["mmkgc"])):
+            bad.append(key)
     return bad
 
 
@@ -848,6 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mmkgc-parity-imvia-step",
                     help="scratch directory (the checkout copy and the exchanged tensors)")
     ap.add_argument("--json", type=Path, help="write the report to this JSON file (atomically)")
+    ap.add_argument("--json-key", help="store the report under this key of the --json file's object (other keys are "
+                    "kept) instead of replacing the file")
     return ap
 
 
@@ -867,6 +907,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise StepParityError(f"--text-table: {args.text_table} does not exist")
     if args.json is not None and not Path(args.json).resolve().parent.is_dir():
         raise StepParityError(f"--json: directory {Path(args.json).resolve().parent} does not exist")
+    if args.json_key is not None and args.json is None:
+        raise StepParityError("--json-key needs --json")
+    if args.json_key is not None and Path(args.json).is_file():
+        try:
+            ok = isinstance(json.loads(Path(args.json).read_text()), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise StepParityError(f"--json: {args.json} does not hold a JSON object (needed for --json-key)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -916,6 +965,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{'' if entry.get('within_noise', True) else '   <-- beyond float32 noise'}")
         print(f"  losses official {['%.6f' % x for x in result['losses']['official']]}")
         print(f"  losses mmkgc    {['%.6f' % x for x in result['losses']['mmkgc']]}")
+        print(f"  align official  {['%.4f' % x for x in result['align_sums']['official']]}")
+        print(f"  align mmkgc     {['%.4f' % x for x in result['align_sums']['mmkgc']]}")
+        print(f"  tau official    {['%.5f' % x for x in result['temperatures']['official']]}")
+        print(f"  tau mmkgc       {['%.5f' % x for x in result['temperatures']['mmkgc']]}")
         if variant == "exact":
             bad = exact_verdict(result)
             report["exact_within_noise"] = not bad
@@ -924,7 +977,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from mmkgc.fileio import atomic_write_text
 
-        atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
+        data: Any = report
+        if args.json_key:
+            data = {}
+            if Path(args.json).is_file():
+                try:
+                    data = json.loads(Path(args.json).read_text())
+                except json.JSONDecodeError as exc:
+                    raise StepParityError(f"--json: {args.json} is not valid JSON ({exc})") from None
+                if not isinstance(data, dict):
+                    raise StepParityError(f"--json: {args.json} does not hold a JSON object")
+            data[args.json_key] = report
+        atomic_write_text(Path(args.json), json.dumps(data, indent=2) + "\n")
     return verdict
 
 

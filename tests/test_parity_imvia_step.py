@@ -205,18 +205,23 @@ def test_adam_sign_noise_and_the_exact_verdict():
     (["--reference", "{tmp}", "--data-dir", "{tmp}"], "--data-dir:"),
     (["--reference", "{tmp}", "--text-table", "{tmp}/none.safetensors"], "--text-table:"),
     (["--reference", "{tmp}", "--json", "{tmp}/no/dir/out.json"], "--json:"),
+    (["--reference", "{tmp}", "--json-key", "x"], "--json-key needs --json"),
+    (["--reference", "{tmp}", "--json", "{tmp}/list.json", "--json-key", "x"], "does not hold a JSON object"),
 ])
 def test_argument_errors_give_one_message_and_exit_2(tmp_path, capsys, argv, needle):
     data = REPO.parent / "shared" / "datasets"
+    (tmp_path / "list.json").write_text("[1, 2]")
     args = [a.format(tmp=tmp_path) for a in argv]
     if "--data-dir" not in args:
         args += ["--data-dir", str(data if (data / "DB15K" / "train2id.txt").is_file() else tmp_path)]
         if not (data / "DB15K" / "train2id.txt").is_file() and needle not in ("--reference is required",
-                                                                               "--steps: must be at least 1"):
+                                                                               "--steps: must be at least 1",
+                                                                               "--json-key needs --json"):
             needle = "--data-dir:"
     assert step.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert (tmp_path / "list.json").read_text() == "[1, 2]"  # a user's file is never overwritten
 
 
 def test_script_exit_code_2_as_a_process(tmp_path):
