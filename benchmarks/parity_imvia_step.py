@@ -30,12 +30,14 @@ batch norms use batch statistics as in training.
 
 Four mmkgc variants (:data:`VARIANTS`) run against the same official record:
 
-* ``exact``: parity.py's config plus ``align_temperature_parameterization: raw`` and the three alignment heads tied
+* ``exact``: parity.py's config (``align_temperature_parameterization: raw``) with the three alignment heads tied
   to one module (the official single ``Conv2d(256, 256, 1) + BatchNorm2d(256)``); everything should agree to float32
   noise;
-* ``per_branch_heads``: raw temperature, mmkgc's separate per-branch heads (initialised from the official head);
-* ``log_temperature``: tied heads, mmkgc's ``log tau`` parameterisation (parity.py's setting);
-* ``parity_config``: parity.py's config as it is (per-branch heads, ``log tau``).
+* ``per_branch_heads``: raw temperature, mmkgc's separate per-branch heads (initialised from the official head):
+  parity.py's config as it is;
+* ``log_temperature``: tied heads, mmkgc's default ``log tau`` parameterisation;
+* ``parity_config``: per-branch heads and ``log tau``: parity.py's config before it set the raw temperature (the
+  name is kept for the recorded reports).
 
 The last three quantify the deliberate deviations.  Adam's first step moves every parameter by about ``lr sign(g)``,
 so a gradient entry that is float32 noise (``|g|`` near Adam's ``eps``) can move by up to ``lr`` on one side only;
@@ -665,8 +667,7 @@ def build_mmkgc(variant: str, settings: dict[str, Any], seed: int, vis_file: Pat
     cfg_map = parity.mmkgc_config("imvia", settings, seed, vis_file, txt_file)
     cfg_map["dataset"]["data_dir"] = str(data_dir)
     raw, tied = VARIANTS[variant]
-    if raw:
-        cfg_map["model"]["imvia"]["align_temperature_parameterization"] = "raw"
+    cfg_map["model"]["imvia"]["align_temperature_parameterization"] = "raw" if raw else "log"
     cfg = parse_config(cfg_map, source=f"parity-imvia-step-{variant}")
     data = load_data(cfg)
     model = build_model(cfg, data)

@@ -255,3 +255,13 @@ def test_one_step_against_the_official_checkout(tmp_path):
     assert rc == 0 and report["exact_within_noise"], report["exact_beyond_noise"]
     s = report["variants"]["exact"]["summary"]
     assert s["loss"]["max_abs"] <= 1e-5 and s["grad"]["within_noise"]
+
+
+def test_parity_config_uses_the_published_raw_temperature_and_the_variants_set_it_explicitly(tmp_path):
+    parity = load_benchmark("parity")
+    settings = parity.merge_settings("imvia", {"epochs": 1, "lr": 1e-3})
+    im = parity.mmkgc_config("imvia", settings, 0, tmp_path / "v.pth", tmp_path / "t.pth")["model"]["imvia"]
+    assert im["align_temperature_parameterization"] == "raw" and im["align_min_temperature"] is None
+    assert step.VARIANTS == {"exact": (True, True), "per_branch_heads": (True, False),
+                             "log_temperature": (False, True), "parity_config": (False, False)}
+
