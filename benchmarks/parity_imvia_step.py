@@ -873,6 +873,7 @@ def summarise(variant: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ driver
 def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="parity_imvia_step.py", description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, help="a local checkout of kernelLZ/ICASSP2025_IMVIA_Code")
     ap.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "datasets",
@@ -920,6 +921,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Prepare the checkout copy and inputs, run the official worker, compare every variant, print a summary and
+    write ``--json``.  Returns 0 when the exact variant agrees (:func:`exact_verdict`), else 1.
+
+    :raises StepParityError: bad arguments (:func:`check_args`) or a wrong ``--reference``.
+    :raises RuntimeError: the official worker failed.
+    """
     sys.path.insert(0, str(HERE))
     import parity
 
@@ -994,6 +1001,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``--worker DIR`` runs the official side; otherwise exit codes 0 / 1 / 2 / 130 (module docstring)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return worker(Path(argv[1]))
