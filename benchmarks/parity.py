@@ -406,7 +406,7 @@ def mmkgc_config(method: str, settings: dict[str, Any], seed: int, visual_file: 
                            "club_include_logvar": False, "label_smoothing": 0.1, "label_smoothing_variant": "imvia",
                            # the published ClipLoss learns tau itself: a log-tau parameter moves 14x slower at
                            # 0.07 (benchmarks/parity_imvia_step.py: +0.15 loss after 5 steps)
-                           "align_temperature_parameterization": "raw"}}
+                           "align_temperature_parameterization": "raw", "align_head": "shared"}}
         training = {"loop": "one_to_n", "loss": "bce", "epochs": s["epochs"], "batch_size": s["batch_size"],
                     "optimizer": "adam", "lr": s["lr"]}
         evaluation["tie_policy"] = "random"

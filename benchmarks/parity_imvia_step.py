@@ -30,8 +30,8 @@ batch norms use batch statistics as in training.
 
 Four mmkgc variants (:data:`VARIANTS`) run against the same official record:
 
-* ``exact``: parity.py's config (``align_temperature_parameterization: raw``) with the three alignment heads tied
-  to one module (the official single ``Conv2d(256, 256, 1) + BatchNorm2d(256)``); everything should agree to float32
+* ``exact``: parity.py's config (``align_temperature_parameterization: raw``, ``align_head: shared``): one
+  alignment head for the three branches (the official single ``Conv2d(256, 256, 1) + BatchNorm2d(256)``); everything should agree to float32
   noise;
 * ``per_branch_heads``: raw temperature, mmkgc's separate per-branch heads (initialised from the official head):
   parity.py's config as it is;
@@ -199,7 +199,7 @@ def copy_official_weights(model: torch.nn.Module, official: dict[str, torch.Tens
     mmkgc :class:`~mmkgc.models.imvia.IMVIAModel` built by ``parity.mmkgc_config("imvia", ...)``.
 
     The single official alignment head (``conv``/``bn``) is copied into every mmkgc alignment head (they are
-    separate per-branch heads in mmkgc, or one module tied three times by :func:`tie_alignment_heads`).
+    separate per-branch heads in mmkgc, or its one shared head, ``model.imvia.align_head: shared``).
 
     :returns: the official keys copied.
     :raises KeyError: an official key of :func:`weight_map` is missing.
@@ -276,15 +276,6 @@ def official_view(model: torch.nn.Module, grads: bool = False, num_experts: int 
             if v is not None:
                 out[okey] = v.detach().clone()
     return out
-
-
-def tie_alignment_heads(model: torch.nn.Module) -> None:
-    """Make every alignment head of an mmkgc IMVIA model the same module (head 0), as the official single shared
-    ``conv``/``bn`` head: same weights, summed gradients, one batch-norm state updated once per branch in branch
-    order."""
-    head = model.align_heads[0]
-    for i in range(1, len(model.align_heads)):
-        model.align_heads[i] = head
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
@@ -668,11 +659,12 @@ def build_mmkgc(variant: str, settings: dict[str, Any], seed: int, vis_file: Pat
     cfg_map["dataset"]["data_dir"] = str(data_dir)
     raw, tied = VARIANTS[variant]
     cfg_map["model"]["imvia"]["align_temperature_parameterization"] = "raw" if raw else "log"
+    # tied: the published single head (model.imvia.align_head: shared; the reported runs tied three per-branch
+    # modules to one instead, the same computation); untied: mmkgc's per-branch heads
+    cfg_map["model"]["imvia"]["align_head"] = "shared" if tied else "per_branch"
     cfg = parse_config(cfg_map, source=f"parity-imvia-step-{variant}")
     data = load_data(cfg)
     model = build_model(cfg, data)
-    if tied:
-        tie_alignment_heads(model)
     return Trainer(model, data.triples, cfg.training, cfg.evaluation, seed=seed, device="cpu"), data
 
 

@@ -469,3 +469,46 @@ def test_imvia_softmax_ce_budget_variant_loss_and_probabilities_by_hand():
         probs = [torch.softmax(model.branch_logits(i, e[:1], r[:1])[0], 1) for i in range(3)]
         torch.testing.assert_close(fused, sum(probs) / 3)
         torch.testing.assert_close(fused.sum(), torch.tensor(1.0))  # a distribution over the N entities
+
+
+def test_imvia_shared_alignment_head_is_one_projection_applied_to_every_branch():
+    """``align_head: shared`` (the published single conv/bn head): one Linear + BatchNorm1d, the alignment term
+    computed from it equals an independent computation, and its batch norm is updated once per branch in branch
+    order."""
+    model = _three_branch_model(align_head="shared", mi_weight=0.0, noisy_gating=False).train()
+    assert len(model.align_heads) == 1
+    per_branch = _three_branch_model(mi_weight=0.0)
+    assert len(per_branch.align_heads) == 3
+    head = model.align_heads[0]
+    with torch.no_grad():
+        head[0].weight.normal_()
+    q = torch.tensor([[0, 1, 0], [3, 4, 0], [5, 2, 0], [6, 0, 0], [7, 3, 0]])
+    labels = (torch.rand(5, 20) < 0.1).float()
+    e, r = q[:, 0], q[:, 1]
+    state = {k: v.clone() for k, v in head[1].state_dict().items()}
+    loss, terms, _ = model.one_to_n_loss(q, torch.ones(5, dtype=torch.bool), labels, None)
+    # the branches' query vectors (deterministic: no gate noise)
+    queries = [model._query(i, model.branch(i)[0](e), r)[0] for i in range(3)]
+    # independent recomputation of the alignment term with the one head in batch (training) mode
+    w = head[0].weight
+    feats = []
+    mean, var = state["running_mean"].clone(), state["running_var"].clone()
+    for qv in queries:
+        z = qv @ w.T
+        m, v = z.mean(0), z.var(0, unbiased=False)
+        feats.append((z - m) / torch.sqrt(v + head[1].eps) * head[1].weight + head[1].bias)
+        mean = (1 - head[1].momentum) * mean + head[1].momentum * m
+        var = (1 - head[1].momentum) * var + head[1].momentum * z.var(0, unbiased=True)
+    def clip(a, b):  # symmetric InfoNCE, unnormalised rows, tau 0.07 (the published ClipLoss at its start)
+        s = a @ b.T / 0.07
+        target = torch.arange(a.shape[0])
+        return 0.5 * (torch.nn.functional.cross_entropy(s, target) + torch.nn.functional.cross_entropy(s.T, target))
+
+    expected = sum(clip(feats[a], feats[b]) for a, b in [(0, 1), (0, 2), (1, 2)])
+    torch.testing.assert_close(terms["align"], expected.detach(), rtol=1e-5, atol=1e-6)
+    # the running statistics saw the three branches, in order
+    torch.testing.assert_close(head[1].running_mean, mean.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(head[1].running_var, var.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="align_head"):
+        parse_config({"dataset": {"synthetic": {"num_entities": 30}}, "model": {
+            "method": "imvia", "reciprocal": True, "dim": 8, "imvia": {"align_head": "tied"}}})

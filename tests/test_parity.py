@@ -114,6 +114,7 @@ def test_imvia_mapping_uses_the_published_switches():
     assert (im.modality_input, im.pooling, im.club_legacy_indexing, im.club_include_logvar) == (
         "table", "imvia_256", True, False)
     assert im.align_min_temperature is None and im.mi_weight == 1e-4 and im.label_smoothing_variant == "imvia"
+    assert (im.align_temperature_parameterization, im.align_head) == ("raw", "shared")  # ClipLoss, one conv/bn head
     assert cfg.training.loop == "one_to_n" and cfg.evaluation.tie_policy == "random"
     argv = parity.reference_argv("imvia", s, 3, "cuda", Path("/x"))
     assert argv[argv.index("--eval_freq") + 1] == "2" and argv[argv.index("--cuda") + 1] == "0"

@@ -325,6 +325,10 @@ class ImviaConfig(_Strict):
         ``raw`` (learn ``τ`` itself with no upper clamp, as the published ``ClipLoss``; with
         ``align_min_temperature: null`` this is the published temperature exactly).
     :param align_dim: width of the per-modality alignment projections (default ``model.dim``).
+    :param align_head: ``per_branch`` (one ``Linear + BatchNorm1d`` projection per branch, the default) or
+        ``shared`` (one projection applied to every branch, its batch norm updated once per branch in branch
+        order: the published single ``conv``/``bn`` head of ``models/RelMoE.py``, which the step parity with the
+        official code needs, docs/benchmarks.md "IMVIA: one step on the same weights").
     :param align_mask_duplicates: mask pairs of the same query entity as false negatives (published: no).
     :param mi_weight: weight ``mu`` of the CLUB disentanglement term (published 1e-4; 0 disables the estimator).
     :param club_legacy_indexing: reproduce the published batch-element indexing of the expert views.
@@ -361,6 +365,7 @@ class ImviaConfig(_Strict):
     align_normalize: bool = False
     align_temperature_parameterization: Literal["log", "raw"] = "log"
     align_dim: int | None = Field(None, ge=1)
+    align_head: Literal["per_branch", "shared"] = "per_branch"
     align_mask_duplicates: bool = False
     mi_weight: float = Field(1e-4, ge=0.0)
     club_legacy_indexing: bool = False

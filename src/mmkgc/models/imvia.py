@@ -155,8 +155,9 @@ class IMVIAModel(KGEModel):
         self.relation_gate = (nn.Embedding(2 * num_relations, 1)
                               if options.relation_temperature and not per_branch else None)
         adim = options.align_dim or dim
+        # one projection per branch, or one shared by every branch (the published single head: ``align_head``)
         self.align_heads = nn.ModuleList(nn.Sequential(nn.Linear(dim, adim, bias=False), nn.BatchNorm1d(adim))
-                                         for _ in range(m))
+                                         for _ in range(1 if options.align_head == "shared" else m))
         raw = options.align_temperature_parameterization == "raw"
         self.align_loss = SymmetricInfoNCE(options.align_temperature, learnable=options.align_learnable,
                                            min_temperature=options.align_min_temperature if options.align_learnable
@@ -256,7 +257,7 @@ class IMVIAModel(KGEModel):
             total = total + bce
             logits.append(lg)
             views.append(vw)
-            aligned.append(self.align_heads[i](q))
+            aligned.append(self.align_heads[min(i, len(self.align_heads) - 1)](q))
         opts = self.options
         if opts.decision_fusion != "mean":
             fused, _ = self.decision_fusion(torch.stack([self.probabilities(x) for x in logits], 1), r)
