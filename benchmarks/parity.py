@@ -54,7 +54,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -805,44 +805,55 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def guarded(name: str, user_error: type[Exception], body: Callable[[], int]) -> int:
+    """Run a benchmark's ``body`` with the project's exit statuses: its return value; 2 with one message line for
+    ``user_error`` (bad input, naming the option); 130 when interrupted; 1 for a failed run (``RuntimeError``: the
+    official code or a training step failed).  Shared by ``parity.py`` and ``parity_imvia_step.py``."""
     try:
-        if args.check_categories:
-            report = check_categories(args.reference, args.data_dir)
-            bad = False
-            for name, rep in report.items():
-                print(f"{name}: {rep['mismatched_triples']} of {rep['test_triples']} test triples and "
-                      f"{len(rep['mismatched_relations'])} relations categorised differently from the official file")
-                for item in rep["mismatched_relations"][:20]:
-                    print(f"  relation {item['relation']}: official {item['official']}, mmkgc {item['mmkgc']}")
-                bad = bad or rep["mismatched_triples"] > 0
-            if args.json:
-                update_results(Path(args.json), "categories", report, replace=True)
-            return 1 if bad else 0
-        if args.check_sampler:
-            if args.method is None:
-                raise ParityError("--check-sampler needs --method adamf_mat or native")
-            reference = check_reference(args.method, args.reference)
-            report = check_sampler(args.method, reference, Path(args.out).resolve(), Path(args.data_dir).resolve(),
-                                   args.sampler_library)
-            print(json.dumps(report))
-            if args.json:
-                update_results(Path(args.json), f"sampler_{args.method}", report, replace=True)
-            coupled = report["coupled_share"]
-            return 1 if coupled is not None and abs(coupled - 0.5) > 0.05 else 0
-        if args.method is None:
-            raise ParityError("--method is required (adamf_mat, native or imvia) unless --check-categories is given")
-        return run_parity(args)
-    except ParityError as exc:
-        print(f"parity.py: error: {exc}", file=sys.stderr)
+        return body()
+    except user_error as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("parity.py: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except RuntimeError as exc:
-        print(f"parity.py: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return guarded("parity.py", ParityError, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.check_categories:
+        report = check_categories(args.reference, args.data_dir)
+        bad = False
+        for name, rep in report.items():
+            print(f"{name}: {rep['mismatched_triples']} of {rep['test_triples']} test triples and "
+                  f"{len(rep['mismatched_relations'])} relations categorised differently from the official file")
+            for item in rep["mismatched_relations"][:20]:
+                print(f"  relation {item['relation']}: official {item['official']}, mmkgc {item['mmkgc']}")
+            bad = bad or rep["mismatched_triples"] > 0
+        if args.json:
+            update_results(Path(args.json), "categories", report, replace=True)
+        return 1 if bad else 0
+    if args.check_sampler:
+        if args.method is None:
+            raise ParityError("--check-sampler needs --method adamf_mat or native")
+        reference = check_reference(args.method, args.reference)
+        report = check_sampler(args.method, reference, Path(args.out).resolve(), Path(args.data_dir).resolve(),
+                               args.sampler_library)
+        print(json.dumps(report))
+        if args.json:
+            update_results(Path(args.json), f"sampler_{args.method}", report, replace=True)
+        coupled = report["coupled_share"]
+        return 1 if coupled is not None and abs(coupled - 0.5) > 0.05 else 0
+    if args.method is None:
+        raise ParityError("--method is required (adamf_mat, native or imvia) unless --check-categories is given")
+    return run_parity(args)
 
 
 if __name__ == "__main__":

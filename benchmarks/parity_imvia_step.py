@@ -1001,17 +1001,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    try:
-        return run(args)
-    except StepParityError as exc:
-        print(f"parity_imvia_step.py: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("parity_imvia_step.py: interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"parity_imvia_step.py: {exc}", file=sys.stderr)
-        return 1
+    sys.path.insert(0, str(HERE))
+    import parity
+
+    return parity.guarded("parity_imvia_step.py", StepParityError, lambda: run(args))
 
 
 if __name__ == "__main__":
