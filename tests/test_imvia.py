@@ -512,3 +512,19 @@ def test_imvia_shared_alignment_head_is_one_projection_applied_to_every_branch()
     with pytest.raises(ConfigError, match="align_head"):
         parse_config({"dataset": {"synthetic": {"num_entities": 30}}, "model": {
             "method": "imvia", "reciprocal": True, "dim": 8, "imvia": {"align_head": "tied"}}})
+
+
+def test_align_head_at_its_default_keeps_an_imvia_run_resumable():
+    """A run started before ``align_head`` existed resumes: the option is hashed only when set."""
+    from mmkgc.pipeline import build_model, load_data, run_fingerprint
+
+    raw = {"dataset": {"synthetic": {"num_entities": 40, "seed": 1}}, "model": {
+        "method": "imvia", "reciprocal": True, "dim": 8, "modalities": [{"name": "text"}]},
+        "training": {"loop": "one_to_n", "loss": "bce"}}
+    cfg = parse_config(raw)
+    model = build_model(cfg, load_data(cfg))
+    default = run_fingerprint(cfg, model)["config"]
+    raw["model"]["imvia"] = {"align_head": "per_branch"}
+    assert run_fingerprint(parse_config(raw), model)["config"] == default
+    raw["model"]["imvia"] = {"align_head": "shared"}
+    assert run_fingerprint(parse_config(raw), model)["config"] != default

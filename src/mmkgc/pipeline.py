@@ -338,6 +338,8 @@ def run_fingerprint(cfg: ExperimentConfig, model: KGEModel) -> dict[str, Any]:
     model_part = cfg.model.model_dump(mode="json", exclude=model_exclude or None)
     if "unseen" in model_part and cfg.model.unseen.sparsest == 1.0:  # added later: hashed only when set
         model_part["unseen"].pop("sparsest", None)
+    if model_part.get("imvia") and model_part["imvia"].get("align_head") == "per_branch":  # added later, default
+        model_part["imvia"].pop("align_head")
     new_at_default = {k for k in ("pykeen", "random_split") if getattr(cfg.dataset, k) is None}
     dataset_part = cfg.dataset.model_dump(mode="json", exclude=new_at_default or None)
     payload = json.dumps({"dataset": dataset_part, "model": model_part, "seed": cfg.seed}, sort_keys=True)
