@@ -172,10 +172,6 @@ def build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False)
     R-GCN, or IMVIA), freshly initialised.  ``model.structure_init`` is applied by the training pipeline
     (:func:`init_structure`), not here, so rebuilding a trained run for ``evaluate`` or ``predict`` never needs the
     source model."""
-    return _build_model(cfg, data, progress)
-
-
-def _build_model(cfg: ExperimentConfig, data: LoadedData, progress: bool = False) -> KGEModel:
     from mmkgc.builders import check_fusion_options, fill_policies
 
     mc = cfg.model
