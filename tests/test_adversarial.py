@@ -90,6 +90,16 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _assert_resume_matches_uninterrupted(raw: dict, tmp_path) -> None:
+    """3 epochs in one run against 1 epoch, then resumed to 3: the per-epoch losses agree."""
+    full = parse_config({**raw, "training": {**raw["training"], "epochs": 3}})
+    run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
+    run_experiment(parse_config({**raw, "training": {**raw["training"], "epochs": 1}}), tmp_path / "split",
+                   device="cpu", log=lambda line: None)
+    run_experiment(full, tmp_path / "split", resume=True, device="cpu", log=lambda line: None)
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["mat", "wgan_gp", "moien"])
 def test_short_run_trains_resumes_and_writes_diagnostics(tmp_path, kind):
     full = parse_config(adversarial_raw(kind, epochs=3))
@@ -157,12 +167,7 @@ def test_moien_completion_waits_for_its_warm_up_and_the_count_is_checkpointed(tm
     # a run that stops inside the warm-up and resumes matches the uninterrupted one (the count is restored)
     steps_per_epoch = -(-data.triples.train.shape[0] // cfg.training.batch_size)
     raw["training"]["adversarial"]["complete_after_steps"] = steps_per_epoch + 1
-    full = parse_config({**raw, "training": {**raw["training"], "epochs": 3}})
-    run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
-    run_experiment(parse_config({**raw, "training": {**raw["training"], "epochs": 1}}), tmp_path / "split",
-                   device="cpu", log=lambda line: None)
-    run_experiment(full, tmp_path / "split", resume=True, device="cpu", log=lambda line: None)
-    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5, abs=1e-6)
+    _assert_resume_matches_uninterrupted(raw, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["mat", "moien"])
@@ -209,12 +214,7 @@ def test_every_k_resumed_run_matches_the_uninterrupted_one(tmp_path):
     data = load_data(parse_config(raw))
     steps_per_epoch = -(-data.triples.train.shape[0] // raw["training"]["batch_size"])
     raw["training"]["adversarial"]["every"] = steps_per_epoch + 1  # the schedule crosses the epoch boundary
-    full = parse_config({**raw, "training": {**raw["training"], "epochs": 3}})
-    run_experiment(full, tmp_path / "full", device="cpu", log=lambda line: None)
-    run_experiment(parse_config({**raw, "training": {**raw["training"], "epochs": 1}}), tmp_path / "split",
-                   device="cpu", log=lambda line: None)
-    run_experiment(full, tmp_path / "split", resume=True, device="cpu", log=lambda line: None)
-    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5, abs=1e-6)
+    _assert_resume_matches_uninterrupted(raw, tmp_path)
 
 
 def test_config_errors_name_the_field(tmp_path):

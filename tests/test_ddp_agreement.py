@@ -182,6 +182,14 @@ def ddp_agreement(tmp_path_factory):
     return out
 
 
+def _assert_every_rank_stopped_with(ranks: list[dict], expected: str) -> None:
+    """Every rank raised FloatingPointError with ``expected`` as its message, promptly."""
+    for rank, result in enumerate(ranks):
+        assert result["error"] == "FloatingPointError", (rank, result)
+        assert result["message"] == expected, (rank, result)
+        assert result["seconds"] < PROMPT_S, (rank, result)
+
+
 @pytest.mark.parametrize("sync_every", [1, 3])
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(ddp_agreement, sync_every):
     """sync_every 1 (the CPU default): checked before the step is applied; 3 (as on a GPU, every 25): checked when
@@ -190,10 +198,7 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(ddp_agreeme
     assert ranks[0]["batches"] >= 3  # the poisoned step (index 1) is not the last one
     expected = ("training loss became nan on rank 1 of 2 at epoch 1, step 1; lower the learning rate or check "
                 "the features")
-    for rank, result in enumerate(ranks):
-        assert result["error"] == "FloatingPointError", (rank, result)
-        assert result["message"] == expected, (rank, result)
-        assert result["seconds"] < PROMPT_S, (rank, result)
+    _assert_every_rank_stopped_with(ranks, expected)
 
 
 def test_a_nan_auxiliary_loss_on_one_rank_stops_every_rank(ddp_agreement):
@@ -202,10 +207,7 @@ def test_a_nan_auxiliary_loss_on_one_rank_stops_every_rank(ddp_agreement):
     assert ranks[0]["batches"] >= 3
     expected = (f"auxiliary step {ranks[0]['name']!r}: loss became nan on rank 1 of 2 at epoch 1, step 1; lower "
                 "the learning rate or check the features")
-    for rank, result in enumerate(ranks):
-        assert result["error"] == "FloatingPointError", (rank, result)
-        assert result["message"] == expected, (rank, result)
-        assert result["seconds"] < PROMPT_S, (rank, result)
+    _assert_every_rank_stopped_with(ranks, expected)
 
 
 def test_logged_terms_are_the_mean_over_ranks(ddp_agreement):
