@@ -332,8 +332,11 @@ def read_launcher_log(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] 
 
 
 def run_reference(method: str, run_dir: Path, settings: dict[str, Any], seed: int, device: str, threads: int,
-                  log_file: Path) -> dict[str, Any]:
+                  log_file: Path, skip_branch_tests: bool = False) -> dict[str, Any]:
     """Run the official entry point in ``run_dir`` through the launcher; returns losses, test metrics, seconds.
+
+    ``skip_branch_tests`` (IMVIA): the launcher's ``--imvia-skip-branch-tests``, no single-branch test passes after
+    the ensemble's (they are only printed).
 
     :raises RuntimeError: the official program failed (the tail of its output is in the message) or reported no
         test metrics.
@@ -343,6 +346,8 @@ def run_reference(method: str, run_dir: Path, settings: dict[str, Any], seed: in
     jsonl.unlink(missing_ok=True)
     cmd = [sys.executable, str(LAUNCHER), "--log", str(jsonl), "--device", device, "--threads", str(threads)]
     cmd += ["--trainer", spec.trainer] if spec.trainer else ["--imvia"]
+    if skip_branch_tests:
+        cmd.append("--imvia-skip-branch-tests")
     cmd += ["--", spec.entry, *reference_argv(method, settings, seed, device, run_dir / "parity.ckpt")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the official package is also called mmkgc
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
@@ -565,21 +570,47 @@ def load_text_table(data_dir: Path, text_table: Path | None = None):
 PER_SEED_FIELDS = ("seeds", "mmkgc", "reference", "loss_curves", "test_metrics", "seconds")
 
 
+def _sides_of(entry: dict[str, Any], seed: int) -> set[str]:
+    """The sides (``mmkgc``, ``reference``) with test metrics for ``seed`` in a ``parity.json`` entry."""
+    return {side for item in entry.get("test_metrics", []) if item.get("seed") == seed
+            for side in ("mmkgc", "reference") if item.get(side) is not None}
+
+
+def _seed_item(entry: dict[str, Any], key: str, seed: int) -> dict[str, Any]:
+    return next((dict(item) for item in entry.get(key, []) if item.get("seed") == seed), {"seed": seed})
+
+
 def merge_entries(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """Combine two ``parity.json`` entries of one method.
 
-    When ``old`` has the same settings, visual stand-in and device as ``new`` and none of ``new``'s seeds, the
-    per-seed lists are concatenated (seeds run in separate invocations add up) and the means and gap recomputed;
-    ``command`` becomes the list of both invocations.  Otherwise ``new`` replaces ``old``.  A seed whose
-    ``mmkgc`` or ``reference`` side is missing leaves that list shorter than ``seeds``.
+    When ``old`` has the same settings, visual stand-in and device as ``new``, the two add up: seeds run in
+    separate invocations are concatenated, and a seed that one invocation ran with ``--side reference`` and the
+    other with ``--side mmkgc`` gets both sides (its loss curves, test metrics and seconds combined); the means and
+    the gap are recomputed and ``command`` becomes the list of the invocations.  Otherwise (other settings, or a
+    side of a seed measured again) ``new`` replaces ``old``.  A seed whose ``mmkgc`` or ``reference`` side is
+    missing leaves that list shorter than ``seeds``.
     """
-    same = (old is not None and all(old.get(k) == new.get(k) for k in ("settings", "visual_stand_in", "device"))
-            and not set(old.get("seeds", [])) & set(new.get("seeds", [])))
+    same = old is not None and all(old.get(k) == new.get(k) for k in ("settings", "visual_stand_in", "device"))
     if not same:
         return new
+    shared = [seed for seed in new.get("seeds", []) if seed in old.get("seeds", [])]
+    if any(_sides_of(old, seed) & _sides_of(new, seed) or not _sides_of(new, seed) for seed in shared):
+        return new
     merged = dict(new)
-    for key in PER_SEED_FIELDS:
-        merged[key] = list(old.get(key, [])) + list(new.get(key, []))
+    if not shared:
+        for key in PER_SEED_FIELDS:
+            merged[key] = list(old.get(key, [])) + list(new.get(key, []))
+    else:
+        seeds = list(old["seeds"]) + [seed for seed in new["seeds"] if seed not in old["seeds"]]
+        merged["seeds"] = seeds
+        for key in ("loss_curves", "test_metrics", "seconds"):
+            merged[key] = []
+            for seed in seeds:
+                item = _seed_item(old, key, seed)
+                item.update({k: v for k, v in _seed_item(new, key, seed).items() if v is not None})
+                merged[key].append(item)
+        for side in ("mmkgc", "reference"):
+            merged[side] = [item[side]["mrr"] for item in merged["test_metrics"] if item.get(side)]
     commands = old.get("command")
     commands = commands if isinstance(commands, list) else [commands]
     merged["command"] = commands + [new["command"]]
@@ -644,6 +675,8 @@ def results_entry(method: str, settings: dict[str, Any], visual: str, runs: list
 
 def run_parity(args: argparse.Namespace) -> int:
     method = args.method
+    if method != "imvia" and args.imvia_skip_branch_tests:
+        raise ParityError("--imvia-skip-branch-tests: only IMVIA's train.py runs single-branch tests")
     reference = check_reference(method, args.reference)
     data_dir = Path(args.data_dir).resolve()
     if METHODS[method].openke:
@@ -676,6 +709,7 @@ def run_parity(args: argparse.Namespace) -> int:
     vis_file = feature_dir / ("DB15K-visual.pth" if METHODS[method].openke else "img_features.pth")
     txt_file = feature_dir / ("DB15K-textual.pth" if METHODS[method].openke else "text_features.pth")
     if args.side == "mmkgc" and not vis_file.is_file():
+        feature_dir.mkdir(parents=True, exist_ok=True)
         write_openke_feature_pth(tables["visual"], vis_file)
         write_openke_feature_pth(tables["textual"], txt_file)
     runs: list[dict[str, Any]] = []
@@ -702,7 +736,8 @@ def run_parity(args: argparse.Namespace) -> int:
         runs.append(run)
         if args.side in ("both", "reference"):
             print(f"[{method} seed {seed}] official code ({METHODS[method].repository}) ...", flush=True)
-            ref = run_reference(method, run_dir, settings, seed, device, args.threads, out / f"reference_seed{seed}.log")
+            ref = run_reference(method, run_dir, settings, seed, device, args.threads, out / f"reference_seed{seed}.log",
+                                skip_branch_tests=args.imvia_skip_branch_tests)
             run["reference"] = ref
             print(f"  official test MRR {ref['test']['mrr']:.4f} ({ref['seconds']:.0f} s)", flush=True)
             record()
@@ -774,7 +809,7 @@ def check_sampler(method: str, reference: Path, out: Path, data_dir: Path, sampl
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="parity.py", description=__doc__.splitlines()[0])
     ap.add_argument("--method", choices=sorted(METHODS), help="which official implementation to compare with")
-    ap.add_argument("--reference", type=Path, required=True, help="a local checkout of the official repository")
+    ap.add_argument("--reference", type=Path, help="a local checkout of the official repository")
     ap.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "datasets",
                     help="directory holding DB15K/ (OpenKE files); default ../shared/datasets")
     ap.add_argument("--check-categories", action="store_true",
@@ -794,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--visual", choices=["text", "zeros"], help="what stands in for the visual table")
     ap.add_argument("--side", choices=["both", "reference", "mmkgc"], default="both")
+    ap.add_argument("--imvia-skip-branch-tests", action="store_true",
+                    help="IMVIA: skip the official train.py's four single-branch test passes (printed only; the "
+                         "ensemble's test, the one compared, is unchanged)")
     ap.add_argument("--mmkgc-sampler", choices=["bernoulli", "openke_bernoulli"], default="bernoulli",
                     help="mmkgc's negative sampler for AdaMF-MAT / NativE: the exact Bernoulli rule (default) or "
                          "OpenKE's rounded tail probability (training.sampler: openke_bernoulli)")
@@ -802,6 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tolerance", type=float, default=1.0, help="allowed |mean MRR gap| in points")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mmkgc-parity")
     ap.add_argument("--json", type=Path, help="merge the results into this JSON file")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="FILE",
+                    help="merge --method's entries of these result files (say, the --side reference and --side "
+                         "mmkgc runs of parallel invocations) into --json, in the order given, and run nothing")
     return ap
 
 
@@ -828,6 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.reference is None and not args.merge:
+        raise ParityError("--reference is required: a local checkout of the official repository")
     if args.check_categories:
         report = check_categories(args.reference, args.data_dir)
         bad = False
@@ -853,7 +896,35 @@ def _main(args: argparse.Namespace) -> int:
         return 1 if coupled is not None and abs(coupled - 0.5) > 0.05 else 0
     if args.method is None:
         raise ParityError("--method is required (adamf_mat, native or imvia) unless --check-categories is given")
+    if args.merge:
+        return merge_files(args.method, args.merge, args.json)
     return run_parity(args)
+
+
+def merge_files(method: str, files: Sequence[Path], target: Path | None) -> int:
+    """``--merge``: fold ``method``'s entry of each file into ``target`` with :func:`update_results`; prints the
+    merged means.
+
+    :raises ParityError: no ``--json``, a file that is missing, not a JSON object or without a ``method`` entry.
+    """
+    if target is None:
+        raise ParityError("--merge needs --json: the results file to merge into")
+    entry: dict[str, Any] | None = None
+    for path in files:
+        if not Path(path).is_file():
+            raise ParityError(f"--merge: {path} does not exist")
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ParityError(f"--merge: {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get(method), dict):
+            raise ParityError(f"--merge: {path} has no {method!r} entry")
+        entry = update_results(Path(target), method, data[method])
+    assert entry is not None
+    if "mean_abs_gap_points" in entry:
+        print(f"{method}: seeds {entry['seeds']}: mean test MRR mmkgc {entry['mmkgc_mean']:.4f} vs official "
+              f"{entry['reference_mean']:.4f}: gap {entry['mean_abs_gap_points']:.2f} points")
+    return 0
 
 
 if __name__ == "__main__":

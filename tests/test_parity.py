@@ -156,6 +156,54 @@ def test_results_of_separate_seeds_are_merged_and_other_settings_replace(tmp_pat
         parity.update_results(tmp_path / "bad.json", "native", _entry([1], [], []))
 
 
+def _side_entry(seed, side, mrr, losses):
+    """An entry as ``--side reference`` / ``--side mmkgc`` writes it: one seed, one side."""
+    other = "reference" if side == "mmkgc" else "mmkgc"
+    return {"settings": {"lr": 1e-2}, "visual_stand_in": "zeros", "device": "cuda", "seeds": [seed],
+            side: [mrr], other: [],
+            "loss_curves": [{"seed": seed, side: losses, other: None}],
+            "test_metrics": [{"seed": seed, side: {"mrr": mrr, "hits@1": mrr / 2}, other: None}],
+            "seconds": [{"seed": seed, side: 10.0, other: None}], "command": f"{side} {seed}"}
+
+
+def test_the_two_sides_of_a_seed_run_separately_are_combined(tmp_path):
+    path = tmp_path / "parity.json"
+    parity.update_results(path, "imvia", _side_entry(42, "reference", 0.05, [5.0, 0.3]))
+    parity.update_results(path, "imvia", _side_entry(43, "mmkgc", 0.06, [4.0, 0.2]))
+    parity.update_results(path, "imvia", _side_entry(42, "mmkgc", 0.07, [4.5, 0.25]))
+    merged = parity.update_results(path, "imvia", _side_entry(43, "reference", 0.04, [5.5, 0.35]))
+    assert merged["seeds"] == [42, 43]
+    assert merged["mmkgc"] == [0.07, 0.06] and merged["reference"] == [0.05, 0.04]  # in seed order
+    assert merged["loss_curves"] == [{"seed": 42, "reference": [5.0, 0.3], "mmkgc": [4.5, 0.25]},
+                                     {"seed": 43, "mmkgc": [4.0, 0.2], "reference": [5.5, 0.35]}]
+    assert merged["test_metrics"][1] == {"seed": 43, "mmkgc": {"mrr": 0.06, "hits@1": 0.03},
+                                         "reference": {"mrr": 0.04, "hits@1": 0.02}}
+    assert merged["seconds"][0] == {"seed": 42, "reference": 10.0, "mmkgc": 10.0}
+    assert merged["mean_abs_gap_points"] == pytest.approx(100 * abs(0.065 - 0.045))
+    assert merged["command"] == ["reference 42", "mmkgc 43", "mmkgc 42", "reference 43"]
+    # the same side of a seed measured again replaces the whole entry
+    again = parity.update_results(path, "imvia", _side_entry(42, "mmkgc", 0.09, [1.0]))
+    assert again["seeds"] == [42] and again["mmkgc"] == [0.09] and again["reference"] == []
+
+
+def test_merge_option_folds_files_into_the_results_file(tmp_path, capsys):
+    files = []
+    for i, (seed, side, mrr) in enumerate([(42, "reference", 0.05), (42, "mmkgc", 0.06)]):
+        files.append(tmp_path / f"part{i}.json")
+        files[-1].write_text(json.dumps({"imvia": _side_entry(seed, side, mrr, [1.0])}))
+    target = tmp_path / "parity.json"
+    target.write_text(json.dumps({"native": {"kept": True}, "imvia": {"settings": {"lr": 1e-3}, "seeds": [42]}}))
+    assert parity.main(["--method", "imvia", "--merge", *map(str, files), "--json", str(target)]) == 0
+    data = json.loads(target.read_text())
+    assert data["native"] == {"kept": True}  # other methods untouched; the 1e-3 imvia entry replaced
+    assert data["imvia"]["mmkgc"] == [0.06] and data["imvia"]["reference"] == [0.05]
+    assert "gap 1.00 points" in capsys.readouterr().out
+    assert parity.main(["--method", "imvia", "--merge", str(files[0])]) == 2
+    assert "--merge needs --json" in capsys.readouterr().err
+    assert parity.main(["--method", "native", "--merge", str(files[0]), "--json", str(target)]) == 2
+    assert "has no 'native' entry" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- categories
 
 
@@ -213,6 +261,10 @@ def test_reference_errors(tmp_path, capsys):
         (tmp_path / name).write_text("")
     assert parity.main(["--check-sampler", "--method", "imvia", "--reference", str(tmp_path)]) == 2
     assert "does not use OpenKE's sampler" in capsys.readouterr().err
+    assert parity.main(["--method", "imvia"]) == 2
+    assert "--reference is required" in capsys.readouterr().err
+    assert parity.main(["--method", "native", "--reference", str(tmp_path), "--imvia-skip-branch-tests"]) == 2
+    assert "only IMVIA's train.py" in capsys.readouterr().err
 
 
 def test_split_check_refuses_a_different_split(tmp_path):
@@ -270,6 +322,52 @@ def test_launcher_records_epoch_losses_and_test_metrics(tmp_path):
     epochs, test = parity.read_launcher_log(log)
     assert [(e["epoch"], e["loss"], e["loss_g"], e["steps"]) for e in epochs] == [(0, 1.0, 2.0, 3), (1, 1.0, 2.0, 3)]
     assert test["test"] == {"mrr": 0.5, "mr": 3.0, "hits@10": 0.9, "hits@3": 0.7, "hits@1": 0.25}
+
+
+FAKE_IMVIA_LOADER = """
+class ConvECorpus:
+    def get_batch(self, batch_num):
+        return batch_num
+    def get_validation_pred(self, model, split="test"):
+        return {"MRR": 0.25, "MR": 9.0, "Hits@10": 0.5, "Hits@3": 0.375, "Hits@1": 0.125}, None
+    def get_validation_pred_signle(self, model, split="test", index=0):
+        raise AssertionError("a single-branch test ran")
+"""
+
+FAKE_IMVIA_ENTRY = """
+from tqdm import tqdm
+from utils.data_loader import ConvECorpus
+class Model:
+    @staticmethod
+    def init_metric_dict():
+        return {"MRR": -1}
+corpus, model = ConvECorpus(), Model()
+bar = tqdm(range(2))
+for epoch in bar:
+    losses = [corpus.get_batch(b) * 0.5 for b in range(4)]  # 0, 0.5, 1.0, 1.5
+    bar.set_postfix(loss="main: {:.5} mi: 0.0".format(sum(losses)))
+corpus.get_validation_pred(model, "test")
+print("branch", corpus.get_validation_pred_signle(model, "test", 0)[0])
+"""
+
+
+def test_launcher_records_imvia_losses_and_can_skip_the_branch_tests(tmp_path):
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("")
+    (tmp_path / "utils" / "data_loader.py").write_text(FAKE_IMVIA_LOADER)
+    (tmp_path / "train.py").write_text(FAKE_IMVIA_ENTRY)
+    log = tmp_path / "log.jsonl"
+    base = [sys.executable, str(BENCH / "parity_launcher.py"), "--log", str(log), "--imvia"]
+    proc = subprocess.run([*base, "--imvia-skip-branch-tests", "--", "train.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "branch {'MRR': -1}" in proc.stdout
+    epochs, test = parity.read_launcher_log(log)
+    assert [(e["epoch"], e["loss"], e["steps"]) for e in epochs] == [(0, 0.75, 4), (1, 0.75, 4)]
+    assert test["test"] == {"mrr": 0.25, "mr": 9.0, "hits@10": 0.5, "hits@3": 0.375, "hits@1": 0.125}
+    log.unlink()
+    proc = subprocess.run([*base, "--", "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "a single-branch test ran" in proc.stderr  # without the flag they run
 
 
 def test_launcher_usage_error(tmp_path):
