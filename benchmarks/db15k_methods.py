@@ -56,6 +56,8 @@ METHODS = {
     "adamf_mat_text_every4": "AdaMF-MAT (mu 0.004) [adversarial every 4th batch]",
     "afme_text_every4": "AFME (gate + confidence + MoIEn) [adversarial every 4th batch]",
     "imvia_text_budget_nodropout": "IMVIA budget variant without decoder dropout",
+    # concat with the structural block of the projection kept the identity (ConcatFusion fixed_residual)
+    "rotate_text_residual": "RotatE + name text, residual concat (s + W t)",
 }
 
 

@@ -5,6 +5,7 @@ import torch
 
 from mmkgc.features.store import FeatureTable
 from mmkgc.models.kge import MultimodalRepresentation
+from mmkgc.nn.fusion import ConcatFusion
 
 
 def _unfolded(rep: MultimodalRepresentation, ids):
@@ -14,14 +15,20 @@ def _unfolded(rep: MultimodalRepresentation, ids):
     return rep.fusion(x, present)[0]
 
 
+@pytest.mark.parametrize("fixed_slot", [None, 0, 1])
 @pytest.mark.parametrize("adapter", ["linear", "mlp"])
 @pytest.mark.parametrize("with_structure", [True, False])
-def test_folded_concat_equals_stack_and_project(adapter, with_structure):
+def test_folded_concat_equals_stack_and_project(adapter, with_structure, fixed_slot):
+    """``fixed_slot``: the slot kept as the identity (``ConcatFusion(fixed_residual=True)``), 0 = the structural
+    table (or the text table without structure), 1 = a modality."""
     torch.manual_seed(0)
     n, dim = 7, 6
     mods = [FeatureTable(torch.randn(n, 5), "text", torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)),
             FeatureTable(torch.randn(n, 3), "visual", torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.bool))]
-    rep = MultimodalRepresentation(n, dim, mods, with_structure=with_structure, adapter=adapter,
+    fusion = None
+    if fixed_slot is not None:
+        fusion = ConcatFusion(len(mods) + with_structure, dim, residual_slot=fixed_slot, fixed_residual=True)
+    rep = MultimodalRepresentation(n, dim, mods, with_structure=with_structure, adapter=adapter, fusion=fusion,
                                    missing={"text": "learned", "visual": "zeros"}).double()
     with torch.no_grad():  # move every parameter off its special initial value (identity block, zero fill)
         for p in rep.parameters():

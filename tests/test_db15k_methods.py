@@ -87,3 +87,17 @@ def test_seed_runs_get_their_own_directory_and_replace_only_their_own_row():
     assert merged == [{"config": "a", "seed": 42, "test_mrr": 0.1, "current": True},
                       {"config": "a", "seed": 43, "test_mrr": 0.2, "current": False},
                       {"config": "a", "seed": 43, "test_mrr": 0.3, "current": True}]
+
+
+def test_residual_concat_config_changes_only_the_representation():
+    """``rotate_text_residual.yaml`` is ``rotate_text.yaml`` with the concat operator's structural block fixed."""
+    from mmkgc.config import load_config
+
+    db15k = BENCH.parent / "configs" / "db15k"
+    residual = _flat(load_config(db15k / "rotate_text_residual.yaml").model_dump())
+    base = _flat(load_config(db15k / "rotate_text.yaml").model_dump())
+    changed = {k for k in set(base) | set(residual) if base.get(k) != residual.get(k)}
+    assert changed == {"name", "model.representation", "model.fusion.residual_slot", "model.fusion.fixed_residual"}
+    assert residual["model.representation"] == "fused" and residual["model.fusion.kind"] == "concat"
+    assert residual["model.fusion.residual_slot"] == 0 and residual["model.fusion.fixed_residual"] is True
+    assert "rotate_text_residual" in methods.METHODS

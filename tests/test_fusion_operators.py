@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import pytest
 import torch
 from fusion_cases import FusionTestCase, all_test_classes
 from torch import nn
@@ -40,6 +41,29 @@ class TestConcatFusionResidual(TestConcatFusion):
         fusion = ConcatFusion(num_modalities=2, dim=4, residual_slot=0, other_scale=0.0)
         x = torch.randn(3, 2, 4)
         torch.testing.assert_close(fusion(x)[0], x[:, 0])
+
+
+class TestConcatFusionFixedResidual(TestConcatFusion):
+    """``y = x_r + W' [x_m]_{m != r} + b``: the residual slot (here the middle one) enters as it is."""
+
+    kwargs: ClassVar[dict] = {"residual_slot": 1, "fixed_residual": True}
+
+    def expected(self, fusion, x, present, relation):
+        others = torch.cat([x[:, 0], x[:, 2]], -1)  # slots 0 and 2, in order
+        return x[:, 1] + others @ fusion.projection.weight.t() + fusion.projection.bias, None
+
+    def test_no_weights_for_the_fixed_slot(self):
+        fusion = ConcatFusion(num_modalities=3, dim=4, residual_slot=1, fixed_residual=True, other_scale=0.0)
+        assert tuple(fusion.projection.weight.shape) == (4, 8)  # two learned blocks, not three
+        x = torch.randn(5, 3, 4)
+        torch.testing.assert_close(fusion(x)[0], x[:, 1])  # starts as the residual slot, exactly
+        assert fusion.block(1) is None
+        assert fusion.block(0).data_ptr() == fusion.projection.weight.data_ptr()
+        torch.testing.assert_close(fusion.block(2), fusion.projection.weight[:, 4:])
+
+    def test_needs_a_residual_slot(self):
+        with pytest.raises(ValueError, match="fixed_residual needs a residual_slot"):
+            ConcatFusion(num_modalities=2, dim=4, fixed_residual=True)
 
 
 class TestTanhAttentionFusion(FusionTestCase):

@@ -19,8 +19,9 @@ RAW = {
 }
 
 
-def _model(**fusion):
-    raw = {**RAW, "model": {**RAW["model"], "fusion": {**RAW["model"]["fusion"], **fusion}}}
+def _model(replace: bool = False, **fusion):
+    """The model of ``RAW`` with ``fusion`` keys added to its ``model.fusion`` (``replace``: instead of it)."""
+    raw = {**RAW, "model": {**RAW["model"], "fusion": fusion if replace else {**RAW["model"]["fusion"], **fusion}}}
     cfg = parse_config(raw)
     return cfg, build_model(cfg, load_data(cfg))
 
@@ -50,3 +51,29 @@ def test_operator_options_and_method_errors_name_the_field():
     cfg = parse_config(raw)
     with pytest.raises(ConfigError, match=r"training\.adversarial: the adversarial methods need model\.fusion\.kind"):
         build_model(cfg, load_data(cfg))
+
+
+def test_residual_concat_from_the_config_adds_the_structural_row_as_it_is():
+    """``fusion: {kind: concat, residual_slot: 0, fixed_residual: true}`` (configs/db15k/rotate_text_residual.yaml):
+    ``y = s + W [A_text(t); A_visual(v)] + b``, computed here from the stacked vectors, not by the folded path."""
+    from mmkgc.nn.fusion import ConcatFusion
+
+    cfg, model = _model(replace=True, kind="concat", residual_slot=0, fixed_residual=True)
+    op = model.entities.fusion
+    assert isinstance(op, ConcatFusion) and op.fixed_residual
+    width = model.scorer.entity_dim
+    assert tuple(op.projection.weight.shape) == (width, 2 * width)  # no block for the structural slot
+    with torch.no_grad():  # away from the zero bias and the scaled initial weights
+        op.projection.bias.add_(0.5)
+        op.projection.weight.mul_(7.0)
+    ids = torch.tensor([0, 5, 17, 42, 89, 5])
+    x, present = stack_modalities(model.entities.structure, model.entities.inputs, ids)
+    assert not bool(present.all())
+    expected = x[:, 0] + torch.cat([x[:, 1], x[:, 2]], -1) @ op.projection.weight.t() + op.projection.bias
+    torch.testing.assert_close(model.entities(ids), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.entities(None)[ids], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_residual_without_a_residual_slot_names_the_field():
+    with pytest.raises(ConfigError, match=r"model\.fusion: fusion 'concat': fixed_residual needs a residual_slot"):
+        _model(replace=True, kind="concat", fixed_residual=True)
