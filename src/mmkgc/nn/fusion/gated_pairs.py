@@ -280,7 +280,7 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
                         None if h is None else h[s0 * m:s1 * m], zb, xb, t[s0:s1], norm[s0:s1])
             base = t[s0:s1] * norm[s0:s1] if l2 else t[s0:s1]
             beta = masked_softmax(base / tau[s0:s1].unsqueeze(-1), present[s0:s1]).contiguous()
-            lib.mmkgc_pair_mix(xb.data_ptr(), beta.data_ptr(), n, m, d, e[s0:s1].data_ptr())
+            lib.mmkgc_pair_mix(xb.data_ptr(), beta.data_ptr(), n, m, d, e[s0:s1].data_ptr(), threads)
         base = t * norm if l2 else t
         beta = masked_softmax(base / tau.unsqueeze(-1), present)
         ctx.save_for_backward(x, ent, rel, context, first, second, bias, w, h, t, norm, tau, beta)
@@ -318,7 +318,7 @@ class _GatedPairMixturesKernel(torch.autograd.Function):
                                    d, xb.data_ptr(), None, None, 1)
             ge, bc, tc = g_e[s0:s1], beta[s0:s1], tau[s0:s1]
             g_beta = torch.empty(n, m, dtype=x.dtype)
-            lib.mmkgc_pair_dot(xb.data_ptr(), ge.data_ptr(), n, m, d, g_beta.data_ptr())  # <g_e, x̃_m>
+            lib.mmkgc_pair_dot(xb.data_ptr(), ge.data_ptr(), n, m, d, g_beta.data_ptr(), 1)  # <g_e, x̃_m>
             g_logit = bc * (g_beta - (bc * g_beta).sum(-1, keepdim=True))  # softmax backward (absent: β = 0)
             base = t[s0:s1] * norm[s0:s1] if ctx.l2 else t[s0:s1]
             g_base = (g_logit / tc.unsqueeze(-1)).contiguous()

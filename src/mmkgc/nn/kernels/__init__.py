@@ -63,9 +63,10 @@ SIGNATURES: dict[str, list] = {
     "mmkgc_gate_backward2": [_P] * 6 + [_I64] * 3 + [_P] * 2,
     "mmkgc_mix_transposed": [_P] * 2 + [_I64] * 3 + [_P, _INT],
     "mmkgc_mix_columns": [_P] * 2 + [_I64] * 3 + [_P, _INT],
-    "mmkgc_pair_mix": [_P] * 2 + [_I64] * 3 + [_P],
-    "mmkgc_pair_dot": [_P] * 2 + [_I64] * 3 + [_P],
+    "mmkgc_pair_mix": [_P] * 2 + [_I64] * 3 + [_P, _INT],
+    "mmkgc_pair_dot": [_P] * 2 + [_I64] * 3 + [_P, _INT],
     "mmkgc_pair_scale": [_P] * 2 + [_I64] * 3 + [_P],
+    "mmkgc_tanh_dot_grad": [_P] * 5 + [_I64] * 3 + [_P, _INT],
 }
 
 _lock = threading.Lock()

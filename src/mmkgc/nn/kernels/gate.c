@@ -1,5 +1,6 @@
 /* Kernels of AFME's relation gate and the relation-conditioned fusion (mmkgc/nn/fusion/gated_pairs.py;
- * Wang et al., "AFME", Neural Networks 2025; methods.md 5.2), and the transposed mixture table of evaluation. */
+ * Wang et al., "AFME", Neural Networks 2025; methods.md 5.2), the transposed mixture table of evaluation, and the
+ * tanh-attention logits of the fusion without a gate (mmkgc/nn/fusion/tanh_attention.py). */
 #include "common.h"
 
 /* AFME's low-rank relation gate over distinct (entity, relation) pairs (nn/fusion/gated_pairs.py, _GatedPairsKernel).
@@ -151,8 +152,11 @@ MMKGC_EXPORT void mmkgc_gate_backward2(const float* x, const int64_t* ent, const
 }
 
 /* Per-pair mixture helpers of AFME's pair vectors (rows i = p M + m of x̃ [n M, D], one weight per row):
- * mix: e[p] = sum_m beta[i] x̃[i];  dot: out[i] = <x̃[i], g[p]>;  scale: out[i] = beta[i] g[p]. */
-MMKGC_EXPORT void mmkgc_pair_mix(const float* x, const float* beta, int64_t n, int64_t M, int64_t D, float* e) {
+ * mix: e[p] = sum_m beta[i] x̃[i];  dot: out[i] = <x̃[i], g[p]>;  scale: out[i] = beta[i] g[p].  mix and dot are
+ * also the mixture and its backward of the tanh attention without a gate (nn/fusion/tanh_attention.py). */
+MMKGC_EXPORT void mmkgc_pair_mix(const float* x, const float* beta, int64_t n, int64_t M, int64_t D, float* e,
+                                 int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t p = 0; p < n; p++) {
     float* er = e + p * D;
     const float b0 = beta[p * M];
@@ -168,7 +172,9 @@ MMKGC_EXPORT void mmkgc_pair_mix(const float* x, const float* beta, int64_t n, i
   }
 }
 
-MMKGC_EXPORT void mmkgc_pair_dot(const float* x, const float* g, int64_t n, int64_t M, int64_t D, float* out) {
+MMKGC_EXPORT void mmkgc_pair_dot(const float* x, const float* g, int64_t n, int64_t M, int64_t D, float* out,
+                                 int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t i = 0; i < n * M; i++) {
     const float* xr = x + i * D;
     const float* gr = g + (i / M) * D;
@@ -231,6 +237,30 @@ MMKGC_EXPORT void mmkgc_mix_columns(const float* xt, const float* beta_t, int64_
         for (int64_t n = 0; n < nb; n++) acc[n] += b[n] * x[n];
       }
       memcpy(out_t + d * N + n0, acc, (size_t)nb * sizeof(float));
+    }
+  }
+}
+
+/* Backward of the tanh-attention logits t_i = wᵀ tanh(x_i) without a gate (AdaMF, NativE; nn/fusion/tanh_attention.py,
+ * _TanhDot and _TanhAttention; methods.md 6.2, 7), from th = tanh(x) saved by the forward, with the attention
+ * mixture's own term added in the same pass.  Row i = p M + m of th [rows, D]:
+ *   g_x[i] = beta[i] g[p] + g_t[i] w ⊙ (1 - th_i²)     (beta = g = NULL: the second term only).
+ * One streaming pass; ∂/∂w = thᵀ g_t is a matrix-vector product left to BLAS. */
+MMKGC_EXPORT void mmkgc_tanh_dot_grad(const float* th, const float* w, const float* g_t, const float* beta,
+                         const float* g, int64_t rows, int64_t M, int64_t D, float* g_x, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t i = 0; i < rows; i++) {
+    const float* tr = th + i * D;
+    float* gr = g_x + i * D;
+    const float gt = g_t[i];
+    if (beta) {
+      const float b = beta[i];
+      const float* gp = g + (i / M) * D;
+#pragma omp simd
+      for (int64_t k = 0; k < D; k++) gr[k] = b * gp[k] + gt * w[k] * (1.0f - tr[k] * tr[k]);
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < D; k++) gr[k] = gt * w[k] * (1.0f - tr[k] * tr[k]);
     }
   }
 }
