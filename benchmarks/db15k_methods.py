@@ -58,6 +58,8 @@ METHODS = {
     "imvia_text_budget_nodropout": "IMVIA budget variant without decoder dropout",
     # concat with the structural block of the projection kept the identity (ConcatFusion fixed_residual)
     "rotate_text_residual": "RotatE + name text, residual concat (s + W t)",
+    # AdaMF with its feature table frozen instead of fine-tuned
+    "adamf_text_frozen": "AdaMF (tanh attention) [frozen features]",
 }
 
 

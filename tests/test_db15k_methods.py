@@ -101,3 +101,14 @@ def test_residual_concat_config_changes_only_the_representation():
     assert residual["model.representation"] == "fused" and residual["model.fusion.kind"] == "concat"
     assert residual["model.fusion.residual_slot"] == 0 and residual["model.fusion.fixed_residual"] is True
     assert "rotate_text_residual" in methods.METHODS
+
+
+def test_frozen_adamf_config_changes_only_the_feature_training():
+    from mmkgc.config import load_config
+
+    db15k = BENCH.parent / "configs" / "db15k"
+    frozen = _flat(load_config(db15k / "adamf_text_frozen.yaml").model_dump())
+    base = _flat(load_config(db15k / "adamf_text.yaml").model_dump())
+    changed = {k for k in set(base) | set(frozen) if base.get(k) != frozen.get(k)}
+    assert changed == {"name", "model.trainable_features"} and frozen["model.trainable_features"] is False
+    assert "adamf_text_frozen" in methods.METHODS
