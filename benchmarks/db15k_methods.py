@@ -60,6 +60,7 @@ METHODS = {
     "rotate_text_residual": "RotatE + name text, residual concat (s + W t)",
     # AdaMF with its feature table frozen instead of fine-tuned
     "adamf_text_frozen": "AdaMF (tanh attention) [frozen features]",
+    "adamf_mat_text_every4_frozen": "AdaMF-MAT (mu 0.004) [adversarial every 4th batch, frozen features]",
 }
 
 

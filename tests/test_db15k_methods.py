@@ -103,12 +103,13 @@ def test_residual_concat_config_changes_only_the_representation():
     assert "rotate_text_residual" in methods.METHODS
 
 
-def test_frozen_adamf_config_changes_only_the_feature_training():
+@pytest.mark.parametrize("stem", ["adamf_text", "adamf_mat_text_every4"])
+def test_frozen_adamf_configs_change_only_the_feature_training(stem):
     from mmkgc.config import load_config
 
     db15k = BENCH.parent / "configs" / "db15k"
-    frozen = _flat(load_config(db15k / "adamf_text_frozen.yaml").model_dump())
-    base = _flat(load_config(db15k / "adamf_text.yaml").model_dump())
+    frozen = _flat(load_config(db15k / f"{stem}_frozen.yaml").model_dump())
+    base = _flat(load_config(db15k / f"{stem}.yaml").model_dump())
     changed = {k for k in set(base) | set(frozen) if base.get(k) != frozen.get(k)}
     assert changed == {"name", "model.trainable_features"} and frozen["model.trainable_features"] is False
-    assert "adamf_text_frozen" in methods.METHODS
+    assert f"{stem}_frozen" in methods.METHODS
