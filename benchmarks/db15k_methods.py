@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from mmkgc.fileio import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = {
@@ -98,6 +100,26 @@ def _code_version() -> str | None:
 def run_name(config: str, seed: int | None) -> str:
     """The run directory's name under ``--runs``: the config's stem, with ``-seed<N>`` for ``--seed N``."""
     return config if seed is None else f"{config}-seed{seed}"
+
+
+def load_file(runs: Path, name: str) -> Path:
+    """Where the 1-minute load averages sampled during run ``name`` are kept: ``RUNS/<name>.load.json``."""
+    return runs / f"{name}.load.json"
+
+
+def read_loads(runs: Path, names: list[str]) -> dict[str, list[float]]:
+    """The load samples of ``names`` under ``runs``: each run's own file, else the shared ``load.json`` of older
+    versions of this script (which two invocations on one ``--runs`` could read half-written)."""
+    legacy = runs / "load.json"
+    shared = json.loads(legacy.read_text(encoding="utf-8")) if legacy.is_file() else {}
+    out = {}
+    for name in names:
+        path = load_file(runs, name)
+        if path.is_file():
+            out[name] = json.loads(path.read_text(encoding="utf-8"))
+        elif name in shared:
+            out[name] = shared[name]
+    return out
 
 
 def _row(config: str, run_dir: Path, load: list[float]) -> dict:
@@ -180,10 +202,10 @@ def main() -> int:
                     log.close()
                     del running[config]
                     print(f"finished {config}: exit {proc.returncode}", flush=True)
-        previous = json.loads((args.runs / "load.json").read_text()) if (args.runs / "load.json").is_file() else {}
-        (args.runs / "load.json").write_text(json.dumps({**previous, **loads}))
-    elif (args.runs / "load.json").is_file():
-        loads.update(json.loads((args.runs / "load.json").read_text()))
+        for name, samples in loads.items():  # one file per run: invocations sharing --runs never write the same file
+            atomic_write_text(load_file(args.runs, name), json.dumps(samples))
+    else:
+        loads.update(read_loads(args.runs, [names[c] for c in args.only]))
     rows = []
     for config in args.only:
         if not (args.runs / names[config] / "metrics.json").is_file():

@@ -113,3 +113,14 @@ def test_frozen_adamf_configs_change_only_the_feature_training(stem):
     changed = {k for k in set(base) | set(frozen) if base.get(k) != frozen.get(k)}
     assert changed == {"name", "model.trainable_features"} and frozen["model.trainable_features"] is False
     assert f"{stem}_frozen" in methods.METHODS
+
+
+def test_load_samples_are_kept_per_run_and_old_shared_files_still_read(tmp_path):
+    """Two invocations on one ``--runs`` once crashed reading a half-written shared ``load.json``; each run now has
+    its own file, and a run found only in an old shared file keeps its samples."""
+    import json
+
+    (tmp_path / "load.json").write_text(json.dumps({"a": [1.0], "b": [2.0]}))
+    methods.atomic_write_text(methods.load_file(tmp_path, "b"), json.dumps([3.0, 4.0]))
+    assert methods.read_loads(tmp_path, ["a", "b", "c"]) == {"a": [1.0], "b": [3.0, 4.0]}
+    assert methods.load_file(tmp_path, "b").name == "b.load.json"
