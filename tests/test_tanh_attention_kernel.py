@@ -121,3 +121,13 @@ def test_the_fusion_module_takes_the_compiled_path_with_the_same_numbers(path, m
         for a, b in zip(got, ref):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
         fusion.float()
+
+
+def test_leading_batch_axes_take_the_pytorch_path_with_the_same_numbers():
+    """``x [A, B, M, D]`` (the operator contract allows leading axes) equals the 3-d call on the flattened batch."""
+    x, w, present = _inputs(seed=8)
+    x4, p4 = x.detach().reshape(3, 3, *x.shape[1:]), present.reshape(3, 3, -1)
+    y4, b4 = tanh_attention(x4, w.detach(), p4)
+    y3, b3 = tanh_attention(x.detach(), w.detach(), present)
+    torch.testing.assert_close(y4.reshape(y3.shape), y3, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b4.reshape(b3.shape), b3, rtol=1e-5, atol=1e-6)

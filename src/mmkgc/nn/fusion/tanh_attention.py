@@ -124,9 +124,9 @@ def tanh_attention(x: torch.Tensor, w: torch.Tensor, present: torch.Tensor) -> t
     """AdaMF's fusion ``β = softmax_m(wᵀ tanh(x_m))`` over the present modalities, ``y = Σ_m β_m x_m``.
 
     ``x [B, M, D]``, ``w [D]``, ``present [B, M]`` (bool) -> ``(y [B, D], β [B, M])``; absent modalities get
-    ``β = 0`` and no gradient.  The compiled kernel path (CPU, float32) and the PyTorch path give equal values and
-    gradients up to float rounding (tested)."""
-    if _kernel_ready(x) and w.dtype == x.dtype:
+    ``β = 0`` and no gradient.  The compiled kernel path (CPU, float32, 3-d ``x``) and the PyTorch path (any leading
+    shape ``[..., M, D]``) give equal values and gradients up to float rounding (tested)."""
+    if x.ndim == 3 and _kernel_ready(x) and w.dtype == x.dtype:  # the kernels read [B, M, D] rows
         return _TanhAttention.apply(x, w, present)
     weights = masked_softmax(torch.tanh(x) @ w.to(x.dtype), present)
     return (weights.unsqueeze(-1) * x).sum(-2), weights
