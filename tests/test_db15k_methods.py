@@ -124,3 +124,24 @@ def test_load_samples_are_kept_per_run_and_old_shared_files_still_read(tmp_path)
     methods.atomic_write_text(methods.load_file(tmp_path, "b"), json.dumps([3.0, 4.0]))
     assert methods.read_loads(tmp_path, ["a", "b", "c"]) == {"a": [1.0], "b": [3.0, 4.0]}
     assert methods.load_file(tmp_path, "b").name == "b.load.json"
+
+
+def test_tucker_budget_is_the_imvia_budget_decoder_trained_the_same_way():
+    """``tucker_budget.yaml`` is the structure decoder of ``imvia_text_budget_nodropout.yaml`` alone: the same TuckER
+    widths and dropouts, the same per-decoder loss and label smoothing, optimiser, batch, budget and selection."""
+    from mmkgc.config import load_config
+
+    db15k = BENCH.parent / "configs" / "db15k"
+    tucker = load_config(db15k / "tucker_budget.yaml")
+    imvia = load_config(db15k / "imvia_text_budget_nodropout.yaml")
+    opts, io = tucker.model.scorer_options, imvia.model.imvia
+    assert tucker.model.scorer == "tucker" and tucker.model.modalities == [] and tucker.model.reciprocal
+    assert tucker.model.dim == imvia.model.dim and opts["relation_dim"] == io.relation_dim
+    assert (opts["input_dropout"], opts["hidden_dropout1"], opts["hidden_dropout2"]) == (
+        io.input_dropout, io.hidden_dropout1, io.hidden_dropout2)
+    assert tucker.training.loss == io.branch_loss == "softmax_ce"
+    assert tucker.training.label_smoothing == io.label_smoothing
+    for key in ("loop", "batch_size", "optimizer", "lr", "time_budget_minutes", "epochs"):
+        assert getattr(tucker.training, key) == getattr(imvia.training, key), key
+    assert tucker.evaluation == imvia.evaluation and tucker.seed == imvia.seed
+    assert "tucker_budget" in methods.METHODS
