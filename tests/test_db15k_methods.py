@@ -40,11 +40,13 @@ def _flat(d, prefix=""):
 VARIANT_CHANGES = {  # what each CPU-budget variant changes against its method config, and nothing else
     "b4096": {"name", "training.batch_size", "training.lr", "evaluation.every", "evaluation.patience"},
     "every4": {"name", "training.adversarial.every", "evaluation.every", "evaluation.patience"},
+    "n16": {"name", "training.num_negatives"},
 }
 
 
 @pytest.mark.parametrize("path", sorted((BENCH.parent / "configs" / "db15k").glob("*_b4096.yaml"))
-                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_every4.yaml")), ids=lambda p: p.stem)
+                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_every4.yaml"))
+                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_n16.yaml")), ids=lambda p: p.stem)
 def test_budget_variants_change_only_what_they_say(path):
     from mmkgc.config import load_config
 
@@ -60,6 +62,9 @@ def test_budget_variants_change_only_what_they_say(path):
         assert variant_cfg["training.batch_size"] == 4 * base["training.batch_size"]
         assert variant_cfg["training.num_negatives"] == base["training.num_negatives"]
         assert variant_cfg["training.lr"] == pytest.approx(4 * base["training.lr"])
+    if kind == "n16":
+        assert variant_cfg["training.num_negatives"] == 16 and base["training.num_negatives"] == 64
+        assert path.stem in methods.METHODS
 
 
 def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config():
