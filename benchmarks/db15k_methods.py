@@ -65,6 +65,8 @@ METHODS = {
     "adamf_mat_text_every4_frozen": "AdaMF-MAT (mu 0.004) [adversarial every 4th batch, frozen features]",
     # AFME every 4 with 16 negatives (its gate is computed per distinct (entity, relation) pair, negatives included)
     "afme_text_every4_n16": "AFME [adversarial every 4th batch, 16 negatives]",
+    # IMVIA's budget variant with the MoE experts started at the identity
+    "imvia_text_budget_identity": "IMVIA budget variant without decoder dropout, identity-initialised experts",
     # IMVIA's backbone alone: the 1-N TuckER-64 structure decoder, trained as imvia_text_budget_nodropout
     "tucker_budget": "TuckER, structure only (IMVIA's budget backbone)",
 }

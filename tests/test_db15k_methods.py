@@ -150,3 +150,15 @@ def test_tucker_budget_is_the_imvia_budget_decoder_trained_the_same_way():
         assert getattr(tucker.training, key) == getattr(imvia.training, key), key
     assert tucker.evaluation == imvia.evaluation and tucker.seed == imvia.seed
     assert "tucker_budget" in methods.METHODS
+
+
+def test_imvia_identity_config_changes_only_the_expert_init():
+    from mmkgc.config import load_config
+
+    db15k = BENCH.parent / "configs" / "db15k"
+    variant = _flat(load_config(db15k / "imvia_text_budget_identity.yaml").model_dump())
+    base = _flat(load_config(db15k / "imvia_text_budget_nodropout.yaml").model_dump())
+    changed = {k for k in set(base) | set(variant) if base.get(k) != variant.get(k)}
+    assert changed == {"name", "model.imvia.expert_init"}
+    assert base["model.imvia.expert_init"] == "normal" and variant["model.imvia.expert_init"] == "identity"
+    assert "imvia_text_budget_identity" in methods.METHODS

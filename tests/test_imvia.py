@@ -38,6 +38,35 @@ def test_moe_shapes_and_expert_formula():
         moe(torch.randn(7, 4))
 
 
+def test_moe_identity_init_is_the_published_draw_plus_the_identity_and_starts_each_view_at_its_input():
+    torch.manual_seed(3)
+    published = MoEAdapter(6, 6, num_experts=3)
+    torch.manual_seed(3)
+    identity = MoEAdapter(6, 6, num_experts=3, expert_init="identity").eval()
+    # the same random draw (so ``normal`` is unchanged), shifted by I in every expert
+    torch.testing.assert_close(identity.expert_weight, published.expert_weight + torch.eye(6))
+    x = torch.randn(5, 6)
+    mixed, views, gates = identity(x)
+    for k in range(3):  # v_k = x (I + N_k) with b_k = 0
+        torch.testing.assert_close(views[:, k], x + x @ published.expert_weight[k])
+    torch.testing.assert_close(mixed, x + x @ published.expert_weight.mean(0))  # uniform gates at the start
+    assert (views - x.unsqueeze(1)).abs().max() < 0.25 * x.abs().max()
+    with pytest.raises(ValueError, match="in_dim == out_dim"):
+        MoEAdapter(6, 5, expert_init="identity")
+    with pytest.raises(ValueError, match="expert_init"):
+        MoEAdapter(6, 6, expert_init="eye")
+
+
+def test_imvia_expert_init_reaches_every_branch_adapter():
+    for init, offset in (("normal", 0.0), ("identity", 1.0)):
+        model = _model(expert_init=init)
+        for adapter in model.adapters:
+            w = adapter.expert_weight.detach()
+            torch.testing.assert_close(torch.diagonal(w, dim1=1, dim2=2).mean(), torch.tensor(offset), atol=0.03,
+                                       rtol=0)
+            assert (w - offset * torch.eye(8)).std() < 0.03
+
+
 def test_moe_zero_initialised_gates_are_uniform_and_noise_only_in_training():
     torch.manual_seed(0)
     moe = MoEAdapter(6, 5, num_experts=3, num_relations=4)

@@ -314,6 +314,9 @@ class ImviaConfig(_Strict):
     :param l2_normalize_features: L2-normalise feature rows before pooling (published: yes).
     :param input_dropout, hidden_dropout1, hidden_dropout2, batch_norm: TuckER decoder (published 0.3/0.4/0.5, BN).
     :param noisy_gating, relation_temperature: MoE gating options (published: both on).
+    :param expert_init: MoE expert weights at the start: ``normal`` (published ``N(0, 0.02^2)``) or ``identity``
+        (``I + N(0, 0.02^2)``: each view starts as the entity's own vector; the budget configs' choice, see
+        :class:`mmkgc.nn.adapters.MoEAdapter`).
     :param relation_temperature_table: ``shared`` (one ``2R x 1`` temperature table used by every branch's MoE, as
         published: ``rel_gate`` in ``models/RelMoE.py``) or ``per_branch`` (one table per branch).
     :param decision_fusion: ``mean`` (published), ``learned`` or ``relation`` (trained with a BCE term on the fused
@@ -355,6 +358,7 @@ class ImviaConfig(_Strict):
     hidden_dropout2: float = Field(0.5, ge=0.0, lt=1.0)
     batch_norm: bool = True
     noisy_gating: bool = True
+    expert_init: Literal["normal", "identity"] = "normal"
     relation_temperature: bool = True
     relation_temperature_table: Literal["shared", "per_branch"] = "shared"
     decision_fusion: Literal["mean", "learned", "relation"] = "mean"

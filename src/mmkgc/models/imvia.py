@@ -149,7 +149,8 @@ class IMVIAModel(KGEModel):
         m = len(names)
         per_branch = options.relation_temperature and options.relation_temperature_table == "per_branch"
         rel_rows = 2 * num_relations if per_branch else 0
-        self.adapters = nn.ModuleList(MoEAdapter(dim, dim, options.num_experts, rel_rows, options.noisy_gating)
+        self.adapters = nn.ModuleList(MoEAdapter(dim, dim, options.num_experts, rel_rows, options.noisy_gating,
+                                                 options.expert_init)
                                       for _ in range(m))
         # The published single rel_gate (2R x 1, nn.Embedding's N(0, 1) init) shared by all branches.
         self.relation_gate = (nn.Embedding(2 * num_relations, 1)

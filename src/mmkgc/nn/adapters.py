@@ -112,22 +112,34 @@ class MoEAdapter(nn.Module):
     :param num_experts: ``n`` (published 3).
     :param num_relations: rows of the adapter's own ``g`` (``2R`` with reciprocal relations); 0: no own table.
     :param noisy_gating: add the gate noise in training mode.
+    :param expert_init: ``normal`` (published: ``W_k ~ N(0, 0.02^2)``) or ``identity`` (``W_k = I + N(0, 0.02^2)``,
+        needs ``in_dim == out_dim``): every view starts as the input itself instead of a 0.02-scaled random
+        projection of it.  Same function family; only the starting point differs.  Under the published init a 1-N
+        TuckER decoder behind the adapter learns far slower in its first epochs than the same decoder on the raw
+        table (DB15K, docs/benchmarks.md "IMVIA against its TuckER backbone").
 
     Shapes: ``forward(x [B, in_dim], relation [B] int64 | None, relation_gate [B] or [B, 1] | None)
     -> (mixed [B, D], views [B, n, D], gates [B, n])``.
-    :raises ValueError: bad sizes, a relation given to an adapter built with ``num_relations=0``, or both
-        ``relation`` and ``relation_gate``.
+    :raises ValueError: bad sizes, a relation given to an adapter built with ``num_relations=0``, both
+        ``relation`` and ``relation_gate``, an unknown ``expert_init``, or ``identity`` with ``in_dim != out_dim``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, num_experts: int = 3, num_relations: int = 0,
-                 noisy_gating: bool = True):
+                 noisy_gating: bool = True, expert_init: str = "normal"):
         super().__init__()
         if num_experts < 1 or in_dim < 1 or out_dim < 1 or num_relations < 0:
             raise ValueError(f"MoEAdapter: bad sizes in_dim={in_dim}, out_dim={out_dim}, "
                              f"num_experts={num_experts}, num_relations={num_relations}")
+        if expert_init not in ("normal", "identity"):
+            raise ValueError(f"MoEAdapter: expert_init must be 'normal' or 'identity', got {expert_init!r}")
+        if expert_init == "identity" and in_dim != out_dim:
+            raise ValueError(f"MoEAdapter: expert_init 'identity' needs in_dim == out_dim, got {in_dim} and {out_dim}")
         self.in_dim, self.out_dim, self.num_experts = in_dim, out_dim, num_experts
         self.noisy_gating = noisy_gating
         self.expert_weight = nn.Parameter(torch.randn(num_experts, in_dim, out_dim) * 0.02)
+        if expert_init == "identity":
+            with torch.no_grad():
+                self.expert_weight.add_(torch.eye(in_dim))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, in_dim))
         self.gate = nn.Parameter(torch.zeros(in_dim, num_experts))
         self.noise = nn.Parameter(torch.zeros(in_dim, num_experts))
