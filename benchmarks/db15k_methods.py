@@ -67,6 +67,8 @@ METHODS = {
     "afme_text_every4_n16": "AFME [adversarial every 4th batch, 16 negatives]",
     # IMVIA's budget variant with the MoE experts started at the identity
     "imvia_text_budget_identity": "IMVIA budget variant without decoder dropout, identity-initialised experts",
+    # ... and its decision fusion in log space (mean of the decoders' log-probabilities)
+    "imvia_text_budget_identity_logp": "IMVIA budget variant, identity-initialised experts, log-probability fusion",
     # IMVIA's backbone alone: the 1-N TuckER-64 structure decoder, trained as imvia_text_budget_nodropout
     "tucker_budget": "TuckER, structure only (IMVIA's budget backbone)",
 }

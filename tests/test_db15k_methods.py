@@ -152,13 +152,18 @@ def test_tucker_budget_is_the_imvia_budget_decoder_trained_the_same_way():
     assert "tucker_budget" in methods.METHODS
 
 
-def test_imvia_identity_config_changes_only_the_expert_init():
+@pytest.mark.parametrize("stem, base_stem, key, before, after", [
+    ("imvia_text_budget_identity", "imvia_text_budget_nodropout", "model.imvia.expert_init", "normal", "identity"),
+    ("imvia_text_budget_identity_logp", "imvia_text_budget_identity", "model.imvia.decision_space", "probability",
+     "log_probability"),
+])
+def test_imvia_budget_configs_change_one_option_each(stem, base_stem, key, before, after):
     from mmkgc.config import load_config
 
     db15k = BENCH.parent / "configs" / "db15k"
-    variant = _flat(load_config(db15k / "imvia_text_budget_identity.yaml").model_dump())
-    base = _flat(load_config(db15k / "imvia_text_budget_nodropout.yaml").model_dump())
+    variant = _flat(load_config(db15k / f"{stem}.yaml").model_dump())
+    base = _flat(load_config(db15k / f"{base_stem}.yaml").model_dump())
     changed = {k for k in set(base) | set(variant) if base.get(k) != variant.get(k)}
-    assert changed == {"name", "model.imvia.expert_init"}
-    assert base["model.imvia.expert_init"] == "normal" and variant["model.imvia.expert_init"] == "identity"
-    assert "imvia_text_budget_identity" in methods.METHODS
+    assert changed == {"name", key}
+    assert base[key] == before and variant[key] == after
+    assert stem in methods.METHODS

@@ -228,6 +228,25 @@ def _model(**options):
     return IMVIAModel(n, r, 8, feats, opts)
 
 
+@pytest.mark.parametrize("branch_loss", ["softmax_ce", "bce"])
+def test_imvia_log_probability_decision_space_is_the_mean_of_log_probabilities(branch_loss):
+    model = _model(branch_loss=branch_loss, decision_space="log_probability").eval()
+    published = _model(branch_loss=branch_loss).eval()  # same seed: same weights
+    q = torch.tensor([[0, 1, 5], [3, 2, 7], [4, 0, 4]])
+    for side in ("tail", "head"):
+        logits = [model.branch_score_fn(i, probabilities=False)(q, side).double() for i in range(2)]
+        if branch_loss == "softmax_ce":
+            probs = [torch.softmax(x, -1) for x in logits]
+        else:
+            probs = [torch.sigmoid(x) for x in logits]
+        expected = (probs[0].log() + probs[1].log()) / 2  # log of the geometric mean, computed independently
+        torch.testing.assert_close(model.score_fn()(q, side).double(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(published.score_fn()(q, side).double(), (probs[0] + probs[1]) / 2,
+                                   atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="decision_space"):
+        ImviaConfig(decision_fusion="learned", decision_space="log_probability")
+
+
 def test_imvia_head_side_is_the_reciprocal_tail_query_and_fusion_is_mean_of_probabilities():
     model = _model().eval()
     fn = model.score_fn()

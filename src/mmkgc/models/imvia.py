@@ -101,6 +101,8 @@ class IMVIAModel(KGEModel):
     float32 (``sigmoid(x) == 1`` for ``x > ~17``), which creates ties; report tie-aware ranks (realistic, or the
     published ``random`` policy).  Per-decoder diagnostics rank each decoder's logits (same order as its
     probabilities, fewer float ties).
+    With ``decision_space: log_probability`` the fusion averages log-probabilities instead (the log of the
+    geometric mean, ``(1/M) sum_m log P_m``; a product of experts, not a probability).
 
     :param num_entities: ``N``. :param num_relations: ``R`` (relation tables have ``2R`` rows).
     :param dim: entity width ``D`` of every branch.
@@ -231,6 +233,14 @@ class IMVIAModel(KGEModel):
             return torch.softmax(logits, dim=-1)
         return torch.sigmoid(logits)
 
+    def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """A decoder's log-probabilities ``[B, N]`` from its logits: ``log_softmax`` under ``softmax_ce``,
+        ``log sigmoid`` under the BCE (exact where the probabilities underflow; what ``decision_space:
+        log_probability`` averages)."""
+        if self.options.branch_loss == "softmax_ce":
+            return torch.log_softmax(logits, dim=-1)
+        return nn.functional.logsigmoid(logits)
+
     @staticmethod
     def _as_tail_queries(queries: torch.Tensor, predict_tail: torch.Tensor, num_relations: int
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +301,8 @@ class IMVIAModel(KGEModel):
     def branch_score_fn(self, i: int | None = None, probabilities: bool = True
                         ) -> Callable[[torch.Tensor, str], torch.Tensor]:
         """``score_fn(queries [B, 3], side) -> [B, N]`` of branch ``i`` (logits, or probabilities), or of the
-        decision fusion (``i=None``; probabilities).  Candidate tables are computed once; the model must stay in
+        decision fusion (``i=None``; probabilities, or mean log-probabilities under ``decision_space:
+        log_probability``).  Candidate tables are computed once; the model must stay in
         eval mode and unchanged while the function is used."""
         cands = [self.candidates(j).detach().float() for j in range(self.num_branches)]
         device = cands[0].device
@@ -309,7 +320,9 @@ class IMVIAModel(KGEModel):
                 if i is not None:
                     lg = self.branch_logits(i, e, r, cands[i])[0].float()
                     return self.probabilities(lg) if probabilities else lg
-                probs = torch.stack([self.probabilities(self.branch_logits(j, e, r, cands[j])[0].float())
+                decide = (self.log_probabilities if self.options.decision_space == "log_probability"
+                          else self.probabilities)
+                probs = torch.stack([decide(self.branch_logits(j, e, r, cands[j])[0].float())
                                      for j in range(self.num_branches)], 1)
                 return self.decision_fusion(probs, r)[0]
 
@@ -318,7 +331,8 @@ class IMVIAModel(KGEModel):
 
     @torch.no_grad()
     def score_fn(self) -> Callable[[torch.Tensor, str], torch.Tensor]:
-        """Decision-fused probabilities ``[B, N]`` (see class); no sampled-candidate scoring."""
+        """Decision-fused scores ``[B, N]`` (probabilities, or mean log-probabilities; see class); no
+        sampled-candidate scoring."""
         return self.branch_score_fn(None)
 
     def score_t(self, queries: torch.Tensor, all_entities: torch.Tensor | None = None) -> torch.Tensor:
