@@ -322,8 +322,8 @@ class ImviaConfig(_Strict):
     :param decision_fusion: ``mean`` (published), ``learned`` or ``relation`` (trained with a BCE term on the fused
         probabilities).
     :param decision_space: what the decision fusion averages: ``probability`` (published: each decoder's
-        probabilities) or ``log_probability`` (each decoder's log-probabilities: the normalised geometric mean, a
-        product of experts; with ``decision_fusion: mean`` only).  An arithmetic mean of probabilities lets a weak,
+        probabilities) or ``log_probability`` (each decoder's log-probabilities, which ranks as their geometric mean,
+        a product of experts; with ``decision_fusion: mean`` only).  An arithmetic mean of probabilities lets a weak,
         flat decoder pull down a confident one; on DB15K it put IMVIA's fused score below its own structure
         decoder (docs/benchmarks.md "IMVIA against its TuckER backbone").
     :param align_weight: weight of the summed pairwise symmetric InfoNCE (published 0.01; 0 disables).

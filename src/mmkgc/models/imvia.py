@@ -322,9 +322,9 @@ class IMVIAModel(KGEModel):
                     return self.probabilities(lg) if probabilities else lg
                 decide = (self.log_probabilities if self.options.decision_space == "log_probability"
                           else self.probabilities)
-                probs = torch.stack([decide(self.branch_logits(j, e, r, cands[j])[0].float())
-                                     for j in range(self.num_branches)], 1)
-                return self.decision_fusion(probs, r)[0]
+                decisions = torch.stack([decide(self.branch_logits(j, e, r, cands[j])[0].float())
+                                         for j in range(self.num_branches)], 1)
+                return self.decision_fusion(decisions, r)[0]
 
         fn.device = device  # type: ignore[attr-defined]
         return fn
