@@ -71,6 +71,9 @@ METHODS = {
     "imvia_text_budget_identity_logp": "IMVIA budget variant, identity-initialised experts, log-probability fusion",
     # IMVIA's backbone alone: the 1-N TuckER-64 structure decoder, trained as imvia_text_budget_nodropout
     "tucker_budget": "TuckER, structure only (IMVIA's budget backbone)",
+    # Adam lr 3e-3 instead of 1e-3: AFME with 16 negatives and its structure-only control
+    "afme_text_every4_n16_lr3e3": "AFME [adversarial every 4th batch, 16 negatives, lr 3e-3]",
+    "rotate_lr3e3": "RotatE, structure only [lr 3e-3]",
 }
 
 
