@@ -74,6 +74,8 @@ METHODS = {
     # Adam lr 3e-3 instead of 1e-3: AFME with 16 negatives and its structure-only control
     "afme_text_every4_n16_lr3e3": "AFME [adversarial every 4th batch, 16 negatives, lr 3e-3]",
     "rotate_lr3e3": "RotatE, structure only [lr 3e-3]",
+    # RotatE with AFME's 16 negatives
+    "rotate_n16": "RotatE, structure only [16 negatives]",
 }
 
 
