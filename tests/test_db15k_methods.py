@@ -41,12 +41,14 @@ VARIANT_CHANGES = {  # what each CPU-budget variant changes against its method c
     "b4096": {"name", "training.batch_size", "training.lr", "evaluation.every", "evaluation.patience"},
     "every4": {"name", "training.adversarial.every", "evaluation.every", "evaluation.patience"},
     "n16": {"name", "training.num_negatives"},
+    "lr3e3": {"name", "training.lr"},
 }
 
 
 @pytest.mark.parametrize("path", sorted((BENCH.parent / "configs" / "db15k").glob("*_b4096.yaml"))
                          + sorted((BENCH.parent / "configs" / "db15k").glob("*_every4.yaml"))
-                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_n16.yaml")), ids=lambda p: p.stem)
+                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_n16.yaml"))
+                         + sorted((BENCH.parent / "configs" / "db15k").glob("*_lr3e3.yaml")), ids=lambda p: p.stem)
 def test_budget_variants_change_only_what_they_say(path):
     from mmkgc.config import load_config
 
@@ -64,6 +66,9 @@ def test_budget_variants_change_only_what_they_say(path):
         assert variant_cfg["training.lr"] == pytest.approx(4 * base["training.lr"])
     if kind == "n16":
         assert variant_cfg["training.num_negatives"] == 16 and base["training.num_negatives"] == 64
+        assert path.stem in methods.METHODS
+    if kind == "lr3e3":
+        assert variant_cfg["training.lr"] == pytest.approx(3 * base["training.lr"]) and base["training.lr"] == 1e-3
         assert path.stem in methods.METHODS
 
 
