@@ -76,6 +76,8 @@ METHODS = {
     "rotate_lr3e3": "RotatE, structure only [lr 3e-3]",
     # RotatE with AFME's 16 negatives
     "rotate_n16": "RotatE, structure only [16 negatives]",
+    # AFME with 16 negatives and the adversarial part on every 16th batch
+    "afme_text_n16_every16": "AFME [adversarial every 16th batch, 16 negatives]",
 }
 
 

@@ -72,6 +72,19 @@ def test_budget_variants_change_only_what_they_say(path):
         assert path.stem in methods.METHODS
 
 
+def test_afme_every16_config_changes_only_the_adversarial_schedule():
+    """``afme_text_n16_every16.yaml`` is ``afme_text_every4_n16.yaml`` with MoIEn on every 16th batch."""
+    from mmkgc.config import load_config
+
+    db15k = BENCH.parent / "configs" / "db15k"
+    every16 = _flat(load_config(db15k / "afme_text_n16_every16.yaml").model_dump())
+    every4 = _flat(load_config(db15k / "afme_text_every4_n16.yaml").model_dump())
+    changed = {k for k in set(every4) | set(every16) if every4.get(k) != every16.get(k)}
+    assert changed == {"name", "training.adversarial.every"}
+    assert (every4["training.adversarial.every"], every16["training.adversarial.every"]) == (4, 16)
+    assert "afme_text_n16_every16" in methods.METHODS
+
+
 def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config():
     import json
 
