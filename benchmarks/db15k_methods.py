@@ -78,6 +78,7 @@ METHODS = {
     "rotate_n16": "RotatE, structure only [16 negatives]",
     # AFME with 16 negatives and the adversarial part on every 16th batch
     "afme_text_n16_every16": "AFME [adversarial every 16th batch, 16 negatives]",
+    "adamf_mat_text_frozen_every16": "AdaMF-MAT (mu 0.004) [adversarial every 16th batch, frozen features]",
 }
 
 

@@ -72,8 +72,9 @@ def test_budget_variants_change_only_what_they_say(path):
         assert path.stem in methods.METHODS
 
 
-def test_afme_every16_config_changes_only_the_adversarial_schedule():
-    """``afme_text_n16_every16.yaml`` is ``afme_text_every4_n16.yaml`` with MoIEn on every 16th batch."""
+def test_every16_configs_change_only_the_adversarial_schedule():
+    """``afme_text_n16_every16.yaml`` and ``adamf_mat_text_frozen_every16.yaml`` are their every-4 configs with the
+    adversarial part on every 16th batch."""
     from mmkgc.config import load_config
 
     db15k = BENCH.parent / "configs" / "db15k"
@@ -83,6 +84,11 @@ def test_afme_every16_config_changes_only_the_adversarial_schedule():
     assert changed == {"name", "training.adversarial.every"}
     assert (every4["training.adversarial.every"], every16["training.adversarial.every"]) == (4, 16)
     assert "afme_text_n16_every16" in methods.METHODS
+    mat16 = _flat(load_config(db15k / "adamf_mat_text_frozen_every16.yaml").model_dump())
+    mat4 = _flat(load_config(db15k / "adamf_mat_text_every4_frozen.yaml").model_dump())
+    assert {k for k in set(mat4) | set(mat16) if mat4.get(k) != mat16.get(k)} == {"name", "training.adversarial.every"}
+    assert (mat4["training.adversarial.every"], mat16["training.adversarial.every"]) == (4, 16)
+    assert "adamf_mat_text_frozen_every16" in methods.METHODS
 
 
 def test_method_table_rows_have_the_required_keys_and_one_current_row_per_config():
